@@ -1,0 +1,17 @@
+"""boto3 clients, created once per container with one retry policy; passed into logic as arguments."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+
+
+@cache
+def client(service: str) -> Any:
+    """A cached boto3 client for ``service`` (``ec2``, ``s3``, ``ssm``, ``stepfunctions``)."""
+    return boto3.client(service, config=CLIENT_CONFIG)

@@ -1,0 +1,127 @@
+"""Gathering completion facts for many instances at once and deciding for each.
+
+Used by the schedule sweep (all opted-in running instances), by the marker trigger (the instances a
+marker belongs to) and by the Evaluate Task state (one instance). AWS calls: one HeadObject per
+configured marker, and the batched probe of :mod:`shared.probe` for instances whose marker does not
+already rule completion out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.completion import decide_completion, marker_is_negative
+from shared.errors import error_code
+from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceSnapshot, MarkerFact, S3Uri
+from shared.probe import probe_instances
+from shared.settings import Settings
+from shared.tags import InvalidTags, TagPolicy, is_opted_in, parse_instance_config
+
+
+def tag_policy(settings: Settings) -> TagPolicy:
+    return TagPolicy(
+        prefix=settings.tag_prefix,
+        checkpoint_bucket=settings.checkpoint_bucket,
+        default_action=settings.default_action,
+        default_grace_seconds=settings.default_grace_seconds,
+        max_grace_seconds=settings.max_grace_seconds,
+    )
+
+
+@dataclass
+class Clients:
+    """The boto3 clients evaluation needs."""
+
+    s3: Any
+    ssm: Any
+
+
+@dataclass
+class Evaluator:
+    """Evaluates instances against their completion signals (see module docstring)."""
+
+    clients: Clients
+    settings: Settings
+    sleep: Callable[[float], None] = time.sleep
+    max_workers: int = 16
+    policy: TagPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = tag_policy(self.settings)
+
+    def configure(self, snap: InstanceSnapshot) -> InstanceConfig | Evaluation:
+        """The instance's config, or a ``skipped`` evaluation saying why it cannot be considered."""
+        run_id = snap.tags.get(self.policy.key("run-id"))
+        if snap.state != "running":
+            return Evaluation(instance_id=snap.instance_id, decision="skipped", reason=f"instance is {snap.state}", run_id=run_id)
+        if not is_opted_in(snap.tags, self.policy.prefix):
+            return Evaluation(
+                instance_id=snap.instance_id,
+                decision="skipped",
+                reason=f"instance is not opted in ({self.policy.key('enabled')} is not 'true')",
+                run_id=run_id,
+            )
+        try:
+            return parse_instance_config(snap.instance_id, snap.tags, self.policy)
+        except InvalidTags as exc:
+            return Evaluation(
+                instance_id=snap.instance_id, decision="skipped", reason="invalid tags: " + "; ".join(exc.problems), run_id=run_id
+            )
+
+    def evaluate(self, snapshots: Iterable[InstanceSnapshot]) -> list[Evaluation]:
+        """Decide for each instance; the order of the result follows ``snapshots``."""
+        snaps = list(snapshots)
+        configs: dict[str, InstanceConfig] = {}
+        out: dict[str, Evaluation] = {}
+        for snap in snaps:
+            conf = self.configure(snap)
+            if isinstance(conf, Evaluation):
+                out[snap.instance_id] = conf
+            else:
+                configs[snap.instance_id] = conf
+        launch = {s.instance_id: s.launch_time for s in snaps}
+
+        markers = self._markers({iid: cfg.completion_marker for iid, cfg in configs.items() if cfg.completion_marker})
+        facts = {iid: CompletionFacts(marker=markers.get(iid), launch_time=launch[iid]) for iid in configs}
+        to_probe = {
+            iid: cfg.probe_parameters()
+            for iid, cfg in configs.items()
+            if cfg.probe_needed and not marker_is_negative(cfg, facts[iid])
+        }
+        probes = probe_instances(
+            self.clients.ssm,
+            self.settings.probe_document,
+            to_probe,
+            timeout_seconds=self.settings.probe_timeout_seconds,
+            poll_seconds=self.settings.poll_seconds,
+            sleep=self.sleep,
+        )
+        for iid, cfg in configs.items():
+            f = facts[iid].model_copy(update={"probe": probes.get(iid)})
+            decision = decide_completion(cfg, f)
+            out[iid] = Evaluation(
+                instance_id=iid, decision=decision.verdict, reason=decision.reason, config=cfg, run_id=cfg.run_id
+            )
+        return [out[s.instance_id] for s in snaps]
+
+    def _markers(self, wanted: dict[str, S3Uri]) -> dict[str, MarkerFact]:
+        if not wanted:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(wanted))) as pool:
+            return dict(zip(wanted, pool.map(self._head_marker, wanted.values()), strict=True))
+
+    def _head_marker(self, uri: S3Uri) -> MarkerFact:
+        try:
+            head = self.clients.s3.head_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return MarkerFact(state="absent")
+            return MarkerFact(state="error", detail=f"HeadObject failed: {code}")
+        return MarkerFact(state="present", last_modified=head["LastModified"])

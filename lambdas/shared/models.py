@@ -1,0 +1,223 @@
+"""Shared data models: instance configuration, completion facts and decisions, checkpoint manifests.
+
+All models are pydantic v2 and frozen. Times are timezone-aware UTC ``datetime`` values; sizes are
+bytes; durations are seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_KEY_RE = re.compile(r"^[A-Za-z0-9._/=+-]{0,900}$")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Action(StrEnum):
+    """What to do with the instance after a verified checkpoint (tag ``<prefix>:action``)."""
+
+    STOP = "stop"
+    TERMINATE = "terminate"
+    HIBERNATE = "hibernate"
+
+
+class S3Uri(Frozen):
+    """An ``s3://bucket/key`` location. ``key`` may be a prefix (ending in ``/``) or an object key."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        """Parse ``s3://bucket/key``; raises ``ValueError`` with a user-facing message."""
+        if not uri.startswith("s3://"):
+            raise ValueError(f"{uri!r} is not an s3:// URI")
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not S3_BUCKET_RE.match(bucket) or ".." in bucket:
+            raise ValueError(f"{uri!r} has an invalid bucket name {bucket!r}")
+        if not S3_KEY_RE.match(key):
+            raise ValueError(f"{uri!r}: keys may only use letters, digits and . _ / = + -")
+        if "//" in key or any(part in (".", "..") for part in key.split("/")):
+            raise ValueError(f"{uri!r}: keys may not contain empty, '.' or '..' segments")
+        return cls(bucket=bucket, key=key)
+
+    def as_prefix(self) -> S3Uri:
+        """The same location as a prefix (key ending in ``/``; the empty key stays empty)."""
+        return self if not self.key or self.key.endswith("/") else S3Uri(bucket=self.bucket, key=self.key + "/")
+
+    def child(self, name: str) -> S3Uri:
+        """``name`` below this location taken as a prefix."""
+        return S3Uri(bucket=self.bucket, key=self.as_prefix().key + name)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class InstanceSnapshot(Frozen):
+    """What DescribeInstances says about one instance at one moment."""
+
+    instance_id: str
+    state: str
+    """EC2 state name: pending, running, stopping, stopped, shutting-down, terminated."""
+    tags: dict[str, str]
+    launch_time: datetime | None = None
+    lifecycle: Literal["on-demand", "spot", "scheduled", "capacity-block"] = "on-demand"
+    hibernation_configured: bool = False
+
+
+class InstanceConfig(Frozen):
+    """An opted-in instance's validated autostop tags (see :func:`shared.tags.parse_instance_config`)."""
+
+    instance_id: str
+    run_id: str
+    action: Action
+    checkpoint_dir: str
+    checkpoint_prefix: S3Uri
+    """Where this run's checkpoints and manifests go (a prefix in the stack's checkpoint bucket)."""
+    completion_marker: S3Uri | None
+    pid_file: str | None
+    log_file: str | None
+    log_pattern: str | None
+    signal: str
+    """Signal name without ``SIG`` (TERM, INT, HUP, USR1, USR2)."""
+    grace_seconds: int
+    dry_run: bool
+
+    @property
+    def probe_needed(self) -> bool:
+        """True when a completion signal lives on the instance (PID file or log pattern)."""
+        return self.pid_file is not None or self.log_file is not None
+
+    def probe_parameters(self) -> dict[str, list[str]]:
+        """SendCommand ``Parameters`` for the probe document (empty string = not configured)."""
+        return {
+            "PidFile": [self.pid_file or ""],
+            "LogFile": [self.log_file or ""],
+            "LogPattern": [self.log_pattern or ""],
+        }
+
+
+# --- Completion ------------------------------------------------------------------------------------
+
+Verdict = Literal["complete", "not_complete", "inconclusive"]
+
+
+class SignalVerdict(Frozen):
+    """One completion signal's reading: the verdict and why."""
+
+    signal: Literal["marker", "pid", "log"]
+    verdict: Verdict
+    reason: str
+
+
+class MarkerFact(Frozen):
+    """HeadObject of the completion marker."""
+
+    state: Literal["present", "absent", "error"]
+    last_modified: datetime | None = None
+    detail: str = ""
+
+
+class PidState(Frozen):
+    state: Literal["running", "exited", "missing", "unreadable", "not_configured"]
+    pid: int | None = None
+
+
+class LogState(Frozen):
+    state: Literal["matched", "not_matched", "missing", "unreadable", "not_configured"]
+
+
+class ProbeResult(Frozen):
+    """One instance's probe: the JSON line the probe document prints, or why there is none."""
+
+    ok: bool
+    pid: PidState | None = None
+    log: LogState | None = None
+    error: str = ""
+    """Why the probe has no result (agent offline, command failed, output unreadable...)."""
+
+
+class CompletionFacts(Frozen):
+    """Everything :func:`shared.completion.decide_completion` needs; gathered by :mod:`shared.evaluation`."""
+
+    marker: MarkerFact | None = None
+    probe: ProbeResult | None = None
+    launch_time: datetime | None = None
+
+
+class CompletionDecision(Frozen):
+    """The pure completion decision with a human-readable reason."""
+
+    verdict: Verdict
+    reason: str
+    signals: tuple[SignalVerdict, ...] = ()
+
+
+class Evaluation(Frozen):
+    """One instance's evaluation by a trigger or by the Evaluate Task state."""
+
+    instance_id: str
+    decision: Literal["complete", "not_complete", "inconclusive", "skipped"]
+    reason: str
+    config: InstanceConfig | None = None
+    run_id: str | None = None
+
+
+# --- Manifest ----------------------------------------------------------------------------------------
+
+
+class ManifestFile(Frozen):
+    """One uploaded file of a checkpoint."""
+
+    key: str = Field(min_length=1, max_length=1024)
+    """S3 key of the object."""
+    path: str = Field(min_length=1, max_length=4096)
+    """Path relative to the checkpoint (the file name for a single-file checkpoint)."""
+    size: int = Field(ge=0)
+    """Bytes."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256 of the whole file, computed on the instance."""
+    checksum_sha256: str = Field(pattern=r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
+    """The value S3 stores as ``ChecksumSHA256``: base64 of the SHA-256 for a single PUT, or the composite
+    (base64 of the SHA-256 of the concatenated part digests) followed by ``-<parts>`` for a multipart upload."""
+    parts: int = Field(ge=0, le=10000)
+    """0 for a single PutObject, else the number of multipart parts."""
+
+
+class ManifestCheckpoint(Frozen):
+    name: str
+    path: str
+    mtime: datetime
+
+
+class Manifest(BaseModel):
+    """The checkpoint manifest the checkpoint document writes last, at ``<prefix>manifests/<execution>.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1]
+    run_id: str
+    instance_id: str
+    execution_name: str
+    created_at: datetime
+    checkpoint: ManifestCheckpoint
+    step: int | None = None
+    bucket: str
+    files: list[ManifestFile] = Field(min_length=1)
+    total_bytes: int = Field(ge=0)
+
+    @field_validator("files")
+    @classmethod
+    def _unique_keys(cls, files: list[ManifestFile]) -> list[ManifestFile]:
+        keys = [f.key for f in files]
+        if len(keys) != len(set(keys)):
+            raise ValueError("manifest lists the same key twice")
+        return files

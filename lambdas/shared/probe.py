@@ -1,0 +1,174 @@
+"""The on-instance probe: one SSM SendCommand per batch of up to 50 instances that share parameters.
+
+AWS calls per probe: ceil(n/50) DescribeInstanceInformation, one SendCommand per batch, and one
+ListCommandInvocations page per batch per poll. Results come from each invocation's plugin output
+(ListCommandInvocations ``Details=True`` returns up to 2,500 characters of it; the probe prints one
+short JSON line).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from shared import constants as c
+from shared.errors import error_code
+from shared.models import LogState, PidState, ProbeResult
+
+TERMINAL_FAILURES = {"Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated", "Cancelling"}
+PENDING = {"Pending", "InProgress", "Delayed"}
+
+
+def chunks(items: Sequence[str], size: int = c.SSM_BATCH_SIZE) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def last_json_line(text: str) -> dict[str, Any] | None:
+    """The last line of ``text`` that parses as a JSON object, or None."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def parse_probe_output(text: str) -> ProbeResult:
+    """Read the probe document's JSON line (``{"probe":1,"pid":{...},"log":{...}}``)."""
+    data = last_json_line(text)
+    if data is None or data.get("probe") != 1:
+        return ProbeResult(ok=False, error="probe printed no result line")
+    try:
+        return ProbeResult(ok=True, pid=PidState.model_validate(data.get("pid")), log=LogState.model_validate(data.get("log")))
+    except ValidationError as exc:
+        return ProbeResult(ok=False, error=f"probe result is malformed: {exc.errors()[0]['msg']}")
+
+
+def agents_online(ssm: Any, instance_ids: Sequence[str]) -> dict[str, str]:
+    """PingStatus of each instance's SSM agent (``Online``, ``ConnectionLost``, ... or ``NotRegistered``)."""
+    status = {i: "NotRegistered" for i in instance_ids}
+    for batch in chunks(instance_ids):
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Filters": [{"Key": "InstanceIds", "Values": batch}], "MaxResults": 50}
+            if token:
+                kwargs["NextToken"] = token
+            resp = ssm.describe_instance_information(**kwargs)
+            for info in resp.get("InstanceInformationList", []):
+                status[info["InstanceId"]] = info.get("PingStatus", "Unknown")
+            token = resp.get("NextToken")
+            if not token:
+                break
+    return status
+
+
+def probe_instances(
+    ssm: Any,
+    document: str,
+    parameters: Mapping[str, dict[str, list[str]]],
+    *,
+    timeout_seconds: float,
+    poll_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, ProbeResult]:
+    """Run the probe document on each instance and return its result per instance id.
+
+    Args:
+        ssm: boto3 SSM client.
+        document: name of the stack's probe Command document.
+        parameters: instance id to SendCommand ``Parameters`` (see ``InstanceConfig.probe_parameters``).
+        timeout_seconds: give up waiting after this long; unfinished invocations count as failed probes.
+        poll_seconds: pause between ListCommandInvocations polls.
+
+    Returns:
+        A :class:`ProbeResult` for every requested instance; ``ok=False`` with ``error`` explains a missing
+        result (agent not online, SendCommand refused, command failed or still running at the deadline).
+    """
+    results: dict[str, ProbeResult] = {}
+    if not parameters:
+        return results
+    deadline = clock() + timeout_seconds
+    ping = agents_online(ssm, list(parameters))
+    groups: dict[str, list[str]] = defaultdict(list)
+    for iid, params in parameters.items():
+        if ping[iid] != "Online":
+            results[iid] = ProbeResult(ok=False, error=f"SSM agent is not online (PingStatus={ping[iid]})")
+        else:
+            groups[json.dumps(params, sort_keys=True)].append(iid)
+
+    pending: dict[str, set[str]] = {}
+    for key, ids in groups.items():
+        for batch in chunks(ids):
+            try:
+                resp = ssm.send_command(
+                    InstanceIds=batch,
+                    DocumentName=document,
+                    Parameters=json.loads(key),
+                    TimeoutSeconds=max(30, int(timeout_seconds)),
+                    Comment="autostop completion probe",
+                )
+            except ClientError as exc:
+                for iid in batch:
+                    results[iid] = ProbeResult(ok=False, error=f"SendCommand refused: {error_code(exc)}")
+                continue
+            pending[resp["Command"]["CommandId"]] = set(batch)
+
+    while pending:
+        for command_id in list(pending):
+            for inv in _invocations(ssm, command_id):
+                iid = inv["InstanceId"]
+                if iid not in pending[command_id]:
+                    continue
+                status = inv.get("Status", "")
+                if status == "Success":
+                    output = "".join(p.get("Output", "") for p in inv.get("CommandPlugins", []))
+                    results[iid] = parse_probe_output(output)
+                elif status in TERMINAL_FAILURES:
+                    results[iid] = ProbeResult(ok=False, error=f"probe command {status}")
+                else:
+                    continue
+                pending[command_id].discard(iid)
+            if not pending[command_id]:
+                del pending[command_id]
+        if not pending:
+            break
+        if clock() >= deadline:
+            for command_id, ids in pending.items():
+                for iid in ids:
+                    results[iid] = ProbeResult(ok=False, error=f"probe did not finish within {timeout_seconds:g} s")
+                try:
+                    ssm.cancel_command(CommandId=command_id)
+                except (ClientError, NotImplementedError):  # best effort; the probe has no side effects
+                    pass
+            break
+        sleep(poll_seconds)
+    return results
+
+
+def _invocations(ssm: Any, command_id: str) -> Iterator[dict[str, Any]]:
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"CommandId": command_id, "Details": True}
+        if token:
+            kwargs["NextToken"] = token
+        try:
+            resp = ssm.list_command_invocations(**kwargs)
+        except ClientError as exc:
+            if error_code(exc) == "InvalidCommandId":  # eventual consistency right after SendCommand
+                return
+            raise
+        yield from resp.get("CommandInvocations", [])
+        token = resp.get("NextToken")
+        if not token:
+            return

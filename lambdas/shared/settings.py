@@ -1,0 +1,63 @@
+"""Function settings, read once per container from the environment set by the CDK stack."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import constants as c
+from shared.models import Action
+
+
+class SettingsError(RuntimeError):
+    """The function's environment is incomplete or malformed (a deployment error, not a user error)."""
+
+
+class Settings(BaseModel):
+    """Environment of every autostop function.
+
+    Fields map to the ``AUTOSTOP_*`` variables in :mod:`shared.constants`. Durations are seconds,
+    sizes bytes. Trigger functions also need ``state_machine_arn``; the task functions of the
+    state machine cannot have it (it would be a circular reference in CloudFormation).
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    tag_prefix: str = Field(c.DEFAULT_TAG_PREFIX, alias=c.ENV_TAG_PREFIX, pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
+    checkpoint_bucket: str = Field(alias=c.ENV_CHECKPOINT_BUCKET, min_length=3, max_length=63)
+    default_action: Action = Field(Action.STOP, alias=c.ENV_DEFAULT_ACTION)
+    default_grace_seconds: int = Field(300, alias=c.ENV_DEFAULT_GRACE_SECONDS, ge=0, le=c.HARD_MAX_GRACE_SECONDS)
+    max_grace_seconds: int = Field(1800, alias=c.ENV_MAX_GRACE_SECONDS, ge=0, le=c.HARD_MAX_GRACE_SECONDS)
+    state_machine_arn: str | None = Field(None, alias=c.ENV_STATE_MACHINE_ARN)
+    probe_document: str = Field(alias=c.ENV_PROBE_DOCUMENT)
+    checkpoint_document: str = Field(alias=c.ENV_CHECKPOINT_DOCUMENT)
+    checkpoint_timeout_seconds: int = Field(3600, alias=c.ENV_CHECKPOINT_TIMEOUT_SECONDS, ge=60, le=172800)
+    part_size_bytes: int = Field(
+        512 * 1024 * 1024, alias=c.ENV_PART_SIZE_BYTES, ge=c.MIN_PART_SIZE_BYTES, le=c.MAX_SINGLE_PUT_BYTES
+    )
+    probe_timeout_seconds: int = Field(60, alias=c.ENV_PROBE_TIMEOUT_SECONDS, ge=5, le=600)
+    poll_seconds: float = Field(2.0, alias=c.ENV_POLL_SECONDS, ge=0, le=60)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); raises :class:`SettingsError`."""
+        source = os.environ if environ is None else environ
+        try:
+            return cls.model_validate({k: v for k, v in source.items() if k.startswith("AUTOSTOP_")})
+        except ValidationError as exc:
+            raise SettingsError(f"autostop function environment is invalid: {exc}") from exc
+
+    def require_state_machine_arn(self) -> str:
+        """The lifecycle state machine's ARN; raises :class:`SettingsError` when not configured."""
+        if not self.state_machine_arn:
+            raise SettingsError(f"{c.ENV_STATE_MACHINE_ARN} is not set for this function")
+        return self.state_machine_arn
+
+
+@cache
+def settings() -> Settings:
+    """Settings of this container, parsed on first use."""
+    return Settings.from_env()

@@ -1,0 +1,222 @@
+"""Opt-in and tag parsing: from an instance's EC2 tags to a validated :class:`InstanceConfig`.
+
+Every tag value is checked against a narrow pattern here, before it can reach an SSM document
+parameter (whose ``allowedPattern`` checks it again) or an S3 key. A bad value raises
+:class:`InvalidTags`; the instance is then skipped with that message and never stopped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared import constants as c
+from shared.models import Action, InstanceConfig, S3Uri
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ABS_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{0,254}$")
+LOG_PATTERN_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
+SIGNALS = ("TERM", "INT", "HUP", "USR1", "USR2")
+TRUE_VALUES = ("true",)
+BOOL_VALUES = {"true": True, "false": False}
+
+
+class InvalidTags(ValueError):
+    """The instance's autostop tags cannot be used; ``problems`` lists each one in words a user can act on."""
+
+    def __init__(self, instance_id: str, problems: list[str]) -> None:
+        self.instance_id = instance_id
+        self.problems = problems
+        super().__init__(f"{instance_id}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TagPolicy:
+    """Deployment-wide rules for reading tags (from :class:`shared.settings.Settings`)."""
+
+    prefix: str
+    checkpoint_bucket: str
+    default_action: Action = Action.STOP
+    default_grace_seconds: int = 300
+    max_grace_seconds: int = 1800
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+
+def is_opted_in(tags: Mapping[str, str], prefix: str) -> bool:
+    """True when ``<prefix>:enabled`` equals ``true`` ignoring case (not whitespace).
+
+    This is the same test as the IAM condition ``StringEqualsIgnoreCase`` on
+    ``aws:ResourceTag/<prefix>:enabled`` that guards StopInstances, TerminateInstances and SendCommand.
+    """
+    return tags.get(f"{prefix}:{c.TAG_ENABLED}", "").lower() in TRUE_VALUES
+
+
+def _abs_path(value: str, key: str, problems: list[str]) -> str | None:
+    if not ABS_PATH_RE.match(value):
+        problems.append(f"{key}={value!r} must be an absolute path of letters, digits and . _ / - (at most 255)")
+        return None
+    segments = value.split("/")[1:]
+    if any(seg in ("..", ".") for seg in segments) or "//" in value:
+        problems.append(f"{key}={value!r} may not contain '.', '..' or empty path segments")
+        return None
+    if value != "/" and value.endswith("/"):
+        value = value.rstrip("/")
+    return value
+
+
+def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: TagPolicy) -> InstanceConfig:
+    """Validate the ``<prefix>:*`` tags of an opted-in instance.
+
+    Args:
+        instance_id: EC2 instance id (``i-...``).
+        tags: all tags of the instance, key to value, as DescribeInstances returns them.
+        policy: deployment settings (tag prefix, checkpoint bucket, defaults and bounds).
+
+    Returns:
+        The instance's configuration, defaults applied.
+
+    Raises:
+        InvalidTags: any tag is missing, unknown or malformed; nothing about the instance is trusted then.
+    """
+    p = policy.prefix
+    problems: list[str] = []
+    ours = {k[len(p) + 1 :]: v for k, v in tags.items() if k.startswith(f"{p}:")}
+
+    for name in ours:
+        if name not in c.KNOWN_TAGS:
+            hint = difflib.get_close_matches(name, c.KNOWN_TAGS, n=1)
+            problems.append(f"unknown tag {p}:{name}" + (f" (did you mean {p}:{hint[0]}?)" if hint else ""))
+
+    if not is_opted_in(tags, p):
+        problems.append(f"{p}:{c.TAG_ENABLED} is not 'true'")
+
+    def get(name: str) -> str | None:
+        return ours.get(name)
+
+    run_id = get(c.TAG_RUN_ID)
+    if run_id is None:
+        problems.append(f"{p}:{c.TAG_RUN_ID} is required (letters, digits, . _ -, at most 63)")
+    elif not RUN_ID_RE.match(run_id):
+        problems.append(f"{p}:{c.TAG_RUN_ID}={run_id!r} must be 1-63 letters, digits, . _ - starting with a letter or digit")
+
+    raw_action = get(c.TAG_ACTION)
+    action = policy.default_action
+    if raw_action is not None:
+        try:
+            action = Action(raw_action.lower())
+        except ValueError:
+            problems.append(f"{p}:{c.TAG_ACTION}={raw_action!r} must be one of stop, terminate, hibernate")
+    elif action is Action.TERMINATE:  # terminate only when explicitly tagged
+        action = Action.STOP
+
+    checkpoint_dir = None
+    raw_dir = get(c.TAG_CHECKPOINT_DIR)
+    if raw_dir is None:
+        problems.append(f"{p}:{c.TAG_CHECKPOINT_DIR} is required (absolute path of the checkpoints on the instance)")
+    else:
+        checkpoint_dir = _abs_path(raw_dir, f"{p}:{c.TAG_CHECKPOINT_DIR}", problems)
+        if checkpoint_dir == "/":
+            problems.append(f"{p}:{c.TAG_CHECKPOINT_DIR} may not be '/'")
+            checkpoint_dir = None
+
+    prefix_uri: S3Uri | None = None
+    raw_uri = get(c.TAG_CHECKPOINT_S3_URI)
+    if raw_uri is None:
+        if run_id is not None and RUN_ID_RE.match(run_id):
+            prefix_uri = S3Uri(bucket=policy.checkpoint_bucket, key=f"runs/{run_id}/")
+    else:
+        prefix_uri = _bucket_uri(raw_uri, f"{p}:{c.TAG_CHECKPOINT_S3_URI}", policy, problems)
+        if prefix_uri is not None:
+            prefix_uri = prefix_uri.as_prefix()
+            if not prefix_uri.key:
+                problems.append(f"{p}:{c.TAG_CHECKPOINT_S3_URI} needs a key prefix, not the bucket root")
+                prefix_uri = None
+
+    pid_file = None
+    if (raw := get(c.TAG_PID_FILE)) is not None:
+        pid_file = _abs_path(raw, f"{p}:{c.TAG_PID_FILE}", problems)
+    log_file = None
+    if (raw := get(c.TAG_LOG_FILE)) is not None:
+        log_file = _abs_path(raw, f"{p}:{c.TAG_LOG_FILE}", problems)
+    log_pattern = get(c.TAG_LOG_PATTERN)
+    if log_pattern is not None:
+        if not LOG_PATTERN_RE.match(log_pattern):
+            problems.append(f"{p}:{c.TAG_LOG_PATTERN} must be 1-200 printable ASCII characters")
+            log_pattern = None
+        else:
+            try:
+                re.compile(log_pattern)
+            except re.error as exc:
+                problems.append(f"{p}:{c.TAG_LOG_PATTERN}={log_pattern!r} is not a valid regular expression: {exc}")
+    if (get(c.TAG_LOG_FILE) is None) != (get(c.TAG_LOG_PATTERN) is None):
+        problems.append(f"{p}:{c.TAG_LOG_FILE} and {p}:{c.TAG_LOG_PATTERN} must be set together")
+
+    marker: S3Uri | None = None
+    raw_marker = get(c.TAG_COMPLETION_MARKER)
+    if raw_marker is not None:
+        marker = _bucket_uri(raw_marker, f"{p}:{c.TAG_COMPLETION_MARKER}", policy, problems)
+        if marker is not None and (not marker.key or marker.key.endswith("/")):
+            problems.append(f"{p}:{c.TAG_COMPLETION_MARKER} must name an object, not a prefix")
+            marker = None
+    elif get(c.TAG_PID_FILE) is None and get(c.TAG_LOG_FILE) is None and prefix_uri is not None:
+        marker = prefix_uri.child(c.DEFAULT_MARKER_NAME)
+
+    signal = "TERM"
+    if (raw := get(c.TAG_SIGNAL)) is not None:
+        name = raw.upper().removeprefix("SIG")
+        if name not in SIGNALS:
+            problems.append(f"{p}:{c.TAG_SIGNAL}={raw!r} must be one of " + ", ".join("SIG" + s for s in SIGNALS))
+        else:
+            signal = name
+
+    grace = policy.default_grace_seconds
+    if (raw := get(c.TAG_GRACE_SECONDS)) is not None:
+        if not re.fullmatch(r"[0-9]{1,5}", raw):
+            problems.append(f"{p}:{c.TAG_GRACE_SECONDS}={raw!r} must be a whole number of seconds")
+        elif not c.MIN_GRACE_SECONDS <= int(raw) <= policy.max_grace_seconds:
+            problems.append(
+                f"{p}:{c.TAG_GRACE_SECONDS}={raw} is outside {c.MIN_GRACE_SECONDS}..{policy.max_grace_seconds} seconds"
+            )
+        else:
+            grace = int(raw)
+
+    dry_run = False
+    if (raw := get(c.TAG_DRY_RUN)) is not None:
+        if raw.lower() not in BOOL_VALUES:
+            problems.append(f"{p}:{c.TAG_DRY_RUN}={raw!r} must be true or false")
+            dry_run = True  # unreadable dry-run tag: never act (the instance is skipped anyway)
+        else:
+            dry_run = BOOL_VALUES[raw.lower()]
+
+    if problems or run_id is None or checkpoint_dir is None or prefix_uri is None:
+        raise InvalidTags(instance_id, problems or ["incomplete autostop tags"])
+    return InstanceConfig(
+        instance_id=instance_id,
+        run_id=run_id,
+        action=action,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_prefix=prefix_uri,
+        completion_marker=marker,
+        pid_file=pid_file,
+        log_file=log_file,
+        log_pattern=log_pattern,
+        signal=signal,
+        grace_seconds=grace,
+        dry_run=dry_run,
+    )
+
+
+def _bucket_uri(raw: str, key: str, policy: TagPolicy, problems: list[str]) -> S3Uri | None:
+    try:
+        uri = S3Uri.parse(raw)
+    except ValueError as exc:
+        problems.append(f"{key}: {exc}")
+        return None
+    if uri.bucket != policy.checkpoint_bucket:
+        problems.append(f"{key}={raw!r} must be in the stack's checkpoint bucket s3://{policy.checkpoint_bucket}/")
+        return None
+    return uri
