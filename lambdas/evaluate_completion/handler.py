@@ -1,0 +1,24 @@
+"""Lambda entry point of the Evaluate completion Task state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from evaluate_completion.logic import evaluate
+from shared.clients import client
+from shared.evaluation import Clients, Evaluator
+from shared.observability import logger, metrics, tracer
+from shared.settings import settings
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    evaluator = Evaluator(clients=Clients(s3=client("s3"), ssm=client("ssm")), settings=settings())
+    result = evaluate(event, ec2=client("ec2"), evaluator=evaluator)
+    logger.info("evaluated", extra={"decision": result.decision, "reason": result.reason})
+    metrics.add_metric(name=f"Evaluation_{result.decision}", unit="Count", value=1)
+    return result.model_dump(mode="json")

@@ -1,0 +1,33 @@
+"""Lambda entry point of the completion-marker trigger (S3 "Object Created" via EventBridge)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser import event_parser
+from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from on_object_created.logic import on_marker
+from shared.clients import client
+from shared.evaluation import Clients, Evaluator
+from shared.observability import logger, metrics, tracer
+from shared.settings import settings
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+@event_parser(model=S3EventNotificationEventBridgeModel)
+def lambda_handler(event: S3EventNotificationEventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+    evaluator = Evaluator(clients=Clients(s3=client("s3"), ssm=client("ssm")), settings=settings())
+    summary = on_marker(
+        ec2=client("ec2"),
+        sfn=client("stepfunctions"),
+        evaluator=evaluator,
+        bucket=event.detail.bucket.name,
+        key=event.detail.object.key,
+        event_time=event.time.isoformat(),
+    )
+    metrics.add_metric(name="ExecutionsStarted", unit="Count", value=sum(e.status == "started" for e in summary.executions))
+    return summary.model_dump(mode="json")

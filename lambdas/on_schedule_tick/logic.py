@@ -1,0 +1,20 @@
+"""The schedule sweep: evaluate every opted-in running instance and start executions for finished runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.evaluation import Evaluator
+from shared.instances import opted_in_candidates
+from shared.triggers import TriggerSummary, evaluate_and_start
+
+
+def sweep(*, ec2: Any, sfn: Any, evaluator: Evaluator, scheduled_at: str) -> TriggerSummary:
+    """One tick of the schedule.
+
+    AWS calls grow with pages and batches: DescribeInstances pages, one HeadObject per configured
+    marker, the batched probe (one SendCommand per 50 instances sharing probe parameters), and one
+    StartExecution only per instance judged complete.
+    """
+    candidates = opted_in_candidates(ec2, evaluator.settings.tag_prefix)
+    return evaluate_and_start(candidates, evaluator=evaluator, sfn=sfn, trigger={"source": "schedule", "time": scheduled_at})

@@ -1,0 +1,161 @@
+"""Verify checkpoint Task state: judge the checkpoint command, then prove the upload from S3 alone.
+
+S3 is the source of truth: the manifest named by the Evaluate step is read back and every object it
+lists is checked with HeadObject (ChecksumMode=ENABLED) for presence, size, S3's own SHA-256 checksum
+and a LastModified no older than the decision. The command's stdout is only used to explain failures.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from shared import constants as c
+from shared.errors import TransientAwsError, error_code, is_transient
+from shared.models import Manifest, ManifestFile
+from shared.probe import last_json_line
+from shared.workflow import EvaluateOutput, VerifyOutput
+
+MAX_REASONS = 5
+
+
+def command_failure(invocation: dict[str, Any]) -> str | None:
+    """Why the checkpoint command did not succeed, or None when its status is Success.
+
+    ``invocation`` holds GetCommandInvocation's Status, StatusDetails, ResponseCode,
+    StandardOutputContent and StandardErrorContent (stdout is at most 24,000 characters there).
+    """
+    status = invocation.get("Status", "Unknown")
+    if status == "Success":
+        return None
+    line = last_json_line(invocation.get("StandardOutputContent", "") or "")
+    if line and line.get("result") == "failed":
+        return f"{line.get('error', 'Failed')}: {line.get('message', '')}".strip()
+    if status in ("Pending", "InProgress", "Delayed"):
+        return f"checkpoint command still {status} when the state machine stopped waiting"
+    detail = invocation.get("StatusDetails", status)
+    rc = invocation.get("ResponseCode", -1)
+    err = (invocation.get("StandardErrorContent", "") or "").strip().splitlines()
+    tail = f"; stderr: {err[-1][:300]}" if err else ""
+    return f"checkpoint command {status} ({detail}), exit code {rc}{tail}"
+
+
+def checksum_matches(expected: str, actual: str | None, parts: int) -> bool:
+    """Compare the manifest's ``checksum_sha256`` with S3's ``ChecksumSHA256``.
+
+    S3 returns a composite multipart checksum as ``<base64>-<parts>``; some emulators omit the suffix.
+    The base64 digest must always be equal; a suffix, where present on either side, must name the same
+    number of parts.
+    """
+    if not actual:
+        return False
+    exp_digest, _, exp_parts = expected.partition("-")
+    act_digest, _, act_parts = actual.partition("-")
+    if exp_digest != act_digest:
+        return False
+    if act_parts and act_parts != str(parts):
+        return False
+    return not (exp_parts and exp_parts != str(parts))
+
+
+class Verifier:
+    """Reads one manifest and checks its objects. ``s3`` is a boto3 S3 client."""
+
+    def __init__(self, s3: Any, max_workers: int = 16) -> None:
+        self.s3 = s3
+        self.max_workers = max_workers
+
+    def _head(self, bucket: str, key: str) -> dict[str, Any] | str:
+        try:
+            return self.s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")  # type: ignore[no-any-return]
+        except ClientError as exc:
+            if is_transient(exc):
+                raise TransientAwsError(f"HeadObject s3://{bucket}/{key}: {error_code(exc)}") from exc
+            code = error_code(exc)
+            return "missing" if code in ("404", "NoSuchKey", "NotFound") else f"HeadObject failed ({code})"
+
+    def check_file(self, bucket: str, f: ManifestFile, not_before: datetime) -> str | None:
+        head = self._head(bucket, f.key)
+        if isinstance(head, str):
+            return f"{f.key}: {head}"
+        if head.get("ContentLength") != f.size:
+            return f"{f.key}: size {head.get('ContentLength')} bytes in S3, {f.size} in the manifest"
+        if not checksum_matches(f.checksum_sha256, head.get("ChecksumSHA256"), f.parts):
+            got = head.get("ChecksumSHA256") or "none"
+            return f"{f.key}: S3 SHA-256 checksum {got} differs from the instance's {f.checksum_sha256}"
+        ctype = head.get("ChecksumType")
+        if ctype and ctype != ("COMPOSITE" if f.parts else "FULL_OBJECT"):
+            return f"{f.key}: checksum type {ctype} does not match a {'multipart' if f.parts else 'single'} upload"
+        if head["LastModified"] < not_before:
+            return f"{f.key}: last modified {head['LastModified'].isoformat()} is older than the decision"
+        return None
+
+    def verify(self, evaluation: EvaluateOutput, invocation: dict[str, Any], execution: str) -> VerifyOutput:
+        """Judge the command, then the manifest and each object; never raises for bad data.
+
+        Raises:
+            TransientAwsError: S3 throttled or failed; the Task state's Retry runs this step again.
+        """
+        loc = evaluation.checkpoint
+        if loc is None:
+            return VerifyOutput(verified=False, outcome="CheckpointFailed", reason="no checkpoint was planned")
+        failure = command_failure(invocation)
+        if failure:
+            return VerifyOutput(verified=False, outcome="CheckpointFailed", reason=failure, manifest_uri=loc.manifest_uri)
+        not_before = evaluation.decided_at.replace(microsecond=0)
+
+        def unverified(reason: str) -> VerifyOutput:
+            return VerifyOutput(verified=False, outcome="UploadUnverified", reason=reason, manifest_uri=loc.manifest_uri)
+
+        head = self._head(loc.bucket, loc.manifest_key)
+        if isinstance(head, str):
+            return unverified(f"manifest {loc.manifest_uri}: {head}")
+        if head.get("ContentLength", 0) > c.MAX_MANIFEST_BYTES:
+            return unverified(f"manifest {loc.manifest_uri} is larger than {c.MAX_MANIFEST_BYTES} bytes")
+        if head["LastModified"] < not_before:
+            return unverified(f"manifest {loc.manifest_uri} is older than the decision")
+        try:
+            body = self.s3.get_object(Bucket=loc.bucket, Key=loc.manifest_key)["Body"].read()
+        except ClientError as exc:
+            if is_transient(exc):
+                raise TransientAwsError(f"GetObject {loc.manifest_uri}: {error_code(exc)}") from exc
+            return unverified(f"manifest {loc.manifest_uri}: GetObject failed ({error_code(exc)})")
+        try:
+            manifest = Manifest.model_validate(json.loads(body))
+        except (ValueError, ValidationError) as exc:
+            return unverified(f"manifest {loc.manifest_uri} is not a valid manifest: {str(exc).splitlines()[0][:300]}")
+
+        expected = {
+            "run_id": evaluation.run_id,
+            "instance_id": evaluation.instance_id,
+            "execution_name": execution,
+            "bucket": loc.bucket,
+        }
+        for field_name, want in expected.items():
+            if getattr(manifest, field_name) != want:
+                return unverified(f"manifest {field_name} is {getattr(manifest, field_name)!r}, expected {want!r}")
+        outside = [f.key for f in manifest.files if not f.key.startswith(loc.upload_prefix)]
+        if outside:
+            return unverified(f"manifest lists {len(outside)} key(s) outside {loc.upload_prefix}, e.g. {outside[0]}")
+        if manifest.total_bytes != sum(f.size for f in manifest.files):
+            return unverified("manifest total_bytes does not equal the sum of its file sizes")
+
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(manifest.files))) as pool:
+            problems = [p for p in pool.map(lambda f: self.check_file(loc.bucket, f, not_before), manifest.files) if p]
+        if problems:
+            more = f" (and {len(problems) - MAX_REASONS} more)" if len(problems) > MAX_REASONS else ""
+            return unverified(f"{len(problems)} of {len(manifest.files)} objects failed verification: " + "; ".join(problems[:MAX_REASONS]) + more)
+        return VerifyOutput(
+            verified=True,
+            outcome="Verified",
+            reason=f"{len(manifest.files)} objects, {manifest.total_bytes} bytes verified against S3 SHA-256 checksums",
+            manifest_uri=loc.manifest_uri,
+            files=len(manifest.files),
+            bytes=manifest.total_bytes,
+            step=manifest.step,
+        )
