@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""CDK app: ``npx cdk synth`` / ``npx cdk deploy``. Settings come from cdk.json context (see infra/config.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+import aws_cdk as cdk  # noqa: E402
+from cdk_nag import AwsSolutionsChecks  # noqa: E402
+
+from infra.config import AutostopConfig  # noqa: E402
+from infra.stack import AutostopStack  # noqa: E402
+
+
+CDK_JSON = Path(__file__).resolve().parent / "cdk.json"
+
+
+def build_app(context: dict[str, object] | None = None, outdir: str | None = None) -> tuple[cdk.App, AutostopStack]:
+    """The app with cdk-nag AwsSolutions checks enabled; synthesis fails on any unacknowledged finding.
+
+    ``context`` overrides cdk.json's context (the CDK CLI's ``-c`` flags still take precedence).
+    """
+    defaults = json.loads(CDK_JSON.read_text()).get("context", {})
+    app = cdk.App(context={**defaults, **(context or {})}, outdir=outdir)
+    config = AutostopConfig.from_context(app.node)
+    stack = AutostopStack(
+        app,
+        config.stack_name,
+        config=config,
+        description="autostop: stop GPU training instances only after a verified checkpoint",
+        env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"), region=os.environ.get("CDK_DEFAULT_REGION")),
+    )
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    return app, stack
+
+
+if __name__ == "__main__":
+    build_app()[0].synth()

@@ -1,0 +1,98 @@
+"""Deployment settings from ``cdk.json`` context, validated once, in one frozen object.
+
+Context keys (all optional; defaults in brackets):
+``tag_prefix`` [autostop], ``schedule_minutes`` [5], ``default_action`` [stop; stop or hibernate, never
+terminate: terminate is only ever taken from an instance's own tag], ``default_grace_seconds`` [300],
+``max_grace_seconds`` [1800], ``checkpoint_bucket`` ["create": a new bucket; else an existing bucket's
+name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint command],
+``part_size_bytes`` [536870912], ``log_retention_days`` [30], ``notification_emails`` [[]],
+``stack_name`` [Autostop].
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from constructs import Node
+
+from lambdas.shared import constants as c
+
+POWERTOOLS_VERSION = "3.37.0"
+"""Powertools layer version; keep equal to lambdas/requirements.txt."""
+LAMBDA_PYTHON = "python3.13"
+LAMBDA_ARCH = "arm64"
+
+
+class ConfigError(ValueError):
+    """A cdk.json context value is invalid; synth stops with this message."""
+
+
+@dataclass(frozen=True)
+class AutostopConfig:
+    stack_name: str = "Autostop"
+    tag_prefix: str = c.DEFAULT_TAG_PREFIX
+    schedule_minutes: int = 5
+    default_action: str = "stop"
+    default_grace_seconds: int = 300
+    max_grace_seconds: int = 1800
+    checkpoint_bucket: str = "create"
+    checkpoint_timeout_seconds: int = 3600
+    part_size_bytes: int = 512 * 1024 * 1024
+    log_retention_days: int = 30
+    notification_emails: tuple[str, ...] = field(default_factory=tuple)
+    poll_interval_seconds: int = 10
+    """Wait between GetCommandInvocation / DescribeInstances polls in the state machine."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,31}", self.tag_prefix):
+            problems.append(f"tag_prefix {self.tag_prefix!r}: 1-32 letters, digits, _ . - starting with a letter")
+        if not 1 <= self.schedule_minutes <= 1440:
+            problems.append("schedule_minutes must be 1..1440")
+        if self.default_action not in ("stop", "hibernate"):
+            problems.append("default_action must be stop or hibernate (terminate only when an instance is tagged so)")
+        if not 0 <= self.default_grace_seconds <= self.max_grace_seconds <= c.HARD_MAX_GRACE_SECONDS:
+            problems.append(f"need 0 <= default_grace_seconds <= max_grace_seconds <= {c.HARD_MAX_GRACE_SECONDS}")
+        if self.checkpoint_bucket != "create" and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.checkpoint_bucket):
+            problems.append("checkpoint_bucket must be 'create' or a bucket name")
+        if not 60 <= self.checkpoint_timeout_seconds <= 172800 - c.HARD_MAX_GRACE_SECONDS:
+            problems.append("checkpoint_timeout_seconds must be 60..168000")
+        if not c.MIN_PART_SIZE_BYTES <= self.part_size_bytes <= c.MAX_SINGLE_PUT_BYTES:
+            problems.append("part_size_bytes must be between 5 MiB and 5 GiB")
+        if not 1 <= self.poll_interval_seconds <= 300:
+            problems.append("poll_interval_seconds must be 1..300")
+        if problems:
+            raise ConfigError("invalid autostop context: " + "; ".join(problems))
+
+    @property
+    def checkpoint_poll_limit(self) -> int:
+        """Polls of the checkpoint command before giving up: delivery + grace + upload budget, plus slack."""
+        budget = 120 + self.max_grace_seconds + self.checkpoint_timeout_seconds + 60
+        return -(-budget // self.poll_interval_seconds)
+
+    @property
+    def stop_poll_limit(self) -> int:
+        """Polls of DescribeInstances while the instance stops (20 minutes)."""
+        return -(-1200 // self.poll_interval_seconds)
+
+    @classmethod
+    def from_context(cls, node: Node) -> AutostopConfig:
+        """Read every known key from the CDK context of ``node``; unknown autostop keys are errors."""
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            raw = node.try_get_context(name)
+            if raw is None:
+                continue
+            default = cls.__dataclass_fields__[name].default
+            if name == "notification_emails":
+                values[name] = tuple(raw if isinstance(raw, list) else [raw])
+            elif isinstance(default, int):
+                try:
+                    values[name] = int(raw)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"context {name}={raw!r} must be a whole number") from exc
+            else:
+                values[name] = str(raw)
+        return cls(**values)

@@ -1,0 +1,66 @@
+"""EventBridge rules that start work: the schedule sweep and S3 Object Created (completion markers)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.nag import acknowledge
+from lambdas.shared import constants as c
+
+
+class Triggers(Construct):
+    """``Schedule`` runs the sweep every ``schedule_minutes``; ``MarkerCreated`` sends Object Created events of
+    keys ending in ``_SUCCESS`` in the checkpoint bucket to the marker function. Events that cannot be
+    delivered after retries go to the ``Undelivered`` queue (kept 14 days)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        schedule_minutes: int,
+        sweep: lambda_.IFunction,
+        on_marker: lambda_.IFunction,
+        bucket: s3.IBucket,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.undelivered = sqs.Queue(
+            self,
+            "Undelivered",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        acknowledge(
+            self.undelivered,
+            "AwsSolutions-SQS3",
+            "This queue is itself the dead-letter queue of the two EventBridge targets; it needs no DLQ of its own.",
+        )
+        delivery = {"dead_letter_queue": self.undelivered, "retry_attempts": 4, "max_event_age": Duration.hours(2)}
+        self.schedule = events.Rule(
+            self,
+            "Schedule",
+            description="autostop sweep over opted-in running instances",
+            schedule=events.Schedule.rate(Duration.minutes(schedule_minutes)),
+            targets=[targets.LambdaFunction(sweep, **delivery)],
+        )
+        self.marker_created = events.Rule(
+            self,
+            "MarkerCreated",
+            description="autostop: a completion marker landed in the checkpoint bucket",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=["Object Created"],
+                detail={
+                    "bucket": {"name": [bucket.bucket_name]},
+                    "object": {"key": events.Match.suffix(c.DEFAULT_MARKER_NAME)},
+                },
+            ),
+            targets=[targets.LambdaFunction(on_marker, **delivery)],
+        )

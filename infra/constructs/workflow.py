@@ -1,0 +1,351 @@
+"""The lifecycle state machine (Step Functions Standard): Evaluate → Checkpoint → Verify → Stop → Notify.
+
+Every path ends in exactly one outcome Pass state, which writes ``$.result`` ({outcome, reason,
+instance_id, run_id, execution, ...}); ``Notify`` publishes it to SNS; failure outcomes then end in
+the ``Failed`` state (error = outcome, cause = reason), the others in ``Done`` (output = ``$.result``).
+Only the Stopped / Terminated / Hibernated outcomes change the instance, and the only way into the
+Stop instance Task state is through ``Checkpoint verified?`` with ``verified = true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+from constructs import Construct
+
+from infra.config import AutostopConfig
+from lambdas.shared import constants as c
+
+LAMBDA_SERVICE_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+"""CDK's built-in LambdaInvoke retry is turned off (``retry_on_service_exceptions=False``) so that one
+explicit policy applies: these errors plus our own TransientAwsError, 4 attempts, 2 s doubling."""
+TRANSIENT_ERROR = "TransientAwsError"
+SSM_THROTTLED = ["Ssm.ThrottlingException", "Ssm.TooManyUpdatesException"]
+"""SendCommand is retried only when SSM rejected the request outright: a retry after an ambiguous
+failure (timeout, 5xx) could deliver the checkpoint command twice and signal the trainer twice."""
+PENDING_COMMAND = ("Pending", "InProgress", "Delayed")
+ON_THE_WAY = ("pending", "running", "stopping", "shutting-down")
+"""Instance states in which the Stop instance step keeps waiting for the final state."""
+
+
+class LifecycleStateMachine(Construct):
+    """Builds the state machine back to front; ``state_machine`` is the L2 construct."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: AutostopConfig,
+        evaluate: lambda_.IFunction,
+        verify: lambda_.IFunction,
+        stop: lambda_.IFunction,
+        checkpoint_document_arn: str,
+        topic: sns.ITopic,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._config = config
+        self._finish = self._build_finish(topic)
+        stop_entry = self._build_stop(stop)
+        verify_entry = self._build_verify(verify, stop_entry)
+        checkpoint_entry = self._build_checkpoint(checkpoint_document_arn, verify_entry)
+        definition = self._build_evaluate(evaluate, checkpoint_entry)
+
+        budget = (config.checkpoint_poll_limit + config.stop_poll_limit) * config.poll_interval_seconds + 3600
+        log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
+        self.state_machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            comment="autostop: checkpoint, verify, then stop/terminate/hibernate one training instance",
+            timeout=Duration.seconds(budget),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+        )
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _lambda(self, name: str, fn: lambda_.IFunction, payload: dict[str, Any], result_path: str) -> tasks.LambdaInvoke:
+        task = tasks.LambdaInvoke(
+            self,
+            name,
+            lambda_function=fn,
+            payload=sfn.TaskInput.from_object(payload),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+        )
+        task.add_retry(
+            errors=[*LAMBDA_SERVICE_ERRORS, TRANSIENT_ERROR], interval=Duration.seconds(2), max_attempts=4, backoff_rate=2
+        )
+        return task
+
+    def _outcome(self, name: str, outcome: str, reason: str, *, known_instance: bool = True, checkpoint: bool = False) -> sfn.Pass:
+        """A Pass state that writes ``$.result`` and goes on to Notify.
+
+        ``reason`` is a JSONPath or intrinsic function. ``known_instance`` False is for paths where
+        ``$.evaluation`` does not exist (the execution input is then included for the reader).
+        """
+        result: dict[str, Any] = {"outcome": outcome, "reason.$": reason, "execution.$": "$$.Execution.Name"}
+        if known_instance:
+            result.update({"instance_id.$": "$.evaluation.instance_id", "run_id.$": "$.evaluation.run_id"})
+        else:
+            result["input.$"] = "$$.Execution.Input"
+        if checkpoint:
+            result["manifest_uri.$"] = "$.verification.manifest_uri"
+        state = sfn.Pass(self, name, parameters=result, result_path="$.result")
+        state.next(self._finish)
+        return state
+
+    def _counter(self, name: str, path: str) -> sfn.Pass:
+        return sfn.Pass(self, name, parameters={"n.$": f"States.MathAdd({path}.n, 1)"}, result_path=path)
+
+    # --- the end: Notify, then Failed or Done -------------------------------------------------------------
+
+    def _build_finish(self, topic: sns.ITopic) -> sfn.IChainable:
+        notify = tasks.SnsPublish(
+            self,
+            "Notify",
+            topic=topic,
+            message=sfn.TaskInput.from_json_path_at("$.result"),
+            message_attributes={"outcome": tasks.MessageAttribute(value=sfn.JsonPath.string_at("$.result.outcome"))},
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        notify.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
+        verdict = (
+            sfn.Choice(self, "Outcome is a failure?")
+            .when(
+                sfn.Condition.or_(*[sfn.Condition.string_equals("$.result.outcome", o) for o in sorted(c.FAILED_OUTCOMES)]),
+                sfn.Fail(self, "Failed", error_path="$.result.outcome", cause_path="$.result.reason"),
+            )
+            .otherwise(sfn.Succeed(self, "Done", output_path="$.result"))
+        )
+        # A notification that cannot be published must not change the outcome.
+        notify.add_catch(verdict, errors=["States.ALL"], result_path="$.notify_error")
+        notify.next(verdict)
+        return notify
+
+    # --- Evaluate -----------------------------------------------------------------------------------------
+
+    def _build_evaluate(self, evaluate: lambda_.IFunction, on_complete: sfn.IChainable) -> sfn.IChainable:
+        task = self._lambda("Evaluate completion", evaluate, {"input.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.evaluation")
+        task.add_catch(
+            self._outcome(
+                "Evaluation failed",
+                c.OUTCOME_INCONCLUSIVE,
+                "States.Format('Evaluate completion failed: {}', $.error.Cause)",
+                known_instance=False,
+            ),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+        decision = "$.evaluation.decision"
+        route = (
+            sfn.Choice(self, "Run complete?")
+            .when(sfn.Condition.string_equals(decision, "complete"), on_complete)
+            .when(
+                sfn.Condition.string_equals(decision, "not_complete"),
+                self._outcome("Not complete", c.OUTCOME_NOT_COMPLETE, "$.evaluation.reason"),
+            )
+            .when(
+                sfn.Condition.string_equals(decision, "skipped"),
+                self._outcome("Skipped", c.OUTCOME_SKIPPED, "$.evaluation.reason"),
+            )
+            .otherwise(self._outcome("Inconclusive", c.OUTCOME_INCONCLUSIVE, "$.evaluation.reason"))
+        )
+        return task.next(route)
+
+    # --- Checkpoint: SendCommand, then a bounded Wait / GetCommandInvocation loop ------------------------------
+
+    def _build_checkpoint(self, document_arn: str, on_finished: sfn.IChainable) -> sfn.IChainable:
+        config = self._config
+        instances = Stack.of(self).format_arn(service="ec2", resource="instance", resource_name="*")
+        send = tasks.CallAwsService(
+            self,
+            "Send checkpoint command",
+            service="ssm",
+            action="sendCommand",
+            iam_resources=[document_arn],
+            additional_iam_statements=[
+                iam.PolicyStatement(
+                    actions=["ssm:SendCommand"],
+                    resources=[instances],
+                    conditions={"StringEqualsIgnoreCase": {f"aws:ResourceTag/{config.tag_prefix}:{c.TAG_ENABLED}": "true"}},
+                )
+            ],
+            parameters={
+                "DocumentName.$": "$.evaluation.command.document",
+                "InstanceIds.$": "States.Array($.evaluation.instance_id)",
+                "Parameters.$": "$.evaluation.command.parameters",
+                "TimeoutSeconds.$": "$.evaluation.command.delivery_timeout_seconds",
+                "Comment": "autostop checkpoint before stop",
+            },
+            result_selector={"CommandId.$": "$.Command.CommandId"},
+            result_path="$.command",
+        )
+        send.add_retry(errors=SSM_THROTTLED, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
+        send.add_catch(
+            self._outcome(
+                "Checkpoint command not sent", c.OUTCOME_CHECKPOINT_FAILED, "States.Format('SendCommand failed: {}', $.error.Cause)"
+            ),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+        start = sfn.Pass(self, "Start checkpoint polls", result=sfn.Result.from_object({"n": 0}), result_path="$.checkpoint_polls")
+        wait = sfn.Wait(self, "Wait for checkpoint command", time=sfn.WaitTime.duration(Duration.seconds(config.poll_interval_seconds)))
+        get = tasks.CallAwsService(
+            self,
+            "Get command invocation",
+            service="ssm",
+            action="getCommandInvocation",
+            iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
+            parameters={"CommandId.$": "$.command.CommandId", "InstanceId.$": "$.evaluation.instance_id"},
+            result_selector={
+                "Status.$": "$.Status",
+                "StatusDetails.$": "$.StatusDetails",
+                "ResponseCode.$": "$.ResponseCode",
+                "StandardOutputContent.$": "$.StandardOutputContent",
+                "StandardErrorContent.$": "$.StandardErrorContent",
+            },
+            result_path="$.invocation",
+        )
+        # Read-only: retrying any failure is safe, and InvocationDoesNotExist is normal for a few seconds
+        # after SendCommand.
+        get.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+        get.add_catch(
+            self._outcome(
+                "Checkpoint status unknown",
+                c.OUTCOME_CHECKPOINT_FAILED,
+                "States.Format('GetCommandInvocation failed, so the checkpoint is not known to be saved: {}', $.error.Cause)",
+            ),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+        finished = (
+            sfn.Choice(self, "Checkpoint command finished?")
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", s) for s in PENDING_COMMAND]),
+                    sfn.Condition.number_less_than("$.checkpoint_polls.n", config.checkpoint_poll_limit),
+                ),
+                wait,
+            )
+            .otherwise(on_finished)
+        )
+        return send.next(start).next(wait).next(get).next(self._counter("Count checkpoint polls", "$.checkpoint_polls")).next(finished)
+
+    # --- Verify -----------------------------------------------------------------------------------------------
+
+    def _build_verify(self, verify: lambda_.IFunction, on_verified: sfn.IChainable) -> sfn.IChainable:
+        task = self._lambda(
+            "Verify checkpoint",
+            verify,
+            {"evaluation.$": "$.evaluation", "invocation.$": "$.invocation", "execution_name.$": "$$.Execution.Name"},
+            "$.verification",
+        )
+        task.add_catch(
+            self._outcome(
+                "Verification error", c.OUTCOME_UPLOAD_UNVERIFIED, "States.Format('Verify checkpoint failed: {}', $.error.Cause)"
+            ),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+        route = (
+            sfn.Choice(self, "Checkpoint verified?")
+            .when(sfn.Condition.boolean_equals("$.verification.verified", True), on_verified)
+            .when(
+                sfn.Condition.string_equals("$.verification.outcome", c.OUTCOME_CHECKPOINT_FAILED),
+                self._outcome("Checkpoint failed", c.OUTCOME_CHECKPOINT_FAILED, "$.verification.reason"),
+            )
+            .otherwise(self._outcome("Upload unverified", c.OUTCOME_UPLOAD_UNVERIFIED, "$.verification.reason", checkpoint=True))
+        )
+        return task.next(route)
+
+    # --- Stop: guard + StopInstances/TerminateInstances, then wait for the final state ---------------------------
+
+    def _build_stop(self, stop: lambda_.IFunction) -> sfn.IChainable:
+        config = self._config
+        task = self._lambda("Stop instance", stop, {"evaluation.$": "$.evaluation", "verification.$": "$.verification"}, "$.stop")
+        task.add_catch(
+            self._outcome("Stop error", c.OUTCOME_STOP_FAILED, "States.Format('Stop instance failed: {}', $.error.Cause)"),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+        start = sfn.Pass(self, "Start stop polls", result=sfn.Result.from_object({"n": 0}), result_path="$.stop_polls")
+        wait = sfn.Wait(self, "Wait for instance state", time=sfn.WaitTime.duration(Duration.seconds(config.poll_interval_seconds)))
+        describe = tasks.CallAwsService(
+            self,
+            "Describe instance",
+            service="ec2",
+            action="describeInstances",
+            iam_resources=["*"],  # DescribeInstances has no resource-level permissions
+            parameters={"InstanceIds.$": "States.Array($.evaluation.instance_id)"},
+            result_selector={"state.$": "$.Reservations[0].Instances[0].State.Name"},
+            result_path="$.instance",
+        )
+        describe.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+        describe.add_catch(
+            self._outcome(
+                "Stop not confirmed",
+                c.OUTCOME_STOP_FAILED,
+                "States.Format('the stop call was accepted but DescribeInstances failed: {}', $.error.Cause)",
+                checkpoint=True,
+            ),
+            errors=["States.ALL"],
+            result_path="$.error",
+        )
+        which = sfn.Choice(self, "Which action?")
+        for outcome in (c.OUTCOME_STOPPED, c.OUTCOME_HIBERNATED, c.OUTCOME_TERMINATED):
+            which.when(
+                sfn.Condition.string_equals("$.stop.outcome", outcome),
+                self._outcome(outcome, outcome, "$.stop.reason", checkpoint=True),
+            )
+        which.otherwise(self._outcome("Unexpected stop result", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
+        final = (
+            sfn.Choice(self, "Instance in final state?")
+            .when(sfn.Condition.string_equals_json_path("$.instance.state", "$.stop.expected_state"), which)
+            .when(
+                sfn.Condition.and_(
+                    sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", s) for s in ON_THE_WAY]),
+                    sfn.Condition.number_less_than("$.stop_polls.n", config.stop_poll_limit),
+                ),
+                wait,
+            )
+            .otherwise(
+                self._outcome(
+                    "Final state not reached",
+                    c.OUTCOME_STOP_FAILED,
+                    "States.Format('instance is {} after {} polls; expected {}', $.instance.state, $.stop_polls.n, $.stop.expected_state)",
+                    checkpoint=True,
+                )
+            )
+        )
+        confirm = start.next(wait).next(describe).next(self._counter("Count stop polls", "$.stop_polls")).next(final)
+        not_called = (
+            sfn.Choice(self, "Why no call?")
+            .when(
+                sfn.Condition.string_equals("$.stop.outcome", c.OUTCOME_DRY_RUN),
+                self._outcome("Dry run", c.OUTCOME_DRY_RUN, "$.stop.reason", checkpoint=True),
+            )
+            .when(
+                sfn.Condition.string_equals("$.stop.outcome", c.OUTCOME_SKIPPED),
+                self._outcome("Skipped by guard", c.OUTCOME_SKIPPED, "$.stop.reason", checkpoint=True),
+            )
+            .otherwise(self._outcome("Stop refused", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
+        )
+        route = sfn.Choice(self, "Stop accepted?").when(sfn.Condition.boolean_equals("$.stop.called", True), confirm).otherwise(not_called)
+        return task.next(route)

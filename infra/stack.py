@@ -1,0 +1,214 @@
+"""The autostop stack: a thin composition of one construct per concern, with the grants between them."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.config import AutostopConfig
+from infra.constructs.documents import InstanceDocuments
+from infra.constructs.functions import ControlPlaneFunctions
+from infra.constructs.notifications import OutcomeNotifications
+from infra.constructs.storage import CheckpointStorage
+from infra.constructs.triggers import Triggers
+from infra.constructs.workflow import LifecycleStateMachine
+from infra.nag import acknowledge
+from lambdas.shared import constants as c
+
+
+class AutostopStack(Stack):
+    """Checkpoint bucket, SSM documents, five functions, the lifecycle state machine, triggers, SNS."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: AutostopConfig, **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        self.config = config
+        storage = CheckpointStorage(self, "CheckpointStorage", config=config)
+        documents = InstanceDocuments(self, "Documents")
+        notifications = OutcomeNotifications(self, "Notifications", emails=config.notification_emails)
+
+        functions = ControlPlaneFunctions(
+            self,
+            "Functions",
+            config=config,
+            environment={
+                c.ENV_TAG_PREFIX: config.tag_prefix,
+                c.ENV_CHECKPOINT_BUCKET: storage.bucket.bucket_name,
+                c.ENV_DEFAULT_ACTION: config.default_action,
+                c.ENV_DEFAULT_GRACE_SECONDS: str(config.default_grace_seconds),
+                c.ENV_MAX_GRACE_SECONDS: str(config.max_grace_seconds),
+                c.ENV_PROBE_DOCUMENT: documents.probe.ref,
+                c.ENV_CHECKPOINT_DOCUMENT: documents.checkpoint.ref,
+                c.ENV_CHECKPOINT_TIMEOUT_SECONDS: str(config.checkpoint_timeout_seconds),
+                c.ENV_PART_SIZE_BYTES: str(config.part_size_bytes),
+            },
+        )
+        evaluate = functions.function(
+            "EvaluateCompletion",
+            handler_package="evaluate_completion",
+            description="autostop Task state: evaluate a run's completion signals and plan its checkpoint",
+            timeout=Duration.minutes(2),
+        )
+        verify = functions.function(
+            "VerifyCheckpoint",
+            handler_package="verify_checkpoint",
+            description="autostop Task state: verify the checkpoint manifest and objects in S3",
+            timeout=Duration.minutes(5),
+            memory_mb=512,
+        )
+        stop = functions.function(
+            "StopInstance",
+            handler_package="stop_instance",
+            description="autostop Task state: re-check the instance, then StopInstances/TerminateInstances",
+            timeout=Duration.minutes(1),
+        )
+
+        workflow = LifecycleStateMachine(
+            self,
+            "Lifecycle",
+            config=config,
+            evaluate=evaluate,
+            verify=verify,
+            stop=stop,
+            checkpoint_document_arn=documents.arn(documents.checkpoint),
+            topic=notifications.topic,
+            log_retention=logs.RetentionDays.ONE_MONTH,
+        )
+        state_machine = workflow.state_machine
+
+        trigger_env = {c.ENV_STATE_MACHINE_ARN: state_machine.state_machine_arn}
+        sweep = functions.function(
+            "ScheduleSweep",
+            handler_package="on_schedule_tick",
+            description="autostop trigger: sweep opted-in running instances and start executions for finished runs",
+            timeout=Duration.minutes(5),
+            extra_environment=trigger_env,
+        )
+        on_marker = functions.function(
+            "MarkerCreated",
+            handler_package="on_object_created",
+            description="autostop trigger: a completion marker landed in S3",
+            timeout=Duration.minutes(2),
+            extra_environment=trigger_env,
+        )
+        Triggers(self, "Triggers", schedule_minutes=config.schedule_minutes, sweep=sweep, on_marker=on_marker, bucket=storage.bucket)
+
+        # --- grants, where producer and consumer meet ----------------------------------------------------
+        instances_arn = self.format_arn(service="ec2", resource="instance", resource_name="*")
+        opted_in = {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{config.tag_prefix}:{c.TAG_ENABLED}": "true"}}
+        for fn in (evaluate, sweep, on_marker):
+            self._grant_evaluation(fn, storage=storage, documents=documents, instances_arn=instances_arn, opted_in=opted_in)
+        for fn in (sweep, on_marker):
+            state_machine.grant_start_execution(fn)
+            state_machine.grant_read(fn)
+        verify.add_to_role_policy(self._read_checkpoints(storage))
+        stop.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
+        stop.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="StopOptedInInstances",
+                actions=["ec2:StopInstances", "ec2:TerminateInstances"],
+                resources=[instances_arn],
+                conditions=opted_in,
+            )
+        )
+        self._acknowledge(functions, workflow, storage)
+
+        CfnOutput(self, "CheckpointBucket", value=storage.bucket.bucket_name, description="Checkpoints: runs/<run-id>/")
+        CfnOutput(self, "StateMachineArn", value=state_machine.state_machine_arn, description="Watch executions here")
+        CfnOutput(self, "OutcomeTopicArn", value=notifications.topic.topic_arn, description="Subscribe for outcomes")
+        CfnOutput(self, "InstancePolicyArn", value=storage.instance_policy.managed_policy_arn, description="Attach to instance roles")
+        CfnOutput(self, "ProbeDocument", value=documents.probe.ref)
+        CfnOutput(self, "CheckpointDocument", value=documents.checkpoint.ref)
+
+    def _grant_evaluation(
+        self,
+        fn: lambda_.Function,
+        *,
+        storage: CheckpointStorage,
+        documents: InstanceDocuments,
+        instances_arn: str,
+        opted_in: dict[str, dict[str, str]],
+    ) -> None:
+        """What evaluating completion needs: DescribeInstances, marker HeadObject, the batched probe."""
+        fn.add_to_role_policy(self._read_checkpoints(storage))
+        fn.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
+        fn.add_to_role_policy(
+            iam.PolicyStatement(sid="ProbeDocument", actions=["ssm:SendCommand"], resources=[documents.arn(documents.probe)])
+        )
+        fn.add_to_role_policy(
+            iam.PolicyStatement(sid="ProbeOptedInInstances", actions=["ssm:SendCommand"], resources=[instances_arn], conditions=opted_in)
+        )
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="ReadProbeResults",
+                actions=["ssm:DescribeInstanceInformation", "ssm:ListCommandInvocations", "ssm:CancelCommand"],
+                resources=["*"],
+            )
+        )
+
+    @staticmethod
+    def _read_checkpoints(storage: CheckpointStorage) -> iam.PolicyStatement:
+        """HeadObject/GetObject in the checkpoint bucket (markers, manifests, checkpoint objects); nothing else."""
+        return iam.PolicyStatement(sid="ReadCheckpoints", actions=["s3:GetObject"], resources=[storage.bucket.arn_for_objects("*")])
+
+    def _logical(self, element: object) -> str:
+        return str(self.resolve(self.get_logical_id(element)))  # type: ignore[arg-type]
+
+    def _acknowledge(self, functions: ControlPlaneFunctions, workflow: LifecycleStateMachine, storage: CheckpointStorage) -> None:
+        """Each wildcard and managed policy cdk-nag reports, with the reason it is needed."""
+        bucket_objects = f"Resource::<{self._logical(storage.bucket.node.default_child)}.Arn>/*"
+        for scope in (functions, storage):
+            acknowledge(
+                scope,
+                "AwsSolutions-IAM5",
+                "Objects of the checkpoint bucket only: runs choose their own prefixes by tag (default runs/<run-id>/), "
+                "so readers of markers/manifests and the instance role need the bucket's objects, nothing outside it.",
+                finding=bucket_objects,
+            )
+        for scope in (functions, workflow):
+            acknowledge(
+                scope,
+                "AwsSolutions-IAM5",
+                "Required '*': ec2:DescribeInstances, ssm:DescribeInstanceInformation, ssm:ListCommandInvocations, "
+                "ssm:GetCommandInvocation, ssm:CancelCommand and the X-Ray/log-delivery actions have no resource-level "
+                "permissions.",
+                finding="Resource::*",
+            )
+            acknowledge(
+                scope,
+                "AwsSolutions-IAM5",
+                "instance/* is narrowed by the condition StringEqualsIgnoreCase aws:ResourceTag/<prefix>:enabled = true: "
+                "SendCommand, StopInstances and TerminateInstances only reach opted-in instances.",
+                finding="Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
+            )
+        machine = self._logical(workflow.state_machine.node.default_child)
+        acknowledge(
+            functions,
+            "AwsSolutions-IAM5",
+            "DescribeExecution on executions of the lifecycle state machine only (checking an existing execution "
+            "before starting a new attempt).",
+            finding=f'Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{machine}"}}]}}]}}:*',
+        )
+        for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance"):
+            fn = functions.node.find_child(fn_id).node.default_child
+            acknowledge(
+                workflow,
+                "AwsSolutions-IAM5",
+                "LambdaInvoke grants '<function>:*' so that versions and aliases of this one task function can be invoked.",
+                finding=f"Resource::<{self._logical(fn)}.Arn>:*",
+            )
+        acknowledge(
+            functions,
+            "AwsSolutions-L1",
+            "Pinned to Python 3.13 on purpose: the Powertools layer version is pinned for python3.13 and the code is "
+            "tested on 3.11-3.13; move runtime and layer together.",
+        )
+        acknowledge(
+            self,
+            "AwsSolutions-IAM4",
+            "AWSLambdaBasicExecutionRole on CDK's own BucketNotificationsHandler, which turns on EventBridge "
+            "notifications for the checkpoint bucket at deploy time; it writes only its own logs.",
+            finding="Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        )
