@@ -2,8 +2,9 @@
 
 Used by the schedule sweep (all opted-in running instances), by the marker trigger (the instances a
 marker belongs to) and by the Evaluate Task state (one instance). AWS calls: one HeadObject per
-configured marker, and the batched probe of :mod:`shared.probe` for instances whose marker does not
-already rule completion out.
+configured marker, the batched probe of :mod:`shared.probe` for instances whose marker does not
+already rule completion out, and one DescribeInstanceInformation per 50 instances judged complete
+without a probe (the checkpoint needs an online SSM agent).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from botocore.exceptions import ClientError
 from shared.completion import decide_completion, marker_is_negative
 from shared.errors import error_code
 from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceSnapshot, MarkerFact, S3Uri
-from shared.probe import probe_instances
+from shared.probe import agents_online, probe_instances
 from shared.settings import Settings
 from shared.tags import InvalidTags, TagPolicy, is_opted_in, parse_instance_config
 
@@ -102,12 +103,17 @@ class Evaluator:
             poll_seconds=self.settings.poll_seconds,
             sleep=self.sleep,
         )
+        decisions = {iid: decide_completion(cfg, facts[iid].model_copy(update={"probe": probes.get(iid)})) for iid, cfg in configs.items()}
+        # The checkpoint command needs the SSM agent: a run judged complete on an instance whose agent is
+        # not online cannot be checkpointed, so it is inconclusive (a probe that ran proved the agent online).
+        unprobed = [iid for iid, d in decisions.items() if d.verdict == "complete" and iid not in probes]
+        ping = agents_online(self.clients.ssm, unprobed) if unprobed else {}
         for iid, cfg in configs.items():
-            f = facts[iid].model_copy(update={"probe": probes.get(iid)})
-            decision = decide_completion(cfg, f)
-            out[iid] = Evaluation(
-                instance_id=iid, decision=decision.verdict, reason=decision.reason, config=cfg, run_id=cfg.run_id
-            )
+            verdict, reason = decisions[iid].verdict, decisions[iid].reason
+            if ping.get(iid, "Online") != "Online":
+                verdict = "inconclusive"
+                reason = f"{reason}; but the SSM agent is not online (PingStatus={ping[iid]}), so no checkpoint can be taken"
+            out[iid] = Evaluation(instance_id=iid, decision=verdict, reason=reason, config=cfg, run_id=cfg.run_id)
         return [out[s.instance_id] for s in snaps]
 
     def _markers(self, wanted: dict[str, S3Uri]) -> dict[str, MarkerFact]:
