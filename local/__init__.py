@@ -1,0 +1,1 @@
+"""Run the autostop control plane on this machine with no AWS account (moto, real handlers, real scripts)."""

@@ -1,0 +1,88 @@
+"""``python -m local demo`` and ``python -m local simulate SCENARIO.json --report REPORT.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "demo.json"
+
+
+def _run(scenario_path: Path, *, show: bool) -> tuple[dict[str, Any], float]:
+    from local.report import build_report, execution_states
+    from local.runtime import LocalControlPlane
+    from local.scenario import Scenario, run_steps
+
+    scenario = Scenario.load(scenario_path)
+    started = time.monotonic()
+    print(f"autostop local: scenario {scenario.name!r} ({scenario_path.name})")
+    print(f"  {scenario.description}" if scenario.description else "", end="\n" if scenario.description else "")
+    print("  synthesizing the CDK app (cached after the first run) and deploying it into moto ...")
+    with LocalControlPlane(context=scenario.context or None) as cp:
+        print(f"  ready in {time.monotonic() - started:.1f} s; checkpoint bucket {cp.deployment.bucket}; function logs in {cp.log_file}")
+        steps = run_steps(cp, scenario)
+        report = build_report(cp, scenario=scenario.name, steps=steps)
+        if show:
+            sfn = cp.aws.client("stepfunctions")
+            for ex in sorted(cp.executions(), key=lambda e: e["startDate"]):
+                print(f"\n  execution {ex['name']}  [{ex['status']}]")
+                for i, state in enumerate(execution_states(sfn, ex["executionArn"]), 1):
+                    print(f"    {i:>2}  {state['name']:<32} {state['type']}")
+    elapsed = time.monotonic() - started
+    return report, elapsed
+
+
+def _summary(report: dict[str, Any]) -> None:
+    print()
+    for ex in report["executions"]:
+        reason = (ex["output"] or {}).get("reason") if ex["output"] else ex["cause"]
+        print(f"  outcome {ex['outcome']}: {reason}")
+    for inst in report["instances"]:
+        print(f"  instance {inst['name']} ({inst['id']}): {inst['state']}")
+    uploaded = [o for o in report["objects"] if "/checkpoints/" in o["uri"] or "/manifests/" in o["uri"]]
+    for obj in uploaded:
+        print(f"  object {obj['uri']}  {obj['size']} bytes  {obj['checksum']}")
+    print(f"  notifications sent: {len(report['notifications'])}")
+
+
+def _peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="one instance trains, finishes, is checkpointed, verified and stopped")
+    sim = sub.add_parser("simulate", help="run a scenario file and write a JSON report")
+    sim.add_argument("scenario", type=Path)
+    sim.add_argument("--report", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    if args.command == "demo":
+        report, elapsed = _run(DEMO, show=True)
+        _summary(report)
+        print(f"\n  demo took {elapsed:.1f} s, peak memory {_peak_mb():.0f} MB (largest process)")
+        ok = [e["outcome"] for e in report["executions"]] == ["Stopped"] and report["instances"][0]["state"] == "stopped"
+        print("  RESULT: the instance was stopped only after its checkpoint was verified in S3" if ok else "  RESULT: unexpected outcome")
+        return 0 if ok else 1
+
+    report, elapsed = _run(args.scenario, show=True)
+    _summary(report)
+    report["duration_seconds"] = round(elapsed, 2)
+    args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\n  report written to {args.report} ({elapsed:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

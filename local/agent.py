@@ -1,0 +1,325 @@
+"""A simulated SSM agent fleet: SendCommand really runs the document's script on a simulated instance.
+
+Each simulated instance is a folder (its "filesystem"), an agent that is online or offline, and the
+processes started on it. For SendCommand the fleet does what SSM and its agent do:
+* validates the document name, the parameters (unknown, missing, ``allowedPattern``) and the instance
+  ids before anything is stored (``InvalidDocument`` / ``InvalidParameters`` / ``InvalidInstanceId``);
+* for each instance: Pending → InProgress → Success / Failed / TimedOut, or DeliveryTimedOut when the
+  agent is offline; the script is written to ``_script.sh`` and run as ``sh -c <path>`` (so its shebang
+  applies, as with the real agent), with every parameter as ``SSM_<Name>`` (interpolationType
+  ENV_VAR), ``AWS_SSM_INSTANCE_ID`` and ``AWS_SSM_REGION_NAME``, and the AWS CLI pointed at moto;
+* keeps the first 24,000 characters of stdout and 8,000 of stderr (GetCommandInvocation) and 2,500 in
+  ListCommandInvocations ``Details``, like the service.
+
+It also answers DescribeInstanceInformation (PingStatus), ListCommandInvocations and CancelCommand,
+which moto does not implement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from local.aws import REGION, LocalAws
+
+STDOUT_LIMIT = 24_000
+STDERR_LIMIT = 8_000
+DETAILS_LIMIT = 2_500
+TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated"}
+
+
+@dataclass
+class SimulatedInstance:
+    """One EC2 instance's machine: a root folder, an agent, processes, and fault switches."""
+
+    instance_id: str
+    name: str
+    root: Path
+    agent_online: bool = True
+    faults: tuple[str, ...] = ()
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    running: bool = True
+
+    def start_process(self, argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+        """Start a process on this instance (its own session, output to ``<root>/.sim/<log_name>``)."""
+        sim = self.root / ".sim"
+        sim.mkdir(parents=True, exist_ok=True)
+        out = (sim / log_name).open("ab")
+        proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        self.processes.append(proc)
+        # Reap it when it exits, so an exited trainer is not left as a zombie (init does this on a real host).
+        threading.Thread(target=proc.wait, daemon=True, name=f"reap-{self.name}").start()
+        return proc
+
+    def power_off(self) -> None:
+        """What StopInstances/TerminateInstances does to the machine: every process ends, the agent goes away."""
+        self.running = False
+        self.agent_online = False
+        for proc in self.processes:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class InvalidRequest(Exception):
+    pass
+
+
+class AgentFleet:
+    """Installs the SSM behaviour described in the module docstring into moto (for the life of ``aws``)."""
+
+    def __init__(self, aws: LocalAws, *, delivery_timeout_cap: float = 3.0, execution_time_scale: float = 1.0) -> None:
+        self.aws = aws
+        self.instances: dict[str, SimulatedInstance] = {}
+        self.delivery_timeout_cap = delivery_timeout_cap
+        self.execution_time_scale = execution_time_scale
+        self.sent: list[dict[str, Any]] = []
+        """Every accepted SendCommand: document, instance ids, parameters (for tests and reports)."""
+        self._lock = threading.Lock()
+        self._install()
+        aws.on_instances_stopped.append(self._powered_off)
+
+    def add(self, instance: SimulatedInstance) -> None:
+        self.instances[instance.instance_id] = instance
+
+    def _powered_off(self, ids: list[str]) -> None:
+        for iid in ids:
+            if iid in self.instances:
+                self.instances[iid].power_off()
+
+    # --- moto integration ----------------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        from moto.core.exceptions import JsonRESTError
+        from moto.core.responses import ActionResult
+        from moto.ssm.models import Command, SimpleSystemManagerBackend
+        from moto.ssm.responses import SimpleSystemManagerResponse
+
+        fleet = self
+        original_send = SimpleSystemManagerBackend.send_command
+        original_targets = Command._get_instance_ids_from_targets
+
+        def send_command(backend: Any, **kwargs: Any) -> Any:
+            try:
+                document = fleet._validate(backend, kwargs)
+            except InvalidRequest as exc:
+                code, _, message = str(exc).partition(": ")
+                raise JsonRESTError(code, message) from None
+            command = original_send(backend, **kwargs)
+            fleet._launch(command, document, kwargs.get("parameters") or {}, kwargs.get("timeout_seconds") or 3600)
+            return command
+
+        def targets_only_when_given(command: Any) -> list[str]:  # moto adds every instance when Targets is empty
+            return original_targets(command) if command.targets else []
+
+        def list_command_invocations(resp: Any) -> Any:
+            command_id = resp._get_param("CommandId")
+            instance_id = resp._get_param("InstanceId")
+            details = bool(resp._get_param("Details", False))
+            backend = resp.ssm_backend
+            commands = [backend.get_command_by_id(command_id)] if command_id else list(backend._commands)
+            out = []
+            for command in commands:
+                for inv in command.invocations:
+                    if instance_id and inv["InstanceId"] != instance_id:
+                        continue
+                    out.append(fleet._invocation_summary(command, inv, details))
+            return ActionResult({"CommandInvocations": out})
+
+        def describe_instance_information(resp: Any) -> Any:
+            wanted: set[str] | None = None
+            for flt in resp._get_param("Filters") or []:
+                if flt.get("Key") == "InstanceIds":
+                    wanted = set(flt.get("Values", []))
+            for flt in resp._get_param("InstanceInformationFilterList") or []:
+                if flt.get("key") == "InstanceIds":
+                    wanted = set(flt.get("valueSet", []))
+            info = [
+                {
+                    "InstanceId": iid,
+                    "PingStatus": "Online" if inst.agent_online and inst.running else "ConnectionLost",
+                    "PlatformType": "Linux",
+                    "PlatformName": "Simulated",
+                    "AgentVersion": "3.3.2746.0",
+                    "ResourceType": "EC2Instance",
+                    "ComputerName": inst.name,
+                }
+                for iid, inst in fleet.instances.items()
+                if wanted is None or iid in wanted
+            ]
+            return ActionResult({"InstanceInformationList": info})
+
+        def cancel_command(resp: Any) -> Any:
+            command = resp.ssm_backend.get_command_by_id(resp._get_param("CommandId"))
+            for inv in command.invocations:
+                if inv["Status"] not in TERMINAL:
+                    inv.update(Status="Cancelled", StatusDetails="Cancelled")
+            fleet._aggregate(command)
+            return ActionResult({})
+
+        self.aws.patch(SimpleSystemManagerBackend, "send_command", send_command)
+        self.aws.patch(Command, "_get_instance_ids_from_targets", targets_only_when_given)
+        self.aws.patch(SimpleSystemManagerResponse, "list_command_invocations", list_command_invocations)
+        self.aws.patch(SimpleSystemManagerResponse, "describe_instance_information", describe_instance_information)
+        self.aws.patch(SimpleSystemManagerResponse, "cancel_command", cancel_command)
+
+    def _validate(self, backend: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        name = kwargs.get("document_name") or ""
+        try:
+            raw = backend.get_document(name, None, None, "JSON")
+        except Exception:
+            raise InvalidRequest(f"InvalidDocument: document {name} does not exist") from None
+        document = json.loads(raw["Content"])
+        declared: dict[str, Any] = document.get("parameters", {})
+        given: dict[str, list[str]] = kwargs.get("parameters") or {}
+        for key, values in given.items():
+            if key not in declared:
+                raise InvalidRequest(f"InvalidParameters: parameter {key} is not declared by document {name}")
+            if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
+                raise InvalidRequest(f"InvalidParameters: parameter {key} must be one string")
+            pattern = declared[key].get("allowedPattern")
+            if pattern and not re.fullmatch(pattern, values[0]):
+                raise InvalidRequest(f"InvalidParameters: parameter {key} fails allowedPattern {pattern}")
+        missing = [k for k, spec in declared.items() if k not in given and "default" not in spec]
+        if missing:
+            raise InvalidRequest(f"InvalidParameters: missing required parameters {', '.join(missing)}")
+        ids = kwargs.get("instance_ids") or []
+        unknown = [i for i in ids if i not in self.instances]
+        if unknown:
+            raise InvalidRequest(f"InvalidInstanceId: instances {unknown} are not managed by SSM")
+        return document
+
+    def _launch(self, command: Any, document: dict[str, Any], given: dict[str, list[str]], delivery_timeout: int) -> None:
+        step = document["mainSteps"][0]
+        params = {k: spec.get("default", "") for k, spec in document.get("parameters", {}).items()}
+        params.update({k: v[0] for k, v in given.items()})
+        timeout = step["inputs"].get("timeoutSeconds", "3600")
+        if isinstance(timeout, str) and timeout.startswith("{{"):
+            timeout = params[timeout.strip("{} ")]
+        script = "\n".join(step["inputs"]["runCommand"]) + "\n"
+        env_params = {f"SSM_{k}": v for k, v in params.items() if document["parameters"][k].get("interpolationType") == "ENV_VAR"}
+        with self._lock:
+            self.sent.append({"command_id": command.command_id, "document": command.document_name, "instance_ids": list(command.instance_ids), "parameters": params})
+        command.status = "InProgress"
+        command.status_details = "InProgress"
+        for inv in command.invocations:
+            inv.update(
+                Status="Pending",
+                StatusDetails="Pending",
+                PluginName=step["name"],
+                ResponseCode=-1,
+                StandardOutputContent="",
+                StandardErrorContent="",
+                ExecutionStartDateTime="",
+                ExecutionEndDateTime="",
+                ExecutionElapsedTime="",
+            )
+            instance = self.instances[inv["InstanceId"]]
+            threading.Thread(
+                target=self._run,
+                args=(command, inv, instance, script, env_params, float(timeout), float(delivery_timeout)),
+                daemon=True,
+                name=f"ssm-{instance.name}",
+            ).start()
+
+    def _run(
+        self, command: Any, inv: dict[str, Any], instance: SimulatedInstance, script: str, env_params: dict[str, str], timeout: float, delivery: float
+    ) -> None:
+        if not (instance.agent_online and instance.running):
+            time.sleep(min(delivery, self.delivery_timeout_cap))
+            if inv["Status"] == "Pending":
+                inv.update(Status="DeliveryTimedOut", StatusDetails="DeliveryTimedOut")
+            self._aggregate(command)
+            return
+        workdir = instance.root / ".sim" / "ssm" / command.command_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "_script.sh"
+        path.write_text(script)
+        path.chmod(0o700)
+        env = self.aws.subprocess_env()
+        if instance.faults:
+            env["PATH"] = str(self._fault_bin(instance)) + os.pathsep + env["PATH"]
+            env["AUTOSTOP_SIM_FAULTS"] = ",".join(instance.faults)
+        env.update(env_params)
+        env.update({"AWS_SSM_INSTANCE_ID": instance.instance_id, "AWS_SSM_REGION_NAME": REGION, "HOME": str(instance.root)})
+        started = datetime.now(UTC)
+        inv.update(Status="InProgress", StatusDetails="InProgress", ExecutionStartDateTime=started.isoformat())
+        proc = subprocess.Popen(
+            ["sh", "-c", str(path)], cwd=instance.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        instance.processes.append(proc)  # type: ignore[arg-type]
+        try:
+            out, err = proc.communicate(timeout=timeout * self.execution_time_scale)
+            status = "Success" if proc.returncode == 0 else "Failed"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            status = "TimedOut"
+        if not instance.running and status != "Success":
+            status = "Terminated" if status != "Failed" else status
+        ended = datetime.now(UTC)
+        inv.update(
+            Status=status,
+            StatusDetails=status,
+            ResponseCode=proc.returncode if status != "TimedOut" else -1,
+            StandardOutputContent=out.decode(errors="replace")[:STDOUT_LIMIT],
+            StandardErrorContent=err.decode(errors="replace")[:STDERR_LIMIT],
+            ExecutionEndDateTime=ended.isoformat(),
+            ExecutionElapsedTime=f"PT{(ended - started).total_seconds():.3f}S",
+        )
+        self._aggregate(command)
+
+    def _aggregate(self, command: Any) -> None:
+        statuses = [inv["Status"] for inv in command.invocations]
+        if all(s in TERMINAL for s in statuses):
+            failed = [s for s in statuses if s != "Success"]
+            command.status = "Success" if not failed else ("Failed" if "Failed" in failed else failed[0])
+            command.error_count = len(failed)
+            command.completed_count = len(statuses)
+        else:
+            command.status = "InProgress"
+        command.status_details = command.status
+
+    @staticmethod
+    def _invocation_summary(command: Any, inv: dict[str, Any], details: bool) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "CommandId": command.command_id,
+            "InstanceId": inv["InstanceId"],
+            "DocumentName": command.document_name,
+            "Comment": command.comment,
+            "RequestedDateTime": command.requested_date_time.isoformat(),
+            "Status": inv["Status"],
+            "StatusDetails": inv["StatusDetails"],
+        }
+        if details:
+            summary["CommandPlugins"] = [
+                {
+                    "Name": inv.get("PluginName", ""),
+                    "Status": inv["Status"],
+                    "StatusDetails": inv["StatusDetails"],
+                    "ResponseCode": inv.get("ResponseCode", -1),
+                    "Output": (inv.get("StandardOutputContent") or "")[:DETAILS_LIMIT],
+                }
+            ]
+        return summary
+
+    def _fault_bin(self, instance: SimulatedInstance) -> Path:
+        """A directory whose ``aws`` wraps the real CLI and applies the instance's faults (see local/faults.sh)."""
+        bin_dir = instance.root / ".sim" / "fault-bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        shim = bin_dir / "aws"
+        shim.write_text((Path(__file__).parent / "faults.sh").read_text())
+        shim.chmod(0o755)
+        return bin_dir

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Local runtime only: a stand-in for `aws` on a simulated instance that has faults switched on
+# (scenario field "faults"). It wraps the real AWS CLI; AUTOSTOP_SIM_FAULTS lists the faults:
+#   corrupt_upload  s3api put-object of a checkpoint file sends the file minus its last byte, with the
+#                   checksum of the whole file. Real S3 rejects that with BadDigest (the checkpoint
+#                   command fails: CheckpointFailed); moto accepts it without storing a checksum, so the
+#                   verifier must catch it (UploadUnverified).
+#   lose_object     right after the manifest is uploaded, the first checkpoint object it lists is
+#                   deleted, as a cleanup job or lifecycle rule racing the upload would (UploadUnverified).
+set -euo pipefail
+self_dir=$(cd "$(dirname "$0")" && pwd)
+PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$self_dir" | paste -sd: -)
+export PATH
+faults=",${AUTOSTOP_SIM_FAULTS:-},"
+args=("$@")
+if [[ "${1:-}" != s3api || "${2:-}" != put-object ]]; then
+  exec aws "$@"
+fi
+key="" body="" bucket="" body_index=-1
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[$i]}" in
+    --key) key="${args[$((i + 1))]}" ;;
+    --bucket) bucket="${args[$((i + 1))]}" ;;
+    --body) body="${args[$((i + 1))]}"; body_index=$((i + 1)) ;;
+  esac
+done
+if [[ "$faults" == *,corrupt_upload,* && "$key" != *manifests/* && $body_index -ge 0 ]]; then
+  truncated=$(mktemp)
+  trap 'rm -f "$truncated"' EXIT
+  head -c -1 -- "$body" > "$truncated"
+  args[$body_index]="$truncated"
+fi
+aws "${args[@]}"
+if [[ "$faults" == *,lose_object,* && "$key" == *manifests/* ]]; then
+  first=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["files"][0]["key"])' "$body")
+  aws s3api delete-object --bucket "$bucket" --key "$first" > /dev/null
+fi

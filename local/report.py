@@ -1,0 +1,77 @@
+"""The report of a local run: instances, executions (with their states in order), objects, notifications."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from local.runtime import LocalControlPlane
+
+STATE_ENTERED = "StateEnteredEventDetails"
+
+
+def execution_states(sfn: Any, arn: str) -> list[dict[str, str]]:
+    """Names and types of the states an execution entered, in order (the console's graph, as a list)."""
+    states = []
+    for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
+        for event in page["events"]:
+            details = event.get("stateEnteredEventDetails")
+            if details:
+                states.append({"name": details["name"], "type": event["type"].removesuffix("StateEntered")})
+    return states
+
+
+def outcome_of(describe: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """(outcome, output) of a closed execution: output's ``outcome``, or the Fail state's error."""
+    output = json.loads(describe["output"]) if describe.get("output") else None
+    if isinstance(output, dict) and "outcome" in output:
+        return output["outcome"], output
+    return describe.get("error"), output
+
+
+def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    ec2, sfn, s3 = cp.aws.client("ec2"), cp.aws.client("stepfunctions"), cp.aws.client("s3")
+    instances = []
+    for name, inst in cp.by_name.items():
+        raw = ec2.describe_instances(InstanceIds=[inst.instance_id])["Reservations"][0]["Instances"][0]
+        instances.append(
+            {"name": name, "id": inst.instance_id, "state": raw["State"]["Name"], "tags": {t["Key"]: t["Value"] for t in raw.get("Tags", [])}}
+        )
+    executions = []
+    for e in sorted(cp.executions(), key=lambda e: e["startDate"]):
+        d = sfn.describe_execution(executionArn=e["executionArn"])
+        outcome, output = outcome_of(d)
+        executions.append(
+            {
+                "name": e["name"],
+                "status": d["status"],
+                "outcome": outcome,
+                "states": [s["name"] for s in execution_states(sfn, e["executionArn"])],
+                "error": d.get("error"),
+                "cause": d.get("cause"),
+                "output": output,
+                "input": json.loads(d["input"]),
+            }
+        )
+    objects = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cp.deployment.bucket):
+        for obj in page.get("Contents", []):
+            head = s3.head_object(Bucket=cp.deployment.bucket, Key=obj["Key"], ChecksumMode="ENABLED")
+            algo = next((a for a in ("SHA256", "CRC64NVME", "CRC32C", "CRC32", "SHA1") if head.get(f"Checksum{a}")), None)
+            objects.append(
+                {
+                    "uri": f"s3://{cp.deployment.bucket}/{obj['Key']}",
+                    "size": obj["Size"],
+                    "checksum": f"{algo}:{head[f'Checksum{algo}']}" if algo else None,
+                }
+            )
+    return {
+        "scenario": scenario,
+        "instances": instances,
+        "executions": executions,
+        "objects": objects,
+        "notifications": cp.notifications(),
+        "steps": steps or [],
+        "ssm_commands": [{"document": c["document"], "instance_ids": c["instance_ids"]} for c in cp.fleet.sent],
+        "function_errors": list(cp.aws.lambdas.errors),
+    }

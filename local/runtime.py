@@ -1,0 +1,247 @@
+"""The local control plane: emulated AWS, the deployed template, simulated instances and trainers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from local.agent import AgentFleet, SimulatedInstance
+from local.aws import ACCOUNT, REGION, REPO, LocalAws
+from local.deploy import Deployment, deploy, synthesize
+
+LOCAL_OVERRIDES = {
+    "AUTOSTOP_POLL_SECONDS": "0.2",
+    "AUTOSTOP_PROBE_TIMEOUT_SECONDS": "20",
+}
+"""Function settings the local runtime shortens (probe polling); everything else is the template's."""
+TRAINER = Path(__file__).resolve().parent / "trainer.py"
+
+
+@dataclass
+class Placeholders:
+    """Values a scenario can refer to as ``{root}``, ``{bucket}``, ``{name}``."""
+
+    root: Path
+    bucket: str
+    name: str
+
+    def expand(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{root}", str(self.root)).replace("{bucket}", self.bucket).replace("{name}", self.name)
+        if isinstance(value, list):
+            return [self.expand(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.expand(v) for k, v in value.items()}
+        return value
+
+
+class LocalControlPlane:
+    """The whole control plane on this machine. Use as a context manager::
+
+        with LocalControlPlane() as cp:
+            iid = cp.launch_instance("trainer-1", tags={...}, trainer=[...])
+            cp.wait_for_trainer_exit("trainer-1")
+            cp.wait_executions()
+    """
+
+    def __init__(self, *, workdir: Path | None = None, context: dict[str, Any] | None = None, log_file: Path | None = None) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="autostop-local-"))
+        self.context = context
+        self.log_file = log_file or self.workdir / "lambda.log"
+        self._stack = ExitStack()
+        self.by_name: dict[str, SimulatedInstance] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalControlPlane:
+        template = synthesize(self.context)
+        self.aws = self._stack.enter_context(LocalAws())
+        self.fleet = AgentFleet(self.aws)
+        self.deployment: Deployment = deploy(template, self.aws.client)
+        env = {**self.deployment.environment, **LOCAL_OVERRIDES}
+        self._stack.enter_context(mock.patch.dict(os.environ, env))
+        self._reset_function_caches()
+        self._route_function_logs()
+        self._stack.callback(self._power_off_all)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        if self._own_workdir and not os.environ.get("AUTOSTOP_KEEP_WORKDIR"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _reset_function_caches(self) -> None:
+        lambdas = str(REPO / "lambdas")
+        if lambdas not in sys.path:
+            sys.path.insert(0, lambdas)
+        from shared.clients import client
+        from shared.settings import settings
+
+        client.cache_clear()
+        settings.cache_clear()
+
+    def _route_function_logs(self) -> None:
+        """Send the functions' Powertools log lines to ``log_file`` instead of the console."""
+        from shared.observability import logger
+
+        handler = logging.FileHandler(self.log_file)
+        handler.setFormatter(logger.registered_handler.formatter)
+        original = logger.registered_handler
+        log = logging.getLogger(logger.name)
+        log.removeHandler(original)
+        log.addHandler(handler)
+
+        def restore() -> None:
+            log.removeHandler(handler)
+            log.addHandler(original)
+            handler.close()
+
+        self._stack.callback(restore)
+
+    def _power_off_all(self) -> None:
+        for inst in self.by_name.values():
+            inst.power_off()
+
+    # --- instances -------------------------------------------------------------------------------------
+
+    def placeholders(self, name: str) -> Placeholders:
+        return Placeholders(root=self.workdir / "instances" / name, bucket=self.deployment.bucket, name=name)
+
+    def launch_instance(
+        self,
+        name: str,
+        *,
+        tags: dict[str, str],
+        market: str = "on-demand",
+        agent: str = "online",
+        trainer: list[str] | None = None,
+        faults: list[str] | None = None,
+    ) -> str:
+        """RunInstances in moto, a sandbox folder as its disk, its SSM agent, and its trainer (optional).
+
+        ``tags`` and ``trainer`` may use ``{root}`` (the sandbox), ``{bucket}`` and ``{name}``.
+        """
+        ph = self.placeholders(name)
+        ph.root.mkdir(parents=True, exist_ok=True)
+        ec2 = self.aws.client("ec2")
+        kwargs: dict[str, Any] = {
+            "ImageId": "ami-12345678",
+            "MinCount": 1,
+            "MaxCount": 1,
+            "InstanceType": "g5.xlarge",
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": ph.expand(v)} for k, v in tags.items()]}
+            ],
+        }
+        if market == "spot":
+            kwargs["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"}}
+        iid = ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"]
+        inst = SimulatedInstance(instance_id=iid, name=name, root=ph.root, agent_online=agent == "online", faults=tuple(faults or ()))
+        self.fleet.add(inst)
+        self.by_name[name] = inst
+        if trainer is not None:
+            argv = [sys.executable, str(TRAINER), *[str(a) for a in ph.expand(trainer)]]
+            inst.start_process(argv, self.aws.subprocess_env(), "trainer.out")
+        return iid
+
+    def wait_for_trainer_exit(self, name: str | None = None, timeout: float = 60) -> None:
+        """Block until the trainer on ``name`` (default: every instance) has exited."""
+        names = [name] if name else list(self.by_name)
+        deadline = time.monotonic() + timeout
+        for n in names:
+            for proc in self.by_name[n].processes[:1]:
+                remaining = max(0.0, deadline - time.monotonic())
+                proc.wait(timeout=remaining)
+
+    # --- triggers --------------------------------------------------------------------------------------
+
+    def put_object(self, uri: str, body: str | bytes = b"") -> None:
+        """PutObject (in-process); an Object Created event reaches the rules as on AWS."""
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        self.aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode() if isinstance(body, str) else body)
+
+    def schedule_tick(self, when: datetime | None = None) -> dict[str, Any]:
+        """Deliver one "Scheduled Event" through the schedule rule's target and wait for the sweep to finish.
+
+        Returns the sweep's summary. (moto stores schedule rules but never fires them.)
+        """
+        from moto.awslambda.models import lambda_backends
+        from moto.events.models import events_backends
+
+        rule_name = next(name for logical, name in self.deployment.rules.items() if "Schedule" in logical)
+        rule = events_backends[ACCOUNT][REGION].describe_rule(rule_name)
+        event = {
+            "version": "0",
+            "id": f"local-tick-{time.time_ns()}",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT,
+            "time": (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": REGION,
+            "resources": [rule.arn],
+            "detail": {},
+        }
+        results = []
+        for target in rule.targets:
+            fn = lambda_backends[ACCOUNT][REGION].get_function(target["Arn"])
+            result, errored = self.aws.lambdas.invoke(fn.handler, event, fn.function_name, fn.function_arn)
+            if errored:
+                raise RuntimeError(f"sweep failed: {result['errorType']}: {result['errorMessage']}")
+            results.append(result)
+        return results[0]
+
+    # --- waiting -----------------------------------------------------------------------------------------
+
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = self.aws.client("stepfunctions")
+        out: list[dict[str, Any]] = []
+        for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=self.deployment.state_machine_arn):
+            out.extend(page["executions"])
+        return out
+
+    def wait_executions(self, timeout: float = 120) -> None:
+        """Wait until no EventBridge delivery is in flight and no execution is RUNNING."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.aws.lambdas.pending() == 0 and all(e["status"] != "RUNNING" for e in self.executions()):
+                time.sleep(0.2)  # a delivery may start an execution right after the check
+                if self.aws.lambdas.pending() == 0 and all(e["status"] != "RUNNING" for e in self.executions()):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"executions still running after {timeout} s")
+
+    def instance_state(self, name: str) -> str:
+        iid = self.by_name[name].instance_id
+        resp = self.aws.client("ec2").describe_instances(InstanceIds=[iid])
+        return str(resp["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    def notifications(self) -> list[dict[str, Any]]:
+        sqs = self.aws.client("sqs")
+        out = []
+        while True:
+            resp = sqs.receive_message(QueueUrl=self.deployment.notifications_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            msgs = resp.get("Messages", [])
+            if not msgs:
+                return out
+            for m in msgs:
+                out.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=self.deployment.notifications_queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+@contextmanager
+def control_plane(**kwargs: Any) -> Iterator[LocalControlPlane]:
+    with LocalControlPlane(**kwargs) as cp:
+        yield cp
