@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# autostop completion probe: run by the probe SSM Command document (aws:runShellScript).
+#
+# Contract
+#   Input   SSM_PidFile, SSM_LogFile, SSM_LogPattern: the document's parameters, passed by the SSM
+#           agent as environment variables (interpolationType ENV_VAR, agent 3.3.2746.0 or later).
+#           Each may be the empty string, meaning "not configured". Re-validated here with the
+#           document's regexes; this script never contains document placeholders.
+#   Effect  None: read-only, no network, no signals. Reads at most the last 10 MiB of the log.
+#   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
+#             {"probe":1,"pid":{"state":S,"pid":N|null},"log":{"state":L}}
+#           S: not_configured | missing | unreadable | running | exited
+#           L: not_configured | missing | unreadable | matched | not_matched
+#           or, for invalid parameters, {"probe":1,"error":"InvalidParameter","message":"..."}.
+#   Exit    0 for every probe result; 64 for invalid or missing parameters.
+#   Needs   bash >= 4.2 and coreutils (head, tail, timeout) and grep. No python, no AWS CLI.
+[ -n "${BASH_VERSION:-}" ] || { printf '%s\n' '{"probe":1,"error":"InvalidParameter","message":"probe.sh must be run by bash"}'; exit 64; }
+set -euo pipefail
+export LC_ALL=C
+
+readonly EX_INVALID=64
+readonly LOG_TAIL_BYTES=10485760
+readonly GREP_TIMEOUT_SECONDS=20
+readonly PATH_RE='^(|/[A-Za-z0-9._/-]{0,254})$'
+readonly PATTERN_RE='^[ -~]{0,200}$'
+readonly PID_MAX=4194304 # PID_MAX_LIMIT on 64-bit Linux
+
+# Only fixed, script-controlled text reaches stdout, so printf builds valid JSON.
+invalid() {
+  printf '%s\n' "$1" >&2
+  printf '{"probe":1,"error":"InvalidParameter","message":"%s"}\n' "$1"
+  exit "$EX_INVALID"
+}
+
+for name in SSM_PidFile SSM_LogFile SSM_LogPattern; do
+  if [[ ! -v $name ]]; then
+    invalid "${name} is not set: SSM Agent 3.3.2746.0 or later is required (it passes document parameters as SSM_ environment variables)"
+  fi
+done
+
+# $1 parameter name, $2 value: empty, or an absolute path without '.', '..' or empty segments.
+check_path() {
+  local name="$1" value="$2"
+  if [[ ! $value =~ $PATH_RE ]]; then
+    invalid "${name} must be empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"
+  fi
+  if [[ -n $value && ($value/ == *//* || $value/ == */./* || $value/ == */../*) ]]; then
+    invalid "${name} may not contain '.', '..' or empty path segments"
+  fi
+}
+
+check_path PidFile "$SSM_PidFile"
+check_path LogFile "$SSM_LogFile"
+if [[ ! $SSM_LogPattern =~ $PATTERN_RE ]]; then
+  invalid "LogPattern must be at most 200 printable ASCII characters"
+fi
+if [[ -n $SSM_LogFile && -z $SSM_LogPattern ]]; then
+  # An empty pattern matches every line and would report completion as soon as the log has any line.
+  invalid "LogPattern is required when LogFile is set"
+fi
+
+# Alive = signal 0 can be delivered (or /proc/<pid> exists when we may not signal it) and, where
+# /proc is mounted, the process is not a zombie (a zombie has exited; only its parent has not reaped it).
+pid_alive() {
+  local pid="$1" stat rest
+  if ! kill -0 "$pid" 2>/dev/null && [[ ! -d /proc/$pid ]]; then
+    return 1
+  fi
+  if [[ -d /proc/self ]]; then
+    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
+    rest=${stat##*) } # the command name may contain spaces and parentheses
+    case "${rest%% *}" in
+      Z | X | x) return 1 ;;
+    esac
+  fi
+  return 0
+}
+
+# Prints a pid (decimal, no leading zeros) read from file $1, or fails when it holds no valid pid.
+read_pid() {
+  local file="$1" content
+  [[ -f $file ]] || return 1
+  content=$(head -c 65 -- "$file" 2>/dev/null) || return 1
+  ((${#content} <= 64)) || return 1
+  content="${content#"${content%%[![:space:]]*}"}"
+  content="${content%"${content##*[![:space:]]}"}"
+  [[ $content =~ ^[0-9]{1,10}$ ]] || return 1
+  content=$((10#$content))
+  ((content > 0 && content <= PID_MAX)) || return 1
+  printf '%s\n' "$content"
+}
+
+pid_state=not_configured
+pid_json=null
+if [[ -n $SSM_PidFile ]]; then
+  if [[ ! -e $SSM_PidFile && ! -L $SSM_PidFile ]]; then
+    pid_state=missing
+  elif ! pid=$(read_pid "$SSM_PidFile"); then
+    pid_state=unreadable
+    echo "probe: ${SSM_PidFile} is not readable or does not hold a process id" >&2
+  else
+    pid_json=$pid
+    if pid_alive "$pid"; then pid_state=running; else pid_state=exited; fi
+  fi
+fi
+
+log_state=not_configured
+if [[ -n $SSM_LogFile ]]; then
+  if [[ ! -e $SSM_LogFile && ! -L $SSM_LogFile ]]; then
+    log_state=missing
+  elif [[ ! -f $SSM_LogFile ]]; then
+    log_state=unreadable # a directory, FIFO or device: never block on it
+    echo "probe: ${SSM_LogFile} is not a regular file" >&2
+  else
+    set +e
+    tail -c "$LOG_TAIL_BYTES" -- "$SSM_LogFile" | timeout "$GREP_TIMEOUT_SECONDS" grep -E -q -e "$SSM_LogPattern"
+    statuses=("${PIPESTATUS[@]}")
+    set -e
+    # grep -q stops at the first match, so tail may then die of SIGPIPE (141): only grep's status counts.
+    if ((statuses[1] == 0)); then
+      log_state=matched
+    elif ((statuses[1] == 1 && statuses[0] == 0)); then
+      log_state=not_matched
+    else
+      log_state=unreadable # unreadable file, invalid ERE (grep 2) or grep timed out (124)
+      echo "probe: reading ${SSM_LogFile} failed (tail ${statuses[0]}, grep ${statuses[1]})" >&2
+    fi
+  fi
+fi
+
+printf '{"probe":1,"pid":{"state":"%s","pid":%s},"log":{"state":"%s"}}\n' "$pid_state" "$pid_json" "$log_state"
+exit 0
