@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class LocalControlPlane:
         self._stack.enter_context(mock.patch.dict(os.environ, env))
         self._reset_function_caches()
         self._route_function_logs()
+        self._stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
         self._stack.callback(self._power_off_all)
         return self
 
@@ -182,7 +185,7 @@ class LocalControlPlane:
         from moto.events.models import events_backends
 
         rule_name = next(name for logical, name in self.deployment.rules.items() if "Schedule" in logical)
-        rule = events_backends[ACCOUNT][REGION].describe_rule(rule_name)
+        rule = events_backends[ACCOUNT][REGION].describe_rule(rule_name, None)
         event = {
             "version": "0",
             "id": f"local-tick-{time.time_ns()}",

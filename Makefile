@@ -1,0 +1,58 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create .venv and install on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: install demo test test-unit test-integration test-workflow test-infra test-e2e synth simulate bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(STAMP) $(NODE_STAMP)
+
+## Run the whole control plane locally (moto, no AWS account): train, checkpoint, verify, stop.
+demo: $(STAMP)
+	$(PY) -m local demo
+
+## The test suite (unit, integration, workflow, infra, end to end) plus `cdk synth` through the CLI.
+test: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+test-workflow: $(STAMP)
+	$(PY) -m pytest tests/workflow
+test-infra: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest tests/infra
+test-e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e
+
+## Synthesize with the pinned CDK CLI (offline; cdk-nag runs as part of synth).
+synth: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" npx cdk synth --quiet
+
+## Run a scenario: make simulate SCENARIO=examples/scenario.json REPORT=report.json
+SCENARIO ?= examples/scenario.json
+REPORT ?= report.json
+simulate: $(STAMP)
+	$(PY) -m local simulate $(SCENARIO) --report $(REPORT)
+
+## Print timing and memory figures (demo wall time, peak memory, synth time).
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache

@@ -1,0 +1,107 @@
+"""Handlers under moto: emulated AWS with the simulated SSM agents, the stack's real documents, a bucket.
+
+The state machine here is a one-state stand-in: these tests look at what the handlers do, the
+workflow tests run the real, synthesized state machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from infra.constructs.documents import CHECKPOINT_PARAMETERS, PROBE_PARAMETERS, command_content
+from local.agent import AgentFleet, SimulatedInstance
+from local.aws import LocalAws
+from tests.conftest import function_env
+
+BUCKET = "ckpt-bucket"
+
+
+@dataclass
+class World:
+    aws: LocalAws
+    fleet: AgentFleet
+    tmp: Path
+    state_machine_arn: str
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def client(self, service: str) -> Any:
+        return self.aws.client(service)
+
+    def instance(self, name: str, tags: dict[str, str], *, agent: str = "online", state: str = "running") -> SimulatedInstance:
+        root = self.tmp / name
+        root.mkdir(parents=True, exist_ok=True)
+        expanded = {k: v.replace("{root}", str(root)) for k, v in tags.items()}
+        ec2 = self.client("ec2")
+        iid = ec2.run_instances(
+            ImageId="ami-12345678",
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in expanded.items()]}],
+        )["Instances"][0]["InstanceId"]
+        inst = SimulatedInstance(instance_id=iid, name=name, root=root, agent_online=agent == "online")
+        self.fleet.add(inst)
+        if state == "stopped":
+            ec2.stop_instances(InstanceIds=[iid])
+        return inst
+
+    def count_calls(self) -> None:
+        """Count every AWS operation the handlers make from now on (botocore before-call hook)."""
+        import boto3
+
+        def hook(model: Any, **_: Any) -> None:
+            self.calls[model.name] += 1
+
+        boto3.DEFAULT_SESSION = None
+        from shared.clients import client
+
+        client.cache_clear()
+        for service in ("ec2", "s3", "ssm", "stepfunctions"):
+            client(service).meta.events.register("before-call", hook)
+
+
+def dead_pid() -> int:
+    """A PID no process has: the highest one the kernel can hand out, checked to be free."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    raise RuntimeError(f"pid {pid} is in use; cannot build an exited-trainer fixture")
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> Iterator[World]:
+    with LocalAws() as aws, mock.patch.dict(os.environ, function_env()):
+        fleet = AgentFleet(aws, delivery_timeout_cap=0.5)
+        ssm = aws.client("ssm")
+        for name, script, params in (("Autostop-Probe", "probe.sh", PROBE_PARAMETERS), ("Autostop-Checkpoint", "checkpoint.sh", CHECKPOINT_PARAMETERS)):
+            timeout = "60" if script == "probe.sh" else "{{ executionTimeout }}"
+            content = command_content("test", script, params, step=script.removesuffix(".sh"), timeout=timeout)
+            ssm.create_document(Name=name, Content=json.dumps(content), DocumentType="Command", DocumentFormat="JSON")
+        aws.client("s3").create_bucket(Bucket=BUCKET)
+        aws.client("iam").create_role(RoleName="sfn", AssumeRolePolicyDocument="{}")
+        arn = aws.client("stepfunctions").create_state_machine(
+            name="lifecycle",
+            definition=json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Wait", "Seconds": 1, "End": True}}}),
+            roleArn="arn:aws:iam::123456789012:role/sfn",
+        )["stateMachineArn"]
+        os.environ["AUTOSTOP_STATE_MACHINE_ARN"] = arn
+        from shared.clients import client
+        from shared.settings import settings
+
+        client.cache_clear()
+        settings.cache_clear()
+        yield World(aws=aws, fleet=fleet, tmp=tmp_path, state_machine_arn=arn)
+        for inst in fleet.instances.values():
+            inst.power_off()
+        client.cache_clear()
+        settings.cache_clear()

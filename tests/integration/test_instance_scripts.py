@@ -1,0 +1,631 @@
+"""The on-instance scripts of the SSM documents (infra/documents/probe.sh and checkpoint.sh), run for real.
+
+Each script is run with ``bash`` the way the SSM agent runs a document with ENV_VAR interpolation:
+parameters arrive as ``SSM_<Name>`` environment variables. The AWS CLI of this virtualenv talks to a moto
+server (``AWS_ENDPOINT_URL``); assertions read S3 back with boto3.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = ROOT / "infra" / "documents" / "probe.sh"
+CHECKPOINT = ROOT / "infra" / "documents" / "checkpoint.sh"
+VENV_BIN = Path(sys.executable).parent
+REGION = "us-east-1"
+INSTANCE_ID = "i-0123456789abcdef0"
+MIB = 1024 * 1024
+ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+# --- fixtures and helpers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(endpoint: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"ckpt-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def base_env(endpoint: str, tmp_path: Path) -> dict[str, str]:
+    """What the SSM agent gives a command, plus the moto endpoint; no SSM_ parameters yet."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return {
+        "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "/usr/bin:/bin")]),
+        "HOME": str(tmp_path),
+        "TMPDIR": str(scratch),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_SSM_REGION_NAME": REGION,
+        "AWS_SSM_INSTANCE_ID": INSTANCE_ID,
+    }
+
+
+def run(script: Path, env: dict[str, str], timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run a script; its stdout must be exactly one JSON object line. Returns the process and that object."""
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, f"expected one stdout line, got {proc.stdout!r}; stderr: {proc.stderr}"
+    result = json.loads(lines[0])
+    assert isinstance(result, dict)
+    return proc, result
+
+
+def b64sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def write(path: Path, data: bytes, mtime: float | None = None) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return data
+
+
+def set_tree_mtime(top: Path, mtime: float) -> None:
+    """Give a directory and everything below it the same mtime (children first)."""
+    for p in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        os.utime(p, (mtime, mtime), follow_symlinks=False)
+    os.utime(top, (mtime, mtime))
+
+
+def keys(s3: Any, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def wait_for_state(pid: int, state: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == state:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} never reached state {state}")
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; killed and reaped afterwards."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
+
+
+TRAINER = r"""
+import os, signal, sys, time
+mode, counter, ckdir = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def on_term(signum, frame):
+    with open(counter, "a") as f:
+        f.write("TERM\n")
+    if mode == "exit":
+        final = os.path.join(ckdir, "step-9")
+        os.makedirs(final)
+        with open(os.path.join(final, "weights.bin"), "wb") as f:
+            f.write(b"final weights")
+        sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def start_trainer(children: list[subprocess.Popen[bytes]], mode: str, tmp_path: Path, ckdir: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """A Python trainer that either saves a final checkpoint and exits on SIGTERM, or ignores it ("ignore")."""
+    counter = tmp_path / f"signals-{mode}"
+    proc = subprocess.Popen([sys.executable, "-c", TRAINER, mode, str(counter), str(ckdir)], stdout=subprocess.PIPE)
+    children.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    pid_file = tmp_path / "trainer.pid"
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc, pid_file, counter
+
+
+# --- probe.sh ------------------------------------------------------------------------------------------
+
+
+def probe_env(base_env: dict[str, str], pid_file: str = "", log_file: str = "", pattern: str = "") -> dict[str, str]:
+    return {**base_env, "SSM_PidFile": pid_file, "SSM_LogFile": log_file, "SSM_LogPattern": pattern}
+
+
+def test_probe_not_configured(base_env: dict[str, str]) -> None:
+    proc, out = run(PROBE, probe_env(base_env))
+    assert proc.returncode == 0
+    assert out == {"probe": 1, "pid": {"state": "not_configured", "pid": None}, "log": {"state": "not_configured"}}
+
+
+def test_probe_pid_running_then_exited(base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    children.append(sleeper)
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(f"  {sleeper.pid}\n\n")  # surrounding whitespace is stripped
+    proc, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
+    assert proc.returncode == 0
+    assert out["pid"] == {"state": "running", "pid": sleeper.pid}
+
+    sleeper.kill()
+    sleeper.wait()
+    _, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
+    assert out["pid"] == {"state": "exited", "pid": sleeper.pid}
+
+
+def test_probe_zombie_counts_as_exited(base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    zombie = subprocess.Popen(["true"])  # not waited for: stays a zombie
+    children.append(zombie)
+    wait_for_state(zombie.pid, "Z")
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(str(zombie.pid))
+    _, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
+    assert out["pid"] == {"state": "exited", "pid": zombie.pid}
+
+
+@pytest.mark.parametrize(
+    ("content", "state"),
+    [(None, "missing"), ("not-a-pid", "unreadable"), ("0", "unreadable"), ("-5", "unreadable"), ("12 34", "unreadable"), ("", "unreadable"), ("dir", "unreadable")],
+)
+def test_probe_pid_file_states(base_env: dict[str, str], tmp_path: Path, content: str | None, state: str) -> None:
+    pid_file = tmp_path / "train.pid"
+    if content == "dir":
+        pid_file.mkdir()
+    elif content is not None:
+        pid_file.write_text(content)
+    proc, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
+    assert proc.returncode == 0
+    assert out["pid"] == {"state": state, "pid": None}
+    assert out["log"] == {"state": "not_configured"}
+
+
+@pytest.mark.parametrize(
+    ("setup", "pattern", "state"),
+    [
+        ("log", r"training (complete|finished)", "matched"),
+        ("log", r"^epoch [0-9]+ done$", "matched"),
+        ("log", r"training failed", "not_matched"),
+        ("log", r"(unclosed", "unreadable"),  # invalid ERE: grep exits 2
+        ("missing", r"done", "missing"),
+        ("dir", r"done", "unreadable"),
+        ("old-match", r"training complete", "not_matched"),  # only the last 10 MiB count
+    ],
+)
+def test_probe_log_states(base_env: dict[str, str], tmp_path: Path, setup: str, pattern: str, state: str) -> None:
+    log = tmp_path / "train.log"
+    if setup == "log":
+        log.write_text("epoch 1 done\nloss=0.1\ntraining complete after 3 epochs\n")
+    elif setup == "dir":
+        log.mkdir()
+    elif setup == "old-match":
+        with log.open("wb") as f:
+            f.write(b"training complete\n")
+            f.write((b"x" * 1023 + b"\n") * (10 * 1024 + 1))
+    proc, out = run(PROBE, probe_env(base_env, log_file=str(log), pattern=pattern))
+    assert proc.returncode == 0
+    assert out == {"probe": 1, "pid": {"state": "not_configured", "pid": None}, "log": {"state": state}}
+
+
+def test_probe_reports_both_signals(base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    children.append(sleeper)
+    (tmp_path / "pid").write_text(str(sleeper.pid))
+    (tmp_path / "log").write_text("step 10\n")
+    _, out = run(PROBE, probe_env(base_env, str(tmp_path / "pid"), str(tmp_path / "log"), "DONE"))
+    assert out == {"probe": 1, "pid": {"state": "running", "pid": sleeper.pid}, "log": {"state": "not_matched"}}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"SSM_PidFile": "relative/train.pid"},
+        {"SSM_PidFile": "/tmp/x;rm -rf /"},
+        {"SSM_PidFile": "/var/run/../../etc/passwd"},
+        {"SSM_LogFile": "/var/log//train.log", "SSM_LogPattern": "done"},
+        {"SSM_LogFile": "/var/log/train.log", "SSM_LogPattern": "line\nbreak"},
+        {"SSM_LogFile": "/var/log/train.log", "SSM_LogPattern": "caf\u00e9"},
+        {"SSM_LogFile": "/var/log/train.log", "SSM_LogPattern": ""},
+        {"SSM_LogPattern": "x" * 201},
+    ],
+)
+def test_probe_invalid_parameters(base_env: dict[str, str], params: dict[str, str]) -> None:
+    proc, out = run(PROBE, {**probe_env(base_env), **params})
+    assert proc.returncode == 64
+    assert out["probe"] == 1 and out["error"] == "InvalidParameter" and out["message"]
+    assert "pid" not in out
+
+
+def test_probe_without_env_var_support(base_env: dict[str, str]) -> None:
+    env = probe_env(base_env)
+    del env["SSM_LogPattern"]
+    proc, out = run(PROBE, env)
+    assert proc.returncode == 64
+    assert out["error"] == "InvalidParameter"
+    assert "SSM Agent 3.3.2746.0 or later is required" in out["message"]
+
+
+# --- checkpoint.sh -------------------------------------------------------------------------------------
+
+
+def checkpoint_env(base_env: dict[str, str], bucket: str, ckdir: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        **base_env,
+        "SSM_RunId": "run-42",
+        "SSM_InstanceId": INSTANCE_ID,
+        "SSM_ExecutionName": "run-42-complete-1",
+        "SSM_CheckpointDir": str(ckdir),
+        "SSM_PidFile": "",
+        "SSM_Bucket": bucket,
+        "SSM_UploadPrefix": "runs/run-42/checkpoints/run-42-complete-1/",
+        "SSM_ManifestKey": "runs/run-42/manifests/run-42-complete-1.json",
+        "SSM_Signal": "TERM",
+        "SSM_GraceSeconds": "10",
+        "SSM_PartSizeBytes": str(64 * MIB),
+        "SSM_DecisionTime": "2026-01-02T03:04:05Z",
+    }
+    env.update({f"SSM_{k}": v for k, v in overrides.items()})
+    return env
+
+
+def read_manifest(s3: Any, bucket: str, env: dict[str, str]) -> dict[str, Any]:
+    body = s3.get_object(Bucket=bucket, Key=env["SSM_ManifestKey"])["Body"].read()
+    manifest = json.loads(body)
+    assert isinstance(manifest, dict)
+    return manifest
+
+
+def assert_no_temp_left(env: dict[str, str]) -> None:
+    assert os.listdir(env["TMPDIR"]) == [], "the script left its temp directory behind"
+
+
+def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    ckdir = tmp_path / "checkpoints"
+    t0 = time.time() - 3600
+    for i, name in enumerate(["step-100", "step-200", "step-300"]):
+        write(ckdir / name / "model.bin", os.urandom(1000 + i))
+        set_tree_mtime(ckdir / name, t0 + 10 * i)
+    newest = {
+        "model.bin": (ckdir / "step-300" / "model.bin").read_bytes(),
+        "opt/optimizer.pt": write(ckdir / "step-300" / "opt" / "optimizer.pt", os.urandom(3000)),
+        ".metadata": write(ckdir / "step-300" / ".metadata", b'{"step": 300}'),
+    }
+    set_tree_mtime(ckdir / "step-300", t0 + 20)
+    # Newer, but not complete checkpoints:
+    write(ckdir / "step-400.tmp" / "model.bin", b"half written", t0 + 100)
+    write(ckdir / ".step-500" / "model.bin", b"hidden", t0 + 100)
+    write(ckdir / "step-350" / "model.bin", b"done", t0 + 50)
+    write(ckdir / "step-350" / "optimizer.pt.partial", b"in progress", t0 + 50)
+    (ckdir / "step-600").mkdir()  # empty
+    other = tmp_path / "elsewhere" / "step-999"
+    write(other / "model.bin", b"not here", t0 + 200)
+    (ckdir / "latest").symlink_to(other)
+    env = checkpoint_env(base_env, bucket, ckdir)
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 0, proc.stderr
+    prefix, manifest_key = env["SSM_UploadPrefix"], env["SSM_ManifestKey"]
+    total = sum(len(d) for d in newest.values())
+    assert out == {
+        "result": "uploaded",
+        "manifest": f"s3://{bucket}/{manifest_key}",
+        "files": 3,
+        "bytes": total,
+        "trainer": "not_configured",
+        "checkpoint": "step-300",
+        "step": 300,
+    }
+    assert keys(s3, bucket) == sorted([manifest_key] + [f"{prefix}step-300/{rel}" for rel in newest])
+
+    manifest = read_manifest(s3, bucket, env)
+    assert set(manifest) == {
+        "schema_version", "run_id", "instance_id", "execution_name", "decision_time", "created_at",
+        "checkpoint", "step", "bucket", "files", "total_bytes",
+    }  # fmt: skip
+    assert manifest["schema_version"] == 1
+    assert (manifest["run_id"], manifest["instance_id"], manifest["execution_name"]) == ("run-42", INSTANCE_ID, "run-42-complete-1")
+    assert manifest["decision_time"] == "2026-01-02T03:04:05Z"
+    assert ISO_Z.match(manifest["created_at"])
+    assert manifest["checkpoint"] == {
+        "name": "step-300",
+        "path": str(ckdir / "step-300"),
+        "mtime": datetime.fromtimestamp(int(t0 + 20), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    assert manifest["step"] == 300
+    assert manifest["bucket"] == bucket
+    assert manifest["total_bytes"] == total
+    assert [f["path"] for f in manifest["files"]] == sorted(newest)
+
+    manifest_head = s3.head_object(Bucket=bucket, Key=manifest_key, ChecksumMode="ENABLED")
+    for entry in manifest["files"]:
+        data = newest[entry["path"]]
+        assert entry["key"] == f"{prefix}step-300/{entry['path']}"
+        assert entry["size"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["checksum_sha256"] == b64sha(data)
+        assert entry["parts"] == 0
+        head = s3.head_object(Bucket=bucket, Key=entry["key"], ChecksumMode="ENABLED")
+        assert head["ChecksumSHA256"] == entry["checksum_sha256"]
+        assert head["ContentLength"] == len(data)
+        assert s3.get_object(Bucket=bucket, Key=entry["key"])["Body"].read() == data
+        assert manifest_head["LastModified"] >= head["LastModified"]
+    assert manifest_head["ChecksumSHA256"] == b64sha(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    assert_no_temp_left(env)
+
+
+def test_checkpoint_manifest_matches_the_project_model(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    """The manifest parses with the Verify step's model and its checksums pass the Verify step's comparison."""
+    sys.path.insert(0, str(ROOT / "lambdas"))
+    try:
+        from shared.models import Manifest
+        from verify_checkpoint.logic import checksum_matches
+    finally:
+        sys.path.remove(str(ROOT / "lambdas"))
+    ckdir = tmp_path / "ck"
+    write(ckdir / "iter_0042.pt", b"weights")
+    env = checkpoint_env(base_env, bucket, ckdir)
+    proc, out = run(CHECKPOINT, env)
+    assert proc.returncode == 0, proc.stderr
+    assert out["step"] == 42
+    manifest = Manifest.model_validate(read_manifest(s3, bucket, env))
+    assert manifest.files[0].path == "iter_0042.pt"
+    for f in manifest.files:
+        head = s3.head_object(Bucket=bucket, Key=f.key, ChecksumMode="ENABLED")
+        assert checksum_matches(f.checksum_sha256, head.get("ChecksumSHA256"), f.parts)
+
+
+def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    ckdir = tmp_path / "ck"
+    data = write(ckdir / "model_step_0007.pt", os.urandom(12 * MIB))
+    write(ckdir / "model_step_0006.pt", b"older", time.time() - 600)
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert (out["checkpoint"], out["step"], out["files"], out["bytes"]) == ("model_step_0007.pt", 7, 1, len(data))
+    key = f"{env['SSM_UploadPrefix']}model_step_0007.pt"
+    assert keys(s3, bucket) == sorted([key, env["SSM_ManifestKey"]])
+    (entry,) = read_manifest(s3, bucket, env)["files"]
+    assert (entry["key"], entry["path"], entry["size"], entry["parts"]) == (key, "model_step_0007.pt", len(data), 3)
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    part_digests = b"".join(hashlib.sha256(data[i : i + 5 * MIB]).digest() for i in range(0, len(data), 5 * MIB))
+    composite = base64.b64encode(hashlib.sha256(part_digests).digest()).decode()
+    assert entry["checksum_sha256"] == f"{composite}-3"
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    # moto computes the composite from the bytes it received and stores it without the "-3" suffix.
+    assert head["ChecksumSHA256"].split("-")[0] == composite
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"').endswith("-3")
+    assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).digest() == hashlib.sha256(data).digest()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert_no_temp_left(env)
+
+
+def test_checkpoint_signals_trainer_once_and_uploads_its_final_checkpoint(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-8" / "weights.bin", b"earlier weights", time.time() - 600)
+    trainer, pid_file, counter = start_trainer(children, "exit", tmp_path, ckdir)
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file), GraceSeconds="10")
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert counter.read_text() == "TERM\n"
+    assert trainer.wait(timeout=5) == 0
+    # The trainer stays a zombie of this test until reaped: the script still saw it as exited.
+    assert (out["trainer"], out["checkpoint"], out["step"]) == ("exited", "step-9", 9)
+    assert s3.get_object(Bucket=bucket, Key=f"{env['SSM_UploadPrefix']}step-9/weights.bin")["Body"].read() == b"final weights"
+
+
+def test_checkpoint_fails_when_trainer_ignores_the_signal(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-1" / "weights.bin", b"weights")
+    trainer, pid_file, counter = start_trainer(children, "ignore", tmp_path, ckdir)
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file), GraceSeconds="1")
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 65
+    assert out["result"] == "failed" and out["error"] == "TrainerDidNotExit"
+    assert str(trainer.pid) in out["message"]
+    assert trainer.poll() is None
+    assert counter.read_text() == "TERM\n"  # signalled exactly once
+    assert keys(s3, bucket) == []
+    assert_no_temp_left(env)
+
+
+@pytest.mark.parametrize("pid_state", ["not_running", "pid_file_missing", "pid_file_unreadable"])
+def test_checkpoint_trainer_not_signalled(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, pid_state: str) -> None:
+    ckdir = tmp_path / "ck"
+    write(ckdir / "last.ckpt", b"weights")
+    pid_file = tmp_path / "train.pid"
+    if pid_state == "not_running":
+        pid_file.write_text(str(exited_pid()))
+    elif pid_state == "pid_file_unreadable":
+        pid_file.write_text("garbage")
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file))
+    proc, out = run(CHECKPOINT, env)
+    assert proc.returncode == 0, proc.stderr
+    assert (out["trainer"], out["checkpoint"], out["step"], out["files"]) == (pid_state, "last.ckpt", None, 1)
+    assert f"{env['SSM_UploadPrefix']}last.ckpt" in keys(s3, bucket)
+
+
+@pytest.mark.parametrize("layout", ["missing-dir", "only-incomplete"])
+def test_checkpoint_without_a_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, layout: str) -> None:
+    ckdir = tmp_path / "ck"
+    if layout == "only-incomplete":
+        write(ckdir / "model.pt.tmp", b"x")
+        write(ckdir / "model.pt.part", b"x")
+        write(ckdir / "notes~", b"x")
+        write(ckdir / ".hidden", b"x")
+        write(ckdir / "step-5" / "shard.incomplete", b"x")
+        write(ckdir / "step-5" / "shard.bin", b"x")
+        (ckdir / "step-6").mkdir()
+        (ckdir / "link.pt").symlink_to(tmp_path / "elsewhere.pt")
+        write(tmp_path / "elsewhere.pt", b"x")
+    proc, out = run(CHECKPOINT, checkpoint_env(base_env, bucket, ckdir))
+    assert proc.returncode == 66
+    assert out["result"] == "failed" and out["error"] == "NoCheckpoint"
+    assert str(ckdir) in out["message"]
+    assert keys(s3, bucket) == []
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"CheckpointDir": "/tmp/x;rm -rf /"},
+        {"CheckpointDir": "relative/checkpoints"},
+        {"CheckpointDir": "/data/../etc"},
+        {"CheckpointDir": "/data//ckpt"},
+        {"PidFile": "/run/train $(id).pid"},
+        {"RunId": "-run"},
+        {"InstanceId": "i-XYZ"},
+        {"ExecutionName": "a" * 81},
+        {"Bucket": "Not_A_Bucket"},
+        {"UploadPrefix": "runs/no-trailing-slash"},
+        {"UploadPrefix": "runs/../other/"},
+        {"ManifestKey": "runs/manifest.txt"},
+        {"Signal": "KILL"},
+        {"GraceSeconds": "-1"},
+        {"PartSizeBytes": "1048576"},
+        {"PartSizeBytes": "99999999999"},
+        {"DecisionTime": "2026-01-02 03:04:05"},
+    ],
+)
+def test_checkpoint_rejects_invalid_parameters(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]], override: dict[str, str]
+) -> None:
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-1.pt", b"weights")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    children.append(sleeper)
+    (tmp_path / "train.pid").write_text(str(sleeper.pid))
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(tmp_path / "train.pid"))
+    env.update({f"SSM_{k}": v for k, v in override.items()})
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 64
+    assert out["result"] == "failed" and out["error"] == "InvalidParameter"
+    assert next(iter(override)) in out["message"]
+    assert sleeper.poll() is None, "the trainer must not be signalled when the parameters are invalid"
+    assert keys(s3, bucket) == []
+
+
+def test_checkpoint_without_env_var_support(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    env = checkpoint_env(base_env, bucket, tmp_path)
+    del env["SSM_RunId"]
+    proc, out = run(CHECKPOINT, env)
+    assert proc.returncode == 64
+    assert out["result"] == "failed" and out["error"] == "InvalidParameter"
+    assert "SSM_RunId" in out["message"] and "SSM Agent 3.3.2746.0 or later is required" in out["message"]
+
+
+def test_checkpoint_bucket_does_not_exist(base_env: dict[str, str], tmp_path: Path) -> None:
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-1.pt", b"weights")
+    env = checkpoint_env(base_env, "no-such-bucket-" + uuid.uuid4().hex[:8], ckdir)
+    proc, out = run(CHECKPOINT, env)
+    assert proc.returncode == 67
+    assert out["result"] == "failed" and out["error"] == "UploadFailed"
+    assert "NoSuchBucket" in out["message"]
+    assert_no_temp_left(env)
+
+
+def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    """A part that fails to upload aborts the multipart upload, and no manifest is written."""
+    ckdir = tmp_path / "ck"
+    write(ckdir / "big.bin", os.urandom(6 * MIB))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    real_aws = VENV_BIN / "aws"
+    (fake_bin / "aws").write_text(
+        "#!/usr/bin/env bash\n"
+        'for a in "$@"; do if [[ $a == upload-part ]]; then echo "An error occurred (InternalError) when calling the UploadPart operation: boom" >&2; exit 254; fi; done\n'
+        f'exec "{real_aws}" "$@"\n'
+    )
+    (fake_bin / "aws").chmod(0o755)
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+    env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 67
+    assert out["error"] == "UploadFailed"
+    assert "InternalError" in out["message"] and "part 1 of 2" in out["message"]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert keys(s3, bucket) == []
+    assert_no_temp_left(env)
+
+
+def test_checkpoint_without_a_temp_dir(base_env: dict[str, str], tmp_path: Path, bucket: str) -> None:
+    """No usable TMPDIR: one ScriptFailed line, before the trainer is touched."""
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-1.pt", b"weights")
+    env = checkpoint_env(base_env, bucket, ckdir)
+    env["TMPDIR"] = str(tmp_path / "does-not-exist")
+    proc, out = run(CHECKPOINT, env)
+    assert proc.returncode == 70
+    assert out["result"] == "failed" and out["error"] == "ScriptFailed"
+
+
+def test_scripts_are_plain_bash(tmp_path: Path) -> None:
+    for script in (PROBE, CHECKPOINT):
+        text = script.read_text()
+        assert "{{" not in text, "SSM would treat {{ ... }} as a document parameter placeholder"
+        assert re.search(r"^set -euo pipefail$", text, re.M)
+        subprocess.run(["bash", "-n", str(script)], check=True)
+

@@ -1,0 +1,167 @@
+"""The schedule sweep and the marker trigger, run as Lambda handlers under moto with simulated agents."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import BUCKET, World, dead_pid
+
+CTX = type("Ctx", (), {"function_name": "t", "memory_limit_in_mb": 128, "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t", "aws_request_id": "r"})()
+
+
+def scheduled_event() -> dict[str, Any]:
+    return {
+        "version": "0", "id": "tick-1", "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
+        "time": "2026-11-30T10:00:00Z", "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/Schedule"], "detail": {},
+    }
+
+
+def object_created(key: str) -> dict[str, Any]:
+    return {
+        "version": "0", "id": "evt-1", "detail-type": "Object Created", "source": "aws.s3", "account": "123456789012",
+        "time": "2026-11-30T10:00:00Z", "region": "us-east-1", "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {"version": "0", "bucket": {"name": BUCKET}, "object": {"key": key, "size": 2, "etag": "e", "sequencer": "1"},
+                   "request-id": "r", "requester": "123456789012", "source-ip-address": "1.2.3.4", "reason": "PutObject"},
+    }
+
+
+def pid_tags(run: str, pid_file: str = "{root}/train.pid") -> dict[str, str]:
+    return {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", "autostop:pid-file": pid_file}
+
+
+def sweep() -> dict[str, Any]:
+    from on_schedule_tick.handler import lambda_handler
+
+    return lambda_handler(scheduled_event(), CTX)
+
+
+def executions(world: World) -> list[dict[str, Any]]:
+    return world.client("stepfunctions").list_executions(stateMachineArn=world.state_machine_arn)["executions"]
+
+
+def test_sweep_calls_grow_with_batches_not_instances(world: World) -> None:
+    # Given 120 opted-in instances: 100 whose trainers still run and 20 whose trainers have exited.
+    # (Simulated instances share the host's filesystem, so instances with the same pid-file tag share the
+    # file: as on a real fleet, where every node of a job has the same path, their probes form one group.)
+    alive = subprocess.Popen(["sleep", "120"])
+    running_pid, exited_pid = world.tmp / "running.pid", world.tmp / "exited.pid"
+    running_pid.write_text(f"{alive.pid}\n")
+    exited_pid.write_text(f"{dead_pid()}\n")
+    finished = set()
+    for n in range(120):
+        inst = world.instance(f"node-{n:03d}", pid_tags(f"run-{n}", str(exited_pid if n >= 100 else running_pid)))
+        if n >= 100:
+            finished.add(inst.instance_id)
+    world.count_calls()
+
+    # When one sweep runs
+    try:
+        summary = sweep()
+    finally:
+        alive.kill()
+        alive.wait()
+
+    # Then only the finished runs get an execution, and the calls are per page and per batch of 50
+    started = {e["execution_arn"].rsplit(":", 1)[-1].split("-run-")[0] for e in summary["executions"]}
+    assert started == finished
+    assert len(executions(world)) == len(finished)
+    assert world.calls["DescribeInstances"] == 1
+    assert world.calls["DescribeInstanceInformation"] == math.ceil(120 / 50)
+    assert world.calls["SendCommand"] == math.ceil(100 / 50) + math.ceil(20 / 50)
+    assert world.calls["StartExecution"] == len(finished)
+    assert world.calls["GetCommandInvocation"] == 0 and world.calls["HeadObject"] == 0
+    assert world.calls["ListCommandInvocations"] <= 3 * 40  # batches x polls, independent of instance count
+    assert sorted(len(c["instance_ids"]) for c in world.fleet.sent) == [20, 50, 50]
+
+
+def test_sweep_groups_batches_by_probe_parameters(world: World) -> None:
+    for n in range(3):
+        world.instance(f"a-{n}", pid_tags(f"a{n}", "/srv/a.pid"))
+        world.instance(f"b-{n}", pid_tags(f"b{n}", "/srv/b.pid"))
+    sweep()
+    assert sorted((c["parameters"]["PidFile"], len(c["instance_ids"])) for c in world.fleet.sent) == [("/srv/a.pid", 3), ("/srv/b.pid", 3)]
+
+
+def test_sweep_skips_invalid_tags_and_never_starts_them(world: World) -> None:
+    bad = world.instance("bad", {"autostop:enabled": "true", "autostop:run-id": "r", "autostop:checkpoint-dir": "../etc"})
+    out = world.instance("out", {"autostop:enabled": "false", "autostop:run-id": "r2", "autostop:checkpoint-dir": "/c"})
+    summary = sweep()
+    assert "absolute path" in summary["skipped"][bad.instance_id]
+    assert out.instance_id in summary["skipped"]
+    assert summary["executions"] == [] and executions(world) == []
+
+
+def test_offline_agent_makes_the_run_inconclusive_without_sending(world: World) -> None:
+    inst = world.instance("offline", pid_tags("r"), agent="offline")
+    (inst.root / "train.pid").write_text(f"{dead_pid()}\n")
+    summary = sweep()
+    assert summary["decisions"] == {"inconclusive": 1}
+    assert world.fleet.sent == []
+
+
+def test_duplicate_marker_events_start_one_execution(world: World) -> None:
+    from on_object_created.handler import lambda_handler
+
+    inst = world.instance("m", {"autostop:enabled": "true", "autostop:run-id": "run-m", "autostop:checkpoint-dir": "/ckpt"})
+    world.client("s3").put_object(Bucket=BUCKET, Key="runs/run-m/_SUCCESS", Body=b"ok")
+    first = lambda_handler(object_created("runs/run-m/_SUCCESS"), CTX)
+    second = lambda_handler(object_created("runs/run-m/_SUCCESS"), CTX)
+    also_sweep = sweep()
+    assert [e["status"] for e in first["executions"]] == ["started"]
+    # An identical StartExecution while the first runs is answered with that same execution ("started"),
+    # a different input with ExecutionAlreadyExists; either way there is one execution.
+    assert second["executions"][0]["execution_arn"] == first["executions"][0]["execution_arn"]
+    assert also_sweep["executions"][0]["status"] in ("already_running", "already_finished")
+    names = [e["name"] for e in executions(world)]
+    assert names == [f"{inst.instance_id}-run-m-complete"]
+
+
+def test_marker_of_nobody_starts_nothing(world: World) -> None:
+    from on_object_created.handler import lambda_handler
+
+    world.instance("m", {"autostop:enabled": "true", "autostop:run-id": "run-m", "autostop:checkpoint-dir": "/ckpt"})
+    result = lambda_handler(object_created("runs/other/_SUCCESS"), CTX)
+    assert result["instances"] == 0 and executions(world) == []
+
+
+def test_malformed_event_is_rejected_before_any_aws_call(world: World) -> None:
+    from aws_lambda_powertools.utilities.parser import ValidationError
+
+    from on_object_created.handler import lambda_handler
+
+    world.instance("m", {"autostop:enabled": "true", "autostop:run-id": "run-m", "autostop:checkpoint-dir": "/ckpt"})
+    with pytest.raises(ValidationError):
+        lambda_handler({"detail-type": "Object Created", "detail": {"bucket": "not-a-dict"}}, CTX)
+    assert executions(world) == []
+
+
+def test_retryable_outcome_lets_a_later_trigger_start_attempt_two(world: World) -> None:
+    from shared.executions import start_lifecycle_execution
+
+    sfn = world.client("stepfunctions")
+    arn = sfn.create_state_machine(
+        name="ends-not-complete",
+        definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "Result": {"outcome": "NotComplete"}, "End": True}}}),
+        roleArn="arn:aws:iam::123456789012:role/sfn",
+    )["stateMachineArn"]
+    kwargs = {"instance_id": "i-0123456789abcdef0", "run_id": "r", "reason": "complete", "trigger": {"at": datetime.now(UTC).isoformat()}}
+    first = start_lifecycle_execution(sfn, arn, **kwargs)
+    _wait_closed(sfn, first.execution_arn)
+    second = start_lifecycle_execution(sfn, arn, **kwargs)
+    assert (first.name, second.name, second.status) == ("i-0123456789abcdef0-r-complete", "i-0123456789abcdef0-r-complete-2", "started")
+
+
+def _wait_closed(sfn: Any, arn: str) -> None:
+    import time
+
+    for _ in range(100):
+        if sfn.describe_execution(executionArn=arn)["status"] != "RUNNING":
+            return
+        time.sleep(0.05)
+    raise AssertionError("execution did not finish")
