@@ -2,8 +2,11 @@
 
 No AWS calls and no clock reads happen here; :mod:`shared.evaluation` gathers the facts.
 
+Signals: the completion marker and the log pattern; the PID file only when it is the only one tagged
+(otherwise it is the trainer handle for the checkpoint command, see ``InstanceConfig.pid_is_completion_signal``).
+
 Rules (fail safe: unknown never reads as complete):
-* every configured signal must say ``complete`` for the run to be complete;
+* every signal must say ``complete`` for the run to be complete;
 * any signal that says ``not_complete`` makes the run not complete;
 * otherwise any signal that cannot be read makes the decision ``inconclusive``.
 """
@@ -43,11 +46,11 @@ def probe_verdicts(config: InstanceConfig, facts: CompletionFacts) -> list[Signa
     probe = facts.probe
     if probe is None or not probe.ok:
         why = "was not run" if probe is None else probe.error
-        for signal in ("pid", "log"):
-            if (config.pid_file if signal == "pid" else config.log_file) is not None:
+        for signal, used in (("pid", config.pid_is_completion_signal), ("log", config.log_file is not None)):
+            if used:
                 out.append(SignalVerdict(signal=signal, verdict="inconclusive", reason=f"on-instance probe {why}"))
         return out
-    if config.pid_file is not None:
+    if config.pid_is_completion_signal:
         pid = probe.pid
         state = pid.state if pid else "unreadable"
         if state == "exited":

@@ -92,14 +92,24 @@ class InstanceConfig(Frozen):
     dry_run: bool
 
     @property
+    def pid_is_completion_signal(self) -> bool:
+        """The trainer's exit counts as completion only when the PID file is the only signal tagged.
+
+        With a completion marker or log pattern, those are the evidence and the PID file is the handle
+        the checkpoint command uses to signal the trainer and wait for it to exit (a trainer that logged
+        completion but hangs on teardown is then asked to exit instead of blocking the stop forever).
+        """
+        return self.pid_file is not None and self.completion_marker is None and self.log_file is None
+
+    @property
     def probe_needed(self) -> bool:
-        """True when a completion signal lives on the instance (PID file or log pattern)."""
-        return self.pid_file is not None or self.log_file is not None
+        """True when a completion signal lives on the instance (log pattern, or the PID file alone)."""
+        return self.log_file is not None or self.pid_is_completion_signal
 
     def probe_parameters(self) -> dict[str, list[str]]:
-        """SendCommand ``Parameters`` for the probe document (empty string = not configured)."""
+        """SendCommand ``Parameters`` for the probe document (empty string = not checked)."""
         return {
-            "PidFile": [self.pid_file or ""],
+            "PidFile": [self.pid_file if self.pid_is_completion_signal and self.pid_file else ""],
             "LogFile": [self.log_file or ""],
             "LogPattern": [self.log_pattern or ""],
         }

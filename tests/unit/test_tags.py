@@ -47,7 +47,10 @@ def test_explicit_on_instance_signals_replace_the_default_marker() -> None:
     config = parse_instance_config(IID, tags(pid_file="/run/train.pid", log_file="/var/log/t.log", log_pattern="done|finished"), POLICY)
     assert config.completion_marker is None
     assert config.probe_needed
-    assert config.probe_parameters() == {"PidFile": ["/run/train.pid"], "LogFile": ["/var/log/t.log"], "LogPattern": ["done|finished"]}
+    assert config.probe_parameters() == {"PidFile": [""], "LogFile": ["/var/log/t.log"], "LogPattern": ["done|finished"]}
+    alone = parse_instance_config(IID, tags(pid_file="/run/train.pid"), POLICY)
+    assert alone.pid_is_completion_signal
+    assert alone.probe_parameters()["PidFile"] == ["/run/train.pid"]
 
 
 def test_terminate_only_when_explicitly_tagged() -> None:
