@@ -17,6 +17,7 @@ What is patched, and why:
 from __future__ import annotations
 
 import importlib
+import logging
 import json
 import os
 import sys
@@ -132,6 +133,9 @@ class LocalAws:
         from moto.server import ThreadedMotoServer
 
         stack.enter_context(mock_aws(config={"stepfunctions": {"execute_state_machine": True}}))
+        # moto's server logs every request, and its ASL interpreter logs every Fail state at ERROR.
+        for noisy in ("werkzeug", "moto.stepfunctions.parser"):
+            stack.enter_context(_quiet(noisy))
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         stack.callback(server.stop)
@@ -247,6 +251,17 @@ class LocalAws:
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
         return env
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextmanager

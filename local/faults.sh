@@ -13,22 +13,28 @@ PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$self_dir" | paste -sd: -)
 export PATH
 faults=",${AUTOSTOP_SIM_FAULTS:-},"
 args=("$@")
-if [[ "${1:-}" != s3api || "${2:-}" != put-object ]]; then
-  exec aws "$@"
-fi
-key="" body="" bucket="" body_index=-1
+put_object=0 key="" body="" bucket="" body_index=-1
 for ((i = 0; i < ${#args[@]}; i++)); do
-  case "${args[$i]}" in
-    --key) key="${args[$((i + 1))]}" ;;
-    --bucket) bucket="${args[$((i + 1))]}" ;;
-    --body) body="${args[$((i + 1))]}"; body_index=$((i + 1)) ;;
+  arg=${args[$i]}
+  next=${args[$((i + 1))]:-}
+  case "$arg" in
+    put-object) [[ " ${args[*]:0:i} " == *" s3api "* ]] && put_object=1 ;;
+    --key) key=$next ;;
+    --key=*) key=${arg#--key=} ;;
+    --bucket) bucket=$next ;;
+    --bucket=*) bucket=${arg#--bucket=} ;;
+    --body) body=$next; body_index=$((i + 1)) ;;
+    --body=*) body=${arg#--body=}; body_index=$i ;;
   esac
 done
+if [[ $put_object == 0 ]]; then
+  exec aws "$@"
+fi
 if [[ "$faults" == *,corrupt_upload,* && "$key" != *manifests/* && $body_index -ge 0 ]]; then
   truncated=$(mktemp)
   trap 'rm -f "$truncated"' EXIT
   head -c -1 -- "$body" > "$truncated"
-  args[$body_index]="$truncated"
+  if [[ ${args[$body_index]} == --body=* ]]; then args[$body_index]="--body=$truncated"; else args[$body_index]="$truncated"; fi
 fi
 aws "${args[@]}"
 if [[ "$faults" == *,lose_object,* && "$key" == *manifests/* ]]; then
