@@ -1,0 +1,73 @@
+"""End to end through the README's commands: ``python -m local demo`` and ``python -m local simulate``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_local(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "local", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def simulate(scenario: Path, tmp_path: Path) -> dict[str, Any]:
+    report = tmp_path / "report.json"
+    proc = run_local("simulate", str(scenario), "--report", str(report))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(report.read_text())
+
+
+def test_demo_stops_the_instance_after_a_verified_checkpoint() -> None:
+    proc = run_local("demo")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    states = [line.split()[1:] for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
+    names = [" ".join(s[:-1]) for s in states]
+    assert names[0] == "Evaluate completion" and names[-1] == "Done"
+    assert names.index("Verify checkpoint") < names.index("Stop instance")
+    assert "outcome Stopped" in out
+    assert "instance trainer-1" in out and ": stopped" in out
+
+
+def test_example_scenario_report(tmp_path: Path) -> None:
+    report = simulate(REPO / "examples" / "scenario.json", tmp_path)
+    state = {i["name"]: i["state"] for i in report["instances"]}
+    assert state == {"trainer-a": "stopped", "trainer-b": "terminated", "idle-c": "running"}
+    outcomes = sorted(e["outcome"] for e in report["executions"])
+    assert outcomes == ["Stopped", "Terminated"]
+    for ex in report["executions"]:
+        assert ex["states"][0] == "Evaluate completion" and ex["states"][-1] == "Done"
+    idle = next(i["id"] for i in report["instances"] if i["name"] == "idle-c")
+    assert "absolute path" in report["steps"][1]["sweep"]["skipped"][idle]
+    manifests = [o for o in report["objects"] if "/manifests/" in o["uri"]]
+    assert len(manifests) == 2 and all(o["checksum"].startswith("SHA256:") for o in manifests)
+    assert sorted(n["outcome"] for n in report["notifications"]) == ["Stopped", "Terminated"]
+    assert report["function_errors"] == []
+
+
+def test_failure_variant_upload_unverified_keeps_the_instance_running(tmp_path: Path) -> None:
+    report = simulate(REPO / "examples" / "upload-unverified.json", tmp_path)
+    [execution] = report["executions"]
+    assert (execution["status"], execution["outcome"]) == ("FAILED", "UploadUnverified")
+    assert "missing" in execution["cause"]
+    assert "Stop instance" not in execution["states"]
+    assert [i["state"] for i in report["instances"]] == ["running"]
+    assert [n["outcome"] for n in report["notifications"]] == ["UploadUnverified"]
+
+
+def test_corrupted_upload_is_caught_by_the_verifier(tmp_path: Path) -> None:
+    scenario = json.loads((REPO / "examples" / "upload-unverified.json").read_text())
+    scenario["name"] = "corrupt-upload"
+    scenario["instances"][0]["faults"] = ["corrupt_upload"]
+    path = tmp_path / "corrupt.json"
+    path.write_text(json.dumps(scenario))
+    report = simulate(path, tmp_path)
+    [execution] = report["executions"]
+    assert execution["outcome"] == "UploadUnverified"
+    assert "bytes in S3" in execution["cause"]
+    assert report["instances"][0]["state"] == "running"
