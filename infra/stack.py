@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import CfnOutput, Duration, Stack, Token
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -153,6 +153,12 @@ class AutostopStack(Stack):
         """HeadObject/GetObject in the checkpoint bucket (markers, manifests, checkpoint objects); nothing else."""
         return iam.PolicyStatement(sid="ReadCheckpoints", actions=["s3:GetObject"], resources=[storage.bucket.arn_for_objects("*")])
 
+    def _nag_arn(self, service: str, resource: str) -> str:
+        """An ARN of this stack as cdk-nag prints it in a finding: unresolved parts as ``<AWS::...>``."""
+        region = "<AWS::Region>" if Token.is_unresolved(self.region) else self.region
+        account = "<AWS::AccountId>" if Token.is_unresolved(self.account) else self.account
+        return f"arn:<AWS::Partition>:{service}:{region}:{account}:{resource}"
+
     def _logical(self, element: object) -> str:
         return str(self.resolve(self.get_logical_id(element)))  # type: ignore[arg-type]
 
@@ -181,7 +187,7 @@ class AutostopStack(Stack):
                 "AwsSolutions-IAM5",
                 "instance/* is narrowed by the condition StringEqualsIgnoreCase aws:ResourceTag/<prefix>:enabled = true: "
                 "SendCommand, StopInstances and TerminateInstances only reach opted-in instances.",
-                finding="Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
+                finding=f"Resource::{self._nag_arn('ec2', 'instance/*')}",
             )
         machine = self._logical(workflow.state_machine.node.default_child)
         acknowledge(
@@ -189,7 +195,7 @@ class AutostopStack(Stack):
             "AwsSolutions-IAM5",
             "DescribeExecution on executions of the lifecycle state machine only (checking an existing execution "
             "before starting a new attempt).",
-            finding=f'Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{machine}"}}]}}]}}:*',
+            finding="Resource::" + self._nag_arn("states", f'execution:{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{machine}"}}]}}]}}:*'),
         )
         for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance"):
             fn = functions.node.find_child(fn_id).node.default_child
