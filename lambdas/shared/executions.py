@@ -35,11 +35,26 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
 def closed_outcome(describe: dict[str, Any]) -> str | None:
     """The ``outcome`` of a closed execution from DescribeExecution: its output's field or its error."""
     if describe.get("status") == "SUCCEEDED":
-        try:
-            return str(json.loads(describe.get("output") or "{}").get("outcome"))
-        except ValueError:
-            return None
+        return _output(describe).get("outcome")
     return describe.get("error")
+
+
+def may_retry(describe: dict[str, Any]) -> bool:
+    """True when a closed execution ended before anything was done on the instance.
+
+    That is a SUCCEEDED execution with a retryable outcome (NotComplete, Inconclusive, Skipped) that never
+    reached the checkpoint: outcomes after the checkpoint carry ``manifest_uri`` and are final, because a
+    new attempt would signal the trainer again.
+    """
+    return closed_outcome(describe) in c.RETRYABLE_OUTCOMES and "manifest_uri" not in _output(describe)
+
+
+def _output(describe: dict[str, Any]) -> dict[str, Any]:
+    try:
+        value = json.loads(describe.get("output") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def start_lifecycle_execution(
@@ -54,9 +69,9 @@ def start_lifecycle_execution(
     """Start the lifecycle execution for (instance, run, reason) unless one already acted.
 
     Attempt 1 is named ``<instance>-<run>-<reason>``. ExecutionAlreadyExists is success, not an error:
-    a running execution means a duplicate event; a closed one is final unless its outcome is one of
-    ``RETRYABLE_OUTCOMES`` (nothing was done on the instance), in which case the next attempt number
-    is tried. AWS calls: StartExecution, plus one DescribeExecution per existing attempt.
+    a running execution means a duplicate event; a closed one is final unless :func:`may_retry` (nothing
+    was done on the instance), in which case the next attempt number is tried. "started" may also be
+    StartExecution's idempotent answer to an identical request for a still-running execution. AWS calls: StartExecution, plus one DescribeExecution per existing attempt.
 
     Raises:
         botocore ClientError: any StartExecution/DescribeExecution error other than ExecutionAlreadyExists.
@@ -74,9 +89,8 @@ def start_lifecycle_execution(
         existing = sfn.describe_execution(executionArn=arn)
         if existing["status"] == "RUNNING":
             return StartResult(name=name, status="already_running", execution_arn=arn)
-        outcome = closed_outcome(existing)
-        if outcome not in c.RETRYABLE_OUTCOMES:
+        if not may_retry(existing):
             return StartResult(
-                name=name, status="already_finished", execution_arn=arn, detail=f"{existing['status']}: {outcome}"
+                name=name, status="already_finished", execution_arn=arn, detail=f"{existing['status']}: {closed_outcome(existing)}"
             )
     return StartResult(name=name, status="attempts_exhausted", execution_arn=arn, detail=f"{MAX_ATTEMPTS} attempts")

@@ -51,3 +51,20 @@ def test_composite_checksum_with_and_without_the_parts_suffix() -> None:
     assert checksum_matches(f"{composite}-2", composite, 2)
     assert not checksum_matches(f"{composite}-2", f"{composite}-3", 2)
     assert not checksum_matches(f"{composite}-3", composite, 2)
+
+
+def test_only_executions_that_never_reached_the_checkpoint_may_be_retried() -> None:
+    import json
+
+    from shared.executions import may_retry
+
+    def closed(status: str, output: dict | None = None, error: str | None = None) -> dict:
+        return {"status": status, "output": json.dumps(output) if output else None, "error": error}
+
+    assert may_retry(closed("SUCCEEDED", {"outcome": "NotComplete", "reason": "no marker"}))
+    assert may_retry(closed("SUCCEEDED", {"outcome": "Inconclusive"}))
+    assert not may_retry(closed("SUCCEEDED", {"outcome": "Skipped", "manifest_uri": "s3://b/m.json"}))  # guard skip after checkpoint
+    assert not may_retry(closed("SUCCEEDED", {"outcome": "Stopped", "manifest_uri": "s3://b/m.json"}))
+    assert not may_retry(closed("FAILED", error="CheckpointFailed"))
+    assert not may_retry(closed("ABORTED"))
+    assert not may_retry(closed("SUCCEEDED", None))
