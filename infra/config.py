@@ -11,6 +11,7 @@ name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint com
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,11 @@ POWERTOOLS_VERSION = "3.37.0"
 """Powertools layer version; keep equal to lambdas/requirements.txt."""
 LAMBDA_PYTHON = "python3.13"
 LAMBDA_ARCH = "arm64"
+
+
+RETENTION = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH",
+             60: "TWO_MONTHS", 90: "THREE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR"}
+"""Allowed ``log_retention_days`` values (CloudWatch Logs retention periods) and their RetentionDays names."""
 
 
 class ConfigError(ValueError):
@@ -63,8 +69,15 @@ class AutostopConfig:
             problems.append("part_size_bytes must be between 5 MiB and 5 GiB")
         if not 1 <= self.poll_interval_seconds <= 300:
             problems.append("poll_interval_seconds must be 1..300")
+        if self.log_retention_days not in RETENTION:
+            problems.append(f"log_retention_days must be one of {sorted(RETENTION)}")
         if problems:
             raise ConfigError("invalid autostop context: " + "; ".join(problems))
+
+    @property
+    def log_retention(self) -> str:
+        """The ``aws_logs.RetentionDays`` member name for ``log_retention_days``."""
+        return RETENTION[self.log_retention_days]
 
     @property
     def checkpoint_poll_limit(self) -> int:
@@ -79,7 +92,18 @@ class AutostopConfig:
 
     @classmethod
     def from_context(cls, node: Node) -> AutostopConfig:
-        """Read every known key from the CDK context of ``node``; unknown autostop keys are errors."""
+        """Read every known key from the CDK context of ``node``.
+
+        A key that looks like a misspelling of a known one (``default_acton``) is an error rather than
+        silently ignored; CDK's own keys (``@aws-cdk/...``, ``aws:...``) and other tools' keys are left alone.
+        """
+        known = list(cls.__dataclass_fields__)
+        for key in node.get_all_context():
+            if key in known or key.startswith("@") or ":" in key:
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(f"unknown context key {key!r}: did you mean {close[0]!r}?")
         values: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
             raw = node.try_get_context(name)

@@ -74,7 +74,7 @@ class AutostopStack(Stack):
             stop=stop,
             checkpoint_document_arn=documents.arn(documents.checkpoint),
             topic=notifications.topic,
-            log_retention=logs.RetentionDays.ONE_MONTH,
+            log_retention=getattr(logs.RetentionDays, config.log_retention),
         )
         state_machine = workflow.state_machine
 
@@ -102,8 +102,9 @@ class AutostopStack(Stack):
             self._grant_evaluation(fn, storage=storage, documents=documents, instances_arn=instances_arn, opted_in=opted_in)
         for fn in (sweep, on_marker):
             state_machine.grant_start_execution(fn)
-            state_machine.grant_read(fn)
-        verify.add_to_role_policy(self._read_checkpoints(storage))
+            state_machine.grant_execution(fn, "states:DescribeExecution")
+        for statement in self._read_checkpoints(storage):
+            verify.add_to_role_policy(statement)
         stop.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
         stop.add_to_role_policy(
             iam.PolicyStatement(
@@ -132,7 +133,8 @@ class AutostopStack(Stack):
         opted_in: dict[str, dict[str, str]],
     ) -> None:
         """What evaluating completion needs: DescribeInstances, marker HeadObject, the batched probe."""
-        fn.add_to_role_policy(self._read_checkpoints(storage))
+        for statement in self._read_checkpoints(storage):
+            fn.add_to_role_policy(statement)
         fn.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
         fn.add_to_role_policy(
             iam.PolicyStatement(sid="ProbeDocument", actions=["ssm:SendCommand"], resources=[documents.arn(documents.probe)])
@@ -149,9 +151,14 @@ class AutostopStack(Stack):
         )
 
     @staticmethod
-    def _read_checkpoints(storage: CheckpointStorage) -> iam.PolicyStatement:
-        """HeadObject/GetObject in the checkpoint bucket (markers, manifests, checkpoint objects); nothing else."""
-        return iam.PolicyStatement(sid="ReadCheckpoints", actions=["s3:GetObject"], resources=[storage.bucket.arn_for_objects("*")])
+    def _read_checkpoints(storage: CheckpointStorage) -> list[iam.PolicyStatement]:
+        """HeadObject/GetObject in the checkpoint bucket (markers, manifests, checkpoint objects), and
+        s3:ListBucket on it: without it S3 answers HeadObject of a missing key with 403 instead of 404, and
+        an absent marker would read as an unreadable one."""
+        return [
+            iam.PolicyStatement(sid="ReadCheckpoints", actions=["s3:GetObject"], resources=[storage.bucket.arn_for_objects("*")]),
+            iam.PolicyStatement(sid="TellMissingFromForbidden", actions=["s3:ListBucket"], resources=[storage.bucket.bucket_arn]),
+        ]
 
     def _nag_arn(self, service: str, resource: str) -> str:
         """An ARN of this stack as cdk-nag prints it in a finding: unresolved parts as ``<AWS::...>``."""

@@ -54,7 +54,7 @@ class ControlPlaneFunctions(Construct):
         log_group = logs.LogGroup(
             self,
             f"{construct_id}Logs",
-            retention=getattr(logs.RetentionDays, self._retention()),
+            retention=getattr(logs.RetentionDays, self._config.log_retention),
             removal_policy=RemovalPolicy.DESTROY,
         )
         role = iam.Role(
@@ -81,11 +81,3 @@ class ControlPlaneFunctions(Construct):
             logging_format=lambda_.LoggingFormat.JSON,
             tracing=lambda_.Tracing.ACTIVE,
         )
-
-    def _retention(self) -> str:
-        allowed = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH",
-                   60: "TWO_MONTHS", 90: "THREE_MONTHS", 180: "SIX_MONTHS", 365: "ONE_YEAR"}
-        days = self._config.log_retention_days
-        if days not in allowed:
-            raise ValueError(f"log_retention_days must be one of {sorted(allowed)}")
-        return allowed[days]
