@@ -9,6 +9,7 @@ Stop instance Task state is through ``Checkpoint verified?`` with ``verified = t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy, Stack
@@ -111,8 +112,14 @@ class LifecycleStateMachine(Construct):
         state.next(self._finish)
         return state
 
-    def _counter(self, name: str, path: str) -> sfn.Pass:
-        return sfn.Pass(self, name, parameters={"n.$": f"States.MathAdd({path}.n, 1)"}, result_path=path)
+    def _poll_loop(self, label: str, wait_name: str, task: sfn.TaskStateBase, until: Callable[[sfn.Wait, str], sfn.Choice]) -> sfn.Chain:
+        """``Start <label> polls`` → Wait → ``task`` → ``Count <label> polls`` → the Choice ``until(wait, counter)``
+        builds; the counter (``$.<label>_polls.n``) lets that Choice bound the loop."""
+        counter = f"$.{label}_polls"
+        start = sfn.Pass(self, f"Start {label} polls", result=sfn.Result.from_object({"n": 0}), result_path=counter)
+        wait = sfn.Wait(self, wait_name, time=sfn.WaitTime.duration(Duration.seconds(self._config.poll_interval_seconds)))
+        count = sfn.Pass(self, f"Count {label} polls", parameters={"n.$": f"States.MathAdd({counter}.n, 1)"}, result_path=counter)
+        return start.next(wait).next(task).next(count).next(until(wait, counter))
 
     # --- the end: Notify, then Failed or Done -------------------------------------------------------------
 
@@ -205,8 +212,6 @@ class LifecycleStateMachine(Construct):
             errors=["States.ALL"],
             result_path="$.error",
         )
-        start = sfn.Pass(self, "Start checkpoint polls", result=sfn.Result.from_object({"n": 0}), result_path="$.checkpoint_polls")
-        wait = sfn.Wait(self, "Wait for checkpoint command", time=sfn.WaitTime.duration(Duration.seconds(config.poll_interval_seconds)))
         get = tasks.CallAwsService(
             self,
             "Get command invocation",
@@ -235,18 +240,15 @@ class LifecycleStateMachine(Construct):
             errors=["States.ALL"],
             result_path="$.error",
         )
-        finished = (
-            sfn.Choice(self, "Checkpoint command finished?")
-            .when(
-                sfn.Condition.and_(
-                    sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", s) for s in PENDING_COMMAND]),
-                    sfn.Condition.number_less_than("$.checkpoint_polls.n", config.checkpoint_poll_limit),
-                ),
-                wait,
+        def finished(wait: sfn.Wait, counter: str) -> sfn.Choice:
+            still_running = sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", st) for st in PENDING_COMMAND])
+            return (
+                sfn.Choice(self, "Checkpoint command finished?")
+                .when(sfn.Condition.and_(still_running, sfn.Condition.number_less_than(f"{counter}.n", config.checkpoint_poll_limit)), wait)
+                .otherwise(on_finished)
             )
-            .otherwise(on_finished)
-        )
-        return send.next(start).next(wait).next(get).next(self._counter("Count checkpoint polls", "$.checkpoint_polls")).next(finished)
+
+        return send.next(self._poll_loop("checkpoint", "Wait for checkpoint command", get, finished))
 
     # --- Verify -----------------------------------------------------------------------------------------------
 
@@ -285,8 +287,6 @@ class LifecycleStateMachine(Construct):
             errors=["States.ALL"],
             result_path="$.error",
         )
-        start = sfn.Pass(self, "Start stop polls", result=sfn.Result.from_object({"n": 0}), result_path="$.stop_polls")
-        wait = sfn.Wait(self, "Wait for instance state", time=sfn.WaitTime.duration(Duration.seconds(config.poll_interval_seconds)))
         describe = tasks.CallAwsService(
             self,
             "Describe instance",
@@ -315,26 +315,23 @@ class LifecycleStateMachine(Construct):
                 self._outcome(outcome, outcome, "$.stop.reason", checkpoint=True),
             )
         which.otherwise(self._outcome("Unexpected stop result", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
-        final = (
-            sfn.Choice(self, "Instance in final state?")
-            .when(sfn.Condition.string_equals_json_path("$.instance.state", "$.stop.expected_state"), which)
-            .when(
-                sfn.Condition.and_(
-                    sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", s) for s in ON_THE_WAY]),
-                    sfn.Condition.number_less_than("$.stop_polls.n", config.stop_poll_limit),
-                ),
-                wait,
-            )
-            .otherwise(
-                self._outcome(
-                    "Final state not reached",
-                    c.OUTCOME_STOP_FAILED,
-                    "States.Format('instance is {} after {} polls; expected {}', $.instance.state, $.stop_polls.n, $.stop.expected_state)",
-                    checkpoint=True,
+        def final(wait: sfn.Wait, counter: str) -> sfn.Choice:
+            on_the_way = sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", st) for st in ON_THE_WAY])
+            return (
+                sfn.Choice(self, "Instance in final state?")
+                .when(sfn.Condition.string_equals_json_path("$.instance.state", "$.stop.expected_state"), which)
+                .when(sfn.Condition.and_(on_the_way, sfn.Condition.number_less_than(f"{counter}.n", config.stop_poll_limit)), wait)
+                .otherwise(
+                    self._outcome(
+                        "Final state not reached",
+                        c.OUTCOME_STOP_FAILED,
+                        f"States.Format('instance is {{}} after {{}} polls; expected {{}}', $.instance.state, {counter}.n, $.stop.expected_state)",
+                        checkpoint=True,
+                    )
                 )
             )
-        )
-        confirm = start.next(wait).next(describe).next(self._counter("Count stop polls", "$.stop_polls")).next(final)
+
+        confirm = self._poll_loop("stop", "Wait for instance state", describe, final)
         not_called = (
             sfn.Choice(self, "Why no call?")
             .when(
