@@ -31,6 +31,10 @@ from typing import Any
 
 from local.aws import REGION, LocalAws
 
+SPAWN_LOCK = threading.Lock()
+"""Held while a script file is written and while any process is started. Without it, a process forked by
+another thread at the moment a script is being written inherits the open file, and exec'ing the script
+then fails with ETXTBSY ("Text file busy")."""
 STDOUT_LIMIT = 24_000
 STDERR_LIMIT = 8_000
 DETAILS_LIMIT = 2_500
@@ -53,9 +57,8 @@ class SimulatedInstance:
         """Start a process on this instance (its own session, output to ``<root>/.sim/<log_name>``)."""
         sim = self.root / ".sim"
         sim.mkdir(parents=True, exist_ok=True)
-        out = (sim / log_name).open("ab")
-        proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        out.close()
+        with SPAWN_LOCK, (sim / log_name).open("ab") as out:
+            proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
         # Reap it when it exits, so an exited trainer is not left as a zombie (init does this on a real host).
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-{self.name}").start()
@@ -246,8 +249,6 @@ class AgentFleet:
         workdir = instance.root / ".sim" / "ssm" / command.command_id
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "_script.sh"
-        path.write_text(script)
-        path.chmod(0o700)
         env = self.aws.subprocess_env()
         if instance.faults:
             env["PATH"] = str(self._fault_bin(instance)) + os.pathsep + env["PATH"]
@@ -256,9 +257,12 @@ class AgentFleet:
         env.update({"AWS_SSM_INSTANCE_ID": instance.instance_id, "AWS_SSM_REGION_NAME": REGION, "HOME": str(instance.root)})
         started = datetime.now(UTC)
         inv.update(Status="InProgress", StatusDetails="InProgress", ExecutionStartDateTime=started.isoformat())
-        proc = subprocess.Popen(
-            ["sh", "-c", str(path)], cwd=instance.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
+        with SPAWN_LOCK:
+            path.write_text(script)
+            path.chmod(0o700)
+            proc = subprocess.Popen(
+                ["sh", "-c", str(path)], cwd=instance.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
         instance.processes.append(proc)  # type: ignore[arg-type]
         try:
             out, err = proc.communicate(timeout=timeout * self.execution_time_scale)
