@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,8 @@ from shared.workflow import CheckpointCommand, CheckpointLocation, EvaluateOutpu
 
 OUTCOMES = {"not_complete": c.OUTCOME_NOT_COMPLETE, "inconclusive": c.OUTCOME_INCONCLUSIVE, "skipped": c.OUTCOME_SKIPPED}
 DELIVERY_TIMEOUT_SECONDS = 120
+EXECUTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+"""Names the checkpoint document accepts (its ExecutionName allowedPattern); Step Functions allows more."""
 
 
 def checkpoint_command(
@@ -78,6 +81,17 @@ def evaluate(event: dict[str, Any], *, ec2: Any, evaluator: Evaluator, now: date
             now,
         )
     logger.append_keys(instance_id=lifecycle.instance_id, run_id=lifecycle.run_id)
+    if not EXECUTION_NAME_RE.match(execution):
+        return _ended(
+            Evaluation(
+                instance_id=lifecycle.instance_id,
+                decision="skipped",
+                reason=f"execution name {execution!r} cannot name the checkpoint's S3 keys and SSM parameters: "
+                "start executions with 1-80 letters, digits, '_' or '-'",
+            ),
+            lifecycle.run_id,
+            now,
+        )
 
     snap = describe_instance(ec2, lifecycle.instance_id)
     if snap is None:

@@ -1,0 +1,424 @@
+"""The Verify checkpoint Task state's Lambda handler under moto, against checkpoints the real document made.
+
+Each checkpoint is made the way the state machine makes it: the Evaluate handler plans the command, the
+stack's checkpoint document is sent with SSM SendCommand and really runs ``checkpoint.sh`` on a
+simulated instance (AWS CLI against moto), and GetCommandInvocation is polled until the command ends.
+The Verify handler then gets ``{"evaluation", "invocation", "execution_name"}`` as from the state machine.
+Tampering happens in S3 after the upload; every tampered checkpoint must come out UploadUnverified.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import BUCKET, World
+
+CTX = type(
+    "Ctx",
+    (),
+    {
+        "function_name": "t",
+        "memory_limit_in_mb": 128,
+        "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t",
+        "aws_request_id": "r",
+    },
+)()
+MIB = 1024 * 1024
+PENDING = ("Pending", "InProgress", "Delayed")
+INVOCATION_FIELDS = ("Status", "StatusDetails", "ResponseCode", "StandardOutputContent", "StandardErrorContent")
+SUCCESS = {
+    "Status": "Success", "StatusDetails": "Success", "ResponseCode": 0, "StandardOutputContent": "", "StandardErrorContent": ""
+}
+
+
+@dataclass
+class Checkpoint:
+    """One planned (and usually uploaded) checkpoint: what the state machine holds after its Wait loop."""
+
+    evaluation: dict[str, Any]
+    invocation: dict[str, Any]
+    execution: str
+    instance_id: str
+
+    @property
+    def manifest_key(self) -> str:
+        return str(self.evaluation["checkpoint"]["manifest_key"])
+
+    @property
+    def upload_prefix(self) -> str:
+        return str(self.evaluation["checkpoint"]["upload_prefix"])
+
+    @property
+    def manifest_uri(self) -> str:
+        return str(self.evaluation["checkpoint"]["manifest_uri"])
+
+
+def b64sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def write(path: Path, data: bytes) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def plan(world: World, name: str, run: str, files: dict[str, bytes], **tags: str) -> tuple[Any, dict[str, Any], str]:
+    """An opted-in instance holding ``files`` below ``<root>/ckpt``, its marker written, evaluated complete."""
+    from evaluate_completion.handler import lambda_handler
+    from shared.naming import execution_name
+
+    inst = world.instance(
+        name, {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", **tags}
+    )
+    for rel, data in files.items():
+        write(inst.root / "ckpt" / rel, data)
+    world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{run}/_SUCCESS", Body=b"done")
+    execution = execution_name(inst.instance_id, run, "complete")
+    lifecycle = {"instance_id": inst.instance_id, "run_id": run, "reason": "complete"}
+    evaluation = lambda_handler({"input": lifecycle, "execution_name": execution}, CTX)
+    assert evaluation["decision"] == "complete", evaluation["reason"]
+    return inst, evaluation, execution
+
+
+def send_checkpoint(world: World, evaluation: dict[str, Any], **overrides: str) -> str:
+    """SendCommand as the state machine's Send checkpoint command state does; returns the command id."""
+    params = {k: list(v) for k, v in evaluation["command"]["parameters"].items()}
+    params.update({k: [v] for k, v in overrides.items()})
+    resp = world.client("ssm").send_command(
+        DocumentName=evaluation["command"]["document"],
+        InstanceIds=[evaluation["instance_id"]],
+        Parameters=params,
+        TimeoutSeconds=evaluation["command"]["delivery_timeout_seconds"],
+    )
+    return str(resp["Command"]["CommandId"])
+
+
+def get_invocation(world: World, command_id: str, instance_id: str) -> dict[str, Any]:
+    inv = world.client("ssm").get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+    return {k: inv.get(k) for k in INVOCATION_FIELDS}
+
+
+def wait_invocation(world: World, command_id: str, instance_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll GetCommandInvocation until the command is no longer pending (the state machine's Wait loop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        inv = get_invocation(world, command_id, instance_id)
+        if inv["Status"] not in PENDING:
+            return inv
+        if time.monotonic() > deadline:
+            raise AssertionError(f"checkpoint command still {inv['Status']} after {timeout} s")
+        time.sleep(0.1)
+
+
+def checkpoint(world: World, files: dict[str, bytes], *, run: str = "run-v", name: str = "v", **overrides: str) -> Checkpoint:
+    inst, evaluation, execution = plan(world, name, run, files)
+    command_id = send_checkpoint(world, evaluation, **overrides)
+    invocation = wait_invocation(world, command_id, inst.instance_id)
+    return Checkpoint(evaluation=evaluation, invocation=invocation, execution=execution, instance_id=inst.instance_id)
+
+
+def verify(
+    ck: Checkpoint, *, evaluation: dict[str, Any] | None = None, invocation: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from verify_checkpoint.handler import lambda_handler
+
+    event = {"evaluation": evaluation or ck.evaluation, "invocation": invocation or ck.invocation, "execution_name": ck.execution}
+    return lambda_handler(event, CTX)
+
+
+def read_manifest(world: World, ck: Checkpoint) -> dict[str, Any]:
+    return json.loads(world.client("s3").get_object(Bucket=BUCKET, Key=ck.manifest_key)["Body"].read())
+
+
+def put_manifest(world: World, ck: Checkpoint, manifest: dict[str, Any] | bytes) -> None:
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    world.client("s3").put_object(Bucket=BUCKET, Key=ck.manifest_key, Body=body, ChecksumAlgorithm="SHA256")
+
+
+def assert_unverified(result: dict[str, Any], ck: Checkpoint, *needles: str) -> None:
+    assert result["verified"] is False, result
+    assert result["outcome"] == "UploadUnverified", result
+    assert result["manifest_uri"] == ck.manifest_uri
+    assert (result["files"], result["bytes"]) == (0, 0)
+    for needle in needles:
+        assert needle in result["reason"], (needle, result["reason"])
+
+
+MODEL = b"weights-" * 512 + b"end"  # 4099 bytes
+OPTIM = b"\x00\x01optimizer-state" * 100
+IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+
+
+# --- verified, until tampered with -----------------------------------------------------------------------
+
+
+def test_uploaded_checkpoint_is_verified_until_its_objects_are_tampered_with(world: World) -> None:
+    # Given a checkpoint uploaded by the real checkpoint document
+    ck = checkpoint(world, {"step-000005/model.bin": MODEL, "step-000005/optim/state.pt": OPTIM})
+    assert ck.invocation["Status"] == "Success", ck.invocation
+    manifest = read_manifest(world, ck)
+
+    # When the Verify step runs
+    result = verify(ck)
+
+    # Then the upload is verified, and the counts are the manifest's
+    assert result["verified"] is True, result["reason"]
+    assert result["outcome"] == "Verified"
+    assert result["manifest_uri"] == ck.manifest_uri
+    assert result["files"] == len(manifest["files"]) == 2
+    assert result["bytes"] == manifest["total_bytes"] == len(MODEL) + len(OPTIM)
+    assert result["step"] == manifest["step"] == 5
+    s3 = world.client("s3")
+    for f in manifest["files"]:
+        assert f["key"].startswith(ck.upload_prefix)
+        body = s3.get_object(Bucket=BUCKET, Key=f["key"])["Body"].read()
+        assert body == {"model.bin": MODEL, "optim/state.pt": OPTIM}[f["path"]]
+        assert (f["sha256"], f["checksum_sha256"], f["parts"]) == (hashlib.sha256(body).hexdigest(), b64sha(body), 0)
+    # Then each tampering with an uploaded object after the upload makes it UploadUnverified, naming the object
+    key = next(f["key"] for f in manifest["files"] if f["path"] == "model.bin")
+
+    def restore() -> None:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=MODEL, ChecksumAlgorithm="SHA256")
+        assert verify(ck)["verified"] is True  # the control: only the tampering made it fail
+
+    # When an uploaded object is deleted, then Verify names it as missing
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    assert_unverified(verify(ck), ck, "1 of 2 objects failed verification", f"{key}: missing")
+    restore()
+
+    # When it is overwritten with other bytes of the same size, then S3's SHA-256 no longer matches
+    other = bytes(reversed(MODEL))
+    assert len(other) == len(MODEL) and other != MODEL
+    s3.put_object(Bucket=BUCKET, Key=key, Body=other, ChecksumAlgorithm="SHA256")
+    assert_unverified(verify(ck), ck, f"{key}: S3 SHA-256 checksum {b64sha(other)} differs from the instance's {b64sha(MODEL)}")
+    restore()
+
+    # When it is overwritten with a different size, then the size is reported
+    s3.put_object(Bucket=BUCKET, Key=key, Body=MODEL + b"!", ChecksumAlgorithm="SHA256")
+    assert_unverified(verify(ck), ck, f"{key}: size {len(MODEL) + 1} bytes in S3, {len(MODEL)} in the manifest")
+    restore()
+
+    # When it is overwritten with the same bytes but without a SHA-256 checksum, then nothing proves it
+    s3.put_object(Bucket=BUCKET, Key=key, Body=MODEL)
+    assert_unverified(verify(ck), ck, f"{key}: S3 SHA-256 checksum none differs")
+    restore()
+
+
+def test_multipart_upload_is_verified_with_its_composite_checksum(world: World) -> None:
+    # Given an 11 MiB file uploaded in 5 MiB parts (3 parts)
+    data = os.urandom(11 * MIB)
+    ck = checkpoint(world, {"step-000009/model.bin": data}, PartSizeBytes=str(5 * MIB))
+    assert ck.invocation["Status"] == "Success", ck.invocation
+    (entry,) = read_manifest(world, ck)["files"]
+    assert entry["parts"] == 3
+    assert entry["checksum_sha256"].endswith("-3")
+
+    result = verify(ck)
+
+    assert result["verified"] is True, result["reason"]
+    assert (result["outcome"], result["files"], result["bytes"], result["step"]) == ("Verified", 1, len(data), 9)
+
+
+# --- unverified: tampered manifests -----------------------------------------------------------------------
+
+
+def test_tampered_manifests_are_unverified(world: World) -> None:
+    # Given a verified checkpoint and its manifest
+    ck = checkpoint(world, {"step-000005/model.bin": MODEL, "step-000005/optim/state.pt": OPTIM})
+    assert verify(ck)["verified"] is True
+    s3 = world.client("s3")
+    original = s3.get_object(Bucket=BUCKET, Key=ck.manifest_key)["Body"].read()
+    manifest = json.loads(original)
+    model_key = next(f["key"] for f in manifest["files"] if f["path"] == "model.bin")
+
+    def tampered(**changes: Any) -> dict[str, Any]:
+        return {**json.loads(original), **changes}
+
+    def restore() -> None:
+        s3.put_object(Bucket=BUCKET, Key=ck.manifest_key, Body=original, ChecksumAlgorithm="SHA256")
+        assert verify(ck)["verified"] is True
+
+    # Not JSON
+    put_manifest(world, ck, b'{"schema_version": 1, "files": [')
+    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri} is not a valid manifest")
+    restore()
+
+    # JSON, but not a manifest (no files)
+    put_manifest(world, ck, tampered(files=[], total_bytes=0))
+    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri} is not a valid manifest")
+    restore()
+
+    # Deleted
+    s3.delete_object(Bucket=BUCKET, Key=ck.manifest_key)
+    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri}: missing")
+    restore()
+
+    # A key outside this execution's upload prefix (the object exists, a copy of a verified one)
+    outside = f"runs/run-v/checkpoints/elsewhere/{model_key.rsplit('/', 1)[-1]}"
+    s3.put_object(Bucket=BUCKET, Key=outside, Body=MODEL, ChecksumAlgorithm="SHA256")
+    files = [dict(f, key=outside) if f["key"] == model_key else f for f in manifest["files"]]
+    put_manifest(world, ck, tampered(files=files))
+    assert_unverified(verify(ck), ck, f"outside {ck.upload_prefix}", outside)
+    restore()
+
+    # Another run's, another instance's, another execution's manifest
+    others = {
+        "run_id": "other-run", "instance_id": "i-0aaaaaaaaaaaaaaaa", "execution_name": "someone-else", "bucket": "other-bucket"
+    }
+    for field, value in others.items():
+        put_manifest(world, ck, tampered(**{field: value}))
+        assert_unverified(verify(ck), ck, f"manifest {field} is {value!r}, expected {manifest[field]!r}")
+        restore()
+
+    # Sizes that do not add up
+    put_manifest(world, ck, tampered(total_bytes=manifest["total_bytes"] + 1))
+    assert_unverified(verify(ck), ck, "total_bytes does not equal the sum of its file sizes")
+    restore()
+
+    # A manifest older than the decision (the decision is moved after the upload)
+    not_before = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    later = dict(ck.evaluation, decided_at=not_before.isoformat())
+    assert_unverified(verify(ck, evaluation=later), ck, f"manifest {ck.manifest_uri} is older than the decision")
+
+    # A fresh manifest listing objects older than the decision (left over from before it)
+    while datetime.now(UTC) < not_before:
+        time.sleep(0.05)
+    restore()  # rewrites the same manifest, now newer than the decision
+    result = verify(ck, evaluation=later)
+    assert_unverified(result, ck, "2 of 2 objects", f"{model_key}: last modified", "is older than the decision")
+
+
+def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
+    # Given a planned checkpoint whose manifest lists 3000 objects that all exist with S3 SHA-256 checksums
+    n = 3000
+    inst, evaluation, execution = plan(world, "big", "run-big", {"step-000001/x": b"x"})
+    prefix = evaluation["checkpoint"]["upload_prefix"]
+    s3 = world.client("s3")
+    files = []
+    for i in range(n):
+        body = f"shard {i}\n".encode()
+        key = f"{prefix}step-000001/shard-{i:05d}.bin"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+        files.append(
+            {
+                "key": key, "path": f"shard-{i:05d}.bin", "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(), "checksum_sha256": b64sha(body), "parts": 0,
+            }
+        )
+    manifest = {
+        "schema_version": 1, "run_id": "run-big", "instance_id": inst.instance_id, "execution_name": execution,
+        "decision_time": "x", "created_at": datetime.now(UTC).isoformat(),
+        "checkpoint": {"name": "step-000001", "path": f"{inst.root}/ckpt/step-000001", "mtime": datetime.now(UTC).isoformat()},
+        "step": 1, "bucket": BUCKET, "files": files, "total_bytes": sum(f["size"] for f in files),
+    }
+    ck = Checkpoint(evaluation=evaluation, invocation=SUCCESS, execution=execution, instance_id=inst.instance_id)
+    put_manifest(world, ck, manifest)
+
+    # When Verify runs, then every object is checked and the result stays small
+    result = verify(ck)
+    assert result["verified"] is True, result["reason"]
+    assert (result["files"], result["bytes"]) == (n, manifest["total_bytes"])
+    assert len(json.dumps(result)) < 2048
+
+    # And when many listed objects are gone, the reason names the first few and counts the rest, still small
+    # (a 300-file manifest: the bound on the reason does not depend on the manifest's size)
+    subset = files[:300]
+    put_manifest(world, ck, {**manifest, "files": subset, "total_bytes": sum(f["size"] for f in subset)})
+    for f in subset[100:140]:
+        s3.delete_object(Bucket=BUCKET, Key=f["key"])
+    result = verify(ck)
+    assert_unverified(result, ck, "40 of 300 objects failed verification", f"{subset[100]['key']}: missing", "(and 35 more)")
+    assert subset[105]["key"] not in result["reason"]
+    assert len(json.dumps(result)) < 2048
+
+
+# --- the command did not succeed -------------------------------------------------------------------------------
+
+
+def test_failed_command_is_checkpoint_failed_with_the_scripts_error(world: World) -> None:
+    # Given a checkpoint command that failed on the instance: the checkpoint directory is empty
+    inst, evaluation, execution = plan(world, "f", "run-f", {})
+    (inst.root / "ckpt").mkdir()
+    (inst.root / "ckpt" / "step-000003.pt.tmp").write_bytes(b"half written")
+    invocation = wait_invocation(world, send_checkpoint(world, evaluation), inst.instance_id)
+    assert (invocation["Status"], invocation["ResponseCode"]) == ("Failed", 66), invocation
+    ck = Checkpoint(evaluation=evaluation, invocation=invocation, execution=execution, instance_id=inst.instance_id)
+
+    result = verify(ck)
+
+    assert (result["verified"], result["outcome"]) == (False, "CheckpointFailed")
+    assert result["reason"].startswith("NoCheckpoint: no complete checkpoint in " + str(inst.root / "ckpt")), result["reason"]
+    assert result["manifest_uri"] == ck.manifest_uri
+    # nothing was uploaded for this execution
+    listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/run-f/").get("Contents", [])
+    assert [o["Key"] for o in listed] == ["runs/run-f/_SUCCESS"]
+
+
+def test_failure_line_after_other_output_and_non_json_failures(world: World) -> None:
+    inst, evaluation, execution = plan(world, "g", "run-g", {"step-000001/m": b"m"})
+    ck = Checkpoint(evaluation=evaluation, invocation=SUCCESS, execution=execution, instance_id=inst.instance_id)
+    failed_line = json.dumps({"result": "failed", "error": "UploadFailed", "message": "uploading m failed: AccessDenied"})
+
+    # The script's failure line is the last JSON line of stdout, whatever came before it
+    stdout = f"noise\n{{not json\n{failed_line}\n"
+    result = verify(ck, invocation={**SUCCESS, "Status": "Failed", "ResponseCode": 67, "StandardOutputContent": stdout})
+    assert (result["verified"], result["outcome"]) == (False, "CheckpointFailed")
+    assert result["reason"] == "UploadFailed: uploading m failed: AccessDenied"
+
+    # Without a failure line: the status, details, exit code and the last stderr line
+    result = verify(
+        ck,
+        invocation={
+            **SUCCESS, "Status": "TimedOut", "StatusDetails": "ExecutionTimedOut", "ResponseCode": -1,
+            "StandardErrorContent": "a\nkilled by timeout\n",
+        },
+    )
+    assert result["outcome"] == "CheckpointFailed"
+    assert result["reason"] == "checkpoint command TimedOut (ExecutionTimedOut), exit code -1; stderr: killed by timeout"
+
+    # A success status with no manifest in S3 is still not a verified checkpoint
+    result = verify(ck)
+    assert_unverified(result, ck, f"manifest {ck.manifest_uri}: missing")
+
+
+def test_command_still_in_progress_is_checkpoint_failed(world: World) -> None:
+    # Given a checkpoint command still waiting for a trainer that ignores SIGTERM
+    inst, evaluation, execution = plan(world, "p", "run-p", {"step-000001/model.bin": MODEL})
+    trainer = subprocess.Popen([sys.executable, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE)
+    try:
+        assert trainer.stdout is not None and trainer.stdout.readline() == b"ready\n"
+        pid_file = inst.root / "train.pid"
+        pid_file.write_text(f"{trainer.pid}\n")
+        command_id = send_checkpoint(world, evaluation, PidFile=str(pid_file), GraceSeconds="30")
+        deadline = time.monotonic() + 15
+        while get_invocation(world, command_id, inst.instance_id)["Status"] == "Pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # well inside the 30 s grace period
+        invocation = get_invocation(world, command_id, inst.instance_id)
+        assert invocation["Status"] == "InProgress", invocation
+        assert trainer.poll() is None
+        ck = Checkpoint(evaluation=evaluation, invocation=invocation, execution=execution, instance_id=inst.instance_id)
+
+        # When the state machine stops waiting and Verify runs
+        result = verify(ck)
+    finally:
+        inst.power_off()  # ends the checkpoint script before the trainer goes away
+        trainer.kill()
+        trainer.wait()
+
+    # Then the checkpoint failed, and nothing was written
+    assert (result["verified"], result["outcome"]) == (False, "CheckpointFailed")
+    assert result["reason"] == "checkpoint command still InProgress when the state machine stopped waiting"
+    listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/run-p/checkpoints/").get("Contents", [])
+    assert listed == []
