@@ -39,10 +39,28 @@ CHECKPOINT_PARAMETERS: dict[str, dict[str, Any]] = {
 }
 
 
+INCLUDE = "# @include "
+
+
+def render_script(script: str) -> str:
+    """The text of ``infra/documents/<script>`` with each ``# @include <file>`` line replaced by that file.
+
+    A document runs one script, so code shared by the probe and the checkpoint script (``lib/``) is pasted
+    in here, at synth time; the tests run this same rendered text.
+    """
+    lines = []
+    for line in (SCRIPTS / script).read_text().splitlines():
+        if line.startswith(INCLUDE):
+            lines.extend((SCRIPTS / line.removeprefix(INCLUDE).strip()).read_text().splitlines())
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def command_content(description: str, script: str, parameters: dict[str, dict[str, Any]], *, step: str, timeout: str) -> dict[str, Any]:
     """A schema 2.2 Command document running ``script`` (a file in ``infra/documents``) on Linux."""
     params = {name: {"type": "String", "interpolationType": "ENV_VAR", **spec} for name, spec in parameters.items()}
-    inputs: dict[str, Any] = {"runCommand": (SCRIPTS / script).read_text().splitlines(), "timeoutSeconds": timeout}
+    inputs: dict[str, Any] = {"runCommand": render_script(script).splitlines(), "timeoutSeconds": timeout}
     if timeout.startswith("{{"):
         params["executionTimeout"] = {
             "type": "String",

@@ -37,7 +37,6 @@ readonly MIN_PART_SIZE=5242880         # S3 minimum part size (all parts but the
 readonly MAX_PART_SIZE=5368709120      # S3 maximum part size and PutObject size (5 GiB)
 readonly MAX_OBJECT_SIZE=5497558138880 # S3 maximum object size (5 TiB)
 readonly MAX_PARTS=10000
-readonly PID_MAX=4194304 # PID_MAX_LIMIT on 64-bit Linux
 
 FINAL_PRINTED=0 # set once the single final JSON line is on stdout
 WORK=""         # mktemp directory
@@ -468,34 +467,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/autostop-checkpoint.XXXXXX" 2>/dev/null) ||
   fail ScriptFailed "cannot create a temporary directory under ${TMPDIR:-/tmp}; free disk space (the trainer was not signalled)" "$EX_SCRIPT"
 
 # --- 2. Trainer -----------------------------------------------------------------------------------
-# Same rule as probe.sh: alive = signal 0 deliverable (or /proc/<pid> present), and not a zombie.
-pid_alive() {
-  local pid="$1" stat rest
-  if ! kill -0 "$pid" 2>/dev/null && [[ ! -d /proc/$pid ]]; then
-    return 1
-  fi
-  if [[ -d /proc/self ]]; then
-    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
-    rest=${stat##*) }
-    case "${rest%% *}" in
-      Z | X | x) return 1 ;;
-    esac
-  fi
-  return 0
-}
-
-read_pid() {
-  local file="$1" content
-  [[ -f $file ]] || return 1
-  content=$(head -c 65 -- "$file" 2>/dev/null) || return 1
-  ((${#content} <= 64)) || return 1
-  content="${content#"${content%%[![:space:]]*}"}"
-  content="${content%"${content##*[![:space:]]}"}"
-  [[ $content =~ ^[0-9]{1,10}$ ]] || return 1
-  content=$((10#$content))
-  ((content > 0 && content <= PID_MAX)) || return 1
-  printf '%s\n' "$content"
-}
+# @include lib/pid.sh
 
 trainer=not_configured
 if [[ -n $SSM_PidFile ]]; then

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,9 +26,15 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from infra.constructs.documents import render_script
+
 ROOT = Path(__file__).resolve().parents[2]
-PROBE = ROOT / "infra" / "documents" / "probe.sh"
-CHECKPOINT = ROOT / "infra" / "documents" / "checkpoint.sh"
+# The scripts as the SSM documents carry them (shared lib/ code pasted in at "# @include" lines).
+_RENDERED = Path(tempfile.mkdtemp(prefix="autostop-scripts-"))
+PROBE = _RENDERED / "probe.sh"
+CHECKPOINT = _RENDERED / "checkpoint.sh"
+PROBE.write_text(render_script("probe.sh"))
+CHECKPOINT.write_text(render_script("checkpoint.sh"))
 VENV_BIN = Path(sys.executable).parent
 REGION = "us-east-1"
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -623,8 +630,11 @@ def test_checkpoint_without_a_temp_dir(base_env: dict[str, str], tmp_path: Path,
 
 
 def test_scripts_are_plain_bash(tmp_path: Path) -> None:
+    sources = sorted((ROOT / "infra" / "documents").rglob("*.sh"))
+    assert all("{{" not in f.read_text() for f in sources), "SSM would treat {{ ... }} as a document parameter placeholder"
     for script in (PROBE, CHECKPOINT):
         text = script.read_text()
+        assert not re.search(r"^# @include ", text, re.M), "every include must be expanded"
         assert "{{" not in text, "SSM would treat {{ ... }} as a document parameter placeholder"
         assert re.search(r"^set -euo pipefail$", text, re.M)
         subprocess.run(["bash", "-n", str(script)], check=True)
