@@ -153,7 +153,7 @@ class Verifier:
         return VerifyOutput(
             verified=True,
             outcome="Verified",
-            reason=f"{len(manifest.files)} objects, {manifest.total_bytes} bytes verified against S3 SHA-256 checksums",
+            reason=f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums",
             manifest_uri=loc.manifest_uri,
             files=len(manifest.files),
             bytes=manifest.total_bytes,
