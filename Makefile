@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: install demo test test-unit test-integration test-workflow test-infra test-e2e synth simulate bench clean
+PY_SOURCES := app.py infra lambdas local tests benchmarks
+
+.PHONY: install lint demo test test-unit test-integration test-workflow test-infra test-e2e synth simulate bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +41,11 @@ test-infra: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest tests/infra
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
+
+## Lint and format check (ruff).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 
 ## Synthesize with the pinned CDK CLI (offline; cdk-nag runs as part of synth).
 synth: install

@@ -15,7 +15,6 @@ from cdk_nag import AwsSolutionsChecks  # noqa: E402
 from infra.config import AutostopConfig  # noqa: E402
 from infra.stack import AutostopStack  # noqa: E402
 
-
 CDK_JSON = Path(__file__).resolve().parent / "cdk.json"
 
 

@@ -67,9 +67,14 @@ def main() -> int:
     shutil.rmtree(REPO / ".autostop-local" / "synth", ignore_errors=True)
     rows.append(("make demo (cold: synthesizes the app)", *measure([PY, "-m", "local", "demo"], env)))
     rows.append(("make demo (warm synth cache)", *measure([PY, "-m", "local", "demo"], env)))
-    rows.append(("simulate examples/upload-unverified.json", *measure([PY, "-m", "local", "simulate", "examples/upload-unverified.json", "--report", os.devnull], env)))
+    rows.append(
+        (
+            "simulate examples/upload-unverified.json",
+            *measure([PY, "-m", "local", "simulate", "examples/upload-unverified.json", "--report", os.devnull], env),
+        )
+    )
     with tempfile.TemporaryDirectory() as out:
-        code = "from app import build_app; app, _ = build_app(outdir='%s'); app.synth()" % out
+        code = f"from app import build_app; app, _ = build_app(outdir={out!r}); app.synth()"
         rows.append(("synth via app.py (cdk-nag on)", *measure([PY, "-c", code], env)))
     cdk = REPO / "node_modules" / ".bin" / "cdk"
     if cdk.exists():

@@ -17,6 +17,7 @@ which moto does not implement.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -70,10 +71,8 @@ class SimulatedInstance:
         self.agent_online = False
         for proc in self.processes:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 class InvalidRequest(Exception):
@@ -214,7 +213,14 @@ class AgentFleet:
         script = "\n".join(step["inputs"]["runCommand"]) + "\n"
         env_params = {f"SSM_{k}": v for k, v in params.items() if document["parameters"][k].get("interpolationType") == "ENV_VAR"}
         with self._lock:
-            self.sent.append({"command_id": command.command_id, "document": command.document_name, "instance_ids": list(command.instance_ids), "parameters": params})
+            self.sent.append(
+                {
+                    "command_id": command.command_id,
+                    "document": command.document_name,
+                    "instance_ids": list(command.instance_ids),
+                    "parameters": params,
+                }
+            )
         command.status = "InProgress"
         command.status_details = "InProgress"
         for inv in command.invocations:
@@ -238,7 +244,14 @@ class AgentFleet:
             ).start()
 
     def _run(
-        self, command: Any, inv: dict[str, Any], instance: SimulatedInstance, script: str, env_params: dict[str, str], timeout: float, delivery: float
+        self,
+        command: Any,
+        inv: dict[str, Any],
+        instance: SimulatedInstance,
+        script: str,
+        env_params: dict[str, str],
+        timeout: float,
+        delivery: float,
     ) -> None:
         if not (instance.agent_online and instance.running):
             time.sleep(min(delivery, self.delivery_timeout_cap))

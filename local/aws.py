@@ -17,8 +17,8 @@ What is patched, and why:
 from __future__ import annotations
 
 import importlib
-import logging
 import json
+import logging
 import os
 import sys
 import threading

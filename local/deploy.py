@@ -17,7 +17,6 @@ import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from local.aws import ACCOUNT, REGION, REPO
@@ -123,7 +122,13 @@ def _names(template: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
 class Resolver:
     """Evaluates the intrinsic functions CDK emits (Ref, Fn::GetAtt, Fn::Join, Fn::Select, Fn::Split, Fn::Sub)."""
 
-    PSEUDO = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT, "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": "Autostop"}
+    PSEUDO = {
+        "AWS::Region": REGION,
+        "AWS::AccountId": ACCOUNT,
+        "AWS::Partition": "aws",
+        "AWS::URLSuffix": "amazonaws.com",
+        "AWS::StackName": "Autostop",
+    }
 
     def __init__(self, template: dict[str, Any], physical: dict[str, str], arns: dict[str, str]) -> None:
         self.parameters = {name: p.get("Default", f"local-{name}") for name, p in template.get("Parameters", {}).items()}
@@ -136,7 +141,7 @@ class Resolver:
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
-            (key, value), = node.items()
+            ((key, value),) = node.items()
             if key == "Ref":
                 return self.PSEUDO.get(value) or self.parameters.get(value) or self.physical[value]
             if key == "Fn::GetAtt":
@@ -168,9 +173,7 @@ def deploy(template: dict[str, Any], clients: Any) -> Deployment:
     physical, arns = _names(template)
     resolve = Resolver(template, physical, arns)
     dep = Deployment(template=template, physical=physical, arns=arns)
-    s3, ssm, iam, lam, sfn, sns, sqs, events = (
-        clients(s) for s in ("s3", "ssm", "iam", "lambda", "stepfunctions", "sns", "sqs", "events")
-    )
+    s3, ssm, iam, lam, sfn, sns, sqs, events = (clients(s) for s in ("s3", "ssm", "iam", "lambda", "stepfunctions", "sns", "sqs", "events"))
     resources = template["Resources"]
     for logical, res in resources.items():
         props = res.get("Properties", {})
@@ -183,7 +186,10 @@ def deploy(template: dict[str, Any], clients: Any) -> Deployment:
                 dep.bucket = physical[logical]
         elif t == "AWS::SSM::Document":
             ssm.create_document(
-                Name=physical[logical], Content=json.dumps(props["Content"]), DocumentType=props.get("DocumentType", "Command"), DocumentFormat="JSON"
+                Name=physical[logical],
+                Content=json.dumps(props["Content"]),
+                DocumentType=props.get("DocumentType", "Command"),
+                DocumentFormat="JSON",
             )
             dep.documents[logical] = physical[logical]
         elif t == "AWS::IAM::Role":
@@ -213,9 +219,11 @@ def deploy(template: dict[str, Any], clients: Any) -> Deployment:
     for logical, res in dep.resources("AWS::StepFunctions::StateMachine").items():
         props = res["Properties"]
         definition = resolve(props["DefinitionString"])
-        sfn.create_state_machine(name=logical, definition=definition, roleArn=resolve(props["RoleArn"]), type=props.get("StateMachineType", "STANDARD"))
+        sfn.create_state_machine(
+            name=logical, definition=definition, roleArn=resolve(props["RoleArn"]), type=props.get("StateMachineType", "STANDARD")
+        )
         dep.state_machine_arn = arns[logical]
-    for logical, res in dep.resources("Custom::S3BucketNotifications").items():
+    for res in dep.resources("Custom::S3BucketNotifications").values():
         props = res["Properties"]
         if "EventBridgeConfiguration" in props.get("NotificationConfiguration", {}):
             s3.put_bucket_notification_configuration(

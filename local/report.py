@@ -35,7 +35,12 @@ def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[
     for name, inst in cp.by_name.items():
         raw = ec2.describe_instances(InstanceIds=[inst.instance_id])["Reservations"][0]["Instances"][0]
         instances.append(
-            {"name": name, "id": inst.instance_id, "state": raw["State"]["Name"], "tags": {t["Key"]: t["Value"] for t in raw.get("Tags", [])}}
+            {
+                "name": name,
+                "id": inst.instance_id,
+                "state": raw["State"]["Name"],
+                "tags": {t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+            }
         )
     executions = []
     for e in sorted(cp.executions(), key=lambda e: e["startDate"]):

@@ -51,10 +51,10 @@ class Placeholders:
 class LocalControlPlane:
     """The whole control plane on this machine. Use as a context manager::
 
-        with LocalControlPlane() as cp:
-            iid = cp.launch_instance("trainer-1", tags={...}, trainer=[...])
-            cp.wait_for_trainer_exit("trainer-1")
-            cp.wait_executions()
+    with LocalControlPlane() as cp:
+        iid = cp.launch_instance("trainer-1", tags={...}, trainer=[...])
+        cp.wait_for_trainer_exit("trainer-1")
+        cp.wait_executions()
     """
 
     def __init__(self, *, workdir: Path | None = None, context: dict[str, Any] | None = None, log_file: Path | None = None) -> None:
@@ -146,11 +146,17 @@ class LocalControlPlane:
             "MaxCount": 1,
             "InstanceType": "g5.xlarge",
             "TagSpecifications": [
-                {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": ph.expand(v)} for k, v in tags.items()]}
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": ph.expand(v)} for k, v in tags.items()],
+                }
             ],
         }
         if market == "spot":
-            kwargs["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"}}
+            kwargs["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"},
+            }
         iid = ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"]
         inst = SimulatedInstance(instance_id=iid, name=name, root=ph.root, agent_online=agent == "online", faults=tuple(faults or ()))
         self.fleet.add(inst)

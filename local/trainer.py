@@ -65,7 +65,7 @@ import shutil
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 CHUNK_BYTES = 1024 * 1024  # checkpoint payloads are written 1 MiB at a time
 SLICE_SECONDS = 0.05  # how often a sleeping step checks for a signal
@@ -102,37 +102,26 @@ def non_negative_float(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Toy trainer that cooperates with autostop.")
-    parser.add_argument("--checkpoint-dir", required=True,
-                        help="directory that receives the checkpoints")
-    parser.add_argument("--pid-file",
-                        help="write our PID here first (kept after exit)")
-    parser.add_argument("--log-file",
-                        help="append log lines here (default: stdout)")
-    parser.add_argument("--steps", type=positive_int, default=20,
-                        help="number of training steps (default: 20)")
-    parser.add_argument("--step-seconds", type=non_negative_float, default=0.1,
-                        help="simulated duration of one step (default: 0.1)")
-    parser.add_argument("--checkpoint-every", type=positive_int, default=5,
-                        help="save a checkpoint every K steps (default: 5)")
-    parser.add_argument("--checkpoint-bytes", type=non_negative_int, default=4096,
-                        help="payload size of each checkpoint (default: 4096)")
-    parser.add_argument("--layout", choices=["file", "dir"], default="dir",
-                        help="dir: step-N/{model.bin,meta.json}; file: step-N.ckpt")
-    parser.add_argument("--keep", type=positive_int, default=3,
-                        help="keep only the newest N checkpoints (default: 3)")
-    parser.add_argument("--on-signal", default="save-and-exit",
-                        choices=["save-and-exit", "exit-without-save", "ignore"],
-                        help="reaction to SIGTERM/SIGINT/SIGHUP/SIGUSR1")
-    parser.add_argument("--marker-uri",
-                        help="s3://bucket/key to put a completion marker at")
-    parser.add_argument("--completion-line", default="Training complete",
-                        help="text logged when all steps are done")
-    parser.add_argument("--fail-at-step", type=positive_int,
-                        help="simulate a crash: exit 1 at this step")
-    parser.add_argument("--hold-seconds", type=non_negative_float, default=0.0,
-                        help="stay alive this long after finishing (default: 0)")
+    parser = argparse.ArgumentParser(description="Toy trainer that cooperates with autostop.")
+    parser.add_argument("--checkpoint-dir", required=True, help="directory that receives the checkpoints")
+    parser.add_argument("--pid-file", help="write our PID here first (kept after exit)")
+    parser.add_argument("--log-file", help="append log lines here (default: stdout)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="number of training steps (default: 20)")
+    parser.add_argument("--step-seconds", type=non_negative_float, default=0.1, help="simulated duration of one step (default: 0.1)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=5, help="save a checkpoint every K steps (default: 5)")
+    parser.add_argument("--checkpoint-bytes", type=non_negative_int, default=4096, help="payload size of each checkpoint (default: 4096)")
+    parser.add_argument("--layout", choices=["file", "dir"], default="dir", help="dir: step-N/{model.bin,meta.json}; file: step-N.ckpt")
+    parser.add_argument("--keep", type=positive_int, default=3, help="keep only the newest N checkpoints (default: 3)")
+    parser.add_argument(
+        "--on-signal",
+        default="save-and-exit",
+        choices=["save-and-exit", "exit-without-save", "ignore"],
+        help="reaction to SIGTERM/SIGINT/SIGHUP/SIGUSR1",
+    )
+    parser.add_argument("--marker-uri", help="s3://bucket/key to put a completion marker at")
+    parser.add_argument("--completion-line", default="Training complete", help="text logged when all steps are done")
+    parser.add_argument("--fail-at-step", type=positive_int, help="simulate a crash: exit 1 at this step")
+    parser.add_argument("--hold-seconds", type=non_negative_float, default=0.0, help="stay alive this long after finishing (default: 0)")
     return parser.parse_args(argv)
 
 
@@ -147,12 +136,12 @@ class Log:
     def __init__(self, path):
         if path:
             make_parent_dir(path)
-            self.stream = open(path, "a", encoding="utf-8")
+            self.stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the whole run; closed at exit
         else:
             self.stream = sys.stdout
 
     def __call__(self, message):
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.stream.write(f"{now} {message}\n")
         self.stream.flush()  # someone may be tailing this file right now
 
@@ -245,8 +234,7 @@ def save_checkpoint(args, step, log):
     if args.layout == "dir":
         os.mkdir(temp_path)
         write_payload(os.path.join(temp_path, "model.bin"), step, args.checkpoint_bytes)
-        write_json(os.path.join(temp_path, "meta.json"),
-                   {"step": step, "time": time.time()})
+        write_json(os.path.join(temp_path, "meta.json"), {"step": step, "time": time.time()})
         fsync_dir(temp_path)  # make the two new entries durable
     else:
         write_payload(temp_path, step, args.checkpoint_bytes)
@@ -266,7 +254,7 @@ def delete_old_checkpoints(args, log):
             checkpoints.append((int(match.group(1)), name))
     checkpoints.sort()
 
-    for step, name in checkpoints[:-args.keep]:
+    for _step, name in checkpoints[: -args.keep]:
         # Rename to a temp name first, so a half-deleted checkpoint is never
         # visible under a final name.
         doomed = os.path.join(args.checkpoint_dir, f".{name}.deleting")
@@ -339,13 +327,11 @@ def put_marker(uri, body):
     """PUT a small JSON object at s3://bucket/key."""
     import boto3  # only needed here; the rest of the trainer is stdlib-only
 
-    if not uri.startswith("s3://") or "/" not in uri[len("s3://"):]:
+    if not uri.startswith("s3://") or "/" not in uri[len("s3://") :]:
         raise ValueError(f"marker URI must look like s3://bucket/key, got {uri!r}")
-    bucket, key = uri[len("s3://"):].split("/", 1)
+    bucket, key = uri[len("s3://") :].split("/", 1)
     # boto3 picks up AWS_ENDPOINT_URL (e.g. a local moto server) by itself.
-    boto3.client("s3").put_object(
-        Bucket=bucket, Key=key, Body=json.dumps(body).encode(),
-        ContentType="application/json")
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
 
 
 # --------------------------------------------------------------------------
@@ -362,8 +348,7 @@ def main(argv=None):
     for sig in HANDLED_SIGNALS:
         signal.signal(sig, on_signal)
 
-    log(f"starting: pid={os.getpid()} steps={args.steps} "
-        f"checkpoint_dir={args.checkpoint_dir}")
+    log(f"starting: pid={os.getpid()} steps={args.steps} checkpoint_dir={args.checkpoint_dir}")
 
     for step in range(1, args.steps + 1):
         if step == args.fail_at_step:

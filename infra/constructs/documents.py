@@ -21,7 +21,11 @@ ABS_PATH_OR_EMPTY = r"^(|/[A-Za-z0-9._/-]{0,254})$"
 PROBE_PARAMETERS: dict[str, dict[str, Any]] = {
     "PidFile": {"description": "Trainer PID file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
     "LogFile": {"description": "Trainer log file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
-    "LogPattern": {"description": "Extended regular expression that marks completion, or empty", "allowedPattern": r"^[ -~]{0,200}$", "default": ""},
+    "LogPattern": {
+        "description": "Extended regular expression that marks completion, or empty",
+        "allowedPattern": r"^[ -~]{0,200}$",
+        "default": "",
+    },
 }
 CHECKPOINT_PARAMETERS: dict[str, dict[str, Any]] = {
     "RunId": {"description": "Run id (tag run-id)", "allowedPattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
@@ -30,12 +34,19 @@ CHECKPOINT_PARAMETERS: dict[str, dict[str, Any]] = {
     "CheckpointDir": {"description": "Checkpoint directory (absolute path)", "allowedPattern": r"^/[A-Za-z0-9._/-]{0,254}$"},
     "PidFile": {"description": "Trainer PID file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
     "Signal": {"description": "Signal sent to the trainer", "allowedPattern": r"^(TERM|INT|HUP|USR1|USR2)$", "default": "TERM"},
-    "GraceSeconds": {"description": "Seconds the trainer has to exit after the signal", "allowedPattern": r"^[0-9]{1,5}$", "default": "300"},
+    "GraceSeconds": {
+        "description": "Seconds the trainer has to exit after the signal",
+        "allowedPattern": r"^[0-9]{1,5}$",
+        "default": "300",
+    },
     "Bucket": {"description": "Checkpoint bucket", "allowedPattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
     "UploadPrefix": {"description": "Key prefix of this upload (ends with /)", "allowedPattern": r"^[A-Za-z0-9._/=+-]{1,900}/$"},
     "ManifestKey": {"description": "Key of the manifest, written last", "allowedPattern": r"^[A-Za-z0-9._/=+-]{1,1000}\.json$"},
     "PartSizeBytes": {"description": "Multipart part size in bytes (>= 5 MiB)", "allowedPattern": r"^[0-9]{7,11}$", "default": "536870912"},
-    "DecisionTime": {"description": "When the state machine decided (UTC)", "allowedPattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"},
+    "DecisionTime": {
+        "description": "When the state machine decided (UTC)",
+        "allowedPattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
+    },
 }
 
 

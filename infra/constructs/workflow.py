@@ -90,9 +90,7 @@ class LifecycleStateMachine(Construct):
             retry_on_service_exceptions=False,
             result_path=result_path,
         )
-        task.add_retry(
-            errors=[*LAMBDA_SERVICE_ERRORS, TRANSIENT_ERROR], interval=Duration.seconds(2), max_attempts=4, backoff_rate=2
-        )
+        task.add_retry(errors=[*LAMBDA_SERVICE_ERRORS, TRANSIENT_ERROR], interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
         return task
 
     def _outcome(self, name: str, outcome: str, reason: str, *, known_instance: bool = True, checkpoint: bool = False) -> sfn.Pass:
@@ -240,6 +238,7 @@ class LifecycleStateMachine(Construct):
             errors=["States.ALL"],
             result_path="$.error",
         )
+
         def finished(wait: sfn.Wait, counter: str) -> sfn.Choice:
             still_running = sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", st) for st in PENDING_COMMAND])
             return (
@@ -315,6 +314,7 @@ class LifecycleStateMachine(Construct):
                 self._outcome(outcome, outcome, "$.stop.reason", checkpoint=True),
             )
         which.otherwise(self._outcome("Unexpected stop result", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
+
         def final(wait: sfn.Wait, counter: str) -> sfn.Choice:
             on_the_way = sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", st) for st in ON_THE_WAY])
             return (
@@ -325,7 +325,8 @@ class LifecycleStateMachine(Construct):
                     self._outcome(
                         "Final state not reached",
                         c.OUTCOME_STOP_FAILED,
-                        f"States.Format('instance is {{}} after {{}} polls; expected {{}}', $.instance.state, {counter}.n, $.stop.expected_state)",
+                        "States.Format('instance is {} after {} polls; expected {}', "
+                        f"$.instance.state, {counter}.n, $.stop.expected_state)",
                         checkpoint=True,
                     )
                 )

@@ -25,6 +25,4 @@ def on_marker(*, ec2: Any, sfn: Any, evaluator: Evaluator, bucket: str, key: str
             matches.append(snap)
     if not matches:
         logger.info("object is nobody's completion marker", extra={"uri": str(uri)})
-    return evaluate_and_start(
-        matches, evaluator=evaluator, sfn=sfn, trigger={"source": "s3-marker", "uri": str(uri), "time": event_time}
-    )
+    return evaluate_and_start(matches, evaluator=evaluator, sfn=sfn, trigger={"source": "s3-marker", "uri": str(uri), "time": event_time})

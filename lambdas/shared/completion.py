@@ -71,9 +71,7 @@ def probe_verdicts(config: InstanceConfig, facts: CompletionFacts) -> list[Signa
         if state == "matched":
             out.append(SignalVerdict(signal="log", verdict="complete", reason=f"{config.log_file} matches the log pattern"))
         elif state == "not_matched":
-            out.append(
-                SignalVerdict(signal="log", verdict="not_complete", reason=f"{config.log_file} does not match the log pattern yet")
-            )
+            out.append(SignalVerdict(signal="log", verdict="not_complete", reason=f"{config.log_file} does not match the log pattern yet"))
         else:
             out.append(SignalVerdict(signal="log", verdict="inconclusive", reason=f"log file {config.log_file} is {state}"))
     return out

@@ -91,9 +91,7 @@ class Evaluator:
         markers = self._markers({iid: cfg.completion_marker for iid, cfg in configs.items() if cfg.completion_marker})
         facts = {iid: CompletionFacts(marker=markers.get(iid), launch_time=launch[iid]) for iid in configs}
         to_probe = {
-            iid: cfg.probe_parameters()
-            for iid, cfg in configs.items()
-            if cfg.probe_needed and not marker_is_negative(cfg, facts[iid])
+            iid: cfg.probe_parameters() for iid, cfg in configs.items() if cfg.probe_needed and not marker_is_negative(cfg, facts[iid])
         }
         probes = probe_instances(
             self.clients.ssm,

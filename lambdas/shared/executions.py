@@ -71,7 +71,8 @@ def start_lifecycle_execution(
     Attempt 1 is named ``<instance>-<run>-<reason>``. ExecutionAlreadyExists is success, not an error:
     a running execution means a duplicate event; a closed one is final unless :func:`may_retry` (nothing
     was done on the instance), in which case the next attempt number is tried. "started" may also be
-    StartExecution's idempotent answer to an identical request for a still-running execution. AWS calls: StartExecution, plus one DescribeExecution per existing attempt.
+    StartExecution's idempotent answer to an identical request for a still-running execution.
+    AWS calls: StartExecution, plus one DescribeExecution per existing attempt.
 
     Raises:
         botocore ClientError: any StartExecution/DescribeExecution error other than ExecutionAlreadyExists.

@@ -8,6 +8,7 @@ short JSON line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -56,7 +57,7 @@ def parse_probe_output(text: str) -> ProbeResult:
 
 def agents_online(ssm: Any, instance_ids: Sequence[str]) -> dict[str, str]:
     """PingStatus of each instance's SSM agent (``Online``, ``ConnectionLost``, ... or ``NotRegistered``)."""
-    status = {i: "NotRegistered" for i in instance_ids}
+    status = dict.fromkeys(instance_ids, "NotRegistered")
     for batch in chunks(instance_ids):
         token: str | None = None
         while True:
@@ -147,10 +148,8 @@ def probe_instances(
             for command_id, ids in pending.items():
                 for iid in ids:
                     results[iid] = ProbeResult(ok=False, error=f"probe did not finish within {timeout_seconds:g} s")
-                try:
+                with contextlib.suppress(ClientError, NotImplementedError):  # best effort; the probe has no side effects
                     ssm.cancel_command(CommandId=command_id)
-                except (ClientError, NotImplementedError):  # best effort; the probe has no side effects
-                    pass
             break
         sleep(poll_seconds)
     return results

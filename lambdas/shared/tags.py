@@ -178,9 +178,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         if not re.fullmatch(r"[0-9]{1,5}", raw):
             problems.append(f"{p}:{c.TAG_GRACE_SECONDS}={raw!r} must be a whole number of seconds")
         elif not c.MIN_GRACE_SECONDS <= int(raw) <= policy.max_grace_seconds:
-            problems.append(
-                f"{p}:{c.TAG_GRACE_SECONDS}={raw} is outside {c.MIN_GRACE_SECONDS}..{policy.max_grace_seconds} seconds"
-            )
+            problems.append(f"{p}:{c.TAG_GRACE_SECONDS}={raw} is outside {c.MIN_GRACE_SECONDS}..{policy.max_grace_seconds} seconds")
         else:
             grace = int(raw)
 

@@ -25,9 +25,7 @@ class TriggerSummary(BaseModel):
     """Instance id to the reason it was skipped (invalid tags, not running...)."""
 
 
-def evaluate_and_start(
-    snapshots: Iterable[InstanceSnapshot], *, evaluator: Evaluator, sfn: Any, trigger: dict[str, Any]
-) -> TriggerSummary:
+def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Evaluator, sfn: Any, trigger: dict[str, Any]) -> TriggerSummary:
     """Evaluate ``snapshots``; start one lifecycle execution per instance judged complete.
 
     Only instances whose every configured completion signal says complete get an execution;

@@ -79,7 +79,12 @@ def stop_instance(ec2: Any, policy: TagPolicy, evaluation: EvaluateOutput, verif
     try:
         if config.action is Action.TERMINATE:
             ec2.terminate_instances(InstanceIds=[iid])
-            return StopOutput(outcome=c.OUTCOME_TERMINATED, reason=f"TerminateInstances accepted after {verification.reason}", called=True, expected_state="terminated")
+            return StopOutput(
+                outcome=c.OUTCOME_TERMINATED,
+                reason=f"TerminateInstances accepted after {verification.reason}",
+                called=True,
+                expected_state="terminated",
+            )
         ec2.stop_instances(InstanceIds=[iid], Hibernate=config.action is Action.HIBERNATE)
     except ClientError as exc:
         if is_transient(exc):

@@ -149,7 +149,9 @@ class Verifier:
             problems = [p for p in pool.map(lambda f: self.check_file(loc.bucket, f, not_before), manifest.files) if p]
         if problems:
             more = f" (and {len(problems) - MAX_REASONS} more)" if len(problems) > MAX_REASONS else ""
-            return unverified(f"{len(problems)} of {len(manifest.files)} objects failed verification: " + "; ".join(problems[:MAX_REASONS]) + more)
+            return unverified(
+                f"{len(problems)} of {len(manifest.files)} objects failed verification: " + "; ".join(problems[:MAX_REASONS]) + more
+            )
         return VerifyOutput(
             verified=True,
             outcome="Verified",

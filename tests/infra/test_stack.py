@@ -153,7 +153,7 @@ def build_model(raw: dict[str, Any]) -> Model:
         functions[package] = logical
         roles[package] = ref(res["Properties"]["Role"])
         env = res["Properties"]["Environment"]["Variables"]
-    (machine, props), = ((k, v["Properties"]) for k, v in of_type(raw, "AWS::StepFunctions::StateMachine").items())
+    ((machine, props),) = ((k, v["Properties"]) for k, v in of_type(raw, "AWS::StepFunctions::StateMachine").items())
     return Model(
         raw=raw,
         functions=functions,
@@ -269,9 +269,9 @@ def test_function_roles_only_read_objects_of_the_checkpoint_bucket(model: Model)
 def test_marker_readers_can_tell_a_missing_key_from_a_forbidden_one(model: Model) -> None:
     bucket_arn = "${%s.Arn}" % model.bucket
     for package in ("evaluate_completion", "verify_checkpoint", "on_schedule_tick", "on_object_created"):
-        assert any(
-            allows(list(s.actions), "s3:ListBucket") and bucket_arn in s.resources for s in model.of_role(model.roles[package])
-        ), f"{package} has no s3:ListBucket on the checkpoint bucket"
+        assert any(allows(list(s.actions), "s3:ListBucket") and bucket_arn in s.resources for s in model.of_role(model.roles[package])), (
+            f"{package} has no s3:ListBucket on the checkpoint bucket"
+        )
 
 
 def test_instance_policy_only_has_object_actions_on_the_checkpoint_bucket(model: Model) -> None:
@@ -313,6 +313,8 @@ WILDCARD_OK = {
     "logs:describeresourcepolicies",
     "logs:describeloggroups",
 }
+
+
 def _wildcard_actions(model: Model) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for s in model.statements:
@@ -426,7 +428,9 @@ def test_run_command_never_interpolates_and_starts_with_a_bash_shebang(synthesiz
         assert not [line for line in lines if "{{" in line], f"{logical}: '{{{{' in runCommand"
         assert "eval " not in "\n".join(lines), f"{logical}: eval in the script"
         # The only {{ }} in the whole document is the agent-side timeout.
-        rest = json.dumps({**content, "mainSteps": [{**step, "inputs": {k: v for k, v in step["inputs"].items() if k != "timeoutSeconds"}}]})
+        rest = json.dumps(
+            {**content, "mainSteps": [{**step, "inputs": {k: v for k, v in step["inputs"].items() if k != "timeoutSeconds"}}]}
+        )
         assert "{{" not in rest, logical
         timeout = step["inputs"]["timeoutSeconds"]
         if "{{" in timeout:
@@ -605,7 +609,8 @@ def test_stop_instance_is_reachable_only_through_a_verified_checkpoint(asl: dict
     choice = states["Checkpoint verified?"]
     assert choice["Type"] == "Choice"
     verified = [
-        i for i, rule in enumerate(choice["Choices"])
+        i
+        for i, rule in enumerate(choice["Choices"])
         if rule == {"Variable": "$.verification.verified", "BooleanEquals": True, "Next": "Stop instance"}
     ]
     assert len(verified) == 1, choice
@@ -677,7 +682,9 @@ def test_every_path_ends_in_done_or_failed(asl: dict[str, Any]) -> None:
 
 def test_every_outcome_is_written_by_name_and_routed_by_failure(asl: dict[str, Any]) -> None:
     outcomes = _outcome_states(asl)
-    assert set(outcomes.values()) == set(c.ALL_OUTCOMES), f"missing {set(c.ALL_OUTCOMES) - set(outcomes.values())}, unknown {set(outcomes.values()) - set(c.ALL_OUTCOMES)}"
+    assert set(outcomes.values()) == set(c.ALL_OUTCOMES), (
+        f"missing {set(c.ALL_OUTCOMES) - set(outcomes.values())}, unknown {set(outcomes.values()) - set(c.ALL_OUTCOMES)}"
+    )
     assert all(asl["States"][n]["Next"] == "Notify" for n in outcomes)
     verdict = asl["States"]["Outcome is a failure?"]
     (rule,) = verdict["Choices"]
@@ -819,7 +826,10 @@ def test_checkpoint_bucket_is_encrypted_private_and_versioned(synthesized: Any, 
                                 "Principal": {"AWS": "*"},
                                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
                                 "Resource": Match.array_with(
-                                    [{"Fn::GetAtt": [model.bucket, "Arn"]}, {"Fn::Join": ["", [{"Fn::GetAtt": [model.bucket, "Arn"]}, "/*"]]}]
+                                    [
+                                        {"Fn::GetAtt": [model.bucket, "Arn"]},
+                                        {"Fn::Join": ["", [{"Fn::GetAtt": [model.bucket, "Arn"]}, "/*"]]},
+                                    ]
                                 ),
                             }
                         )
@@ -866,7 +876,13 @@ def test_outcome_topic_is_encrypted_and_ssl_only(synthesized: Any) -> None:
     synthesized.template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()})
     synthesized.template.has_resource_properties(
         "AWS::SNS::TopicPolicy",
-        {"PolicyDocument": {"Statement": Match.array_with([Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])}},
+        {
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Effect": "Deny", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})]
+                )
+            }
+        },
     )
 
 
@@ -947,9 +963,7 @@ def test_environment_bound_synthesis_passes_cdk_nag(tmp_path: Path, monkeypatch:
 def test_cfn_lint_is_clean(synthesized: Any, tmp_path: Path) -> None:
     path = tmp_path / "Autostop.template.json"
     path.write_text(json.dumps(synthesized.raw, indent=1))
-    proc = subprocess.run(
-        [str(BIN / "cfn-lint"), "--ignore-checks", "W3005", "--", str(path)], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([str(BIN / "cfn-lint"), "--ignore-checks", "W3005", "--", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"cfn-lint findings:\n{proc.stdout}{proc.stderr}"
 
 

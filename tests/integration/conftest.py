@@ -83,7 +83,10 @@ def world(tmp_path: Path) -> Iterator[World]:
     with LocalAws() as aws, mock.patch.dict(os.environ, function_env()):
         fleet = AgentFleet(aws, delivery_timeout_cap=0.5)
         ssm = aws.client("ssm")
-        for name, script, params in (("Autostop-Probe", "probe.sh", PROBE_PARAMETERS), ("Autostop-Checkpoint", "checkpoint.sh", CHECKPOINT_PARAMETERS)):
+        for name, script, params in (
+            ("Autostop-Probe", "probe.sh", PROBE_PARAMETERS),
+            ("Autostop-Checkpoint", "checkpoint.sh", CHECKPOINT_PARAMETERS),
+        ):
             timeout = "60" if script == "probe.sh" else "{{ executionTimeout }}"
             content = command_content("test", script, params, step=script.removesuffix(".sh"), timeout=timeout)
             ssm.create_document(Name=name, Content=json.dumps(content), DocumentType="Command", DocumentFormat="JSON")

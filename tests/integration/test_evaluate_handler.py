@@ -14,8 +14,6 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from infra.constructs.documents import CHECKPOINT_PARAMETERS, command_content
 from tests.integration.conftest import BUCKET, World, dead_pid
 
@@ -32,9 +30,7 @@ CTX = type(
 
 # Every parameter the deployed checkpoint document declares, with its allowedPattern (executionTimeout is
 # added by command_content because the document's timeout is a parameter).
-DECLARED = command_content(
-    "t", "checkpoint.sh", CHECKPOINT_PARAMETERS, step="checkpoint", timeout="{{ executionTimeout }}"
-)["parameters"]
+DECLARED = command_content("t", "checkpoint.sh", CHECKPOINT_PARAMETERS, step="checkpoint", timeout="{{ executionTimeout }}")["parameters"]
 
 
 def marker_tags(run: str, **extra: str) -> dict[str, str]:
@@ -54,9 +50,7 @@ def execution_for(instance_id: str, run: str) -> str:
 def evaluate(instance_id: str, run: str = "run-a", *, execution: str | None = None) -> dict[str, Any]:
     from evaluate_completion.handler import lambda_handler
 
-    payload: dict[str, Any] = {
-        "instance_id": instance_id, "run_id": run, "reason": "complete", "attempt": 1, "trigger": {"source": "test"}
-    }
+    payload: dict[str, Any] = {"instance_id": instance_id, "run_id": run, "reason": "complete", "attempt": 1, "trigger": {"source": "test"}}
     name = execution if execution is not None else execution_for(instance_id, run)
     return lambda_handler({"input": payload, "execution_name": name}, CTX)
 

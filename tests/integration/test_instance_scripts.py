@@ -56,9 +56,7 @@ def endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def s3(endpoint: str) -> Any:
-    return boto3.client(
-        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
+    return boto3.client("s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 @pytest.fixture
@@ -169,7 +167,9 @@ while True:
 """
 
 
-def start_trainer(children: list[subprocess.Popen[bytes]], mode: str, tmp_path: Path, ckdir: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def start_trainer(
+    children: list[subprocess.Popen[bytes]], mode: str, tmp_path: Path, ckdir: Path
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """A Python trainer that either saves a final checkpoint and exits on SIGTERM, or ignores it ("ignore")."""
     counter = tmp_path / f"signals-{mode}"
     proc = subprocess.Popen([sys.executable, "-c", TRAINER, mode, str(counter), str(ckdir)], stdout=subprocess.PIPE)
@@ -220,7 +220,15 @@ def test_probe_zombie_counts_as_exited(base_env: dict[str, str], tmp_path: Path,
 
 @pytest.mark.parametrize(
     ("content", "state"),
-    [(None, "missing"), ("not-a-pid", "unreadable"), ("0", "unreadable"), ("-5", "unreadable"), ("12 34", "unreadable"), ("", "unreadable"), ("dir", "unreadable")],
+    [
+        (None, "missing"),
+        ("not-a-pid", "unreadable"),
+        ("0", "unreadable"),
+        ("-5", "unreadable"),
+        ("12 34", "unreadable"),
+        ("", "unreadable"),
+        ("dir", "unreadable"),
+    ],
 )
 def test_probe_pid_file_states(base_env: dict[str, str], tmp_path: Path, content: str | None, state: str) -> None:
     pid_file = tmp_path / "train.pid"
@@ -601,7 +609,8 @@ def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_
     real_aws = VENV_BIN / "aws"
     (fake_bin / "aws").write_text(
         "#!/usr/bin/env bash\n"
-        'for a in "$@"; do if [[ $a == upload-part ]]; then echo "An error occurred (InternalError) when calling the UploadPart operation: boom" >&2; exit 254; fi; done\n'
+        'for a in "$@"; do if [[ $a == upload-part ]]; then '
+        'echo "An error occurred (InternalError) when calling the UploadPart operation: boom" >&2; exit 254; fi; done\n'
         f'exec "{real_aws}" "$@"\n'
     )
     (fake_bin / "aws").chmod(0o755)
@@ -638,4 +647,3 @@ def test_scripts_are_plain_bash(tmp_path: Path) -> None:
         assert "{{" not in text, "SSM would treat {{ ... }} as a document parameter placeholder"
         assert re.search(r"^set -euo pipefail$", text, re.M)
         subprocess.run(["bash", "-n", str(script)], check=True)
-

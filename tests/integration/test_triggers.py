@@ -12,22 +12,51 @@ import pytest
 
 from tests.integration.conftest import BUCKET, World, dead_pid
 
-CTX = type("Ctx", (), {"function_name": "t", "memory_limit_in_mb": 128, "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t", "aws_request_id": "r"})()
+CTX = type(
+    "Ctx",
+    (),
+    {
+        "function_name": "t",
+        "memory_limit_in_mb": 128,
+        "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t",
+        "aws_request_id": "r",
+    },
+)()
 
 
 def scheduled_event() -> dict[str, Any]:
     return {
-        "version": "0", "id": "tick-1", "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z", "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/Schedule"], "detail": {},
+        "version": "0",
+        "id": "tick-1",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-11-30T10:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/Schedule"],
+        "detail": {},
     }
 
 
 def object_created(key: str) -> dict[str, Any]:
     return {
-        "version": "0", "id": "evt-1", "detail-type": "Object Created", "source": "aws.s3", "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z", "region": "us-east-1", "resources": [f"arn:aws:s3:::{BUCKET}"],
-        "detail": {"version": "0", "bucket": {"name": BUCKET}, "object": {"key": key, "size": 2, "etag": "e", "sequencer": "1"},
-                   "request-id": "r", "requester": "123456789012", "source-ip-address": "1.2.3.4", "reason": "PutObject"},
+        "version": "0",
+        "id": "evt-1",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": "123456789012",
+        "time": "2026-11-30T10:00:00Z",
+        "region": "us-east-1",
+        "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": BUCKET},
+            "object": {"key": key, "size": 2, "etag": "e", "sequencer": "1"},
+            "request-id": "r",
+            "requester": "123456789012",
+            "source-ip-address": "1.2.3.4",
+            "reason": "PutObject",
+        },
     }
 
 

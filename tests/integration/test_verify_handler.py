@@ -36,9 +36,7 @@ CTX = type(
 MIB = 1024 * 1024
 PENDING = ("Pending", "InProgress", "Delayed")
 INVOCATION_FIELDS = ("Status", "StatusDetails", "ResponseCode", "StandardOutputContent", "StandardErrorContent")
-SUCCESS = {
-    "Status": "Success", "StatusDetails": "Success", "ResponseCode": 0, "StandardOutputContent": "", "StandardErrorContent": ""
-}
+SUCCESS = {"Status": "Success", "StatusDetails": "Success", "ResponseCode": 0, "StandardOutputContent": "", "StandardErrorContent": ""}
 
 
 @dataclass
@@ -78,9 +76,7 @@ def plan(world: World, name: str, run: str, files: dict[str, bytes], **tags: str
     from evaluate_completion.handler import lambda_handler
     from shared.naming import execution_name
 
-    inst = world.instance(
-        name, {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", **tags}
-    )
+    inst = world.instance(name, {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", **tags})
     for rel, data in files.items():
         write(inst.root / "ckpt" / rel, data)
     world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{run}/_SUCCESS", Body=b"done")
@@ -128,9 +124,7 @@ def checkpoint(world: World, files: dict[str, bytes], *, run: str = "run-v", nam
     return Checkpoint(evaluation=evaluation, invocation=invocation, execution=execution, instance_id=inst.instance_id)
 
 
-def verify(
-    ck: Checkpoint, *, evaluation: dict[str, Any] | None = None, invocation: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def verify(ck: Checkpoint, *, evaluation: dict[str, Any] | None = None, invocation: dict[str, Any] | None = None) -> dict[str, Any]:
     from verify_checkpoint.handler import lambda_handler
 
     event = {"evaluation": evaluation or ck.evaluation, "invocation": invocation or ck.invocation, "execution_name": ck.execution}
@@ -273,9 +267,7 @@ def test_tampered_manifests_are_unverified(world: World) -> None:
     restore()
 
     # Another run's, another instance's, another execution's manifest
-    others = {
-        "run_id": "other-run", "instance_id": "i-0aaaaaaaaaaaaaaaa", "execution_name": "someone-else", "bucket": "other-bucket"
-    }
+    others = {"run_id": "other-run", "instance_id": "i-0aaaaaaaaaaaaaaaa", "execution_name": "someone-else", "bucket": "other-bucket"}
     for field, value in others.items():
         put_manifest(world, ck, tampered(**{field: value}))
         assert_unverified(verify(ck), ck, f"manifest {field} is {value!r}, expected {manifest[field]!r}")
@@ -312,15 +304,26 @@ def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
         s3.put_object(Bucket=BUCKET, Key=key, Body=body, ChecksumAlgorithm="SHA256")
         files.append(
             {
-                "key": key, "path": f"shard-{i:05d}.bin", "size": len(body),
-                "sha256": hashlib.sha256(body).hexdigest(), "checksum_sha256": b64sha(body), "parts": 0,
+                "key": key,
+                "path": f"shard-{i:05d}.bin",
+                "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "checksum_sha256": b64sha(body),
+                "parts": 0,
             }
         )
     manifest = {
-        "schema_version": 1, "run_id": "run-big", "instance_id": inst.instance_id, "execution_name": execution,
-        "decision_time": "x", "created_at": datetime.now(UTC).isoformat(),
+        "schema_version": 1,
+        "run_id": "run-big",
+        "instance_id": inst.instance_id,
+        "execution_name": execution,
+        "decision_time": "x",
+        "created_at": datetime.now(UTC).isoformat(),
         "checkpoint": {"name": "step-000001", "path": f"{inst.root}/ckpt/step-000001", "mtime": datetime.now(UTC).isoformat()},
-        "step": 1, "bucket": BUCKET, "files": files, "total_bytes": sum(f["size"] for f in files),
+        "step": 1,
+        "bucket": BUCKET,
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files),
     }
     ck = Checkpoint(evaluation=evaluation, invocation=SUCCESS, execution=execution, instance_id=inst.instance_id)
     put_manifest(world, ck, manifest)
@@ -380,7 +383,10 @@ def test_failure_line_after_other_output_and_non_json_failures(world: World) -> 
     result = verify(
         ck,
         invocation={
-            **SUCCESS, "Status": "TimedOut", "StatusDetails": "ExecutionTimedOut", "ResponseCode": -1,
+            **SUCCESS,
+            "Status": "TimedOut",
+            "StatusDetails": "ExecutionTimedOut",
+            "ResponseCode": -1,
             "StandardErrorContent": "a\nkilled by timeout\n",
         },
     )

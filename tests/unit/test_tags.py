@@ -23,7 +23,10 @@ def problems(t: dict[str, str]) -> str:
     return "; ".join(err.value.problems)
 
 
-@pytest.mark.parametrize("value,expected", [("true", True), ("TRUE", True), ("True", True), (" true", False), ("true ", False), ("yes", False), ("1", False), ("", False)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [("true", True), ("TRUE", True), ("True", True), (" true", False), ("true ", False), ("yes", False), ("1", False), ("", False)],
+)
 def test_opt_in_is_true_ignoring_case_but_not_whitespace(value: str, expected: bool) -> None:
     # Same rule as the IAM condition StringEqualsIgnoreCase aws:ResourceTag/autostop:enabled = "true".
     assert is_opted_in({"autostop:enabled": value}, "autostop") is expected

@@ -93,8 +93,22 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
         completion_marker=f"s3://{cp.deployment.bucket}/runs/run-stubborn/_SUCCESS",
         grace_seconds="1",
     )
-    trainer = ["--checkpoint-dir", "{root}/ckpt", "--pid-file", "{root}/train.pid", "--steps", "3", "--step-seconds", "0.01",
-               "--on-signal", "ignore", "--hold-seconds", "60", "--marker-uri", "s3://{bucket}/runs/run-stubborn/_SUCCESS"]
+    trainer = [
+        "--checkpoint-dir",
+        "{root}/ckpt",
+        "--pid-file",
+        "{root}/train.pid",
+        "--steps",
+        "3",
+        "--step-seconds",
+        "0.01",
+        "--on-signal",
+        "ignore",
+        "--hold-seconds",
+        "60",
+        "--marker-uri",
+        "s3://{bucket}/runs/run-stubborn/_SUCCESS",
+    ]
     iid = cp.launch_instance("stubborn", tags=tags, trainer=trainer)
     _wait_for_key(cp, "runs/run-stubborn/_SUCCESS")
     run = start_and_wait(cp, iid, "run-stubborn")
@@ -107,13 +121,27 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
 
 def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: LocalControlPlane) -> None:
     tags = base_tags("run-coop", pid_file="{root}/train.pid", completion_marker=f"s3://{cp.deployment.bucket}/runs/run-coop/_SUCCESS")
-    trainer = ["--checkpoint-dir", "{root}/ckpt", "--pid-file", "{root}/train.pid", "--steps", "100000", "--step-seconds", "0.01",
-               "--checkpoint-every", "1000000", "--on-signal", "save-and-exit"]
+    trainer = [
+        "--checkpoint-dir",
+        "{root}/ckpt",
+        "--pid-file",
+        "{root}/train.pid",
+        "--steps",
+        "100000",
+        "--step-seconds",
+        "0.01",
+        "--checkpoint-every",
+        "1000000",
+        "--on-signal",
+        "save-and-exit",
+    ]
     iid = cp.launch_instance("coop", tags=tags, trainer=trainer)
     marker(cp, "run-coop")  # e.g. a job scheduler declares the run finished while the trainer still runs
     run = start_and_wait(cp, iid, "run-coop")
     assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped")
-    manifest = json.loads(cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=f"runs/run-coop/manifests/{run.name}.json")["Body"].read())
+    manifest = json.loads(
+        cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=f"runs/run-coop/manifests/{run.name}.json")["Body"].read()
+    )
     assert manifest["step"] > 0  # the checkpoint saved on SIGTERM, not an older one
     assert cp.by_name["coop"].processes[0].returncode == 0
 
