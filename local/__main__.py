@@ -15,18 +15,29 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "demo.json"
 
 
-def _run(scenario_path: Path, *, show: bool) -> tuple[dict[str, Any], float]:
+class ScenarioError(Exception):
+    pass
+
+
+def _run(scenario_path: Path, *, show: bool, keep: bool) -> tuple[dict[str, Any], float]:
+    from pydantic import ValidationError
+
     from local.report import build_report, execution_states
     from local.runtime import LocalControlPlane
     from local.scenario import Scenario, run_steps
 
-    scenario = Scenario.load(scenario_path)
+    try:
+        scenario = Scenario.load(scenario_path)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ScenarioError(f"cannot use scenario {scenario_path}: {exc}") from exc
     started = time.monotonic()
     print(f"autostop local: scenario {scenario.name!r} ({scenario_path.name})")
     print(f"  {scenario.description}" if scenario.description else "", end="\n" if scenario.description else "")
     print("  synthesizing the CDK app (cached after the first run) and deploying it into moto ...")
-    with LocalControlPlane(context=scenario.context or None) as cp:
-        print(f"  ready in {time.monotonic() - started:.1f} s; checkpoint bucket {cp.deployment.bucket}; function logs in {cp.log_file}")
+    with LocalControlPlane(context=scenario.context or None, keep=keep) as cp:
+        kept = "" if keep else " (removed at the end; --keep keeps it)"
+        print(f"  ready in {time.monotonic() - started:.1f} s; checkpoint bucket {cp.deployment.bucket}")
+        print(f"  function logs (every decision and its reason): {cp.log_file}{kept}")
         steps = run_steps(cp, scenario)
         report = build_report(cp, scenario=scenario.name, steps=steps)
         if show:
@@ -61,26 +72,39 @@ def _peak_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="one instance trains, finishes, is checkpointed, verified and stopped")
-    sim = sub.add_parser("simulate", help="run a scenario file and write a JSON report")
+    demo = sub.add_parser("demo", help="one instance trains, finishes, is checkpointed, verified and stopped")
+    sim = sub.add_parser("simulate", help="run a scenario file and write a JSON report (exit 0 whatever the outcomes)")
     sim.add_argument("scenario", type=Path)
     sim.add_argument("--report", type=Path, required=True)
+    for p in (demo, sim):
+        p.add_argument("--keep", action="store_true", help="keep the work folder (instance sandboxes, function logs)")
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
-    if args.command == "demo":
-        report, elapsed = _run(DEMO, show=True)
-        _summary(report)
-        print(f"\n  demo took {elapsed:.1f} s, peak memory {_peak_mb():.0f} MB (largest process)")
-        ok = [e["outcome"] for e in report["executions"]] == ["Stopped"] and report["instances"][0]["state"] == "stopped"
-        print("  RESULT: the instance was stopped only after its checkpoint was verified in S3" if ok else "  RESULT: unexpected outcome")
-        return 0 if ok else 1
+    try:
+        if args.command == "demo":
+            return _demo(keep=args.keep)
+        return _simulate(args.scenario, args.report, keep=args.keep)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    report, elapsed = _run(args.scenario, show=True)
+
+def _demo(*, keep: bool) -> int:
+    report, elapsed = _run(DEMO, show=True, keep=keep)
+    _summary(report)
+    print(f"\n  demo took {elapsed:.1f} s, peak memory {_peak_mb():.0f} MB (largest process)")
+    ok = [e["outcome"] for e in report["executions"]] == ["Stopped"] and report["instances"][0]["state"] == "stopped"
+    print("  RESULT: the instance was stopped only after its checkpoint was verified in S3" if ok else "  RESULT: unexpected outcome")
+    return 0 if ok else 1
+
+
+def _simulate(scenario: Path, report_path: Path, *, keep: bool) -> int:
+    report, elapsed = _run(scenario, show=True, keep=keep)
     _summary(report)
     report["duration_seconds"] = round(elapsed, 2)
-    args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\n  report written to {args.report} ({elapsed:.1f} s)")
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\n  report written to {report_path} ({elapsed:.1f} s)")
     return 0
 
 

@@ -52,6 +52,7 @@ class SimulatedInstance:
     agent_online: bool = True
     faults: tuple[str, ...] = ()
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    trainer: subprocess.Popen[bytes] | None = None
     running: bool = True
 
     def start_process(self, argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:

@@ -40,6 +40,7 @@ def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[
                 "id": inst.instance_id,
                 "state": raw["State"]["Name"],
                 "tags": {t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+                "trainer_exit_code": inst.trainer.poll() if inst.trainer else None,
             }
         )
     executions = []

@@ -57,8 +57,10 @@ class LocalControlPlane:
         cp.wait_executions()
     """
 
-    def __init__(self, *, workdir: Path | None = None, context: dict[str, Any] | None = None, log_file: Path | None = None) -> None:
-        self._own_workdir = workdir is None
+    def __init__(
+        self, *, workdir: Path | None = None, context: dict[str, Any] | None = None, log_file: Path | None = None, keep: bool = False
+    ) -> None:
+        self._own_workdir = workdir is None and not keep
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="autostop-local-"))
         self.context = context
         self.log_file = log_file or self.workdir / "lambda.log"
@@ -163,7 +165,7 @@ class LocalControlPlane:
         self.by_name[name] = inst
         if trainer is not None:
             argv = [sys.executable, str(TRAINER), *[str(a) for a in ph.expand(trainer)]]
-            inst.start_process(argv, self.aws.subprocess_env(), "trainer.out")
+            inst.trainer = inst.start_process(argv, self.aws.subprocess_env(), "trainer.out")
         return iid
 
     def wait_for_trainer_exit(self, name: str | None = None, timeout: float = 60) -> None:
@@ -171,9 +173,9 @@ class LocalControlPlane:
         names = [name] if name else list(self.by_name)
         deadline = time.monotonic() + timeout
         for n in names:
-            for proc in self.by_name[n].processes[:1]:
-                remaining = max(0.0, deadline - time.monotonic())
-                proc.wait(timeout=remaining)
+            trainer = self.by_name[n].trainer
+            if trainer is not None:
+                trainer.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     # --- triggers --------------------------------------------------------------------------------------
 

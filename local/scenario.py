@@ -32,9 +32,10 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from local.runtime import LocalControlPlane
+from local.trainer import build_parser as trainer_parser
 
 
 class Model(BaseModel):
@@ -48,6 +49,17 @@ class InstanceSpec(Model):
     agent: Literal["online", "offline"] = "online"
     trainer: dict[str, Any] | None = None
     faults: list[Literal["corrupt_upload", "lose_object"]] = []
+
+    @field_validator("trainer")
+    @classmethod
+    def _known_trainer_options(cls, trainer: dict[str, Any] | None) -> dict[str, Any] | None:
+        if trainer is None:
+            return None
+        options = {a.dest for a in trainer_parser()._actions if a.dest != "help"}
+        unknown = sorted(set(trainer) - options)
+        if unknown:
+            raise ValueError(f"unknown trainer option(s) {unknown}; known: {sorted(options)} (see python local/trainer.py --help)")
+        return trainer
 
     def trainer_argv(self, prefix: str) -> list[str] | None:
         """The trainer's command-line options; checkpoint dir, PID and log file default to the tags."""
@@ -126,7 +138,7 @@ def run_steps(cp: LocalControlPlane, scenario: Scenario, log: Any = print) -> li
             record["uri"] = uri
         elif isinstance(step, ScheduleTick):
             summary = cp.schedule_tick()
-            record["sweep"] = {k: summary[k] for k in ("instances", "decisions", "skipped")}
+            record["sweep"] = {k: summary[k] for k in ("instances", "decisions", "skipped", "waiting")}
             record["sweep"]["executions"] = [{"name": e["name"], "status": e["status"]} for e in summary["executions"]]
         elif isinstance(step, Sleep):
             time.sleep(step.seconds)

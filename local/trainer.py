@@ -23,7 +23,7 @@ uploaded to S3 and verified. The contract is:
    in ".tmp" are work in progress and must be ignored. Only the newest
    --keep checkpoints are kept.
 
-3. Signals. SIGTERM, SIGINT, SIGHUP and SIGUSR1 mean "the instance is about
+3. Signals. SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 (every signal autostop:signal allows) mean "the instance is about
    to be stopped". The signal handler only records which signal arrived; the
    main loop notices it between slices of work. That way a signal that
    arrives while a checkpoint is being written never leaves a torn
@@ -69,7 +69,7 @@ from datetime import UTC, datetime
 
 CHUNK_BYTES = 1024 * 1024  # checkpoint payloads are written 1 MiB at a time
 SLICE_SECONDS = 0.05  # how often a sleeping step checks for a signal
-HANDLED_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1]
+HANDLED_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2]
 
 # Matches complete checkpoints only: "step-000010" (dir) or "step-000010.ckpt" (file).
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)(\.ckpt)?$")
@@ -101,7 +101,8 @@ def non_negative_float(text):
     return value
 
 
-def parse_args(argv=None):
+def build_parser():
+    """The trainer's command line (the local runtime's scenario files use these option names too)."""
     parser = argparse.ArgumentParser(description="Toy trainer that cooperates with autostop.")
     parser.add_argument("--checkpoint-dir", required=True, help="directory that receives the checkpoints")
     parser.add_argument("--pid-file", help="write our PID here first (kept after exit)")
@@ -116,13 +117,17 @@ def parse_args(argv=None):
         "--on-signal",
         default="save-and-exit",
         choices=["save-and-exit", "exit-without-save", "ignore"],
-        help="reaction to SIGTERM/SIGINT/SIGHUP/SIGUSR1",
+        help="reaction to SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2",
     )
     parser.add_argument("--marker-uri", help="s3://bucket/key to put a completion marker at")
     parser.add_argument("--completion-line", default="Training complete", help="text logged when all steps are done")
     parser.add_argument("--fail-at-step", type=positive_int, help="simulate a crash: exit 1 at this step")
     parser.add_argument("--hold-seconds", type=non_negative_float, default=0.0, help="stay alive this long after finishing (default: 0)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 # --------------------------------------------------------------------------

@@ -23,6 +23,8 @@ class TriggerSummary(BaseModel):
     executions: list[StartResult]
     skipped: dict[str, str]
     """Instance id to the reason it was skipped (invalid tags, not running...)."""
+    waiting: dict[str, str]
+    """Instance id to why a valid, opted-in run got no execution (``not_complete`` / ``inconclusive``: reason)."""
 
 
 def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Evaluator, sfn: Any, trigger: dict[str, Any]) -> TriggerSummary:
@@ -57,4 +59,5 @@ def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Eval
         decisions=dict(Counter(ev.decision for ev in evaluations)),
         executions=started,
         skipped={ev.instance_id: ev.reason for ev in evaluations if ev.decision == "skipped"},
+        waiting={ev.instance_id: f"{ev.decision}: {ev.reason}" for ev in evaluations if ev.decision in ("not_complete", "inconclusive")},
     )

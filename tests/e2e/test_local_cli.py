@@ -71,3 +71,13 @@ def test_corrupted_upload_is_caught_by_the_verifier(tmp_path: Path) -> None:
     assert execution["outcome"] == "UploadUnverified"
     assert "bytes in S3" in execution["cause"]
     assert report["instances"][0]["state"] == "running"
+
+
+def test_invalid_scenario_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"instances": [{"name": "x", "trainer": {"bogus_option": 1}}], "steps": [{"step": "tick"}]}))
+    proc = run_local("simulate", str(bad), "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 2
+    assert "unknown trainer option(s) ['bogus_option']" in proc.stderr
+    assert "'tick'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -116,7 +116,7 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
     assert "TrainerDidNotExit" in (run.cause or "")
     assert keys(cp, f"runs/run-stubborn/checkpoints/{run.name}/") == []
     assert cp.instance_state("stubborn") == "running"
-    assert cp.by_name["stubborn"].processes[0].poll() is None  # still training: nothing was killed
+    assert cp.by_name["stubborn"].trainer.poll() is None  # still training: nothing was killed
 
 
 def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: LocalControlPlane) -> None:
@@ -143,7 +143,7 @@ def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: 
         cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=f"runs/run-coop/manifests/{run.name}.json")["Body"].read()
     )
     assert manifest["step"] > 0  # the checkpoint saved on SIGTERM, not an older one
-    assert cp.by_name["coop"].processes[0].returncode == 0
+    assert cp.by_name["coop"].trainer.returncode == 0
 
 
 def test_upload_unverified_leaves_the_instance_running(cp: LocalControlPlane) -> None:
