@@ -134,10 +134,12 @@ class LocalControlPlane:
         agent: str = "online",
         trainer: list[str] | None = None,
         faults: list[str] | None = None,
+        run_instances: dict[str, Any] | None = None,
     ) -> str:
         """RunInstances in moto, a sandbox folder as its disk, its SSM agent, and its trainer (optional).
 
-        ``tags`` and ``trainer`` may use ``{root}`` (the sandbox), ``{bucket}`` and ``{name}``.
+        ``tags`` and ``trainer`` may use ``{root}`` (the sandbox), ``{bucket}`` and ``{name}``;
+        ``run_instances`` adds RunInstances parameters (e.g. ``DisableApiTermination``, ``HibernationOptions``).
         """
         ph = self.placeholders(name)
         ph.root.mkdir(parents=True, exist_ok=True)
@@ -154,6 +156,7 @@ class LocalControlPlane:
                 }
             ],
         }
+        kwargs.update(run_instances or {})
         if market == "spot":
             kwargs["InstanceMarketOptions"] = {
                 "MarketType": "spot",

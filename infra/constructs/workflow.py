@@ -170,6 +170,10 @@ class LifecycleStateMachine(Construct):
                 sfn.Condition.string_equals(decision, "skipped"),
                 self._outcome("Skipped", c.OUTCOME_SKIPPED, "$.evaluation.reason"),
             )
+            .when(
+                sfn.Condition.string_equals(decision, "refused"),
+                self._outcome("Action not possible", c.OUTCOME_STOP_FAILED, "$.evaluation.reason"),
+            )
             .otherwise(self._outcome("Inconclusive", c.OUTCOME_INCONCLUSIVE, "$.evaluation.reason"))
         )
         return task.next(route)

@@ -11,13 +11,18 @@ from pydantic import ValidationError
 from shared import constants as c
 from shared.evaluation import Evaluator
 from shared.instances import describe_instance
-from shared.models import Evaluation, InstanceConfig
+from shared.models import Action, Evaluation, InstanceConfig
 from shared.naming import manifest_uri, upload_prefix
 from shared.observability import logger
 from shared.settings import Settings
 from shared.workflow import CheckpointCommand, CheckpointLocation, EvaluateOutput, LifecycleInput
 
-OUTCOMES = {"not_complete": c.OUTCOME_NOT_COMPLETE, "inconclusive": c.OUTCOME_INCONCLUSIVE, "skipped": c.OUTCOME_SKIPPED}
+OUTCOMES = {
+    "not_complete": c.OUTCOME_NOT_COMPLETE,
+    "inconclusive": c.OUTCOME_INCONCLUSIVE,
+    "skipped": c.OUTCOME_SKIPPED,
+    "refused": c.OUTCOME_STOP_FAILED,
+}
 DELIVERY_TIMEOUT_SECONDS = 120
 EXECUTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 """Names the checkpoint document accepts (its ExecutionName allowedPattern); Step Functions allows more."""
@@ -107,6 +112,15 @@ def evaluate(event: dict[str, Any], *, ec2: Any, evaluator: Evaluator, now: date
     decided_at = now or datetime.now(UTC)
     if result.decision != "complete" or result.config is None:
         return _ended(result, lifecycle.run_id, decided_at)
+    if snap is not None and result.config.action is Action.HIBERNATE and not snap.hibernation_configured:
+        # Found now, before the trainer is signalled: the run cannot end as tagged, so nothing is done.
+        refused = Evaluation(
+            instance_id=lifecycle.instance_id,
+            decision="refused",
+            reason="hibernate requested but the instance was not launched with hibernation enabled; "
+            "tag autostop:action=stop, or launch with hibernation, then start a new attempt",
+        )
+        return _ended(refused, lifecycle.run_id, decided_at)
     location, command = checkpoint_command(result.config, execution, decided_at, evaluator.settings)
     return EvaluateOutput(
         decision="complete",

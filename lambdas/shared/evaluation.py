@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from shared.completion import decide_completion, marker_is_negative
 from shared.errors import error_code
 from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceSnapshot, MarkerFact, S3Uri
+from shared.observability import logger
 from shared.probe import agents_online, probe_instances
 from shared.settings import Settings
 from shared.tags import InvalidTags, TagPolicy, is_opted_in, parse_instance_config
@@ -73,6 +74,11 @@ class Evaluator:
         except InvalidTags as exc:
             return Evaluation(
                 instance_id=snap.instance_id, decision="skipped", reason="invalid tags: " + "; ".join(exc.problems), run_id=run_id
+            )
+        except Exception as exc:  # one instance's tags must never take down a sweep over all of them
+            logger.exception("cannot read tags", extra={"instance_id": snap.instance_id})
+            return Evaluation(
+                instance_id=snap.instance_id, decision="skipped", reason=f"cannot read tags: {type(exc).__name__}: {exc}", run_id=run_id
             )
 
     def evaluate(self, snapshots: Iterable[InstanceSnapshot]) -> list[Evaluation]:

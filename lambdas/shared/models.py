@@ -41,9 +41,9 @@ class S3Uri(Frozen):
         if not uri.startswith("s3://"):
             raise ValueError(f"{uri!r} is not an s3:// URI")
         bucket, _, key = uri[len("s3://") :].partition("/")
-        if not S3_BUCKET_RE.match(bucket) or ".." in bucket:
+        if not S3_BUCKET_RE.fullmatch(bucket) or ".." in bucket:
             raise ValueError(f"{uri!r} has an invalid bucket name {bucket!r}")
-        if not S3_KEY_RE.match(key):
+        if not S3_KEY_RE.fullmatch(key):
             raise ValueError(f"{uri!r}: keys may only use letters, digits and . _ / = + -")
         if "//" in key or any(part in (".", "..") for part in key.split("/")):
             raise ValueError(f"{uri!r}: keys may not contain empty, '.' or '..' segments")
@@ -175,7 +175,8 @@ class Evaluation(Frozen):
     """One instance's evaluation by a trigger or by the Evaluate Task state."""
 
     instance_id: str
-    decision: Literal["complete", "not_complete", "inconclusive", "skipped"]
+    decision: Literal["complete", "not_complete", "inconclusive", "skipped", "refused"]
+    """``refused``: complete, but the tagged action cannot be carried out (found before anything is done)."""
     reason: str
     config: InstanceConfig | None = None
     run_id: str | None = None
@@ -201,6 +202,13 @@ class ManifestFile(Frozen):
     parts: int = Field(ge=0, le=10000)
     """0 for a single PutObject, else the number of multipart parts."""
 
+    @field_validator("key")
+    @classmethod
+    def _plain_key(cls, key: str) -> str:
+        if any(seg in ("", ".", "..") for seg in key.split("/")):
+            raise ValueError(f"key {key!r} has an empty, '.' or '..' segment")
+        return key
+
 
 class ManifestCheckpoint(Frozen):
     name: str
@@ -217,6 +225,8 @@ class Manifest(BaseModel):
     run_id: str
     instance_id: str
     execution_name: str
+    decision_time: datetime
+    """The decision this checkpoint answers (the DecisionTime document parameter), to the second."""
     created_at: datetime
     checkpoint: ManifestCheckpoint
     step: int | None = None

@@ -1,5 +1,8 @@
 """Opt-in and tag parsing: from an instance's EC2 tags to a validated :class:`InstanceConfig`.
 
+Completion evidence must belong to the run: a tagged log file or completion marker must contain the
+run id, so that an earlier run's completion line or marker can never end a new run.
+
 Every tag value is checked against a narrow pattern here, before it can reach an SSM document
 parameter (whose ``allowedPattern`` checks it again) or an S3 key. A bad value raises
 :class:`InvalidTags`; the instance is then skipped with that message and never stopped.
@@ -56,7 +59,7 @@ def is_opted_in(tags: Mapping[str, str], prefix: str) -> bool:
 
 
 def _abs_path(value: str, key: str, problems: list[str]) -> str | None:
-    if not ABS_PATH_RE.match(value):
+    if not ABS_PATH_RE.fullmatch(value):
         problems.append(f"{key}={value!r} must be an absolute path of letters, digits and . _ / - (at most 255)")
         return None
     segments = value.split("/")[1:]
@@ -86,6 +89,10 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
     problems: list[str] = []
     ours = {k[len(p) + 1 :]: v for k, v in tags.items() if k.startswith(f"{p}:")}
 
+    for key in tags:
+        folded = "".join(key.split()).lower()
+        if folded.startswith(f"{p.lower()}:") and not key.startswith(f"{p}:"):
+            problems.append(f"tag key {key!r} looks like an autostop tag but is not spelled exactly {p}:<name> (keys are case-sensitive)")
     for name in ours:
         if name not in c.KNOWN_TAGS:
             hint = difflib.get_close_matches(name, c.KNOWN_TAGS, n=1)
@@ -100,7 +107,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
     run_id = get(c.TAG_RUN_ID)
     if run_id is None:
         problems.append(f"{p}:{c.TAG_RUN_ID} is required (letters, digits, . _ -, at most 63)")
-    elif not RUN_ID_RE.match(run_id):
+    elif not RUN_ID_RE.fullmatch(run_id):
         problems.append(f"{p}:{c.TAG_RUN_ID}={run_id!r} must be 1-63 letters, digits, . _ - starting with a letter or digit")
 
     raw_action = get(c.TAG_ACTION)
@@ -126,7 +133,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
     prefix_uri: S3Uri | None = None
     raw_uri = get(c.TAG_CHECKPOINT_S3_URI)
     if raw_uri is None:
-        if run_id is not None and RUN_ID_RE.match(run_id):
+        if run_id is not None and RUN_ID_RE.fullmatch(run_id):
             prefix_uri = S3Uri(bucket=policy.checkpoint_bucket, key=f"runs/{run_id}/")
     else:
         prefix_uri = _bucket_uri(raw_uri, f"{p}:{c.TAG_CHECKPOINT_S3_URI}", policy, problems)
@@ -142,15 +149,20 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
     log_file = None
     if (raw := get(c.TAG_LOG_FILE)) is not None:
         log_file = _abs_path(raw, f"{p}:{c.TAG_LOG_FILE}", problems)
+        if log_file is not None and run_id is not None and run_id not in log_file:
+            problems.append(
+                f"{p}:{c.TAG_LOG_FILE}={log_file!r} must contain the run id {run_id!r} (e.g. /var/log/{run_id}/train.log): "
+                "a log shared by several runs still holds the completion line of an earlier run"
+            )
     log_pattern = get(c.TAG_LOG_PATTERN)
     if log_pattern is not None:
-        if not LOG_PATTERN_RE.match(log_pattern):
+        if not LOG_PATTERN_RE.fullmatch(log_pattern):
             problems.append(f"{p}:{c.TAG_LOG_PATTERN} must be 1-200 printable ASCII characters")
             log_pattern = None
         else:
             try:
                 re.compile(log_pattern)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError, ValueError) as exc:
                 problems.append(f"{p}:{c.TAG_LOG_PATTERN}={log_pattern!r} is not a valid regular expression: {exc}")
     if (get(c.TAG_LOG_FILE) is None) != (get(c.TAG_LOG_PATTERN) is None):
         problems.append(f"{p}:{c.TAG_LOG_FILE} and {p}:{c.TAG_LOG_PATTERN} must be set together")
@@ -161,6 +173,13 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         marker = _bucket_uri(raw_marker, f"{p}:{c.TAG_COMPLETION_MARKER}", policy, problems)
         if marker is not None and (not marker.key or marker.key.endswith("/")):
             problems.append(f"{p}:{c.TAG_COMPLETION_MARKER} must name an object, not a prefix")
+            marker = None
+        elif marker is not None and run_id is not None and run_id not in marker.key:
+            problems.append(
+                f"{p}:{c.TAG_COMPLETION_MARKER}={raw_marker!r} must contain the run id {run_id!r} in its key "
+                f"(e.g. s3://{policy.checkpoint_bucket}/runs/{run_id}/_SUCCESS): a marker shared by several runs "
+                "would mark a new run complete"
+            )
             marker = None
     elif get(c.TAG_PID_FILE) is None and get(c.TAG_LOG_FILE) is None and prefix_uri is not None:
         marker = prefix_uri.child(c.DEFAULT_MARKER_NAME)

@@ -49,9 +49,10 @@ class CheckpointLocation(Payload):
 class EvaluateOutput(Payload):
     """Result of the Evaluate completion Task state (``$.evaluation``)."""
 
-    decision: Literal["complete", "not_complete", "inconclusive", "skipped"]
+    decision: Literal["complete", "not_complete", "inconclusive", "skipped", "refused"]
     outcome: str | None
-    """The execution outcome when the run ends here (NotComplete, Inconclusive, Skipped), else None."""
+    """The execution outcome when the run ends here (NotComplete, Inconclusive, Skipped, or StopFailed for
+    ``refused``: the tagged action is impossible, found before the trainer is signalled), else None."""
     reason: str
     instance_id: str
     run_id: str

@@ -139,6 +139,8 @@ class Verifier:
         for field_name, want in expected.items():
             if getattr(manifest, field_name) != want:
                 return unverified(f"manifest {field_name} is {getattr(manifest, field_name)!r}, expected {want!r}")
+        if manifest.decision_time.replace(microsecond=0) != not_before:
+            return unverified(f"manifest answers the decision of {manifest.decision_time.isoformat()}, not {not_before.isoformat()}")
         outside = [f.key for f in manifest.files if not f.key.startswith(loc.upload_prefix)]
         if outside:
             return unverified(f"manifest lists {len(outside)} key(s) outside {loc.upload_prefix}, e.g. {outside[0]}")

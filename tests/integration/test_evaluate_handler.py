@@ -311,3 +311,16 @@ def test_execution_name_outside_the_document_pattern_is_never_planned(world: Wor
     assert (out["decision"], out["outcome"]) == ("skipped", "Skipped")
     assert "'retry.2'" in out["reason"] and "letters, digits" in out["reason"]
     assert world.fleet.sent == []
+
+
+def test_hibernate_on_an_instance_without_hibernation_is_refused_before_the_checkpoint(world: World) -> None:
+    # Given a complete run tagged hibernate on an instance launched without hibernation
+    inst = world.instance("h", marker_tags("run-h", **{"autostop:action": "hibernate"}))
+    put_marker(world, "run-h")
+
+    out = evaluate(inst.instance_id, "run-h")
+
+    # Then the run ends StopFailed now, before the trainer is signalled: no command is planned or sent
+    assert (out["decision"], out["outcome"]) == ("refused", "StopFailed")
+    assert "not launched with hibernation enabled" in out["reason"]
+    assert out["command"] is None and world.fleet.sent == []

@@ -283,10 +283,14 @@ def test_tampered_manifests_are_unverified(world: World) -> None:
     later = dict(ck.evaluation, decided_at=not_before.isoformat())
     assert_unverified(verify(ck, evaluation=later), ck, f"manifest {ck.manifest_uri} is older than the decision")
 
-    # A fresh manifest listing objects older than the decision (left over from before it)
+    # A fresh manifest that answers another decision
     while datetime.now(UTC) < not_before:
         time.sleep(0.05)
-    restore()  # rewrites the same manifest, now newer than the decision
+    restore()  # rewrites the same manifest, now newer than the decision, but for the earlier decision
+    assert_unverified(verify(ck, evaluation=later), ck, "manifest answers the decision of")
+
+    # A fresh manifest for this decision listing objects older than it (left over from before it)
+    put_manifest(world, ck, tampered(decision_time=not_before.strftime("%Y-%m-%dT%H:%M:%SZ")))
     result = verify(ck, evaluation=later)
     assert_unverified(result, ck, "2 of 2 objects", f"{model_key}: last modified", "is older than the decision")
 
@@ -317,7 +321,7 @@ def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
         "run_id": "run-big",
         "instance_id": inst.instance_id,
         "execution_name": execution,
-        "decision_time": "x",
+        "decision_time": evaluation["decided_at"],
         "created_at": datetime.now(UTC).isoformat(),
         "checkpoint": {"name": "step-000001", "path": f"{inst.root}/ckpt/step-000001", "mtime": datetime.now(UTC).isoformat()},
         "step": 1,

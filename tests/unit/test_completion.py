@@ -61,7 +61,7 @@ def test_pid_file_signal(pid: str, verdict: str) -> None:
 
 
 def test_marker_and_log_must_both_agree() -> None:
-    cfg = config(log_file="/l.log", log_pattern="done", completion_marker="s3://ckpt-bucket/m/_SUCCESS")
+    cfg = config(log_file="/logs/r1/train.log", log_pattern="done", completion_marker="s3://ckpt-bucket/m/r1/_SUCCESS")
     both = CompletionFacts(marker=marker("present"), probe=probe(log="matched"), launch_time=LAUNCH)
     assert decide_completion(cfg, both).verdict == "complete"
     no_log = both.model_copy(update={"probe": probe(log="not_matched")})
@@ -73,7 +73,7 @@ def test_marker_and_log_must_both_agree() -> None:
 def test_pid_file_beside_other_signals_is_the_trainer_handle_not_evidence() -> None:
     # A trainer that logged completion but hangs on teardown must not block the stop forever: the
     # checkpoint command signals it and waits (CheckpointFailed if it will not exit).
-    cfg = config(pid_file="/run/t.pid", log_file="/l.log", log_pattern="done")
+    cfg = config(pid_file="/run/t.pid", log_file="/logs/r1/train.log", log_pattern="done")
     assert not cfg.pid_is_completion_signal
     assert cfg.probe_parameters()["PidFile"] == [""]
     hung = CompletionFacts(probe=probe(pid="not_configured", log="matched"))
@@ -81,7 +81,7 @@ def test_pid_file_beside_other_signals_is_the_trainer_handle_not_evidence() -> N
 
 
 def test_not_complete_wins_over_inconclusive() -> None:
-    cfg = config(log_file="/l.log", log_pattern="done", completion_marker="s3://ckpt-bucket/m/_SUCCESS")
+    cfg = config(log_file="/logs/r1/train.log", log_pattern="done", completion_marker="s3://ckpt-bucket/m/r1/_SUCCESS")
     d = decide_completion(cfg, CompletionFacts(marker=marker("absent"), probe=ProbeResult(ok=False, error="agent offline")))
     assert d.verdict == "not_complete"
 

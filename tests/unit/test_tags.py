@@ -47,10 +47,12 @@ def test_defaults_stop_default_marker_and_bucket_prefix() -> None:
 
 
 def test_explicit_on_instance_signals_replace_the_default_marker() -> None:
-    config = parse_instance_config(IID, tags(pid_file="/run/train.pid", log_file="/var/log/t.log", log_pattern="done|finished"), POLICY)
+    config = parse_instance_config(
+        IID, tags(pid_file="/run/train.pid", log_file="/var/log/run-1/t.log", log_pattern="done|finished"), POLICY
+    )
     assert config.completion_marker is None
     assert config.probe_needed
-    assert config.probe_parameters() == {"PidFile": [""], "LogFile": ["/var/log/t.log"], "LogPattern": ["done|finished"]}
+    assert config.probe_parameters() == {"PidFile": [""], "LogFile": ["/var/log/run-1/t.log"], "LogPattern": ["done|finished"]}
     alone = parse_instance_config(IID, tags(pid_file="/run/train.pid"), POLICY)
     assert alone.pid_is_completion_signal
     assert alone.probe_parameters()["PidFile"] == ["/run/train.pid"]
@@ -78,10 +80,10 @@ def test_terminate_only_when_explicitly_tagged() -> None:
         ({"grace_seconds": "99999"}, "outside 0..1800"),
         ({"signal": "SIGKILL"}, "must be one of SIGTERM"),
         ({"dry_run": "maybe"}, "true or false"),
-        ({"log_file": "/var/log/t.log"}, "must be set together"),
-        ({"log_pattern": "done", "log_file": "/l"}, ""),
-        ({"log_file": "/var/log/t.log", "log_pattern": "(unclosed"}, "not a valid regular expression"),
-        ({"log_file": "/var/log/t.log", "log_pattern": "caf\u00e9"}, "printable ASCII"),
+        ({"log_file": "/var/log/run-1/t.log"}, "must be set together"),
+        ({"log_pattern": "done", "log_file": "/l/run-1.log"}, ""),
+        ({"log_file": "/var/log/run-1/t.log", "log_pattern": "(unclosed"}, "not a valid regular expression"),
+        ({"log_file": "/var/log/run-1/t.log", "log_pattern": "caf\u00e9"}, "printable ASCII"),
         ({"checkpoint_s3_uri": "s3://other-bucket/runs/x/"}, "stack's checkpoint bucket"),
         ({"checkpoint_s3_uri": "https://example.com/x"}, "not an s3:// URI"),
         ({"checkpoint_s3_uri": "s3://ckpt-bucket/"}, "needs a key prefix"),
@@ -118,3 +120,32 @@ def test_custom_prefix_and_trailing_slash_on_dir() -> None:
     t = {"ml:enabled": "true", "ml:run-id": "r", "ml:checkpoint-dir": "/ckpt/", "autostop:enabled": "false"}
     config = parse_instance_config(IID, t, policy)
     assert config.checkpoint_dir == "/ckpt"
+
+
+def test_completion_evidence_must_name_the_run() -> None:
+    # An earlier run's completion line or marker must never end a new run.
+    assert "must contain the run id 'run-1'" in problems(tags(log_file="/var/log/train.log", log_pattern="done"))
+    assert "must contain the run id 'run-1'" in problems(tags(completion_marker="s3://ckpt-bucket/markers/_SUCCESS"))
+    ok = parse_instance_config(IID, tags(completion_marker="s3://ckpt-bucket/markers/run-1.done"), POLICY)
+    assert str(ok.completion_marker) == "s3://ckpt-bucket/markers/run-1.done"
+
+
+@pytest.mark.parametrize("key", ["Autostop:dry-run", "AUTOSTOP:enabled", " autostop:dry-run", "autostop :dry-run"])
+def test_case_or_space_variants_of_our_keys_are_errors_not_ignored(key: str) -> None:
+    # Silently ignoring "Autostop:dry-run=true" would turn a dry run into a real stop.
+    t = tags()
+    t[key] = "true"
+    assert "not spelled exactly autostop:<name>" in problems(t)
+
+
+@pytest.mark.parametrize("field", ["run_id", "checkpoint_dir", "pid_file"])
+def test_a_trailing_newline_is_not_a_valid_value(field: str) -> None:
+    value = {"run_id": "run-1\n", "checkpoint_dir": "/data/ckpt\n", "pid_file": "/run/t.pid\n"}[field]
+    with pytest.raises(InvalidTags):
+        parse_instance_config(IID, tags(**{field: value}), POLICY)
+    with pytest.raises(InvalidTags):
+        parse_instance_config(IID, tags(checkpoint_s3_uri="s3://ckpt-bucket/runs/x\n"), POLICY)
+
+
+def test_a_pathological_regex_is_an_invalid_tag_not_a_crash() -> None:
+    assert "not a valid regular expression" in problems(tags(log_file="/l/run-1.log", log_pattern="a{99999999999}"))

@@ -68,10 +68,10 @@ def test_not_complete_sends_no_checkpoint_command(cp: LocalControlPlane) -> None
 
 
 def test_inconclusive_probe_does_nothing(cp: LocalControlPlane) -> None:
-    iid = cp.launch_instance("unsure", tags=base_tags("run-unsure", log_file="{root}/missing.log", log_pattern="Training complete"))
+    iid = cp.launch_instance("unsure", tags=base_tags("run-unsure", log_file="{root}/run-unsure.log", log_pattern="Training complete"))
     run = start_and_wait(cp, iid, "run-unsure")
     assert (run.status, run.outcome) == ("SUCCEEDED", "Inconclusive")
-    assert "missing.log is missing" in run.reason
+    assert "run-unsure.log is missing" in run.reason
     assert checkpoint_commands(cp, iid) == []
     assert cp.instance_state("unsure") == "running"
 
@@ -158,14 +158,38 @@ def test_upload_unverified_leaves_the_instance_running(cp: LocalControlPlane) ->
 
 
 def test_stop_refused_by_ec2_is_stop_failed(cp: LocalControlPlane) -> None:
-    iid = launch_finished(cp, "hib", "run-hib", action="hibernate")
+    iid = cp.launch_instance("protected", tags=base_tags("run-prot", action="terminate"))
+    cp.aws.client("ec2").modify_instance_attribute(InstanceId=iid, DisableApiTermination={"Value": True})  # termination protection
+    write_checkpoint(cp.by_name["protected"].root, 4)
+    marker(cp, "run-prot")
+    run = start_and_wait(cp, iid, "run-prot")
+    assert (run.status, run.error) == ("FAILED", "StopFailed")
+    assert "OperationNotPermitted" in (run.cause or "")
+    assert "Stop refused" in run.states
+    assert cp.instance_state("protected") == "running"
+    assert keys(cp, f"runs/run-prot/manifests/{run.name}.json")  # the checkpoint itself was saved
+
+
+def test_impossible_hibernate_is_refused_before_the_trainer_is_touched(cp: LocalControlPlane) -> None:
+    iid = launch_finished(cp, "nohib", "run-nohib", action="hibernate")
+    marker(cp, "run-nohib")
+    run = start_and_wait(cp, iid, "run-nohib")
+    assert (run.status, run.error) == ("FAILED", "StopFailed")
+    assert run.states == ["Evaluate completion", "Run complete?", "Action not possible", *TAIL_FAILED]
+    assert "hibernation" in (run.cause or "")
+    assert checkpoint_commands(cp, iid) == []
+    assert cp.instance_state("nohib") == "running"
+
+
+def test_hibernate_when_the_instance_supports_it(cp: LocalControlPlane) -> None:
+    iid = cp.launch_instance(
+        "hib", tags=base_tags("run-hib", action="hibernate"), run_instances={"HibernationOptions": {"Configured": True}}
+    )
+    write_checkpoint(cp.by_name["hib"].root, 7)
     marker(cp, "run-hib")
     run = start_and_wait(cp, iid, "run-hib")
-    assert (run.status, run.error) == ("FAILED", "StopFailed")
-    assert "hibernation" in (run.cause or "")
-    assert "Stop refused" in run.states
-    assert cp.instance_state("hib") == "running"
-    assert keys(cp, f"runs/run-hib/manifests/{run.name}.json")  # the checkpoint itself was saved
+    assert (run.status, run.outcome) == ("SUCCEEDED", "Hibernated")
+    assert cp.instance_state("hib") == "stopped"
 
 
 def test_duplicate_events_lead_to_one_action(cp: LocalControlPlane) -> None:
