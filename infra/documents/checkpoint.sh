@@ -10,21 +10,42 @@
 #           document's regex; this script never contains document placeholders. Region: AWS_DEFAULT_REGION,
 #           else AWS_SSM_REGION_NAME (set by the agent). AWS_ENDPOINT_URL is honoured by the CLI.
 #   Effect  1. Sends SIG<Signal> ONCE to the live trainer named by PidFile and waits up to GraceSeconds
-#              for it to exit (a zombie counts as exited).
-#           2. Picks the newest complete checkpoint among the top-level entries of CheckpointDir (skips
-#              dotfiles, *.tmp *.temp *.partial *.part *.incomplete *.lock *~, symlinks, directories
-#              holding such files, empty directories; newest mtime wins, ties go to the greatest name).
+#              for it to exit (a zombie counts as exited). A live process only counts as the trainer if it
+#              is not PID 1, this script or its parent and, where /proc is mounted, runs as (real uid) the
+#              PID file's owner (any uid if root owns the file) and started no later than 2 s after the
+#              file's mtime; any other live process is never signalled, and the script fails with
+#              TrainerUnverified (65) before uploading anything (a reused pid, or a stepped clock: unknown).
+#           2. Picks the newest checkpoint among the top-level entries of CheckpointDir. CheckpointDir must
+#              not be or pass through a symbolic link (NoCheckpoint). An entry is a checkpoint when
+#              - its name carries a step number: (case-insensitively) a digit run at the start, after a
+#                character that is not a letter or digit, or right after step, iter, iteration, epoch,
+#                checkpoint, ckpt or model (step-100, iter_0042.pt, global_step100, epoch=2-step=120.ckpt;
+#                not latest, runs, zero_to_fp32.py),
+#              - its name does not look temporary: it starts with '.' or ends with '~', contains
+#                "orbax-checkpoint-tmp", or one of its '.', '-', '_' separated tokens starts with "tmp" or is
+#                temp, partial, part, incomplete, lock, inprogress or writing,
+#              - it is a regular file, or a directory (not a symlink) that holds at least one regular file
+#                and nothing, at any depth, whose name looks temporary by the same rule (a leading '.' is
+#                allowed below the top level: .metadata). Symlinks below it are not uploaded.
+#              Newest mtime (of the file; of the directory or any file in it) wins, ties go to the greatest
+#              name. With none, NoCheckpoint lists the newest 5 ignored entries and why.
 #           3. Uploads it below UploadPrefix with SHA-256 checksums that S3 verifies (PutObject up to
-#              PartSizeBytes, multipart above; a failed multipart upload is aborted).
+#              PartSizeBytes, multipart above; a failed multipart upload is aborted). Each file is read
+#              through O_NOFOLLOW and must still be the very file chosen (st_dev, st_ino, size, mtime from
+#              lstat at selection), before it is hashed and after it is uploaded; otherwise UploadFailed
+#              ("file P changed during the checkpoint"). The CLI opens the path itself for PutObject:
+#              S3 rejects bytes that do not match the checksum computed from the verified file.
 #           4. Uploads the manifest LAST to ManifestKey. Nothing is deleted on the instance.
 #   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
-#             {"result":"uploaded","manifest":"s3://B/K","files":N,"bytes":B,"trainer":T,"checkpoint":NAME,"step":N|null}
+#             {"result":"uploaded","manifest":"s3://B/K","files":N,"bytes":B,"trainer":T,"checkpoint":NAME,"step":N}
 #             T: exited | not_running | pid_file_missing | pid_file_unreadable | not_configured
+#             step (also the manifest's): the number after step/iter/epoch in NAME, else NAME's last step number.
 #           or {"result":"failed","error":E,"message":"..."}.
-#   Exit    0 uploaded; 64 InvalidParameter; 65 TrainerDidNotExit; 66 NoCheckpoint; 67 UploadFailed;
+#   Exit    0 uploaded; 64 InvalidParameter; 65 TrainerDidNotExit / TrainerUnverified; 66 NoCheckpoint; 67 UploadFailed;
 #           68 ManifestFailed; 70 ScriptFailed (unexpected).
-#   Needs   bash >= 4.2, coreutils, python3 (stdlib only), AWS CLI v1 or v2. Temp files (one multipart
-#           part at a time) go to a mktemp directory under ${TMPDIR:-/tmp}, removed on exit.
+#   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 (stdlib only), AWS CLI v1 or
+#           v2. Temp files (one multipart part at a time) go to a mktemp directory under ${TMPDIR:-/tmp},
+#           removed on exit.
 # shellcheck disable=SC2154,SC2329 # SSM_* come from the agent; py() assigns via printf -v; traps call functions
 [ -n "${BASH_VERSION:-}" ] || { printf '%s\n' '{"result":"failed","error":"ScriptFailed","message":"checkpoint.sh must be run by bash"}'; exit 70; }
 set -euo pipefail
@@ -110,12 +131,20 @@ trap 'fail ScriptFailed "checkpoint.sh was interrupted by SIGHUP" 129' HUP
 # --- Python helper (stdlib only). Exit status: 0 ok, 3 NoCheckpoint, 4 UploadFailed, 5 ManifestFailed;
 # on 3-5 the message is its stdout. Anything else is a bug (ScriptFailed).
 IFS= read -r -d '' PYHELPER <<'PY' || true
-import base64, datetime, hashlib, json, os, re, stat, sys
+import base64, datetime, errno, hashlib, json, os, re, stat, sys
 
 CHUNK = 8 * 1024 * 1024
-TEMP_SUFFIXES = (".tmp", ".temp", ".partial", ".part", ".incomplete", ".lock", "~")
+# A name looks temporary when it starts with '.' (top level only), ends with '~', contains
+# "orbax-checkpoint-tmp", or one of its '.', '-', '_' separated tokens starts with "tmp" or is one of these.
+TEMP_TOKENS = frozenset(("temp", "partial", "part", "incomplete", "lock", "inprogress", "writing"))
+TOKEN_SEP_RE = re.compile(r"[._-]")
+# A step number in a (lower-cased) name: a digit run at the start, after a character that is neither a letter
+# nor a digit, or right after one of these words (global_step100, iter_5, epoch-3, checkpoint-500, step=7);
+# not the "32" of zero_to_fp32.py nor the "2" of v2.
+STEP_NUMBER_RE = re.compile(r"(?:^|[^a-z0-9])(?:step|iter|iteration|epoch|checkpoint|ckpt|global_step|model)?[-_]?0*([0-9]+)")
 STEP_RE = re.compile(r"(?:step|iter|epoch)[-_]?0*([0-9]+)")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+SHOW_IGNORED = 5
 
 
 class Fail(Exception):
@@ -132,83 +161,160 @@ def iso(ns):
     return datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def is_temp(name):
-    return name.lower().endswith(TEMP_SUFFIXES)
+def is_temp(name, top):
+    low = name.lower()
+    if (top and low.startswith(".")) or low.endswith("~") or "orbax-checkpoint-tmp" in low:
+        return True
+    return any(t.startswith("tmp") or t in TEMP_TOKENS for t in TOKEN_SEP_RE.split(low))
+
+
+def step_of(name):
+    """The step a checkpoint name carries: the step/iter/epoch number, else its last step number, else None."""
+    low = name.lower()
+    match = STEP_RE.search(low)
+    if match:
+        return int(match.group(1))
+    numbers = STEP_NUMBER_RE.findall(low)
+    return int(numbers[-1]) if numbers else None
 
 
 def show(path):
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def scan_dir(top):
-    """(newest mtime_ns, [(abs, rel, size, mtime_ns)]) of a directory checkpoint, or a reason to skip it."""
-    files, newest = [], os.lstat(top).st_mtime_ns
+def log(message):
+    print(f"checkpoint: {message}", file=sys.stderr)
+
+
+def identity(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def changed(path, detail):
+    return (f"file {show(path)} changed during the checkpoint ({detail}); make sure nothing, the trainer included, "
+            "writes to the checkpoint directory while autostop uploads it")
+
+
+def open_dir_nofollow(path):
+    """A descriptor of directory PATH, opened one component at a time without following symbolic links."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in path.split("/"):
+            if part:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+                os.close(fd)
+                fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def scan_dir(ckdir, ckfd, name):
+    """(newest mtime_ns, [file]) of directory checkpoint NAME, or (None, why it is not complete).
+
+    A file is (absolute path, path below NAME, size, mtime_ns, st_dev, st_ino), taken from lstat."""
+    files, newest, walked = [], os.stat(name, dir_fd=ckfd, follow_symlinks=False).st_mtime_ns, False
 
     def onerror(exc):
-        raise Fail(4, f"cannot read {show(exc.filename or top)}: {exc.strerror}; fix its permissions and retry")
+        where = exc.filename if isinstance(exc.filename, str) else name  # a descriptor when listing failed
+        raise Fail(4, f"cannot read {show(os.path.join(ckdir, where))}: {exc.strerror}; fix its permissions and retry")
 
-    for root, dirs, names in os.walk(top, onerror=onerror):
-        for name in dirs + names:
-            if is_temp(name):
-                return None, f"it contains {show(os.path.join(root, name))}, which is still being written"
-        for name in dirs:
-            if os.path.islink(os.path.join(root, name)):
-                print(f"checkpoint: not uploading {show(os.path.join(root, name))} (symlink)", file=sys.stderr)
-        for name in names:
-            full = os.path.join(root, name)
-            st = os.lstat(full)
+    def lstat(entry, fd, path):
+        try:
+            return os.stat(entry, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise Fail(4, f"cannot read {show(path)}: {exc.strerror}; fix its permissions and retry")
+
+    # fwalk opens each directory relative to its parent's descriptor and never enters a symbolic link, even
+    # one swapped in while it walks.
+    for root, dirs, names, rootfd in os.fwalk(name, onerror=onerror, follow_symlinks=False, dir_fd=ckfd):
+        walked = True
+        for entry in sorted(dirs + names):
+            if is_temp(entry, top=False):
+                return None, f"it contains {show(os.path.join(root, entry))}, which is temporary"
+        for entry in dirs:
+            full = os.path.join(ckdir, root, entry)
+            if stat.S_ISLNK(lstat(entry, rootfd, full).st_mode):
+                log(f"not uploading {show(full)} (symlink)")
+        for entry in names:
+            full = os.path.join(ckdir, root, entry)
+            st = lstat(entry, rootfd, full)
             if not stat.S_ISREG(st.st_mode):
-                print(f"checkpoint: not uploading {show(full)} (not a regular file)", file=sys.stderr)
+                log(f"not uploading {show(full)} (not a regular file)")
                 continue
-            files.append((full, os.path.relpath(full, top), st.st_size, st.st_mtime_ns))
+            files.append((full, os.path.relpath(os.path.join(root, entry), name), st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
             newest = max(newest, st.st_mtime_ns)
+    if not walked:
+        return None, "it was replaced while it was being scanned"
     if not files:
         return None, "it holds no files"
     files.sort(key=lambda f: f[1])
     return (newest, files), None
 
 
+def refuse_symlinked(ckdir):
+    real = os.path.realpath(ckdir)
+    if real != os.path.normpath(ckdir):
+        raise Fail(3, f"checkpoint-dir {ckdir} is or passes through a symbolic link (to {real}); tag the real path")
+
+
 def cmd_select(ckdir, prefix, manifest_key, work):
+    refuse_symlinked(ckdir)
     try:
-        entries = sorted(os.scandir(ckdir), key=lambda e: e.name)
+        ckfd = open_dir_nofollow(ckdir)  # and should a link have been swapped in since the check: ELOOP or ENOTDIR
+        names = sorted(os.listdir(ckfd))
     except FileNotFoundError:
         raise Fail(3, f"the checkpoint directory {ckdir} does not exist on this instance; check the checkpoint-dir tag")
-    except NotADirectoryError:
-        raise Fail(3, f"the checkpoint directory {ckdir} is not a directory; check the checkpoint-dir tag")
     except OSError as exc:
+        refuse_symlinked(ckdir)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Fail(3, f"the checkpoint directory {ckdir} is not a directory; check the checkpoint-dir tag")
         raise Fail(3, f"cannot list the checkpoint directory {ckdir}: {exc.strerror}")
-    candidates = []
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or is_temp(name):
-            continue
-        if entry.is_symlink():
-            print(f"checkpoint: ignoring symlink {show(entry.path)}", file=sys.stderr)
-            continue
+    candidates, ignored = [], []
+    for name in names:
         try:
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                candidates.append((st.st_mtime_ns, name, False, [(entry.path, name, st.st_size, st.st_mtime_ns)]))
+            st = os.stat(name, dir_fd=ckfd, follow_symlinks=False)
+            if is_temp(name, top=True):
+                why = "temporary name"
+            elif stat.S_ISLNK(st.st_mode):
+                why = "symbolic link"
+            elif not STEP_NUMBER_RE.search(name.lower()):
+                why = "no step number in the name"
+            elif stat.S_ISREG(st.st_mode):
+                candidates.append((st.st_mtime_ns, name, False, [(os.path.join(ckdir, name), name, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)]))
                 continue
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            found, why = scan_dir(entry.path)
+            elif not stat.S_ISDIR(st.st_mode):
+                why = "not a regular file or directory"
+            else:
+                found, why = scan_dir(ckdir, ckfd, name)
+                if found is not None:
+                    candidates.append((found[0], name, True, found[1]))
+                    continue
         except FileNotFoundError:
-            print(f"checkpoint: {show(entry.path)} disappeared while it was being scanned; ignoring it", file=sys.stderr)
+            log(f"{show(os.path.join(ckdir, name))} disappeared while it was being scanned; ignoring it")
             continue
         except OSError as exc:
-            raise Fail(4, f"cannot read {show(exc.filename or entry.path)}: {exc.strerror}; fix its permissions and retry")
-        if found is None:
-            print(f"checkpoint: skipping {show(entry.path)}: {why}", file=sys.stderr)
-            continue
-        candidates.append((found[0], name, True, found[1]))
+            raise Fail(4, f"cannot read {show(os.path.join(ckdir, exc.filename or name))}: {exc.strerror}; fix its permissions and retry")
+        ignored.append((st.st_mtime_ns, name, why))
+    os.close(ckfd)
+    ignored.sort(key=lambda i: (i[0], i[1]), reverse=True)  # newest first: what the user most likely expected
+    listing = ", ".join(f"{show(name)[:100]} ({why})" for _, name, why in ignored[:SHOW_IGNORED])
+    if len(ignored) > SHOW_IGNORED:
+        listing += f", and {len(ignored) - SHOW_IGNORED} more"
     if not candidates:
-        raise Fail(3, f"no complete checkpoint in {ckdir} (temporary, hidden, symlinked and empty entries do not count); "
-                      "save a checkpoint there before the run ends")
+        found = f"ignored {listing}" if ignored else "it is empty"
+        raise Fail(3, f"no complete checkpoint in {ckdir}: {found}. A checkpoint is a file or a directory of files whose name "
+                      "carries its step number (step-100, iter_100, checkpoint-100, global_step100) and does not look "
+                      "temporary; save one there before the run ends")
     mtime, name, is_dir, files = max(candidates, key=lambda c: (c[0], c[1]))
-    print(f"checkpoint: chose {show(name)} ({len(files)} file(s)) among {len(candidates)} candidate(s)", file=sys.stderr)
+    log(f"chose {show(name)} ({len(files)} file(s)) among {len(candidates)} candidate(s)")
+    if ignored:
+        log(f"ignored {listing}")
     plan = bytearray()
-    for full, rel, size, file_mtime in files:
+    for full, rel, size, file_mtime, dev, ino in files:
         try:
             rel.encode("utf-8")
         except UnicodeEncodeError:
@@ -220,14 +326,13 @@ def cmd_select(ckdir, prefix, manifest_key, work):
             raise Fail(4, f"the S3 key for {show(full)} would be longer than 1024 bytes; use shorter file names")
         if key == manifest_key:
             raise Fail(4, f"the checkpoint file {show(full)} would overwrite the manifest key {manifest_key}")
-        for field in (full, rel, key, str(size), str(file_mtime)):
+        for field in (full, rel, key, str(size), str(file_mtime), str(dev), str(ino)):
             plan += os.fsencode(field) + b"\0"
-    step_match = STEP_RE.search(name)
     choice = {
         "name": name,
         "path": os.path.join(ckdir, name),
         "mtime": iso(mtime),
-        "step": int(step_match.group(1)) if step_match else None,
+        "step": step_of(name),
     }
     with open(os.path.join(work, "plan"), "wb") as f:
         f.write(plan)
@@ -235,25 +340,40 @@ def cmd_select(ckdir, prefix, manifest_key, work):
         json.dump(choice, f)
 
 
-def cmd_hash(path):
-    h = hashlib.sha256()
+def open_chosen(path, size, mtime_ns, dev, ino):
+    """Open the file chosen at PATH, without following a symbolic link, and make sure that it is still the very
+    file that was chosen: same device, inode, size and mtime."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            raise Fail(4, changed(path, "it is gone or is now a symbolic link"))
+        raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or identity(st) != (int(dev), int(ino), int(size), int(mtime_ns)):
+            raise Fail(4, changed(path, "it is no longer the file that was chosen"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def cmd_hash(path, size, mtime_ns, dev, ino):
+    h = hashlib.sha256()
+    with open_chosen(path, size, mtime_ns, dev, ino) as f:
+        try:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 h.update(chunk)
-    except OSError as exc:
-        raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
+        except OSError as exc:
+            raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
     print(h.hexdigest(), b64(h.digest()))
 
 
-def cmd_part(path, offset, length, out):
+def cmd_part(path, size, mtime_ns, dev, ino, offset, length, out):
     offset, length = int(offset), int(length)
     h = hashlib.sha256()
-    try:
-        src = open(path, "rb")
-    except OSError as exc:
-        raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
-    with src:
+    with open_chosen(path, size, mtime_ns, dev, ino) as src:
         src.seek(offset)
         try:
             with open(out, "wb") as dst:
@@ -261,7 +381,7 @@ def cmd_part(path, offset, length, out):
                 while left:
                     chunk = src.read(min(CHUNK, left))
                     if not chunk:
-                        raise Fail(4, f"{show(path)} shrank while it was being uploaded; make sure the trainer has stopped writing")
+                        raise Fail(4, changed(path, "it shrank while it was being uploaded"))
                     h.update(chunk)
                     dst.write(chunk)
                     left -= len(chunk)
@@ -310,14 +430,14 @@ def cmd_complete(parts_path, out):
     print(f"{b64(composite)}-{len(parts)}")
 
 
-def cmd_record(files_path, resp_path, full, rel, key, size, mtime_ns, hexdigest, checksum, parts):
+def cmd_record(files_path, resp_path, full, rel, key, size, mtime_ns, dev, ino, hexdigest, checksum, parts):
     same_checksum(response(resp_path), checksum, key)
     try:
         st = os.lstat(full)
     except OSError as exc:
-        raise Fail(4, f"{show(full)} disappeared while it was being uploaded ({exc.strerror})")
-    if st.st_size != int(size) or st.st_mtime_ns != int(mtime_ns):
-        raise Fail(4, f"{show(full)} changed while it was being uploaded; make sure the trainer has stopped writing checkpoints")
+        raise Fail(4, changed(full, f"it disappeared while it was being uploaded: {exc.strerror}"))
+    if identity(st) != (int(dev), int(ino), int(size), int(mtime_ns)):
+        raise Fail(4, changed(full, "it was modified or replaced while it was being uploaded"))
     record = {"key": key, "path": rel, "size": int(size), "sha256": hexdigest, "checksum_sha256": checksum, "parts": int(parts)}
     try:
         with open(files_path, "a", encoding="utf-8") as f:
@@ -477,19 +597,25 @@ if [[ -n $SSM_PidFile ]]; then
   elif ! pid=$(read_pid "$SSM_PidFile"); then
     trainer=pid_file_unreadable
     log "pid file ${SSM_PidFile} is unreadable or holds no process id; not signalling anything"
-  elif ! pid_alive "$pid"; then
+  elif ! pid_is_trainer "$pid" "$SSM_PidFile"; then
+    if [[ -n $PID_WHY ]]; then
+      # Alive, but it cannot be shown to be the trainer: a reused pid, or the trainer seen through a stepped
+      # clock. Unknown is not "exited": signal nothing, upload nothing, stop nothing.
+      fail TrainerUnverified "pid ${pid} from ${SSM_PidFile} is a live process that cannot be shown to be the trainer (${PID_WHY}); nothing was signalled or uploaded. If the trainer has exited, remove the stale PID file; if it runs, rewrite the PID file from the trainer" "$EX_TRAINER"
+    fi
     trainer=not_running
     log "trainer pid ${pid} from ${SSM_PidFile} is not running"
   else
+    trainer_start=$PID_START
     log "sending SIG${SSM_Signal} to trainer pid ${pid}; waiting up to ${grace} s for it to exit"
     if ! kill -s "$SSM_Signal" "$pid" 2>"$WORK/kill.err"; then
-      if pid_alive "$pid"; then
+      if pid_same "$pid" "$trainer_start"; then
         fail TrainerDidNotExit "could not send SIG${SSM_Signal} to the trainer (pid ${pid} from ${SSM_PidFile}): $(tail -n 1 "$WORK/kill.err" 2>/dev/null || true); the checkpoint command must run as root" "$EX_TRAINER"
       fi
       trainer=not_running
     else
       waited=0
-      while pid_alive "$pid"; do
+      while pid_same "$pid" "$trainer_start"; do
         if ((waited >= grace)); then
           fail TrainerDidNotExit "the trainer (pid ${pid} from ${SSM_PidFile}) was sent SIG${SSM_Signal} but was still running after ${grace} s; nothing was uploaded. Make the trainer save and exit on SIG${SSM_Signal}, or raise the grace-seconds tag" "$EX_TRAINER"
         fi
@@ -529,9 +655,11 @@ put_object() { # put_object FILE KEY BASE64_SHA256 DESCRIPTION [EXTRA ARGS...]
 : >"$WORK/files.jsonl" || fail ManifestFailed "cannot write in ${WORK}; free disk space in the temp directory" "$EX_MANIFEST"
 nfiles=0
 while IFS= read -r -d '' -u 3 abs && IFS= read -r -d '' -u 3 rel && IFS= read -r -d '' -u 3 key &&
-  IFS= read -r -d '' -u 3 size && IFS= read -r -d '' -u 3 mtime_ns; do
+  IFS= read -r -d '' -u 3 size && IFS= read -r -d '' -u 3 mtime_ns && IFS= read -r -d '' -u 3 dev &&
+  IFS= read -r -d '' -u 3 ino; do
   target="s3://${SSM_Bucket}/${key}"
-  py sums hash "$abs"
+  chosen=("$abs" "$size" "$mtime_ns" "$dev" "$ino") # the file as selection saw it (lstat)
+  py sums hash "${chosen[@]}"
   sha256_hex=${sums%% *}
   if ((size <= part_size)); then
     log "uploading ${rel} (${size} bytes) to ${target}"
@@ -558,7 +686,7 @@ while IFS= read -r -d '' -u 3 abs && IFS= read -r -d '' -u 3 rel && IFS= read -r
     while ((offset < size)); do
       length=$((size - offset))
       ((length <= this_part)) || length=$this_part
-      py part_sums part "$abs" "$offset" "$length" "$WORK/part"
+      py part_sums part "${chosen[@]}" "$offset" "$length" "$WORK/part"
       aws_s3 "$WORK/resp.json" "uploading part ${part_number} of ${nparts} of ${abs} to ${target}" \
         upload-part --bucket="$SSM_Bucket" --key="$key" --upload-id="$MPU_ID" --part-number="$part_number" \
         --body="$WORK/part" --checksum-algorithm=SHA256 --checksum-sha256="${part_sums#* }"
@@ -574,7 +702,7 @@ while IFS= read -r -d '' -u 3 abs && IFS= read -r -d '' -u 3 rel && IFS= read -r
     MPU_ID=""
     parts=$nparts
   fi
-  py py_out record "$WORK/files.jsonl" "$WORK/resp.json" "$abs" "$rel" "$key" "$size" "$mtime_ns" "$sha256_hex" "$checksum" "$parts"
+  py py_out record "$WORK/files.jsonl" "$WORK/resp.json" "$abs" "$rel" "$key" "$size" "$mtime_ns" "$dev" "$ino" "$sha256_hex" "$checksum" "$parts"
   nfiles=$((nfiles + 1))
 done 3<"$WORK/plan"
 ((nfiles > 0)) || fail NoCheckpoint "the chosen checkpoint holds no files" "$EX_NOCKPT"

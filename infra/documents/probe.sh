@@ -9,11 +9,17 @@
 #   Effect  None: read-only, no network, no signals. Reads at most the last 10 MiB of the log.
 #   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
 #             {"probe":1,"pid":{"state":S,"pid":N|null},"log":{"state":L}}
-#           S: not_configured | missing | unreadable | running | exited
+#           S: not_configured | missing | unreadable | running | exited | unverified
+#              running = the pid is alive (not a zombie) and can be the trainer that wrote the PID file: not
+#              PID 1, this script or its parent; where /proc is mounted, also running as the PID file's owner
+#              (real uid; any uid if root owns the file) and started no later than 2 s after the file's
+#              mtime. unverified = alive but failing that (a reused pid, or the trainer seen through a
+#              clock stepped forward): unknown, never read as exited (the reason goes to stderr).
 #           L: not_configured | missing | unreadable | matched | not_matched
 #           or, for invalid parameters, {"probe":1,"error":"InvalidParameter","message":"..."}.
 #   Exit    0 for every probe result; 64 for invalid or missing parameters.
-#   Needs   bash >= 4.2 and coreutils (head, tail, timeout) and grep. No python, no AWS CLI.
+#   Needs   bash >= 4.2, coreutils (head, tail, timeout, stat), grep, getconf (else CLK_TCK 100). No python,
+#           no AWS CLI.
 [ -n "${BASH_VERSION:-}" ] || { printf '%s\n' '{"probe":1,"error":"InvalidParameter","message":"probe.sh must be run by bash"}'; exit 64; }
 set -euo pipefail
 export LC_ALL=C
@@ -70,7 +76,17 @@ if [[ -n $SSM_PidFile ]]; then
     echo "probe: ${SSM_PidFile} is not readable or does not hold a process id" >&2
   else
     pid_json=$pid
-    if pid_alive "$pid"; then pid_state=running; else pid_state=exited; fi
+    trainer_rc=0
+    pid_is_trainer "$pid" "$SSM_PidFile" || trainer_rc=$?
+    if ((trainer_rc == 0)); then
+      pid_state=running
+    elif ((trainer_rc == 2)); then
+      # Alive but not provably the trainer (a reused pid, or a stepped clock): unknown, never "exited".
+      pid_state=unverified
+      echo "probe: pid ${pid} from ${SSM_PidFile} is alive but cannot be shown to be the trainer (${PID_WHY})" >&2
+    else
+      pid_state=exited
+    fi
   fi
 fi
 

@@ -64,7 +64,8 @@ def probe_verdicts(config: InstanceConfig, facts: CompletionFacts) -> list[Signa
                 )
             )
         else:
-            out.append(SignalVerdict(signal="pid", verdict="inconclusive", reason=f"PID file {config.pid_file} is {state}"))
+            why = "names a live process that cannot be shown to be the trainer" if state == "unverified" else f"is {state}"
+            out.append(SignalVerdict(signal="pid", verdict="inconclusive", reason=f"PID file {config.pid_file} {why}"))
     if config.log_file is not None:
         log = probe.log
         state = log.state if log else "unreadable"

@@ -137,7 +137,8 @@ class MarkerFact(Frozen):
 
 
 class PidState(Frozen):
-    state: Literal["running", "exited", "missing", "unreadable", "not_configured"]
+    state: Literal["running", "exited", "missing", "unreadable", "unverified", "not_configured"]
+    """``unverified``: a live process that cannot be shown to be the trainer (reused pid or stepped clock)."""
     pid: int | None = None
 
 

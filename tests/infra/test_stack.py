@@ -362,6 +362,13 @@ def _documents(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v["Properties"] for k, v in of_type(raw, "AWS::SSM::Document").items()}
 
 
+def test_documents_fit_the_ssm_content_limit(synthesized: Any) -> None:
+    # SSM Command documents may hold at most 64 KB of content; the checkpoint script grows with hardening.
+    for logical, props in _documents(synthesized.raw).items():
+        size = len(json.dumps(props["Content"]).encode())
+        assert size <= 64 * 1024, f"{logical}: {size} bytes of content"
+
+
 def test_documents_are_schema_2_2_command_documents(synthesized: Any) -> None:
     synthesized.template.resource_count_is("AWS::SSM::Document", 2)
     synthesized.template.all_resources_properties(

@@ -180,6 +180,41 @@ def start_trainer(
     return proc, pid_file, counter
 
 
+WHY_NOT_TRAINER = {  # the reason the scripts log
+    "started-after-pid-file": "pid {pid} started ",  # about 600 s after the PID file was last written
+    "other-owner": "pid {pid} runs as uid 0, but ",
+    "pid-1": "pid 1 is init",
+    "script-parent": "pid {pid} is this script or its parent",
+}
+
+
+def untrusted_pid_file(
+    kind: str, tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> tuple[Path, int, subprocess.Popen[bytes] | None]:
+    """A PID file naming a live process that is not the trainer. Returns the file, the pid and the process (if ours)."""
+    pid_file = tmp_path / "train.pid"
+    if kind == "pid-1":
+        pid_file.write_text("1\n")
+        return pid_file, 1, None
+    if kind == "script-parent":  # the script's parent: this test process
+        pid_file.write_text(f"{os.getpid()}\n")
+        return pid_file, os.getpid(), None
+    if kind == "other-owner" and os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    children.append(sleeper)
+    pid_file.write_text(f"{sleeper.pid}\n")
+    if kind == "started-after-pid-file":
+        # The trainer wrote this file 10 minutes ago and exited; its pid now belongs to the sleeper.
+        old = time.time() - 600
+        os.utime(pid_file, (old, old))
+    elif kind == "other-owner":
+        os.chown(pid_file, 65534, 65534)  # the sleeper runs as root
+    else:
+        raise AssertionError(kind)
+    return pid_file, sleeper.pid, sleeper
+
+
 # --- probe.sh ------------------------------------------------------------------------------------------
 
 
@@ -208,6 +243,20 @@ def test_probe_pid_running_then_exited(base_env: dict[str, str], tmp_path: Path,
     assert out["pid"] == {"state": "exited", "pid": sleeper.pid}
 
 
+def test_probe_trusts_a_root_owned_pid_file_naming_another_users_process(
+    base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """A root launcher (user data, start-stop-daemon --chuid) writes the PID of a trainer that runs as another user."""
+    if os.geteuid() != 0:
+        pytest.skip("starting a process as another uid needs root")
+    trainer = subprocess.Popen(["sleep", "30"], user=65534)
+    children.append(trainer)
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(f"{trainer.pid}\n")  # owned by root
+    _, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
+    assert out["pid"] == {"state": "running", "pid": trainer.pid}
+
+
 def test_probe_zombie_counts_as_exited(base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]) -> None:
     zombie = subprocess.Popen(["true"])  # not waited for: stays a zombie
     children.append(zombie)
@@ -216,6 +265,18 @@ def test_probe_zombie_counts_as_exited(base_env: dict[str, str], tmp_path: Path,
     pid_file.write_text(str(zombie.pid))
     _, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
     assert out["pid"] == {"state": "exited", "pid": zombie.pid}
+
+
+@pytest.mark.parametrize("kind", ["started-after-pid-file", "other-owner", "pid-1", "script-parent"])
+def test_probe_live_process_that_is_not_the_trainer_is_unverified_never_exited(
+    base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]], kind: str
+) -> None:
+    """Alive, but not provably the process that wrote the PID file (a reused pid, or a stepped clock)."""
+    pid_file, pid, _ = untrusted_pid_file(kind, tmp_path, children)
+    proc, out = run(PROBE, probe_env(base_env, pid_file=str(pid_file)))
+    assert proc.returncode == 0
+    assert out["pid"] == {"state": "unverified", "pid": pid}
+    assert f"cannot be shown to be the trainer ({WHY_NOT_TRAINER[kind].format(pid=pid)}" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -505,7 +566,7 @@ def test_checkpoint_fails_when_trainer_ignores_the_signal(
 @pytest.mark.parametrize("pid_state", ["not_running", "pid_file_missing", "pid_file_unreadable"])
 def test_checkpoint_trainer_not_signalled(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, pid_state: str) -> None:
     ckdir = tmp_path / "ck"
-    write(ckdir / "last.ckpt", b"weights")
+    write(ckdir / "epoch=2-step=120.ckpt", b"weights")  # PyTorch Lightning's name: "step=" is not "step-"
     pid_file = tmp_path / "train.pid"
     if pid_state == "not_running":
         pid_file.write_text(str(exited_pid()))
@@ -514,14 +575,46 @@ def test_checkpoint_trainer_not_signalled(s3: Any, bucket: str, base_env: dict[s
     env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file))
     proc, out = run(CHECKPOINT, env)
     assert proc.returncode == 0, proc.stderr
-    assert (out["trainer"], out["checkpoint"], out["step"], out["files"]) == (pid_state, "last.ckpt", None, 1)
-    assert f"{env['SSM_UploadPrefix']}last.ckpt" in keys(s3, bucket)
+    assert (out["trainer"], out["checkpoint"], out["step"], out["files"]) == (pid_state, "epoch=2-step=120.ckpt", 120, 1)
+    assert f"{env['SSM_UploadPrefix']}epoch=2-step=120.ckpt" in keys(s3, bucket)
 
 
-@pytest.mark.parametrize("layout", ["missing-dir", "only-incomplete"])
+@pytest.mark.parametrize("kind", ["started-after-pid-file", "other-owner", "pid-1"])
+def test_checkpoint_does_not_signal_a_process_that_is_not_the_trainer(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]], kind: str
+) -> None:
+    """The PID file names a live process that cannot be shown to be the trainer: never signal it, and since
+    the trainer's state is unknown, upload nothing (TrainerUnverified)."""
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-3.pt", b"weights")
+    pid_file, pid, sleeper = untrusted_pid_file(kind, tmp_path, children)
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file), GraceSeconds="2")
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 65, proc.stderr
+    assert (out["result"], out["error"]) == ("failed", "TrainerUnverified")
+    assert WHY_NOT_TRAINER[kind].format(pid=pid) in out["message"]
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    if sleeper is not None:
+        assert sleeper.poll() is None, "a process that is not the trainer was signalled"
+
+
+@pytest.mark.parametrize("layout", ["missing-dir", "empty-dir", "only-incomplete", "no-step-number"])
 def test_checkpoint_without_a_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, layout: str) -> None:
     ckdir = tmp_path / "ck"
-    if layout == "only-incomplete":
+    if layout == "empty-dir":
+        ckdir.mkdir()
+    elif layout == "no-step-number":
+        t0 = time.time() - 3600
+        write(ckdir / "latest", b"global_step100", t0 + 6)  # DeepSpeed's pointer file
+        write(ckdir / "runs" / "Jan01_host" / "events.out.tfevents.1700000000.host.1.0", b"x", t0 + 5)
+        os.utime(ckdir / "runs", (t0 + 5, t0 + 5))
+        write(ckdir / "zero_to_fp32.py", b"# DeepSpeed recovery script", t0 + 4)
+        write(ckdir / "final.pt", b"x", t0 + 3)
+        write(ckdir / "model.safetensors", b"x", t0 + 2)
+        write(ckdir / "config.json", b"{}", t0 + 1)
+    elif layout == "only-incomplete":
         write(ckdir / "model.pt.tmp", b"x")
         write(ckdir / "model.pt.part", b"x")
         write(ckdir / "notes~", b"x")
@@ -536,6 +629,155 @@ def test_checkpoint_without_a_checkpoint(s3: Any, bucket: str, base_env: dict[st
     assert out["result"] == "failed" and out["error"] == "NoCheckpoint"
     assert str(ckdir) in out["message"]
     assert keys(s3, bucket) == []
+    message = out["message"]
+    if layout == "no-step-number":  # the newest five, newest first, so that the user can act
+        listed = ", ".join(
+            f"{name} (no step number in the name)" for name in ["latest", "runs", "zero_to_fp32.py", "final.pt", "model.safetensors"]
+        )
+        assert listed in message and "and 1 more" in message and "config.json" not in message
+    elif layout == "only-incomplete":
+        assert (
+            message.count(" (temporary name)")
+            + message.count(" (symbolic link)")
+            + message.count(" (it contains ")
+            + message.count(" (it holds no files)")
+            == 5
+        )
+        assert "and 2 more" in message
+
+
+@pytest.mark.parametrize("layout", ["deepspeed-latest", "hf-runs", "orbax-tmp", "inner-orbax-tmp", "tmp-checkpoint", "mkstemp"])
+def test_checkpoint_ignores_newer_entries_that_are_not_checkpoints(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, layout: str
+) -> None:
+    """Only a name that carries a step number and does not look temporary is a checkpoint, however new the rest."""
+    ckdir = tmp_path / "ck"
+    t0 = time.time() - 3600
+    if layout == "deepspeed-latest":
+        name, step, files = "global_step100", 100, {"mp_rank_00_model_states.pt": b"weights"}
+    elif layout == "hf-runs":
+        name, step, files = "checkpoint-500", 500, {"model.safetensors": b"weights"}
+    else:
+        name, step, files = "step-000100", 100, {"default/d/0123abcd": b"weights"}
+    for rel, data in files.items():
+        write(ckdir / name / rel, data)
+    set_tree_mtime(ckdir / name, t0)
+    if layout == "deepspeed-latest":
+        write(ckdir / "zero_to_fp32.py", b"# recovery script", t0 + 10)  # "32" is not a step number
+        write(ckdir / "latest", b"global_step100", t0 + 20)
+    elif layout == "hf-runs":
+        write(ckdir / "runs" / "Jan01_host" / "events.out.tfevents.1700000000.host.1.0", b"tensorboard", t0 + 20)
+        set_tree_mtime(ckdir / "runs", t0 + 20)
+    elif layout == "orbax-tmp":
+        write(ckdir / "step-000200.orbax-checkpoint-tmp-1234" / "_CHECKPOINT_METADATA", b"{}", t0 + 20)
+        set_tree_mtime(ckdir / "step-000200.orbax-checkpoint-tmp-1234", t0 + 20)
+    elif layout == "inner-orbax-tmp":
+        write(ckdir / "step-000200" / "_CHECKPOINT_METADATA", b"{}")
+        write(ckdir / "step-000200" / "default.orbax-checkpoint-tmp-1700000000" / "d" / "0123abcd", b"half")
+        set_tree_mtime(ckdir / "step-000200", t0 + 20)
+    elif layout == "tmp-checkpoint":
+        write(ckdir / "tmp-checkpoint-300" / "model.safetensors", b"half written")
+        set_tree_mtime(ckdir / "tmp-checkpoint-300", t0 + 20)
+    elif layout == "mkstemp":
+        write(ckdir / "tmpk2j3_x9q", b"half written", t0 + 20)
+    env = checkpoint_env(base_env, bucket, ckdir)
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert (out["checkpoint"], out["step"], out["files"]) == (name, step, len(files))
+    prefix = env["SSM_UploadPrefix"]
+    assert keys(s3, bucket) == sorted([env["SSM_ManifestKey"]] + [f"{prefix}{name}/{rel}" for rel in files])
+    assert read_manifest(s3, bucket, env)["step"] == step
+
+
+@pytest.mark.parametrize("how", ["dir-is-symlink", "parent-is-symlink"])
+def test_checkpoint_refuses_a_symlinked_checkpoint_dir(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, how: str) -> None:
+    """A checkpoint-dir that leads elsewhere through a symbolic link would upload whatever is there (as root)."""
+    secrets = tmp_path / "root" / "secrets"
+    write(secrets / "key-1" / "id_ed25519", b"PRIVATE KEY")
+    write(secrets / "token-2.txt", b"TOKEN")
+    if how == "dir-is-symlink":
+        ckdir = tmp_path / "ck"
+        ckdir.symlink_to(secrets)
+    else:
+        (tmp_path / "data").symlink_to(tmp_path / "root")
+        ckdir = tmp_path / "data" / "secrets"
+
+    proc, out = run(CHECKPOINT, checkpoint_env(base_env, bucket, ckdir))
+
+    assert proc.returncode == 66, proc.stderr
+    assert out["result"] == "failed" and out["error"] == "NoCheckpoint"
+    assert out["message"].startswith(f"checkpoint-dir {ckdir} is or passes through a symbolic link (to {secrets})")
+    assert keys(s3, bucket) == []
+
+
+def write_shim(fake_bin: Path, name: str, real: str, condition: str, action: str) -> None:
+    """An executable NAME on PATH that runs REAL with its arguments, then ACTION (bash) when CONDITION holds."""
+    fake_bin.mkdir(exist_ok=True)
+    shim = fake_bin / name
+    shim.write_text(f'#!/usr/bin/env bash\n"{real}" "$@"\nrc=$?\nif {condition}; then {action}; fi\nexit $rc\n')
+    shim.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "swap", ["file-to-symlink", "dir-to-symlink", "file-replaced", "multipart-file-to-symlink", "replaced-during-upload"]
+)
+def test_checkpoint_refuses_files_swapped_after_selection(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, swap: str
+) -> None:
+    """A file (or directory) of the chosen checkpoint replaced after the choice is not uploaded through the swap."""
+    ckdir = tmp_path / "ck"
+    step = ckdir / "step-100"
+    write(step / "model.bin", b"weights")  # uploaded first: "model.bin" < "sub/extra.bin"
+    write(step / "sub" / "extra.bin", b"extra")
+    secrets = tmp_path / "secrets"
+    write(secrets / "model.bin", b"SECRETS")  # same size as model.bin
+    write(secrets / "extra.bin", b"SECRET")
+    fake_bin = tmp_path / "bin"
+    real_python = str(VENV_BIN / "python3")
+    after_select = "[[ ${4:-} == select && $rc == 0 ]]"  # python3 -I -c CODE select ...
+    if swap == "file-to-symlink":
+        write_shim(
+            fake_bin,
+            "python3",
+            real_python,
+            after_select,
+            f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"',
+        )
+    elif swap == "multipart-file-to-symlink":  # after hashing, before the first part is read
+        write(step / "model.bin", os.urandom(6 * MIB))
+        write(secrets / "model.bin", b"SECRET" * MIB)
+        after_hash = "[[ ${4:-} == hash && $rc == 0 ]]"
+        swap_action = f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"'
+        write_shim(fake_bin, "python3", real_python, after_hash, swap_action)
+    elif swap == "dir-to-symlink":
+        write_shim(fake_bin, "python3", real_python, after_select, f'mv "{step}/sub" "{tmp_path}/aside" && ln -s "{secrets}" "{step}/sub"')
+    elif swap == "file-replaced":
+        write_shim(
+            fake_bin,
+            "python3",
+            real_python,
+            after_select,
+            f'cp "{secrets}/model.bin" "{step}/w.new" && mv -f "{step}/w.new" "{step}/model.bin"',
+        )
+    else:  # after its upload, model.bin is a different file with the same size and mtime
+        put_weights = '[[ " $* " == *" put-object "* && " $* " == *"/model.bin "* ]]'
+        same_size_and_mtime = f'cp "{secrets}/model.bin" "{step}/w.new" && touch -r "{step}/model.bin" "{step}/w.new"'
+        write_shim(fake_bin, "aws", str(VENV_BIN / "aws"), put_weights, f'{same_size_and_mtime} && mv -f "{step}/w.new" "{step}/model.bin"')
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+    env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    for key in keys(s3, bucket):
+        assert b"SECRET" not in s3.get_object(Bucket=bucket, Key=key)["Body"].read(), f"{key} holds the secret"
+    assert proc.returncode == 67, proc.stderr
+    assert out["result"] == "failed" and out["error"] == "UploadFailed"
+    assert "changed during the checkpoint" in out["message"]
+    assert env["SSM_ManifestKey"] not in keys(s3, bucket)
+    assert_no_temp_left(env)
 
 
 @pytest.mark.parametrize(
@@ -603,7 +845,7 @@ def test_checkpoint_bucket_does_not_exist(base_env: dict[str, str], tmp_path: Pa
 def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
     """A part that fails to upload aborts the multipart upload, and no manifest is written."""
     ckdir = tmp_path / "ck"
-    write(ckdir / "big.bin", os.urandom(6 * MIB))
+    write(ckdir / "step-3.bin", os.urandom(6 * MIB))
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     real_aws = VENV_BIN / "aws"

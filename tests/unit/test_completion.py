@@ -53,7 +53,13 @@ def test_unchecked_marker_is_inconclusive() -> None:
 
 @pytest.mark.parametrize(
     "pid,verdict",
-    [("exited", "complete"), ("running", "not_complete"), ("missing", "inconclusive"), ("unreadable", "inconclusive")],
+    [
+        ("exited", "complete"),
+        ("running", "not_complete"),
+        ("missing", "inconclusive"),
+        ("unreadable", "inconclusive"),
+        ("unverified", "inconclusive"),  # a live process that may be the trainer is never read as exited
+    ],
 )
 def test_pid_file_signal(pid: str, verdict: str) -> None:
     d = decide_completion(config(pid_file="/run/t.pid"), CompletionFacts(probe=probe(pid=pid)))
