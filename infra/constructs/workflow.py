@@ -110,6 +110,12 @@ class LifecycleStateMachine(Construct):
         state.next(self._finish)
         return state
 
+    def _on_error(self, task: sfn.TaskStateBase, name: str, outcome: str, what: str, **outcome_options: bool) -> None:
+        """Catch every error of ``task`` (after its retries) into the outcome Pass ``name``; the reason is
+        ``"<what>: <the error's cause>"`` and the error object is kept at ``$.error``."""
+        reason = f"States.Format('{what}: {{}}', $.error.Cause)"
+        task.add_catch(self._outcome(name, outcome, reason, **outcome_options), errors=["States.ALL"], result_path="$.error")
+
     def _poll_loop(self, label: str, wait_name: str, task: sfn.TaskStateBase, until: Callable[[sfn.Wait, str], sfn.Choice]) -> sfn.Chain:
         """``Start <label> polls`` → Wait → ``task`` → ``Count <label> polls`` → the Choice ``until(wait, counter)``
         builds; the counter (``$.<label>_polls.n``) lets that Choice bound the loop."""
@@ -148,16 +154,7 @@ class LifecycleStateMachine(Construct):
 
     def _build_evaluate(self, evaluate: lambda_.IFunction, on_complete: sfn.IChainable) -> sfn.IChainable:
         task = self._lambda("Evaluate completion", evaluate, {"input.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.evaluation")
-        task.add_catch(
-            self._outcome(
-                "Evaluation failed",
-                c.OUTCOME_INCONCLUSIVE,
-                "States.Format('Evaluate completion failed: {}', $.error.Cause)",
-                known_instance=False,
-            ),
-            errors=["States.ALL"],
-            result_path="$.error",
-        )
+        self._on_error(task, "Evaluation failed", c.OUTCOME_INCONCLUSIVE, "Evaluate completion failed", known_instance=False)
         decision = "$.evaluation.decision"
         route = (
             sfn.Choice(self, "Run complete?")
@@ -207,13 +204,7 @@ class LifecycleStateMachine(Construct):
             result_path="$.command",
         )
         send.add_retry(errors=SSM_THROTTLED, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
-        send.add_catch(
-            self._outcome(
-                "Checkpoint command not sent", c.OUTCOME_CHECKPOINT_FAILED, "States.Format('SendCommand failed: {}', $.error.Cause)"
-            ),
-            errors=["States.ALL"],
-            result_path="$.error",
-        )
+        self._on_error(send, "Checkpoint command not sent", c.OUTCOME_CHECKPOINT_FAILED, "SendCommand failed")
         get = tasks.CallAwsService(
             self,
             "Get command invocation",
@@ -233,14 +224,11 @@ class LifecycleStateMachine(Construct):
         # Read-only: retrying any failure is safe, and InvocationDoesNotExist is normal for a few seconds
         # after SendCommand.
         get.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
-        get.add_catch(
-            self._outcome(
-                "Checkpoint status unknown",
-                c.OUTCOME_CHECKPOINT_FAILED,
-                "States.Format('GetCommandInvocation failed, so the checkpoint is not known to be saved: {}', $.error.Cause)",
-            ),
-            errors=["States.ALL"],
-            result_path="$.error",
+        self._on_error(
+            get,
+            "Checkpoint status unknown",
+            c.OUTCOME_CHECKPOINT_FAILED,
+            "GetCommandInvocation failed, so the checkpoint is not known to be saved",
         )
 
         def finished(wait: sfn.Wait, counter: str) -> sfn.Choice:
@@ -262,13 +250,7 @@ class LifecycleStateMachine(Construct):
             {"evaluation.$": "$.evaluation", "invocation.$": "$.invocation", "execution_name.$": "$$.Execution.Name"},
             "$.verification",
         )
-        task.add_catch(
-            self._outcome(
-                "Verification error", c.OUTCOME_UPLOAD_UNVERIFIED, "States.Format('Verify checkpoint failed: {}', $.error.Cause)"
-            ),
-            errors=["States.ALL"],
-            result_path="$.error",
-        )
+        self._on_error(task, "Verification error", c.OUTCOME_UPLOAD_UNVERIFIED, "Verify checkpoint failed")
         route = (
             sfn.Choice(self, "Checkpoint verified?")
             .when(sfn.Condition.boolean_equals("$.verification.verified", True), on_verified)
@@ -285,11 +267,7 @@ class LifecycleStateMachine(Construct):
     def _build_stop(self, stop: lambda_.IFunction) -> sfn.IChainable:
         config = self._config
         task = self._lambda("Stop instance", stop, {"evaluation.$": "$.evaluation", "verification.$": "$.verification"}, "$.stop")
-        task.add_catch(
-            self._outcome("Stop error", c.OUTCOME_STOP_FAILED, "States.Format('Stop instance failed: {}', $.error.Cause)"),
-            errors=["States.ALL"],
-            result_path="$.error",
-        )
+        self._on_error(task, "Stop error", c.OUTCOME_STOP_FAILED, "Stop instance failed")
         describe = tasks.CallAwsService(
             self,
             "Describe instance",
@@ -301,15 +279,12 @@ class LifecycleStateMachine(Construct):
             result_path="$.instance",
         )
         describe.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
-        describe.add_catch(
-            self._outcome(
-                "Stop not confirmed",
-                c.OUTCOME_STOP_FAILED,
-                "States.Format('the stop call was accepted but DescribeInstances failed: {}', $.error.Cause)",
-                checkpoint=True,
-            ),
-            errors=["States.ALL"],
-            result_path="$.error",
+        self._on_error(
+            describe,
+            "Stop not confirmed",
+            c.OUTCOME_STOP_FAILED,
+            "the stop call was accepted but DescribeInstances failed",
+            checkpoint=True,
         )
         which = sfn.Choice(self, "Which action?")
         for outcome in (c.OUTCOME_STOPPED, c.OUTCOME_HIBERNATED, c.OUTCOME_TERMINATED):

@@ -19,10 +19,12 @@ import pytest
 
 from infra.constructs.documents import CHECKPOINT_PARAMETERS, PROBE_PARAMETERS, command_content
 from local.agent import AgentFleet, SimulatedInstance
-from local.aws import LocalAws
+from local.aws import LambdaContext, LocalAws
 from tests.conftest import function_env
 
 BUCKET = "ckpt-bucket"
+CTX = LambdaContext(function_name="t", invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:t", aws_request_id="r")
+"""The Lambda context handlers get in these tests (the local runtime's stand-in for the real one)."""
 
 
 @dataclass

@@ -15,18 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from infra.constructs.documents import CHECKPOINT_PARAMETERS, command_content
-from tests.integration.conftest import BUCKET, World, dead_pid
-
-CTX = type(
-    "Ctx",
-    (),
-    {
-        "function_name": "t",
-        "memory_limit_in_mb": 128,
-        "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t",
-        "aws_request_id": "r",
-    },
-)()
+from tests.integration.conftest import BUCKET, CTX, World, dead_pid
 
 # Every parameter the deployed checkpoint document declares, with its allowedPattern (executionTimeout is
 # added by command_content because the document's timeout is a parameter).

@@ -11,18 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from local.agent import SimulatedInstance
-from tests.integration.conftest import BUCKET, World
-
-CTX = type(
-    "Ctx",
-    (),
-    {
-        "function_name": "t",
-        "memory_limit_in_mb": 128,
-        "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t",
-        "aws_request_id": "r",
-    },
-)()
+from tests.integration.conftest import BUCKET, CTX, World
 
 
 def tags(run: str, **extra: str) -> dict[str, str]:

@@ -10,18 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import BUCKET, World, dead_pid
-
-CTX = type(
-    "Ctx",
-    (),
-    {
-        "function_name": "t",
-        "memory_limit_in_mb": 128,
-        "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t",
-        "aws_request_id": "r",
-    },
-)()
+from tests.integration.conftest import BUCKET, CTX, World, dead_pid
 
 
 def scheduled_event() -> dict[str, Any]:

@@ -21,18 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import BUCKET, World
+from tests.integration.conftest import BUCKET, CTX, World
 
-CTX = type(
-    "Ctx",
-    (),
-    {
-        "function_name": "t",
-        "memory_limit_in_mb": 128,
-        "invoked_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:t",
-        "aws_request_id": "r",
-    },
-)()
 MIB = 1024 * 1024
 PENDING = ("Pending", "InProgress", "Delayed")
 INVOCATION_FIELDS = ("Status", "StatusDetails", "ResponseCode", "StandardOutputContent", "StandardErrorContent")
