@@ -75,14 +75,12 @@ class LambdaInvocations:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eventbridge")
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
-        self.calls: list[dict[str, Any]] = []
         self.errors: list[str] = []
 
     def invoke(self, handler: str, event: Any, function_name: str, function_arn: str) -> tuple[Any, bool]:
         """Import ``module.function`` from ``lambdas/`` and call it; returns (result, errored)."""
         module_name, func_name = handler.rsplit(".", 1)
         context = LambdaContext(function_name=function_name, invoked_function_arn=function_arn, aws_request_id=str(uuid.uuid4()))
-        self.calls.append({"function": function_name, "handler": handler})
         try:
             result = getattr(importlib.import_module(module_name), func_name)(event, context)
             return result, False
@@ -262,9 +260,3 @@ def _quiet(name: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
-
-
-@contextmanager
-def local_aws(**kwargs: Any) -> Iterator[LocalAws]:
-    with LocalAws(**kwargs) as aws:
-        yield aws

@@ -10,8 +10,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,9 +252,3 @@ class LocalControlPlane:
             for m in msgs:
                 out.append(json.loads(m["Body"]))
                 sqs.delete_message(QueueUrl=self.deployment.notifications_queue_url, ReceiptHandle=m["ReceiptHandle"])
-
-
-@contextmanager
-def control_plane(**kwargs: Any) -> Iterator[LocalControlPlane]:
-    with LocalControlPlane(**kwargs) as cp:
-        yield cp

@@ -86,7 +86,7 @@ def evaluate(event: dict[str, Any], *, ec2: Any, evaluator: Evaluator, now: date
             now,
         )
     logger.append_keys(instance_id=lifecycle.instance_id, run_id=lifecycle.run_id)
-    if not EXECUTION_NAME_RE.match(execution):
+    if not EXECUTION_NAME_RE.fullmatch(execution):
         return _ended(
             Evaluation(
                 instance_id=lifecycle.instance_id,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from shared import constants as c
 from shared.models import InstanceSnapshot
 
@@ -40,8 +42,6 @@ def opted_in_candidates(ec2: Any, prefix: str, states: Iterable[str] = ("running
 
 def describe_instance(ec2: Any, instance_id: str) -> InstanceSnapshot | None:
     """One instance, or None when EC2 does not know it (InvalidInstanceID.NotFound)."""
-    from botocore.exceptions import ClientError
-
     try:
         resp = ec2.describe_instances(InstanceIds=[instance_id])
     except ClientError as exc:

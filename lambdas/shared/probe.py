@@ -23,7 +23,6 @@ from shared.errors import error_code
 from shared.models import LogState, PidState, ProbeResult
 
 TERMINAL_FAILURES = {"Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated", "Cancelling"}
-PENDING = {"Pending", "InProgress", "Delayed"}
 
 
 def chunks(items: Sequence[str], size: int = c.SSM_BATCH_SIZE) -> Iterator[list[str]]:
