@@ -110,6 +110,11 @@ class LifecycleStateMachine(Construct):
         state.next(self._finish)
         return state
 
+    @staticmethod
+    def _retry_read_only(task: sfn.TaskStateBase) -> None:
+        """A read-only AWS call may be retried on any failure: repeating it changes nothing."""
+        task.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+
     def _on_error(self, task: sfn.TaskStateBase, name: str, outcome: str, what: str, **outcome_options: bool) -> None:
         """Catch every error of ``task`` (after its retries) into the outcome Pass ``name``; the reason is
         ``"<what>: <the error's cause>"`` and the error object is kept at ``$.error``."""
@@ -221,9 +226,7 @@ class LifecycleStateMachine(Construct):
             },
             result_path="$.invocation",
         )
-        # Read-only: retrying any failure is safe, and InvocationDoesNotExist is normal for a few seconds
-        # after SendCommand.
-        get.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+        self._retry_read_only(get)  # InvocationDoesNotExist is normal for a few seconds after SendCommand
         self._on_error(
             get,
             "Checkpoint status unknown",
@@ -278,7 +281,7 @@ class LifecycleStateMachine(Construct):
             result_selector={"state.$": "$.Reservations[0].Instances[0].State.Name"},
             result_path="$.instance",
         )
-        describe.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+        self._retry_read_only(describe)
         self._on_error(
             describe,
             "Stop not confirmed",
