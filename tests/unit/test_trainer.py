@@ -239,15 +239,21 @@ def moto_endpoint():
     server.stop()
 
 
-def test_marker_upload(tmp_path, moto_endpoint):
+def trainer_env(endpoint):
+    """The trainer's environment: boto3 pointed at the moto server with fake credentials."""
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     env.pop("AWS_PROFILE", None)
+    return env
+
+
+def test_marker_upload(tmp_path, moto_endpoint):
+    env = trainer_env(moto_endpoint)
     s3 = boto3.client(
         "s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
     )
@@ -263,13 +269,7 @@ def test_marker_upload(tmp_path, moto_endpoint):
 
 
 def test_marker_upload_failure_exits_nonzero(tmp_path, moto_endpoint):
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = trainer_env(moto_endpoint)
     result = run_trainer(tmp_path, "--steps", 1, "--step-seconds", 0, "--marker-uri", "s3://no-such-bucket/DONE", env=env)
     assert result.returncode == 1
     assert "failed to put completion marker" in log_text(tmp_path)

@@ -12,6 +12,11 @@ TAIL_OK = ["Notify", "Outcome is a failure?", "Done"]
 TAIL_FAILED = ["Notify", "Outcome is a failure?", "Failed"]
 
 
+def trainer_args(*options: str) -> list[str]:
+    """Toy-trainer options for an instance whose checkpoint dir and PID file are the test's defaults."""
+    return ["--checkpoint-dir", "{root}/ckpt", "--pid-file", "{root}/train.pid", *options]
+
+
 def marker(cp: LocalControlPlane, run: str) -> None:
     cp.put_object(f"s3://{cp.deployment.bucket}/runs/{run}/_SUCCESS", "done")
 
@@ -93,11 +98,7 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
         completion_marker=f"s3://{cp.deployment.bucket}/runs/run-stubborn/_SUCCESS",
         grace_seconds="1",
     )
-    trainer = [
-        "--checkpoint-dir",
-        "{root}/ckpt",
-        "--pid-file",
-        "{root}/train.pid",
+    trainer = trainer_args(
         "--steps",
         "3",
         "--step-seconds",
@@ -108,7 +109,7 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
         "60",
         "--marker-uri",
         "s3://{bucket}/runs/run-stubborn/_SUCCESS",
-    ]
+    )
     iid = cp.launch_instance("stubborn", tags=tags, trainer=trainer)
     _wait_for_key(cp, "runs/run-stubborn/_SUCCESS")
     run = start_and_wait(cp, iid, "run-stubborn")
@@ -121,20 +122,7 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
 
 def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: LocalControlPlane) -> None:
     tags = base_tags("run-coop", pid_file="{root}/train.pid", completion_marker=f"s3://{cp.deployment.bucket}/runs/run-coop/_SUCCESS")
-    trainer = [
-        "--checkpoint-dir",
-        "{root}/ckpt",
-        "--pid-file",
-        "{root}/train.pid",
-        "--steps",
-        "100000",
-        "--step-seconds",
-        "0.01",
-        "--checkpoint-every",
-        "1000000",
-        "--on-signal",
-        "save-and-exit",
-    ]
+    trainer = trainer_args("--steps", "100000", "--step-seconds", "0.01", "--checkpoint-every", "1000000", "--on-signal", "save-and-exit")
     iid = cp.launch_instance("coop", tags=tags, trainer=trainer)
     marker(cp, "run-coop")  # e.g. a job scheduler declares the run finished while the trainer still runs
     run = start_and_wait(cp, iid, "run-coop")
