@@ -1,11 +1,13 @@
 """Synthesize the CDK app and "deploy" its template into moto: the resources the control plane runs on.
 
 Only what the control plane uses at run time is created: buckets (with EventBridge notifications where
-the template turns them on), SSM documents, IAM roles (moto's Lambda needs them; moto does not enforce
-IAM), Lambda functions (handlers run in-process, see :mod:`local.aws`), the state machine (its
-definition string resolved from the template, not a copy), SNS topics, SQS queues and EventBridge rules
-with their targets. Log groups, policies, permissions and CDK's custom resources have no effect in moto
-and are skipped. Physical names are fixed up front, so references resolve in any order.
+the template turns them on), DynamoDB tables (key schema and on-demand billing; point-in-time recovery
+and encryption settings have no effect in moto and are not applied), SSM documents (any number), IAM
+roles (moto's Lambda needs them; moto does not enforce IAM), Lambda functions (handlers run in-process,
+see :mod:`local.aws`), the state machine (its definition string resolved from the template, not a copy),
+SNS topics, SQS queues and EventBridge rules with their targets. Log groups, policies, permissions and
+CDK's custom resources have no effect in moto and are skipped. Physical names are fixed up front, so
+references resolve in any order.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from local.aws import ACCOUNT, REGION, REPO
 SYNTH_INPUTS = ["app.py", "cdk.json", "infra", "lambdas/shared/constants.py"]
 CACHE = REPO / ".autostop-local" / "synth"
 LOCAL_BUCKET = "autostop-local-checkpoints"
+LOCAL_TABLE = "autostop-local-runs"
 
 
 def _inputs_digest() -> str:
@@ -72,6 +75,10 @@ class Deployment:
     physical: dict[str, str] = field(default_factory=dict)
     arns: dict[str, str] = field(default_factory=dict)
     bucket: str = ""
+    table: str = ""
+    """Physical name of the run records table (the DynamoDB table whose logical id contains ``Runs``)."""
+    tables: dict[str, str] = field(default_factory=dict)
+    """Table logical id to table name."""
     state_machine_arn: str = ""
     topic_arn: str = ""
     notifications_queue_url: str = ""
@@ -95,6 +102,11 @@ def _names(template: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
         if t == "AWS::S3::Bucket":
             name = LOCAL_BUCKET if "Checkpoints" in logical else f"autostop-local-{logical.lower()[:40]}"
             physical[logical], arns[logical] = name, f"arn:aws:s3:::{name}"
+        elif t == "AWS::DynamoDB::Table":
+            name = res.get("Properties", {}).get("TableName")
+            if not isinstance(name, str):  # unnamed (or named by an expression): a fixed local name
+                name = LOCAL_TABLE if "Runs" in logical else f"autostop-local-{logical.lower()[:40]}"
+            physical[logical], arns[logical] = name, f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
         elif t == "AWS::Lambda::Function":
             physical[logical], arns[logical] = logical[:64], f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{logical[:64]}"
         elif t == "AWS::IAM::Role":
@@ -168,12 +180,32 @@ def _dummy_zip() -> bytes:
     return buf.getvalue()
 
 
+def _create_table(dynamodb: Any, name: str, props: dict[str, Any]) -> None:
+    """CreateTable with the template's keys and indexes, always on-demand (PITR and SSE are not applied)."""
+    kwargs: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": props["KeySchema"],
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+        if props.get(key):
+            kwargs[key] = [{k: v for k, v in index.items() if k != "ProvisionedThroughput"} for index in props[key]]
+    if props.get("StreamSpecification"):
+        kwargs["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+    dynamodb.create_table(**kwargs)
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl and ttl.get("Enabled"):
+        dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]})
+
+
 def deploy(template: dict[str, Any], clients: Any) -> Deployment:
     """Create the template's run-time resources in moto. ``clients(service)`` returns a boto3 client."""
     physical, arns = _names(template)
     resolve = Resolver(template, physical, arns)
     dep = Deployment(template=template, physical=physical, arns=arns)
-    s3, ssm, iam, lam, sfn, sns, sqs, events = (clients(s) for s in ("s3", "ssm", "iam", "lambda", "stepfunctions", "sns", "sqs", "events"))
+    services = ("s3", "ssm", "iam", "lambda", "stepfunctions", "sns", "sqs", "events", "dynamodb")
+    s3, ssm, iam, lam, sfn, sns, sqs, events, dynamodb = (clients(s) for s in services)
     resources = template["Resources"]
     for logical, res in resources.items():
         props = res.get("Properties", {})
@@ -184,6 +216,11 @@ def deploy(template: dict[str, Any], clients: Any) -> Deployment:
                 s3.put_bucket_versioning(Bucket=physical[logical], VersioningConfiguration={"Status": "Enabled"})
             if "Checkpoints" in logical:
                 dep.bucket = physical[logical]
+        elif t == "AWS::DynamoDB::Table":
+            _create_table(dynamodb, physical[logical], props)
+            dep.tables[logical] = physical[logical]
+            if "Runs" in logical:
+                dep.table = physical[logical]
         elif t == "AWS::SSM::Document":
             ssm.create_document(
                 Name=physical[logical],
