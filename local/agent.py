@@ -5,9 +5,13 @@ processes started on it. For SendCommand the fleet does what SSM and its agent d
 * validates the document name, the parameters (unknown, missing, ``allowedPattern``) and the instance
   ids before anything is stored (``InvalidDocument`` / ``InvalidParameters`` / ``InvalidInstanceId``);
 * for each instance: Pending → InProgress → Success / Failed / TimedOut, or DeliveryTimedOut when the
-  agent is offline; the script is written to ``_script.sh`` and run as ``sh -c <path>`` (so its shebang
-  applies, as with the real agent), with every parameter as ``SSM_<Name>`` (interpolationType
-  ENV_VAR), ``AWS_SSM_INSTANCE_ID`` and ``AWS_SSM_REGION_NAME``, and the AWS CLI pointed at moto;
+  agent is not online within the delivery timeout (capped; an agent still booting after a start gets the
+  command once it is online); the script is written to ``_script.sh`` and run as ``sh -c <path>`` (so its
+  shebang applies, as with the real agent), with every parameter as ``SSM_<Name>`` (interpolationType
+  ENV_VAR), ``AWS_SSM_INSTANCE_ID`` and ``AWS_SSM_REGION_NAME``, the AWS CLI pointed at moto, and the
+  machine's ``AUTOSTOP_STATE_DIR`` (``<root>/var/lib/autostop``) and ``AUTOSTOP_BOOT_TIME`` (epoch of
+  its simulated boot), which the on-instance scripts honour in place of ``/var/lib/autostop`` and
+  ``/proc/stat``'s ``btime``;
 * keeps the first 24,000 characters of stdout and 8,000 of stderr (GetCommandInvocation) and 2,500 in
   ListCommandInvocations ``Details``, like the service.
 
@@ -39,12 +43,20 @@ then fails with ETXTBSY ("Text file busy")."""
 STDOUT_LIMIT = 24_000
 STDERR_LIMIT = 8_000
 DETAILS_LIMIT = 2_500
+SIM_MARKER = "AUTOSTOP_SIM_INSTANCE_ID"
+"""Environment variable naming the simulated instance a process runs on (how power-off finds them all)."""
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated"}
 
 
 @dataclass
 class SimulatedInstance:
-    """One EC2 instance's machine: a root folder, an agent, processes, and fault switches."""
+    """One EC2 instance's machine: a root folder (its disk), an agent, processes, and fault switches.
+
+    Powered off (StopInstances/TerminateInstances), every process on it ends and the agent goes offline;
+    powered on again (StartInstances), it keeps its disk, runs no process, and its agent (if it has one)
+    comes online ``agent_boot_seconds`` later. ``boot_time`` is the epoch second of the last (simulated)
+    boot: the scripts get it as ``AUTOSTOP_BOOT_TIME``, since the simulated machines share the host's kernel.
+    """
 
     instance_id: str
     name: str
@@ -54,26 +66,91 @@ class SimulatedInstance:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     trainer: subprocess.Popen[bytes] | None = None
     running: bool = True
+    has_agent: bool | None = None
+    """Whether an agent is installed (comes online after each boot); defaults to ``agent_online``."""
+    agent_boot_seconds: float = 2.0
+    boot_time: int = field(default_factory=lambda: int(time.time()))
+    boots: int = 1
+    """Power-ons so far (1 = the launch)."""
+
+    def __post_init__(self) -> None:
+        if self.has_agent is None:
+            self.has_agent = self.agent_online
+
+    @property
+    def state_dir(self) -> Path:
+        """``/var/lib/autostop`` on this machine (``AUTOSTOP_STATE_DIR`` for the scripts)."""
+        return self.root / "var" / "lib" / "autostop"
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` plus what every process on this machine sees: its state dir, its boot time, its id."""
+        return {
+            **base,
+            "AUTOSTOP_STATE_DIR": str(self.state_dir),
+            "AUTOSTOP_BOOT_TIME": str(self.boot_time),
+            SIM_MARKER: self.instance_id,
+        }
 
     def start_process(self, argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
         """Start a process on this instance (its own session, output to ``<root>/.sim/<log_name>``)."""
         sim = self.root / ".sim"
         sim.mkdir(parents=True, exist_ok=True)
         with SPAWN_LOCK, (sim / log_name).open("ab") as out:
-            proc = subprocess.Popen(argv, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(argv, cwd=self.root, env=self.env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
         # Reap it when it exits, so an exited trainer is not left as a zombie (init does this on a real host).
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-{self.name}").start()
         return proc
 
     def power_off(self) -> None:
-        """What StopInstances/TerminateInstances does to the machine: every process ends, the agent goes away."""
+        """What StopInstances/TerminateInstances does to the machine: every process ends, the agent goes away.
+
+        "Every process" includes those the scripts started detached in a session of their own (a resumed
+        trainer): any process whose environment names this instance or whose working directory is on its disk.
+        """
         self.running = False
         self.agent_online = False
         for proc in self.processes:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def power_on(self) -> None:
+        """What StartInstances does: the machine boots with its disk and no process; the agent follows."""
+        self.processes = []
+        self.running = True
+        self.agent_online = False
+        self.boot_time = int(time.time())
+        self.boots += 1
+        boot = self.boots
+        if self.has_agent:
+            timer = threading.Timer(self.agent_boot_seconds, self._agent_started, args=(boot,))
+            timer.daemon = True
+            timer.start()
+
+    def _agent_started(self, boot: int) -> None:
+        if self.running and self.boots == boot:
+            self.agent_online = True
+
+    def pids(self) -> list[int]:
+        """Live processes on this machine (see :meth:`power_off`), found in ``/proc``."""
+        marker = f"{SIM_MARKER}={self.instance_id}".encode()
+        root = str(self.root.resolve())
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if marker in environ or cwd == root or cwd.startswith(root + os.sep):
+                found.append(int(entry.name))
+        return found
 
 
 class InvalidRequest(Exception):
@@ -83,8 +160,17 @@ class InvalidRequest(Exception):
 class AgentFleet:
     """Installs the SSM behaviour described in the module docstring into moto (for the life of ``aws``)."""
 
-    def __init__(self, aws: LocalAws, *, delivery_timeout_cap: float = 3.0, execution_time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        aws: LocalAws,
+        *,
+        delivery_timeout_cap: float = 3.0,
+        execution_time_scale: float = 1.0,
+        agent_boot_seconds: float | None = None,
+    ) -> None:
         self.aws = aws
+        self.agent_boot_seconds = agent_boot_seconds
+        """If set, every added instance's agent takes this long to come online after a start."""
         self.instances: dict[str, SimulatedInstance] = {}
         self.delivery_timeout_cap = delivery_timeout_cap
         self.execution_time_scale = execution_time_scale
@@ -93,14 +179,22 @@ class AgentFleet:
         self._lock = threading.Lock()
         self._install()
         aws.on_instances_stopped.append(self._powered_off)
+        aws.on_instances_started.append(self._powered_on)
 
     def add(self, instance: SimulatedInstance) -> None:
+        if self.agent_boot_seconds is not None:
+            instance.agent_boot_seconds = self.agent_boot_seconds
         self.instances[instance.instance_id] = instance
 
     def _powered_off(self, ids: list[str]) -> None:
         for iid in ids:
             if iid in self.instances:
                 self.instances[iid].power_off()
+
+    def _powered_on(self, ids: list[str]) -> None:
+        for iid in ids:
+            if iid in self.instances:
+                self.instances[iid].power_on()
 
     # --- moto integration ----------------------------------------------------------------------------------
 
@@ -254,8 +348,11 @@ class AgentFleet:
         timeout: float,
         delivery: float,
     ) -> None:
-        if not (instance.agent_online and instance.running):
-            time.sleep(min(delivery, self.delivery_timeout_cap))
+        # SSM holds the command until the agent is online (it may be booting), up to the delivery timeout.
+        deadline = time.monotonic() + min(delivery, self.delivery_timeout_cap)
+        while not (instance.agent_online and instance.running) and time.monotonic() < deadline and inv["Status"] == "Pending":
+            time.sleep(0.05)
+        if not (instance.agent_online and instance.running) or inv["Status"] != "Pending":
             if inv["Status"] == "Pending":
                 inv.update(Status="DeliveryTimedOut", StatusDetails="DeliveryTimedOut")
             self._aggregate(command)
@@ -269,6 +366,7 @@ class AgentFleet:
             env["AUTOSTOP_SIM_FAULTS"] = ",".join(instance.faults)
         env.update(env_params)
         env.update({"AWS_SSM_INSTANCE_ID": instance.instance_id, "AWS_SSM_REGION_NAME": REGION, "HOME": str(instance.root)})
+        env = instance.env(env)
         started = datetime.now(UTC)
         inv.update(Status="InProgress", StatusDetails="InProgress", ExecutionStartDateTime=started.isoformat())
         with SPAWN_LOCK:
