@@ -34,7 +34,7 @@ def _run(scenario_path: Path, *, show: bool, keep: bool) -> tuple[dict[str, Any]
     print(f"autostop local: scenario {scenario.name!r} ({scenario_path.name})")
     print(f"  {scenario.description}" if scenario.description else "", end="\n" if scenario.description else "")
     print("  synthesizing the CDK app (cached after the first run) and deploying it into moto ...")
-    with LocalControlPlane(context=scenario.context or None, keep=keep) as cp:
+    with LocalControlPlane(context=scenario.context or None, keep=keep, agent_boot_seconds=scenario.agent_boot_seconds) as cp:
         kept = "" if keep else " (removed at the end; --keep keeps it)"
         print(f"  ready in {time.monotonic() - started:.1f} s; checkpoint bucket {cp.deployment.bucket}")
         print(f"  function logs (every decision and its reason): {cp.log_file}{kept}")

@@ -1,10 +1,13 @@
-"""The report of a local run: instances, executions (with their states in order), objects, notifications."""
+"""The report of a local run: instances, executions (with their states in order), objects, notifications,
+run records."""
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
+from local.aws import REGION
 from local.runtime import LocalControlPlane
 
 STATE_ENTERED = "StateEnteredEventDetails"
@@ -29,11 +32,48 @@ def outcome_of(describe: dict[str, Any]) -> tuple[str | None, dict[str, Any] | N
     return describe.get("error"), output
 
 
+def plain(value: Any) -> Any:
+    """A DynamoDB item (as the resource API returns it) as plain JSON: whole Decimals as int, sets as sorted lists."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(plain(v) for v in value)
+    if isinstance(value, bytes | bytearray):
+        return value.decode(errors="replace")
+    return value
+
+
+def run_records(cp: LocalControlPlane) -> list[dict[str, Any]]:
+    """Every item of the run records table, sorted by instance and run (empty when the stack has no table)."""
+    if not cp.deployment.table:
+        return []
+    import boto3
+
+    table = boto3.resource("dynamodb", region_name=REGION).Table(cp.deployment.table)
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"ConsistentRead": True}
+    while True:
+        page = table.scan(**kwargs)
+        items.extend(plain(i) for i in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return sorted(items, key=lambda i: (str(i.get("instance_id", "")), str(i.get("run", ""))))
+
+
 def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     ec2, sfn, s3 = cp.aws.client("ec2"), cp.aws.client("stepfunctions"), cp.aws.client("s3")
     instances = []
     for name, inst in cp.by_name.items():
         raw = ec2.describe_instances(InstanceIds=[inst.instance_id])["Reservations"][0]["Instances"][0]
+        spot = None
+        if raw.get("SpotInstanceRequestId"):
+            [request] = ec2.describe_spot_instance_requests(SpotInstanceRequestIds=[raw["SpotInstanceRequestId"]])["SpotInstanceRequests"]
+            spot = {"request_id": request["SpotInstanceRequestId"], "type": request["Type"], "state": request["State"]}
         instances.append(
             {
                 "name": name,
@@ -41,6 +81,9 @@ def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[
                 "state": raw["State"]["Name"],
                 "tags": {t["Key"]: t["Value"] for t in raw.get("Tags", [])},
                 "trainer_exit_code": inst.trainer.poll() if inst.trainer else None,
+                "launch_time": raw["LaunchTime"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "boots": inst.boots,
+                "spot": spot,
             }
         )
     executions = []
@@ -80,4 +123,9 @@ def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[
         "steps": steps or [],
         "ssm_commands": [{"document": c["document"], "instance_ids": c["instance_ids"]} for c in cp.fleet.sent],
         "function_errors": list(cp.aws.lambdas.errors),
+        "run_records": run_records(cp),
+        "ec2_events": [
+            {"time": e["time"], "detail-type": e["detail-type"], "instance-id": e["detail"]["instance-id"], "state": e["detail"]["state"]}
+            for e in cp.aws.ec2_events
+        ],
     }

@@ -12,7 +12,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -57,9 +57,17 @@ class LocalControlPlane:
     """
 
     def __init__(
-        self, *, workdir: Path | None = None, context: dict[str, Any] | None = None, log_file: Path | None = None, keep: bool = False
+        self,
+        *,
+        workdir: Path | None = None,
+        context: dict[str, Any] | None = None,
+        log_file: Path | None = None,
+        keep: bool = False,
+        agent_boot_seconds: float = 2.0,
     ) -> None:
         self._own_workdir = workdir is None and not keep
+        self.agent_boot_seconds = agent_boot_seconds
+        """How long a started instance's SSM agent takes to come online (StartInstances only; launches are online at once)."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="autostop-local-"))
         self.context = context
         self.log_file = log_file or self.workdir / "lambda.log"
@@ -71,7 +79,7 @@ class LocalControlPlane:
     def __enter__(self) -> LocalControlPlane:
         template = synthesize(self.context)
         self.aws = self._stack.enter_context(LocalAws())
-        self.fleet = AgentFleet(self.aws)
+        self.fleet = AgentFleet(self.aws, agent_boot_seconds=self.agent_boot_seconds)
         self.deployment: Deployment = deploy(template, self.aws.client)
         env = {**self.deployment.environment, **LOCAL_OVERRIDES}
         self._stack.enter_context(mock.patch.dict(os.environ, env))
@@ -130,6 +138,7 @@ class LocalControlPlane:
         *,
         tags: dict[str, str],
         market: str = "on-demand",
+        spot: str | None = None,
         agent: str = "online",
         trainer: list[str] | None = None,
         faults: list[str] | None = None,
@@ -139,7 +148,14 @@ class LocalControlPlane:
 
         ``tags`` and ``trainer`` may use ``{root}`` (the sandbox), ``{bucket}`` and ``{name}``;
         ``run_instances`` adds RunInstances parameters (e.g. ``DisableApiTermination``, ``HibernationOptions``).
+        ``spot`` (``one-time`` | ``persistent``) launches a spot instance of a request of that type
+        (interruption behaviour: terminate for one-time, stop for persistent); ``market="spot"`` alone
+        means persistent.
         """
+        if spot is None and market == "spot":
+            spot = "persistent"
+        if spot not in (None, "one-time", "persistent"):
+            raise ValueError(f"spot must be one-time, persistent or None, not {spot!r}")
         ph = self.placeholders(name)
         ph.root.mkdir(parents=True, exist_ok=True)
         ec2 = self.aws.client("ec2")
@@ -156,10 +172,13 @@ class LocalControlPlane:
             ],
         }
         kwargs.update(run_instances or {})
-        if market == "spot":
+        if spot is not None:
             kwargs["InstanceMarketOptions"] = {
                 "MarketType": "spot",
-                "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"},
+                "SpotOptions": {
+                    "SpotInstanceType": spot,
+                    "InstanceInterruptionBehavior": "stop" if spot == "persistent" else "terminate",
+                },
             }
         iid = ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"]
         inst = SimulatedInstance(instance_id=iid, name=name, root=ph.root, agent_online=agent == "online", faults=tuple(faults or ()))
@@ -171,13 +190,101 @@ class LocalControlPlane:
         return iid
 
     def wait_for_trainer_exit(self, name: str | None = None, timeout: float = 60) -> None:
-        """Block until the trainer on ``name`` (default: every instance) has exited."""
+        """Block until the trainer on ``name`` (default: every instance) has exited.
+
+        The trainer is the one launched with the instance and, after a start, the process named by the
+        instance's PID-file tag if one runs on that machine (a trainer the restore command resumed).
+        """
         names = [name] if name else list(self.by_name)
         deadline = time.monotonic() + timeout
         for n in names:
-            trainer = self.by_name[n].trainer
-            if trainer is not None:
-                trainer.wait(timeout=max(0.0, deadline - time.monotonic()))
+            inst = self.by_name[n]
+            if inst.trainer is not None:
+                inst.trainer.wait(timeout=max(0.0, deadline - time.monotonic()))
+            pid = self._resumed_trainer_pid(n)
+            while pid is not None and pid in inst.pids():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the trainer on {n} (pid {pid}) still runs after {timeout} s")
+                time.sleep(0.1)
+
+    def _resumed_trainer_pid(self, name: str) -> int | None:
+        inst = self.by_name[name]
+        if inst.boots < 2:
+            return None
+        prefix = self.deployment.environment.get("AUTOSTOP_TAG_PREFIX", "autostop")
+        pid_file = self.tags(name).get(f"{prefix}:pid-file")
+        try:
+            text = Path(pid_file).read_text().strip() if pid_file else ""
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def tags(self, name: str) -> dict[str, str]:
+        """The instance's current EC2 tags."""
+        raw = self._describe(name)
+        return {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        resp = self.aws.client("ec2").describe_instances(InstanceIds=[self.by_name[name].instance_id])
+        return dict(resp["Reservations"][0]["Instances"][0])
+
+    # --- what happens to instances (as AWS or a person would do it) ------------------------------------
+
+    def stop_instance(self, name: str) -> dict[str, Any]:
+        """StopInstances, as a person in the console: the machine powers off. Refusals are returned, not raised."""
+        return self._state_call(name, "stop_instances", "StoppingInstances")
+
+    def start_instance(self, name: str) -> dict[str, Any]:
+        """StartInstances, as a person in the console: the machine boots (new ``LaunchTime``), its agent follows."""
+        record = self._state_call(name, "start_instances", "StartingInstances")
+        record["launch_time"] = self._describe(name)["LaunchTime"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return record
+
+    def _state_call(self, name: str, operation: str, key: str) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        iid = self.by_name[name].instance_id
+        record: dict[str, Any] = {"instance": name, "id": iid}
+        try:
+            [change] = getattr(self.aws.client("ec2"), operation)(InstanceIds=[iid])[key]
+        except ClientError as exc:
+            record["error"] = f"{exc.response['Error']['Code']}: {exc.response['Error']['Message']}"
+            return record
+        record.update(previous_state=change["PreviousState"]["Name"], state=self.instance_state(name))
+        return record
+
+    def spot_interruption(self, name: str, seconds_left: int = 120, action: str = "terminate") -> dict[str, Any]:
+        """Put an "EC2 Spot Instance Interruption Warning" for ``name`` whose notice is ``120 - seconds_left`` s old.
+
+        EC2 sends it two minutes before it reclaims the instance; ``seconds_left`` < 120 simulates a notice
+        that reached the control plane late. The instance itself is not reclaimed here.
+        """
+        if not isinstance(seconds_left, int) or not 0 <= seconds_left <= 120:
+            raise ValueError(f"seconds_left must be a whole number of seconds from 0 to 120, not {seconds_left!r}")
+        if action not in ("terminate", "stop", "hibernate"):
+            raise ValueError(f"action must be terminate, stop or hibernate, not {action!r}")
+        iid = self.by_name[name].instance_id
+        when = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=120 - seconds_left)
+        event = self._put_ec2_event("EC2 Spot Instance Interruption Warning", {"instance-id": iid, "instance-action": action}, iid, when)
+        deadline = (when + timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"instance": name, "id": iid, "event_id": event["id"], "time": event["time"], "deadline": deadline, "action": action}
+
+    def rebalance_recommendation(self, name: str) -> dict[str, Any]:
+        """Put an "EC2 Instance Rebalance Recommendation" for ``name`` (EC2 sends it when spot capacity is at risk)."""
+        iid = self.by_name[name].instance_id
+        event = self._put_ec2_event("EC2 Instance Rebalance Recommendation", {"instance-id": iid}, iid, datetime.now(UTC))
+        return {"instance": name, "id": iid, "event_id": event["id"], "time": event["time"]}
+
+    def _put_ec2_event(self, detail_type: str, detail: dict[str, Any], iid: str, when: datetime) -> dict[str, Any]:
+        """PutEvents on the default bus with EC2's source and shape; the deployed rules decide delivery."""
+        resources = [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{iid}"]
+        resp = self.aws.client("events").put_events(
+            Entries=[{"Source": "aws.ec2", "DetailType": detail_type, "Detail": json.dumps(detail), "Resources": resources, "Time": when}]
+        )
+        [entry] = resp["Entries"]
+        if resp["FailedEntryCount"] or "EventId" not in entry:
+            raise RuntimeError(f"PutEvents refused {detail_type}: {entry}")
+        return {"id": entry["EventId"], "time": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     # --- triggers --------------------------------------------------------------------------------------
 

@@ -20,7 +20,12 @@ Format (JSON)::
     }
 
 ``{root}`` is the instance's sandbox folder (its disk), ``{bucket}`` the checkpoint bucket, ``{name}``
-the instance name. ``trainer`` keys are ``local/trainer.py`` options with ``_`` for ``-``; the
+the instance name. ``spot`` (``one-time`` | ``persistent``) makes a spot instance of that request type.
+Steps that act on one instance: ``spot_interruption`` {instance, seconds_left (0..120, default 120: the
+notice is on time; fewer: it is 120 - seconds_left s old), action (terminate | stop | hibernate)},
+``rebalance_recommendation`` {instance}, ``stop_instance`` / ``start_instance`` {instance} (what a person
+does in the console; a started machine keeps its disk, runs nothing, and its agent is online after
+``agent_boot_seconds``, a scenario key, default 2). ``trainer`` keys are ``local/trainer.py`` options with ``_`` for ``-``; the
 checkpoint dir, PID file and log file default to the instance's autostop tags. ``trainer: null``
 starts no trainer. ``faults`` (simulation only): ``corrupt_upload``, ``lose_object`` (see local/faults.sh).
 """
@@ -32,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from local.runtime import LocalControlPlane
 from local.trainer import build_parser as trainer_parser
@@ -46,6 +51,8 @@ class InstanceSpec(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
     tags: dict[str, str] = {}
     market: Literal["on-demand", "spot"] = "on-demand"
+    spot: Literal["one-time", "persistent"] | None = None
+    """Spot request type (implies ``market: spot``); ``market: spot`` alone means persistent."""
     agent: Literal["online", "offline"] = "online"
     trainer: dict[str, Any] | None = None
     faults: list[Literal["corrupt_upload", "lose_object"]] = []
@@ -60,6 +67,14 @@ class InstanceSpec(Model):
         if unknown:
             raise ValueError(f"unknown trainer option(s) {unknown}; known: {sorted(options)} (see python local/trainer.py --help)")
         return trainer
+
+    @model_validator(mode="after")
+    def _spot_market(self) -> InstanceSpec:
+        if self.spot is not None:
+            self.market = "spot"
+        elif self.market == "spot":
+            self.spot = "persistent"
+        return self
 
     def trainer_argv(self, prefix: str) -> list[str] | None:
         """The trainer's command-line options; checkpoint dir, PID and log file default to the tags."""
@@ -101,7 +116,41 @@ class WaitExecutions(Model):
     timeout: float = 180
 
 
-Step = Annotated[WaitForTrainerExit | PutObject | ScheduleTick | Sleep | WaitExecutions, Field(discriminator="step")]
+class SpotInterruption(Model):
+    step: Literal["spot_interruption"]
+    instance: str
+    seconds_left: int = Field(default=120, ge=0, le=120, strict=True)
+    """Seconds until EC2 reclaims the instance when the warning is put (120 = on time; less = a late notice)."""
+    action: Literal["terminate", "stop", "hibernate"] = "terminate"
+
+
+class RebalanceRecommendation(Model):
+    step: Literal["rebalance_recommendation"]
+    instance: str
+
+
+class StopInstance(Model):
+    step: Literal["stop_instance"]
+    instance: str
+
+
+class StartInstance(Model):
+    step: Literal["start_instance"]
+    instance: str
+
+
+Step = Annotated[
+    WaitForTrainerExit
+    | PutObject
+    | ScheduleTick
+    | Sleep
+    | WaitExecutions
+    | SpotInterruption
+    | RebalanceRecommendation
+    | StopInstance
+    | StartInstance,
+    Field(discriminator="step"),
+]
 
 
 class Scenario(Model):
@@ -111,6 +160,20 @@ class Scenario(Model):
     """CDK context overrides for this run (cdk.json keys)."""
     instances: list[InstanceSpec] = Field(min_length=1)
     steps: list[Step] = []
+    agent_boot_seconds: float = Field(default=2.0, ge=0, le=600)
+    """How long a started instance's SSM agent takes to come online."""
+
+    @model_validator(mode="after")
+    def _known_instances(self) -> Scenario:
+        names = [i.name for i in self.instances]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"instance names must be unique: {duplicates}")
+        for number, step in enumerate(self.steps, 1):
+            instance = getattr(step, "instance", None)
+            if instance is not None and instance not in names:
+                raise ValueError(f"step {number} ({step.step}) names instance {instance!r}, which is not one of {names}")
+        return self
 
     @classmethod
     def load(cls, path: Path) -> Scenario:
@@ -122,9 +185,16 @@ def run_steps(cp: LocalControlPlane, scenario: Scenario, log: Any = print) -> li
     prefix = cp.deployment.environment.get("AUTOSTOP_TAG_PREFIX", "autostop")
     for spec in scenario.instances:
         iid = cp.launch_instance(
-            spec.name, tags=spec.tags, market=spec.market, agent=spec.agent, trainer=spec.trainer_argv(prefix), faults=list(spec.faults)
+            spec.name,
+            tags=spec.tags,
+            market=spec.market,
+            spot=spec.spot,
+            agent=spec.agent,
+            trainer=spec.trainer_argv(prefix),
+            faults=list(spec.faults),
         )
-        log(f"  launched {spec.name} ({iid}, {spec.market}, agent {spec.agent}{', trainer started' if spec.trainer is not None else ''})")
+        market = f"spot ({spec.spot})" if spec.spot else spec.market
+        log(f"  launched {spec.name} ({iid}, {market}, agent {spec.agent}{', trainer started' if spec.trainer is not None else ''})")
     records: list[dict[str, Any]] = []
     for step in scenario.steps:
         started = time.monotonic()
@@ -144,6 +214,14 @@ def run_steps(cp: LocalControlPlane, scenario: Scenario, log: Any = print) -> li
             time.sleep(step.seconds)
         elif isinstance(step, WaitExecutions):
             cp.wait_executions(timeout=step.timeout)
+        elif isinstance(step, SpotInterruption):
+            record.update(cp.spot_interruption(step.instance, step.seconds_left, step.action))
+        elif isinstance(step, RebalanceRecommendation):
+            record.update(cp.rebalance_recommendation(step.instance))
+        elif isinstance(step, StopInstance):
+            record.update(cp.stop_instance(step.instance))
+        elif isinstance(step, StartInstance):
+            record.update(cp.start_instance(step.instance))
         record["seconds"] = round(time.monotonic() - started, 2)
         log(f"  step {step.step}: {json.dumps({k: v for k, v in record.items() if k != 'step'})}")
         records.append(record)
