@@ -67,35 +67,7 @@ PYHELPER=""
 
 log() { printf 'checkpoint: %s\n' "$*" >&2; }
 
-# JSON string body from printable ASCII only; used when python3 cannot format the failure line.
-json_fallback() {
-  local s
-  s=$(printf '%s' "$1" | tr -cd '\040-\176') || s="(message unavailable)"
-  s=${s//\\/\\\\}
-  s=${s//\"/\\\"}
-  printf '%s' "$s"
-}
-
-# fail ERROR MESSAGE EXIT_CODE: print the one final failure line and exit. In a subshell (command
-# substitution) only exit: the parent sees the failure and reports it.
-fail() {
-  local error="$1" message="$2" code="$3" line=""
-  if [[ $BASHPID != "$$" ]]; then exit "$code"; fi
-  trap - ERR
-  message=${message:0:2000}
-  log "${error}: ${message}"
-  if ((FINAL_PRINTED == 0)); then
-    FINAL_PRINTED=1
-    if [[ -n $PYHELPER ]]; then
-      line=$(python3 -I -c "$PYHELPER" failline "$error" "$message" 2>/dev/null) || line=""
-    fi
-    if [[ $line != "{"*"}" ]]; then
-      line=$(printf '{"result":"failed","error":"%s","message":"%s"}' "$error" "$(json_fallback "$message")")
-    fi
-    printf '%s\n' "$line"
-  fi
-  exit "$code"
-}
+# @include lib/fail.sh
 
 on_err() {
   fail ScriptFailed "unexpected failure (exit status $1) at line $2 of checkpoint.sh: ${3:0:300}" "$EX_SCRIPT"
@@ -332,6 +304,8 @@ def cmd_select(ckdir, prefix, manifest_key, work):
         "name": name,
         "path": os.path.join(ckdir, name),
         "mtime": iso(mtime),
+        "mtime_ns": mtime,
+        "layout": "directory" if is_dir else "file",
         "step": step_of(name),
     }
     with open(os.path.join(work, "plan"), "wb") as f:
@@ -454,7 +428,12 @@ def load(work):
     return choice, files
 
 
-def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucket):
+def is_fresh(choice, signal_ns):
+    """Was the chosen checkpoint written (its newest mtime) at or after the trainer was signalled?"""
+    return bool(signal_ns) and choice["mtime_ns"] >= int(signal_ns)
+
+
+def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns):
     try:
         choice, files = load(work)
         manifest = {
@@ -465,7 +444,10 @@ def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucke
             "decision_time": decision_time,
             "created_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "checkpoint": {"name": choice["name"], "path": choice["path"], "mtime": choice["mtime"]},
+            "layout": choice["layout"],
             "step": choice["step"],
+            "mode": mode,
+            "fresh": is_fresh(choice, signal_ns),
             "bucket": bucket,
             "files": files,
             "total_bytes": sum(f["size"] for f in files),
@@ -483,7 +465,7 @@ def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucke
     print(b64(hashlib.sha256(data).digest()))
 
 
-def cmd_success(work, bucket, manifest_key, trainer):
+def cmd_success(work, bucket, manifest_key, trainer, signal_ns):
     choice, files = load(work)
     print(json.dumps({
         "result": "uploaded",
@@ -493,6 +475,7 @@ def cmd_success(work, bucket, manifest_key, trainer):
         "trainer": trainer,
         "checkpoint": choice["name"],
         "step": choice["step"],
+        "fresh": is_fresh(choice, signal_ns),
     }))
 
 
@@ -526,31 +509,13 @@ py() {
 
 # --- 1. Parameters --------------------------------------------------------------------------------
 for name in SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_PidFile SSM_Bucket \
-  SSM_UploadPrefix SSM_ManifestKey SSM_Signal SSM_GraceSeconds SSM_PartSizeBytes SSM_DecisionTime; do
+  SSM_UploadPrefix SSM_ManifestKey SSM_Signal SSM_GraceSeconds SSM_PartSizeBytes SSM_DecisionTime SSM_Mode; do
   if [[ ! -v $name ]]; then
     fail InvalidParameter "${name} is not set: SSM Agent 3.3.2746.0 or later is required (it passes document parameters as SSM_ environment variables); update the agent on this instance" "$EX_INVALID"
   fi
 done
 
-# check NAME REGEX HINT: SSM_<NAME> must match REGEX.
-check() {
-  local var="SSM_$1"
-  local value="${!var}"
-  if [[ ! $value =~ $2 ]]; then
-    fail InvalidParameter "parameter $1 ('${value:0:120}') is invalid: $3" "$EX_INVALID"
-  fi
-}
-
-# Paths and keys may not contain '.', '..' or empty segments.
-check_segments() {
-  local var="SSM_$1"
-  local value="${!var}" probe
-  [[ -n $value ]] || return 0
-  if [[ $2 == path ]]; then probe="${value}/"; else probe="/${value%/}/"; fi
-  if [[ $probe == *//* || $probe == */./* || $probe == */../* ]]; then
-    fail InvalidParameter "parameter $1 ('${value:0:120}') may not contain '.', '..' or empty segments" "$EX_INVALID"
-  fi
-}
+# @include lib/params.sh
 
 check RunId '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 check InstanceId '^i-[0-9a-f]{8,17}$' "expected an EC2 instance id like i-0123456789abcdef0"
@@ -564,6 +529,7 @@ check Signal '^(TERM|INT|HUP|USR1|USR2)$' "expected TERM, INT, HUP, USR1 or USR2
 check GraceSeconds '^[0-9]{1,5}$' "expected a whole number of seconds (0-99999)"
 check PartSizeBytes '^[0-9]{7,11}$' "expected a whole number of bytes between 5242880 and 5368709120"
 check DecisionTime '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$' "expected a UTC time like 2025-01-31T23:59:00Z"
+check Mode '^(stop|interruption)$' "expected stop or interruption"
 check_segments CheckpointDir path
 check_segments PidFile path
 check_segments UploadPrefix key
@@ -590,6 +556,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/autostop-checkpoint.XXXXXX" 2>/dev/null) ||
 # @include lib/pid.sh
 
 trainer=not_configured
+signal_ns="" # when the trainer was signalled (ns since the epoch); empty when nothing was
 if [[ -n $SSM_PidFile ]]; then
   if [[ ! -e $SSM_PidFile && ! -L $SSM_PidFile ]]; then
     trainer=pid_file_missing
@@ -597,6 +564,10 @@ if [[ -n $SSM_PidFile ]]; then
   elif ! pid=$(read_pid "$SSM_PidFile"); then
     trainer=pid_file_unreadable
     log "pid file ${SSM_PidFile} is unreadable or holds no process id; not signalling anything"
+  elif pid_file_stale "$SSM_PidFile"; then
+    # Written before this boot: whatever now has that pid is not the trainer that wrote it.
+    trainer=not_running
+    log "pid file ${SSM_PidFile} is stale (last written before this boot); not signalling anything"
   elif ! pid_is_trainer "$pid" "$SSM_PidFile"; then
     if [[ -n $PID_WHY ]]; then
       # Alive, but it cannot be shown to be the trainer: a reused pid, or the trainer seen through a stepped
@@ -608,22 +579,35 @@ if [[ -n $SSM_PidFile ]]; then
   else
     trainer_start=$PID_START
     log "sending SIG${SSM_Signal} to trainer pid ${pid}; waiting up to ${grace} s for it to exit"
+    signal_ns=$(date +%s%N 2>/dev/null) || signal_ns=""
+    [[ $signal_ns =~ ^[0-9]{10,20}$ ]] || signal_ns="$(date +%s)000000000"
     if ! kill -s "$SSM_Signal" "$pid" 2>"$WORK/kill.err"; then
-      if pid_same "$pid" "$trainer_start"; then
+      if [[ $SSM_Mode == interruption ]] && pid_same "$pid" "$trainer_start"; then
+        trainer=still_running
+        log "could not send SIG${SSM_Signal} to the trainer (pid ${pid}): $(tail -n 1 "$WORK/kill.err" 2>/dev/null || true); uploading the newest checkpoint on disk"
+      elif pid_same "$pid" "$trainer_start"; then
         fail TrainerDidNotExit "could not send SIG${SSM_Signal} to the trainer (pid ${pid} from ${SSM_PidFile}): $(tail -n 1 "$WORK/kill.err" 2>/dev/null || true); the checkpoint command must run as root" "$EX_TRAINER"
+      else
+        trainer=not_running # it exited just before the signal
+        signal_ns=""
       fi
-      trainer=not_running
     else
       waited=0
+      trainer=exited
       while pid_same "$pid" "$trainer_start"; do
         if ((waited >= grace)); then
-          fail TrainerDidNotExit "the trainer (pid ${pid} from ${SSM_PidFile}) was sent SIG${SSM_Signal} but was still running after ${grace} s; nothing was uploaded. Make the trainer save and exit on SIG${SSM_Signal}, or raise the grace-seconds tag" "$EX_TRAINER"
+          if [[ $SSM_Mode == stop ]]; then
+            fail TrainerDidNotExit "the trainer (pid ${pid} from ${SSM_PidFile}) was sent SIG${SSM_Signal} but was still running after ${grace} s; nothing was uploaded. Make the trainer save and exit on SIG${SSM_Signal}, or raise the grace-seconds tag" "$EX_TRAINER"
+          fi
+          # Interruption: the instance is about to be reclaimed; save what is on disk rather than nothing.
+          trainer=still_running
+          log "the trainer (pid ${pid}) was still running ${grace} s after SIG${SSM_Signal}; uploading the newest complete checkpoint on disk"
+          break
         fi
         sleep 1
         waited=$((waited + 1))
       done
-      trainer=exited
-      log "trainer pid ${pid} exited after about ${waited} s"
+      [[ $trainer != exited ]] || log "trainer pid ${pid} exited after about ${waited} s"
     fi
   fi
 fi
@@ -708,13 +692,13 @@ done 3<"$WORK/plan"
 ((nfiles > 0)) || fail NoCheckpoint "the chosen checkpoint holds no files" "$EX_NOCKPT"
 
 # --- 5. Manifest, uploaded last -------------------------------------------------------------------
-py manifest_b64 manifest "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket"
+py manifest_b64 manifest "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" "$SSM_Mode" "$signal_ns"
 log "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}"
 put_object "$WORK/manifest.json" "$SSM_ManifestKey" "$manifest_b64" \
   "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}" --content-type=application/json
 
 # --- 6. Result ------------------------------------------------------------------------------------
-py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer"
+py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer" "$signal_ns"
 FINAL_PRINTED=1
 printf '%s\n' "$result"
 exit 0

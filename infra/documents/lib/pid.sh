@@ -1,5 +1,5 @@
-# autostop: shared by the probe and checkpoint scripts; infra/constructs/documents.py pastes this file
-# in place of their include line when it builds the SSM documents (a document is one script).
+# autostop: shared by the probe, checkpoint and restore scripts; infra/constructs/documents.py pastes this
+# file in place of their include line when it builds the SSM documents (a document is one script).
 readonly PID_MAX=4194304 # PID_MAX_LIMIT on 64-bit Linux
 readonly PID_FILE_SLACK=2 # seconds a trainer may seem to have started after writing its PID file (clock rounding)
 PID_WHY=""   # why pid_is_trainer rejected a live process
@@ -110,4 +110,28 @@ read_pid() {
   content=$((10#$content))
   ((content > 0 && content <= PID_MAX)) || return 1
   printf '%s\n' "$content"
+}
+
+# Prints this boot's time in seconds since the epoch: AUTOSTOP_BOOT_TIME when it holds one (the local
+# simulation, whose "instances" share one kernel), else btime of /proc/stat. Fails when neither is known.
+boot_time() {
+  local procstat btime_re=$'(^|\n)btime ([0-9]+)'
+  if [[ ${AUTOSTOP_BOOT_TIME:-} =~ ^[0-9]{1,12}$ ]]; then
+    printf '%s\n' "$((10#$AUTOSTOP_BOOT_TIME))"
+    return 0
+  fi
+  { procstat=$(</proc/stat); } 2>/dev/null || return 1
+  [[ $procstat =~ $btime_re ]] || return 1
+  printf '%s\n' "${BASH_REMATCH[2]}"
+}
+
+# pid_file_stale FILE: was FILE (followed if it is a symbolic link) last written before this boot? Then it
+# was left by a trainer of an earlier boot, and whatever process has its pid now is not that trainer.
+# False when the boot time or the file's mtime cannot be read.
+pid_file_stale() {
+  local boot mtime
+  boot=$(boot_time) || return 1
+  mtime=$(stat -L -c %Y -- "$1" 2>/dev/null) || return 1
+  [[ $mtime =~ ^-?[0-9]{1,20}$ ]] || return 1
+  ((mtime < boot))
 }

@@ -1,0 +1,727 @@
+#!/usr/bin/env bash
+# autostop restore: run by the restore SSM Command document (aws:runShellScript) when an instance that
+# autostop stopped with a verified checkpoint has started again.
+#
+# Contract
+#   Input   The document's parameters as environment variables (interpolationType ENV_VAR, SSM Agent
+#           3.3.2746.0 or later): SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_Bucket
+#           SSM_ManifestKey SSM_PidFile (may be empty) SSM_LogFile (may be empty) SSM_ResumeCommand (may be
+#           empty). Every value is re-validated with the document's regex; this script never contains document
+#           placeholders. Region: AWS_DEFAULT_REGION, else AWS_SSM_REGION_NAME (set by the agent).
+#           AWS_ENDPOINT_URL is honoured by the CLI. From the environment, not the document:
+#           AUTOSTOP_STATE_DIR (default /var/lib/autostop), AUTOSTOP_BOOT_TIME (see lib/pid.sh).
+#   Effect  1. Downloads the manifest (GetObject, ChecksumMode ENABLED); it must be schema 1 and name RunId,
+#              InstanceId and Bucket, else ManifestInvalid.
+#           2. Checks every target CheckpointDir/<checkpoint name>[/<file path>] first: one that exists with
+#              the manifest's size and SHA-256 is kept (not downloaded again); one that exists and differs
+#              (or is a symlink or directory) fails RestoreConflict before anything is downloaded.
+#              CheckpointDir must not be or pass through a symbolic link; it is created when missing.
+#           3. Downloads each missing file (GetObject, ChecksumMode ENABLED) into the root-only staging
+#              directory CheckpointDir/.autostop-restore-<ExecutionName> (through a descriptor: never through
+#              a path a user could swap), checks S3's SHA-256 against the manifest's and then, on the
+#              instance, the size and SHA-256 of the bytes (ChecksumMismatch), before anything is placed.
+#           4. Moves each file into place with link(2), which never replaces an existing name (a file that
+#              appeared meanwhile: RestoreConflict, both kept), owned by CheckpointDir's owner, mode from
+#              CheckpointDir's, mtime = the checkpoint's mtime in the manifest. Nothing is ever deleted or
+#              overwritten on the instance; only the staging directory (autostop's own) is removed.
+#           5. LogFile set: records its current size (0 if missing) in
+#              ${AUTOSTOP_STATE_DIR}/log-offsets/<hex SHA-256 of the LogFile path> (temp + rename); the probe
+#              scans only what follows it.
+#           6. ResumeCommand set: unless PidFile names a live trainer of this boot (ResumeCommandFailed), starts
+#              it detached: new session, stdin /dev/null, stdout and stderr appended to LogFile (opened as the
+#              trainer's user) or else ${AUTOSTOP_STATE_DIR}/resume-<RunId>.log, as the owner of CheckpointDir
+#              (uid, gid and groups; root if root owns it), in that user's home directory (/ if none), with
+#              AUTOSTOP_RUN_ID, AUTOSTOP_RESUME_CHECKPOINT (the restored checkpoint's path) and
+#              AUTOSTOP_CHECKPOINT_DIR added to the environment (SSM_* removed). ResumeCommand is split at its
+#              single spaces and executed directly (execve): no shell, no globbing, no variable expansion.
+#              Its pid goes to PidFile (temp + rename, owned by the trainer's user); it must still be alive
+#              2 s later.
+#   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
+#             {"result":"restored","checkpoint":NAME,"files":N,"bytes":B,"step":S|null,
+#              "present":"downloaded"|"already_present","trainer":"started"|"not_configured","pid":P|null}
+#           present: already_present when every file was already in place, else downloaded.
+#           or {"result":"failed","error":E,"message":"..."}.
+#   Exit    0 restored; 64 InvalidParameter; 66 ManifestInvalid; 67 DownloadFailed / ChecksumMismatch;
+#           68 RestoreConflict; 69 ResumeCommandFailed; 70 ScriptFailed (unexpected).
+#   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 >= 3.6 (stdlib only), AWS CLI v1 or
+#           v2 with --checksum-mode. The manifest goes to a mktemp directory under ${TMPDIR:-/tmp}, removed
+#           on exit; checkpoint files are staged inside CheckpointDir (same file system, no second copy).
+# shellcheck disable=SC2154,SC2329 # SSM_* come from the agent; py() assigns via printf -v; traps call functions
+[ -n "${BASH_VERSION:-}" ] || { printf '%s\n' '{"result":"failed","error":"ScriptFailed","message":"restore.sh must be run by bash"}'; exit 70; }
+set -euo pipefail
+set -o errtrace
+export LC_ALL=C
+umask 077
+
+readonly EX_INVALID=64 EX_MANIFEST=66 EX_DOWNLOAD=67 EX_CONFLICT=68 EX_RESUME=69 EX_SCRIPT=70
+readonly RESUME_RE='^(|/[A-Za-z0-9._/-]{1,254}( [A-Za-z0-9._/=:,+@%-]{1,255}){0,31})$'
+
+FINAL_PRINTED=0 # set once the single final JSON line is on stdout
+WORK=""         # mktemp directory
+PYHELPER=""
+
+log() { printf 'restore: %s\n' "$*" >&2; }
+
+# @include lib/fail.sh
+
+on_err() {
+  fail ScriptFailed "unexpected failure (exit status $1) at line $2 of restore.sh: ${3:0:300}" "$EX_SCRIPT"
+}
+
+on_exit() {
+  local rc=$?
+  trap - ERR
+  set +e
+  [[ $BASHPID == "$$" ]] || return 0
+  [[ -z $WORK ]] || rm -rf -- "$WORK"
+  if ((FINAL_PRINTED == 0)); then
+    ((rc != 0)) || rc=$EX_SCRIPT
+    fail ScriptFailed "restore.sh stopped unexpectedly (exit status $rc)" "$rc"
+  fi
+}
+
+trap 'on_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
+trap on_exit EXIT
+trap 'fail ScriptFailed "restore.sh was interrupted by SIGTERM" 143' TERM
+trap 'fail ScriptFailed "restore.sh was interrupted by SIGINT" 130' INT
+trap 'fail ScriptFailed "restore.sh was interrupted by SIGHUP" 129' HUP
+
+# --- Python helper (stdlib only). Exit status: 0 ok, 3 ManifestInvalid, 4 DownloadFailed, 5 ChecksumMismatch,
+# 6 RestoreConflict, 7 ResumeCommandFailed, 8 ScriptFailed; on 3-8 the message is its stdout.
+IFS= read -r -d '' PYHELPER <<'PY' || true
+import datetime, errno, hashlib, json, os, pwd, re, select, stat, subprocess, sys, time
+
+CHUNK = 8 * 1024 * 1024
+HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+CHECKSUM_RE = re.compile(r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
+KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+STAGING_PREFIX = ".autostop-restore-"
+ALIVE_CHECK_SECONDS = 2
+
+
+class Fail(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def log(message):
+    print("restore: " + message, file=sys.stderr)
+
+
+def show(path):
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def open_dir_nofollow(path, create_owner=None):
+    """A descriptor of directory PATH, opened one component at a time without following symbolic links.
+
+    With CREATE_OWNER (a function of the parent's stat), missing components are created: mode and owner
+    of their nearest existing ancestor."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in path.split("/"):
+            if not part:
+                continue
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            except FileNotFoundError:
+                if create_owner is None:
+                    raise
+                parent = os.fstat(fd)
+                try:
+                    os.mkdir(part, stat.S_IMODE(parent.st_mode), dir_fd=fd)
+                except FileExistsError:
+                    pass
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+                create_owner(child, parent)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def chown_like(fd, st):
+    if os.geteuid() == 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def sha256_fd(fd):
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while True:
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+
+
+def load_json(path, what):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise Fail(3, "{} is not valid JSON ({})".format(what, exc))
+
+
+def run_cli(args, what, cwd_fd=None):
+    """Run the AWS CLI (stdin /dev/null); returns its parsed JSON stdout. Failures: DownloadFailed, or
+    ChecksumMismatch when the CLI itself found that the body does not match S3's checksum."""
+    proc = subprocess.run(
+        ["aws", "--output", "json"] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=(lambda: os.fchdir(cwd_fd)) if cwd_fd is not None else None,
+    )
+    err = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        sys.stderr.write(err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        last = lines[-1] if lines else "the AWS CLI exited with status {}".format(proc.returncode)
+        if "checksum" in err.lower():
+            raise Fail(5, "{} failed: {} (S3's checksum does not match the bytes received)".format(what, last))
+        raise Fail(4, "{} failed: {}. Check that the object exists and that the instance profile may read it".format(what, last))
+    try:
+        out = json.loads(proc.stdout.decode("utf-8") or "{}")
+    except ValueError:
+        out = {}
+    return out if isinstance(out, dict) else {}
+
+
+def get_object(bucket, key, outfile, what, cwd_fd=None):
+    return run_cli(["s3api", "get-object", "--bucket=" + bucket, "--key=" + key, "--checksum-mode=ENABLED", outfile], what, cwd_fd)
+
+
+def plain_segments(path):
+    parts = path.split("/")
+    return all(p not in ("", ".", "..") and len(os.fsencode(p)) <= 255 for p in parts)
+
+
+def parse_manifest(path, run_id, instance_id, bucket, manifest_uri):
+    m = load_json(path, "the manifest " + manifest_uri)
+
+    def bad(why):
+        raise Fail(3, "the manifest {} {}".format(manifest_uri, why))
+
+    if not isinstance(m, dict) or m.get("schema_version") != 1:
+        bad("is not an autostop manifest (schema_version 1)")
+    if m.get("run_id") != run_id:
+        bad("belongs to run {!r}, not to run {}".format(m.get("run_id"), run_id))
+    if m.get("instance_id") != instance_id:
+        bad("belongs to instance {!r}, not to {}".format(m.get("instance_id"), instance_id))
+    if m.get("bucket") != bucket:
+        bad("names bucket {!r}, not {}".format(m.get("bucket"), bucket))
+    ck = m.get("checkpoint")
+    name = ck.get("name") if isinstance(ck, dict) else None
+    if not isinstance(name, str) or "/" in name or name.startswith(".") or CONTROL_RE.search(name) or not plain_segments(name):
+        bad("has no valid checkpoint name (one path segment, not starting with '.')")
+    mtime = None
+    try:
+        mtime = datetime.datetime.strptime(ck.get("mtime"), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        log("the manifest has no checkpoint mtime; restored files keep the download time")
+    step = m.get("step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        bad("has an invalid step")
+    files = m.get("files")
+    if not isinstance(files, list) or not files:
+        bad("lists no files")
+    layout = m.get("layout")
+    if layout is None:  # manifests written before "layout": one file named like the checkpoint is the checkpoint
+        only = files[0] if len(files) == 1 and isinstance(files[0], dict) else {}
+        layout = "file" if only.get("path") == name else "directory"
+    if layout not in ("file", "directory"):
+        bad("has an invalid layout")
+    entries, targets = [], set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            bad("file entry {} is not an object".format(i))
+        key, rel, size, digest = f.get("key"), f.get("path"), f.get("size"), f.get("sha256")
+        checksum, parts = f.get("checksum_sha256"), f.get("parts", 0)
+        if not isinstance(key, str) or not KEY_RE.match(key) or not plain_segments(key):
+            bad("file entry {} has an invalid key".format(i))
+        if not isinstance(rel, str) or rel.startswith("/") or CONTROL_RE.search(rel) or not plain_segments(rel):
+            bad("file entry {} has an invalid path (relative, no '.', '..' or empty segments)".format(i))
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            bad("file entry {} has an invalid size".format(i))
+        if not isinstance(digest, str) or not HEX64_RE.match(digest):
+            bad("file entry {} has an invalid sha256".format(i))
+        if checksum is not None and (not isinstance(checksum, str) or not CHECKSUM_RE.match(checksum)):
+            bad("file entry {} has an invalid checksum_sha256".format(i))
+        if not isinstance(parts, int) or isinstance(parts, bool) or parts < 0:
+            bad("file entry {} has an invalid parts count".format(i))
+        if layout == "file":
+            if len(files) != 1 or rel != name:
+                bad("describes a single-file checkpoint whose file is not named like the checkpoint")
+            target = [name]
+        else:
+            target = [name] + rel.split("/")
+        if "/".join(target) in targets:
+            bad("lists {} twice".format(rel))
+        targets.add("/".join(target))
+        entries.append({"key": key, "path": rel, "size": size, "sha256": digest, "checksum": checksum, "target": target})
+    return {"name": name, "step": step, "mtime": mtime, "files": entries}
+
+
+def same_content(fd, entry):
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_size == entry["size"] and sha256_fd(fd) == entry["sha256"]
+
+
+def existing(ckfd, entry):
+    """'absent', 'present' (same size and SHA-256) or why the target conflicts."""
+    fd = os.dup(ckfd)
+    try:
+        *dirs, last = entry["target"]
+        for part in dirs:
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return "absent"
+            if not stat.S_ISDIR(st.st_mode):
+                return "{} is not a directory".format(part)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        try:
+            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return "absent"
+        if not stat.S_ISREG(st.st_mode):
+            return "it exists and is not a regular file"
+        if st.st_size != entry["size"]:
+            return "it exists with {} bytes, the checkpoint's file has {}".format(st.st_size, entry["size"])
+        ffd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        try:
+            return "present" if same_content(ffd, entry) else "it exists with different content (SHA-256)"
+        finally:
+            os.close(ffd)
+    finally:
+        os.close(fd)
+
+
+def make_parents(ckfd, target, ckstat):
+    """A descriptor of the directory that holds TARGET below the checkpoint dir, creating what is missing."""
+    fd = os.dup(ckfd)
+    try:
+        for part in target[:-1]:
+            try:
+                os.mkdir(part, stat.S_IMODE(ckstat.st_mode), dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                raise Fail(6, "cannot restore {}: {} is not a directory".format("/".join(target), part))
+            if created:
+                chown_like(child, ckstat)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_staging(ckfd, name):
+    """The root-only staging directory NAME inside the checkpoint dir (reused, emptied, if this execution
+    left one), as a descriptor."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=ckfd)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=ckfd)
+    except OSError as exc:
+        raise Fail(8, "cannot open the staging directory {}: {}".format(name, exc.strerror))
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise Fail(6, "the staging directory {} exists and is not autostop's own (owner uid {}, mode {:o}); remove it".format(
+            name, st.st_uid, stat.S_IMODE(st.st_mode)))
+    empty_staging(fd)
+    return fd
+
+
+def empty_staging(fd):
+    for entry in os.listdir(fd):
+        try:
+            os.unlink(entry, dir_fd=fd)
+        except OSError as exc:
+            log("could not remove {} from the staging directory: {}".format(show(entry), exc.strerror))
+
+
+def cmd_restore(ckdir, bucket, manifest_key, run_id, instance_id, execution_name, work):
+    manifest_uri = "s3://{}/{}".format(bucket, manifest_key)
+    manifest_path = os.path.join(work, "manifest.json")
+    get_object(bucket, manifest_key, manifest_path, "downloading the manifest " + manifest_uri)
+    m = parse_manifest(manifest_path, run_id, instance_id, bucket, manifest_uri)
+    real = os.path.realpath(ckdir)
+    if os.path.lexists(ckdir) and real != os.path.normpath(ckdir):
+        raise Fail(6, "checkpoint-dir {} is or passes through a symbolic link (to {}); tag the real path".format(ckdir, real))
+    try:
+        ckfd = open_dir_nofollow(ckdir, create_owner=chown_like)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Fail(6, "checkpoint-dir {} is not a directory or passes through a symbolic link".format(ckdir))
+        raise Fail(8, "cannot open or create the checkpoint directory {}: {}".format(ckdir, exc.strerror))
+    ckstat = os.fstat(ckfd)
+    # 2. What is already there.
+    todo, conflicts = [], []
+    for entry in m["files"]:
+        state = existing(ckfd, entry)
+        if state == "absent":
+            todo.append(entry)
+        elif state != "present":
+            conflicts.append("{} ({})".format(os.path.join(ckdir, *entry["target"]), state))
+    if conflicts:
+        raise Fail(6, "not restoring {} over what is on the instance: {}{}. Nothing was downloaded or changed; move "
+                      "those files away and retry".format(m["name"], "; ".join(conflicts[:5]),
+                                                          ", and {} more".format(len(conflicts) - 5) if len(conflicts) > 5 else ""))
+    log("{} of {} file(s) of {} already in place".format(len(m["files"]) - len(todo), len(m["files"]), m["name"]))
+    if todo:
+        staging_name = STAGING_PREFIX + execution_name
+        sfd = open_staging(ckfd, staging_name)
+        try:
+            place(ckdir, ckfd, ckstat, sfd, bucket, m, todo)
+        finally:
+            empty_staging(sfd)
+            st = os.fstat(sfd)
+            os.close(sfd)
+            try:
+                now = os.stat(staging_name, dir_fd=ckfd, follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                    os.rmdir(staging_name, dir_fd=ckfd)
+            except OSError as exc:
+                log("could not remove the staging directory {}: {}".format(staging_name, exc.strerror))
+    os.close(ckfd)
+    print(json.dumps({
+        "checkpoint": m["name"],
+        "path": os.path.join(ckdir, m["name"]),
+        "files": len(m["files"]),
+        "bytes": sum(f["size"] for f in m["files"]),
+        "step": m["step"],
+        "present": "downloaded" if todo else "already_present",
+        "owner": [ckstat.st_uid, ckstat.st_gid],
+    }))
+
+
+def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
+    # 3. Download and verify everything before anything is placed.
+    for i, entry in enumerate(todo):
+        staged = "{:06d}".format(i)
+        uri = "s3://{}/{}".format(bucket, entry["key"])
+        log("downloading {} ({} bytes) from {}".format("/".join(entry["target"]), entry["size"], uri))
+        resp = get_object(bucket, entry["key"], staged, "downloading " + uri, cwd_fd=sfd)
+        got = resp.get("ChecksumSHA256")
+        if isinstance(got, str) and entry["checksum"] and got.split("-")[0] != entry["checksum"].split("-")[0]:
+            raise Fail(5, "S3 holds SHA-256 checksum {} for {}, the manifest says {}; the checkpoint object was "
+                          "replaced or corrupted".format(got, uri, entry["checksum"]))
+        fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=sfd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
+                raise Fail(5, "{} has {} bytes on the instance, the manifest says {}; the checkpoint object was replaced "
+                              "or corrupted".format(uri, st.st_size, entry["size"]))
+            digest = sha256_fd(fd)
+            if digest != entry["sha256"]:
+                raise Fail(5, "{} has SHA-256 {} on the instance, the manifest says {}; the checkpoint object was "
+                              "replaced or corrupted".format(uri, digest, entry["sha256"]))
+            chown_like(fd, ckstat)
+            os.fchmod(fd, stat.S_IMODE(ckstat.st_mode) & 0o666)
+            if m["mtime"] is not None:
+                os.utime(fd, (m["mtime"], m["mtime"]))
+        finally:
+            os.close(fd)
+    # 4. Into place; link(2) never replaces a name.
+    for i, entry in enumerate(todo):
+        staged = "{:06d}".format(i)
+        target = os.path.join(ckdir, *entry["target"])
+        pfd = make_parents(ckfd, entry["target"], ckstat)
+        try:
+            try:
+                os.link(staged, entry["target"][-1], src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
+            except FileExistsError:
+                state = existing(ckfd, entry)
+                if state != "present":
+                    raise Fail(6, "{} appeared while the checkpoint was being restored ({}); it was kept, nothing was "
+                                  "overwritten".format(target, state))
+            except OSError as exc:
+                raise Fail(8, "cannot move the restored file into {}: {}".format(target, exc.strerror))
+            os.unlink(staged, dir_fd=sfd)
+        finally:
+            os.close(pfd)
+
+
+def cmd_offset(log_file, offset_file):
+    try:
+        size = os.stat(log_file).st_size if os.path.exists(log_file) else 0
+    except OSError as exc:
+        raise Fail(8, "cannot read the size of the log file {}: {}".format(log_file, exc.strerror))
+    directory = os.path.dirname(offset_file)
+    tmp = "{}.{}.tmp".format(offset_file, os.getpid())
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, "{}\n".format(size).encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, offset_file)
+    except OSError as exc:
+        raise Fail(8, "cannot record the log offset in {}: {}; set AUTOSTOP_STATE_DIR to a writable directory".format(
+            offset_file, exc.strerror))
+    print(size)
+
+
+def write_pid_file(pid_file, pid, uid, gid):
+    """PID into PID_FILE through a temp file in its directory and rename(2), owned by the trainer's user."""
+    directory, base = os.path.split(pid_file)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    tmp = ".{}.autostop-{}".format(base, os.getpid())
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+        try:
+            os.write(fd, "{}\n".format(pid).encode("ascii"))
+            if os.geteuid() == 0:
+                os.fchown(fd, uid, gid)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def cmd_launch(run_id, ckpt_path, ckdir, uid, gid, log_file, default_log, pid_file, command):
+    uid, gid = int(uid), int(gid)
+    argv = command.split(" ")  # the document's pattern allows single spaces only: no quoting, no globbing
+    switch = os.geteuid() == 0 and uid != 0
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        user = None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSM_")}
+    env.update({"AUTOSTOP_RUN_ID": run_id, "AUTOSTOP_RESUME_CHECKPOINT": ckpt_path, "AUTOSTOP_CHECKPOINT_DIR": ckdir})
+    home = env.get("HOME", "/")
+    if switch:
+        home = user.pw_dir if user else "/"
+        env.update({"HOME": home, "USER": user.pw_name if user else str(uid), "LOGNAME": user.pw_name if user else str(uid)})
+    if pid_file and not os.path.isdir(os.path.dirname(pid_file)):
+        raise Fail(7, "the directory of the PID file {} does not exist; the resume command was not started".format(pid_file))
+    out = log_file or default_log
+    if not log_file:
+        os.makedirs(os.path.dirname(default_log), mode=0o755, exist_ok=True)
+    rfd, wfd = os.pipe()  # close-on-exec: EOF on exec, else the child's error
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        stage = "starting a new session"
+        try:
+            os.close(rfd)
+            os.setsid()
+            if not log_file:  # autostop's own log, opened as root
+                stage = "opening " + default_log
+                lfd = os.open(default_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY, 0o640)
+            if switch:
+                stage = "switching to uid {} gid {}".format(uid, gid)
+                if user:
+                    os.initgroups(user.pw_name, gid)
+                else:
+                    os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+            if log_file:  # the user's log, opened as the user
+                stage = "opening the log file " + log_file
+                lfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | (0 if switch else os.O_NOFOLLOW), 0o644)
+            stage = "redirecting stdin, stdout and stderr"
+            nfd = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(nfd, 0)
+            os.dup2(lfd, 1)
+            os.dup2(lfd, 2)
+            os.closerange(3, wfd)
+            os.closerange(wfd + 1, 65536)
+            try:
+                os.chdir(home)
+            except OSError:
+                os.chdir("/")
+            stage = "executing " + argv[0]
+            os.execve(argv[0], argv, env)
+        except BaseException as exc:
+            try:
+                os.write(wfd, "{}: {}".format(stage, getattr(exc, "strerror", None) or exc).encode("utf-8", "replace")[:2000])
+            finally:
+                os._exit(127)
+    os.close(wfd)
+    why = b""
+    while True:
+        chunk = os.read(rfd, 4096)
+        if not chunk:
+            break
+        why += chunk
+    os.close(rfd)
+    if why:
+        os.waitpid(pid, 0)
+        raise Fail(7, "the resume command could not be started ({})".format(why.decode("utf-8", "replace")))
+    log("started the resume command as pid {} (uid {}), output appended to {}".format(pid, os.geteuid() if not switch else uid, out))
+    if pid_file:
+        try:
+            write_pid_file(pid_file, pid, uid, gid)
+        except OSError as exc:
+            raise Fail(7, "the resume command runs as pid {}, but its PID file {} could not be written: {}".format(
+                pid, pid_file, exc.strerror))
+    time.sleep(ALIVE_CHECK_SECONDS)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        how = "exit status {}".format(os.WEXITSTATUS(status)) if os.WIFEXITED(status) else "signal {}".format(os.WTERMSIG(status))
+        raise Fail(7, "the resume command (pid {}) ended within {} s ({}); see {}. It must be the trainer itself, "
+                      "not a launcher that returns".format(pid, ALIVE_CHECK_SECONDS, how, out))
+    print(pid)
+
+
+def cmd_success(restored, trainer, pid):
+    r = json.loads(restored)
+    print(json.dumps({
+        "result": "restored",
+        "checkpoint": r["checkpoint"],
+        "files": r["files"],
+        "bytes": r["bytes"],
+        "step": r["step"],
+        "present": r["present"],
+        "trainer": trainer,
+        "pid": int(pid) if pid else None,
+    }))
+
+
+def cmd_field(data, name):
+    value = json.loads(data)[name]
+    print(" ".join(str(v) for v in value) if isinstance(value, list) else value)
+
+
+def cmd_failline(error, message):
+    print(json.dumps({"result": "failed", "error": error, "message": message}))
+
+
+COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith("cmd_")}
+
+if __name__ == "__main__":
+    try:
+        COMMANDS[sys.argv[1]](*sys.argv[2:])
+    except Fail as exc:
+        print(str(exc))
+        sys.exit(exc.code)
+PY
+
+# py VAR SUBCOMMAND ARGS...: run a helper subcommand, store its stdout in VAR, map its failures.
+py() {
+  local __var="$1" __out __rc=0
+  shift
+  __out=$(python3 -I -c "$PYHELPER" "$@") || __rc=$?
+  case $__rc in
+    0) printf -v "$__var" '%s' "$__out" ;;
+    3) fail ManifestInvalid "$__out" "$EX_MANIFEST" ;;
+    4) fail DownloadFailed "$__out" "$EX_DOWNLOAD" ;;
+    5) fail ChecksumMismatch "$__out" "$EX_DOWNLOAD" ;;
+    6) fail RestoreConflict "$__out" "$EX_CONFLICT" ;;
+    7) fail ResumeCommandFailed "$__out" "$EX_RESUME" ;;
+    8) fail ScriptFailed "$__out" "$EX_SCRIPT" ;;
+    *) fail ScriptFailed "the python3 helper '$1' failed (exit status ${__rc})${__out:+: ${__out}}; see stderr" "$EX_SCRIPT" ;;
+  esac
+}
+
+# --- 1. Parameters --------------------------------------------------------------------------------
+for name in SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_Bucket SSM_ManifestKey \
+  SSM_PidFile SSM_LogFile SSM_ResumeCommand; do
+  if [[ ! -v $name ]]; then
+    fail InvalidParameter "${name} is not set: SSM Agent 3.3.2746.0 or later is required (it passes document parameters as SSM_ environment variables); update the agent on this instance" "$EX_INVALID"
+  fi
+done
+
+# @include lib/params.sh
+
+check RunId '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+check InstanceId '^i-[0-9a-f]{8,17}$' "expected an EC2 instance id like i-0123456789abcdef0"
+check ExecutionName '^[A-Za-z0-9_-]{1,80}$' "1-80 letters, digits, '_' or '-'"
+check CheckpointDir '^/[A-Za-z0-9._/-]{0,254}$' "expected an absolute path of letters, digits and . _ / - (at most 255 characters)"
+check Bucket '^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$' "expected an S3 bucket name"
+check ManifestKey '^[A-Za-z0-9._/=+-]{1,1000}\.json$' "expected an S3 key of letters, digits and . _ / = + - ending in .json"
+check PidFile '^(|/[A-Za-z0-9._/-]{0,254})$' "expected empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"
+check LogFile '^(|/[A-Za-z0-9._/-]{0,254})$' "expected empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"
+check ResumeCommand "$RESUME_RE" "expected empty or an absolute program path followed by up to 31 arguments, separated by single spaces, of letters, digits and . _ / = : , + @ % - (no quotes, no shell syntax)"
+check_segments CheckpointDir path
+check_segments PidFile path
+check_segments LogFile path
+check_segments ManifestKey key
+program=${SSM_ResumeCommand%% *}
+if [[ -n $program && ($program/ == *//* || $program/ == */./* || $program/ == */../*) ]]; then
+  fail InvalidParameter "parameter ResumeCommand: the program path ${program} may not contain '.', '..' or empty segments" "$EX_INVALID"
+fi
+if [[ -n $SSM_PidFile && $SSM_PidFile/ == "$SSM_CheckpointDir"/* ]]; then
+  fail InvalidParameter "parameter PidFile may not be inside CheckpointDir" "$EX_INVALID"
+fi
+if [[ ${AUTOSTOP_STATE_DIR:-/var/lib/autostop} != /* ]]; then
+  fail ScriptFailed "AUTOSTOP_STATE_DIR (${AUTOSTOP_STATE_DIR}) must be an absolute path" "$EX_SCRIPT"
+fi
+state_dir=${AUTOSTOP_STATE_DIR:-/var/lib/autostop}
+
+AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-${AWS_SSM_REGION_NAME:-}}"
+if [[ -n $AWS_DEFAULT_REGION ]]; then export AWS_DEFAULT_REGION; else unset AWS_DEFAULT_REGION; fi
+export AWS_PAGER=""
+
+command -v python3 >/dev/null 2>&1 ||
+  fail ScriptFailed "python3 is not installed on this instance; install it (the restore document needs python3 and the AWS CLI)" "$EX_SCRIPT"
+command -v aws >/dev/null 2>&1 ||
+  fail DownloadFailed "the AWS CLI (aws) is not installed or not on PATH; install it on the instance" "$EX_DOWNLOAD"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/autostop-restore.XXXXXX" 2>/dev/null) ||
+  fail ScriptFailed "cannot create a temporary directory under ${TMPDIR:-/tmp}; free disk space" "$EX_SCRIPT"
+
+# --- 2. Is a trainer of this boot already running? ------------------------------------------------
+# @include lib/pid.sh
+
+# Fails ResumeCommandFailed when PidFile names a live trainer of this boot: a second one must not start.
+refuse_second_trainer() {
+  local pid
+  [[ -n $SSM_ResumeCommand && -n $SSM_PidFile ]] || return 0
+  pid=$(read_pid "$SSM_PidFile") || return 0
+  ! pid_file_stale "$SSM_PidFile" || return 0
+  if pid_is_trainer "$pid" "$SSM_PidFile"; then
+    fail ResumeCommandFailed "a trainer is already running (pid ${pid} from ${SSM_PidFile}); the resume command was not started" "$EX_RESUME"
+  elif [[ -n $PID_WHY ]]; then
+    log "pid ${pid} from ${SSM_PidFile} is alive but not the trainer that wrote it (${PID_WHY})"
+  fi
+  return 0
+}
+refuse_second_trainer
+
+# --- 3. Manifest, files, verification, placement --------------------------------------------------
+py restored restore "$SSM_CheckpointDir" "$SSM_Bucket" "$SSM_ManifestKey" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$WORK"
+py ckpt_path field "$restored" path
+py owner field "$restored" owner
+log "restored ${ckpt_path}"
+
+# --- 4. Log offset --------------------------------------------------------------------------------
+# @include lib/logoffset.sh
+
+if [[ -n $SSM_LogFile ]]; then
+  offset_file=$(log_offset_file "$SSM_LogFile") || fail ScriptFailed "cannot compute the log offset file name (sha256sum)" "$EX_SCRIPT"
+  py offset offset "$SSM_LogFile" "$offset_file"
+  log "recorded log offset ${offset} of ${SSM_LogFile} in ${offset_file}"
+fi
+
+# --- 5. Resume ------------------------------------------------------------------------------------
+trainer=not_configured
+pid=""
+if [[ -n $SSM_ResumeCommand ]]; then
+  refuse_second_trainer
+  py pid launch "$SSM_RunId" "$ckpt_path" "$SSM_CheckpointDir" "${owner% *}" "${owner#* }" "$SSM_LogFile" \
+    "${state_dir}/resume-${SSM_RunId}.log" "$SSM_PidFile" "$SSM_ResumeCommand"
+  trainer=started
+fi
+
+# --- 6. Result ------------------------------------------------------------------------------------
+py result success "$restored" "$trainer" "$pid"
+FINAL_PRINTED=1
+printf '%s\n' "$result"
+exit 0
