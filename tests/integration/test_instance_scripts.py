@@ -386,6 +386,7 @@ def checkpoint_env(base_env: dict[str, str], bucket: str, ckdir: Path, **overrid
         "SSM_GraceSeconds": "10",
         "SSM_PartSizeBytes": str(64 * MIB),
         "SSM_DecisionTime": "2026-01-02T03:04:05Z",
+        "SSM_Mode": "stop",
     }
     env.update({f"SSM_{k}": v for k, v in overrides.items()})
     return env
@@ -438,14 +439,16 @@ def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base
         "trainer": "not_configured",
         "checkpoint": "step-300",
         "step": 300,
+        "fresh": False,  # no trainer was signalled
     }
     assert keys(s3, bucket) == sorted([manifest_key] + [f"{prefix}step-300/{rel}" for rel in newest])
 
     manifest = read_manifest(s3, bucket, env)
     assert set(manifest) == {
         "schema_version", "run_id", "instance_id", "execution_name", "decision_time", "created_at",
-        "checkpoint", "step", "bucket", "files", "total_bytes",
+        "checkpoint", "layout", "step", "mode", "fresh", "bucket", "files", "total_bytes",
     }  # fmt: skip
+    assert (manifest["layout"], manifest["mode"], manifest["fresh"]) == ("directory", "stop", False)
     assert manifest["schema_version"] == 1
     assert (manifest["run_id"], manifest["instance_id"], manifest["execution_name"]) == ("run-42", INSTANCE_ID, "run-42-complete-1")
     assert manifest["decision_time"] == "2026-01-02T03:04:05Z"
@@ -560,6 +563,45 @@ def test_checkpoint_fails_when_trainer_ignores_the_signal(
     assert trainer.poll() is None
     assert counter.read_text() == "TERM\n"  # signalled exactly once
     assert keys(s3, bucket) == []
+    assert_no_temp_left(env)
+
+
+def test_checkpoint_interruption_with_a_cooperative_trainer_uploads_its_fresh_checkpoint(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-8" / "weights.bin", b"earlier weights", time.time() - 600)
+    trainer, pid_file, counter = start_trainer(children, "exit", tmp_path, ckdir)
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file), GraceSeconds="10", Mode="interruption")
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert counter.read_text() == "TERM\n"
+    assert trainer.wait(timeout=5) == 0
+    assert (out["trainer"], out["checkpoint"], out["step"], out["fresh"]) == ("exited", "step-9", 9, True)
+    manifest = read_manifest(s3, bucket, env)
+    assert (manifest["mode"], manifest["fresh"], manifest["checkpoint"]["name"]) == ("interruption", True, "step-9")
+
+
+def test_checkpoint_interruption_uploads_the_older_checkpoint_when_the_trainer_ignores_the_signal(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    ckdir = tmp_path / "ck"
+    data = write(ckdir / "step-1" / "weights.bin", b"weights", time.time() - 600)
+    os.utime(ckdir / "step-1", (time.time() - 600, time.time() - 600))
+    trainer, pid_file, counter = start_trainer(children, "ignore", tmp_path, ckdir)
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file), GraceSeconds="1", Mode="interruption")
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert (out["result"], out["trainer"], out["checkpoint"], out["fresh"]) == ("uploaded", "still_running", "step-1", False)
+    assert trainer.poll() is None, "the trainer is left running: the instance is reclaimed anyway"
+    assert counter.read_text() == "TERM\n"  # signalled exactly once
+    assert s3.get_object(Bucket=bucket, Key=f"{env['SSM_UploadPrefix']}step-1/weights.bin")["Body"].read() == data
+    manifest = read_manifest(s3, bucket, env)
+    assert (manifest["mode"], manifest["fresh"]) == ("interruption", False)
     assert_no_temp_left(env)
 
 
@@ -800,6 +842,8 @@ def test_checkpoint_refuses_files_swapped_after_selection(
         {"PartSizeBytes": "1048576"},
         {"PartSizeBytes": "99999999999"},
         {"DecisionTime": "2026-01-02 03:04:05"},
+        {"Mode": "spot"},
+        {"Mode": ""},
     ],
 )
 def test_checkpoint_rejects_invalid_parameters(
