@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # autostop checkpoint: run by the checkpoint SSM Command document (aws:runShellScript) once the
-# control plane has decided that a training run is complete.
+# control plane has decided that a training run is complete (Mode stop), or on a spot interruption
+# notice (Mode interruption).
 #
 # Contract
 #   Input   The document's parameters as environment variables (interpolationType ENV_VAR, SSM Agent
 #           3.3.2746.0 or later): SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir
 #           SSM_PidFile (may be empty) SSM_Bucket SSM_UploadPrefix SSM_ManifestKey SSM_Signal
-#           SSM_GraceSeconds SSM_PartSizeBytes SSM_DecisionTime. Every value is re-validated with the
-#           document's regex; this script never contains document placeholders. Region: AWS_DEFAULT_REGION,
-#           else AWS_SSM_REGION_NAME (set by the agent). AWS_ENDPOINT_URL is honoured by the CLI.
+#           SSM_GraceSeconds SSM_PartSizeBytes SSM_DecisionTime SSM_Mode (stop | interruption). Every value
+#           is re-validated with the document's regex; this script never contains document placeholders.
+#           Region: AWS_DEFAULT_REGION, else AWS_SSM_REGION_NAME (set by the agent). AWS_ENDPOINT_URL is
+#           honoured by the CLI.
 #   Effect  1. Sends SIG<Signal> ONCE to the live trainer named by PidFile and waits up to GraceSeconds
 #              for it to exit (a zombie counts as exited). A live process only counts as the trainer if it
 #              is not PID 1, this script or its parent and, where /proc is mounted, runs as (real uid) the
 #              PID file's owner (any uid if root owns the file) and started no later than 2 s after the
 #              file's mtime; any other live process is never signalled, and the script fails with
 #              TrainerUnverified (65) before uploading anything (a reused pid, or a stepped clock: unknown).
+#              A PID file last written before this boot (btime of /proc/stat, or AUTOSTOP_BOOT_TIME) is stale:
+#              nothing is signalled (trainer not_running).
+#              Mode stop: a trainer still running after GraceSeconds fails TrainerDidNotExit (nothing uploaded).
+#              Mode interruption (spot notice): it does not; the trainer is left running (still_running) and
+#              the newest complete checkpoint on disk is uploaded by the same rules (it may be older).
 #           2. Picks the newest checkpoint among the top-level entries of CheckpointDir. CheckpointDir must
 #              not be or pass through a symbolic link (NoCheckpoint). An entry is a checkpoint when
 #              - its name carries a step number: (case-insensitively) a digit run at the start, after a
@@ -35,10 +42,14 @@
 #              lstat at selection), before it is hashed and after it is uploaded; otherwise UploadFailed
 #              ("file P changed during the checkpoint"). The CLI opens the path itself for PutObject:
 #              S3 rejects bytes that do not match the checksum computed from the verified file.
-#           4. Uploads the manifest LAST to ManifestKey. Nothing is deleted on the instance.
+#           4. Uploads the manifest LAST to ManifestKey: it adds "mode", "fresh" and "layout" (file | directory)
+#              to the fields of schema 1. Nothing is deleted on the instance.
 #   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
-#             {"result":"uploaded","manifest":"s3://B/K","files":N,"bytes":B,"trainer":T,"checkpoint":NAME,"step":N}
-#             T: exited | not_running | pid_file_missing | pid_file_unreadable | not_configured
+#             {"result":"uploaded","manifest":"s3://B/K","files":N,"bytes":B,"trainer":T,"checkpoint":NAME,"step":N,
+#              "fresh":F}
+#             T: exited | not_running | pid_file_missing | pid_file_unreadable | not_configured | still_running
+#                (still_running only in Mode interruption)
+#             F: true when the trainer was signalled and the checkpoint's newest mtime is at or after that moment.
 #             step (also the manifest's): the number after step/iter/epoch in NAME, else NAME's last step number.
 #           or {"result":"failed","error":E,"message":"..."}.
 #   Exit    0 uploaded; 64 InvalidParameter; 65 TrainerDidNotExit / TrainerUnverified; 66 NoCheckpoint; 67 UploadFailed;
