@@ -48,6 +48,17 @@ SIM_MARKER = "AUTOSTOP_SIM_INSTANCE_ID"
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated"}
 
 
+def host_boot_time() -> int:
+    """The host kernel's boot time (``btime`` in /proc/stat), epoch seconds; now if it cannot be read."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return int(time.time())
+
+
 @dataclass
 class SimulatedInstance:
     """One EC2 instance's machine: a root folder (its disk), an agent, processes, and fault switches.
@@ -55,7 +66,8 @@ class SimulatedInstance:
     Powered off (StopInstances/TerminateInstances), every process on it ends and the agent goes offline;
     powered on again (StartInstances), it keeps its disk, runs no process, and its agent (if it has one)
     comes online ``agent_boot_seconds`` later. ``boot_time`` is the epoch second of the last (simulated)
-    boot: the scripts get it as ``AUTOSTOP_BOOT_TIME``, since the simulated machines share the host's kernel.
+    boot: the scripts get it as ``AUTOSTOP_BOOT_TIME``, since the simulated machines share the host's kernel
+    (whose ``btime`` it is until the first start).
     """
 
     instance_id: str
@@ -69,7 +81,9 @@ class SimulatedInstance:
     has_agent: bool | None = None
     """Whether an agent is installed (comes online after each boot); defaults to ``agent_online``."""
     agent_boot_seconds: float = 2.0
-    boot_time: int = field(default_factory=lambda: int(time.time()))
+    boot_time: int = field(default_factory=lambda: host_boot_time())
+    """Epoch second of the machine's last boot: the host's own until the first StartInstances, so files
+    written on the shared filesystem before a launch do not look older than the machine."""
     boots: int = 1
     """Power-ons so far (1 = the launch)."""
 
