@@ -64,7 +64,10 @@ def probe_verdicts(config: InstanceConfig, facts: CompletionFacts) -> list[Signa
                 )
             )
         else:
-            why = "names a live process that cannot be shown to be the trainer" if state == "unverified" else f"is {state}"
+            why = {
+                "unverified": "names a live process that cannot be shown to be the trainer",
+                "stale": "was written before this boot (the instance was restarted); it says nothing about this session's trainer",
+            }.get(state, f"is {state}")
             out.append(SignalVerdict(signal="pid", verdict="inconclusive", reason=f"PID file {config.pid_file} {why}"))
     if config.log_file is not None:
         log = probe.log

@@ -21,6 +21,17 @@ TAG_LOG_PATTERN: Final = "log-pattern"
 TAG_SIGNAL: Final = "signal"
 TAG_GRACE_SECONDS: Final = "grace-seconds"
 TAG_DRY_RUN: Final = "dry-run"
+TAG_SPOT_GRACE_SECONDS: Final = "spot-grace-seconds"
+TAG_ON_REBALANCE: Final = "on-rebalance"
+TAG_RESUME_COMMAND: Final = "resume-command"
+
+# Informational tags autostop writes after each action; never read as configuration.
+TAG_STATE: Final = "state"
+TAG_LAST_CHECKPOINT: Final = "last-checkpoint"
+TAG_LAST_ERROR: Final = "last-error"
+INFO_TAGS: Final = (TAG_STATE, TAG_LAST_CHECKPOINT, TAG_LAST_ERROR)
+TAG_VALUE_MAX: Final = 256
+"""EC2 tag value limit (characters)."""
 
 KNOWN_TAGS: Final = (
     TAG_ENABLED,
@@ -35,6 +46,10 @@ KNOWN_TAGS: Final = (
     TAG_SIGNAL,
     TAG_GRACE_SECONDS,
     TAG_DRY_RUN,
+    TAG_SPOT_GRACE_SECONDS,
+    TAG_ON_REBALANCE,
+    TAG_RESUME_COMMAND,
+    *INFO_TAGS,
 )
 
 DEFAULT_TAG_PREFIX: Final = "autostop"
@@ -52,17 +67,53 @@ OUTCOME_SKIPPED: Final = "Skipped"
 OUTCOME_CHECKPOINT_FAILED: Final = "CheckpointFailed"
 OUTCOME_UPLOAD_UNVERIFIED: Final = "UploadUnverified"
 OUTCOME_STOP_FAILED: Final = "StopFailed"
+OUTCOME_SPOT_CHECKPOINT_SAVED: Final = "SpotCheckpointSaved"
+OUTCOME_SPOT_CHECKPOINT_FAILED: Final = "SpotCheckpointFailed"
+OUTCOME_RESUMED: Final = "Resumed"
+OUTCOME_RESUME_FAILED: Final = "ResumeFailed"
 
 DESTRUCTIVE_OUTCOMES: Final = frozenset({OUTCOME_STOPPED, OUTCOME_TERMINATED, OUTCOME_HIBERNATED})
 """The only outcomes that change the instance; each follows a verified checkpoint."""
-FAILED_OUTCOMES: Final = frozenset({OUTCOME_CHECKPOINT_FAILED, OUTCOME_UPLOAD_UNVERIFIED, OUTCOME_STOP_FAILED})
+FAILED_OUTCOMES: Final = frozenset(
+    {OUTCOME_CHECKPOINT_FAILED, OUTCOME_UPLOAD_UNVERIFIED, OUTCOME_STOP_FAILED, OUTCOME_SPOT_CHECKPOINT_FAILED, OUTCOME_RESUME_FAILED}
+)
 """Outcomes that end the execution in the Fail state (red in the console)."""
 RETRYABLE_OUTCOMES: Final = frozenset({OUTCOME_NOT_COMPLETE, OUTCOME_INCONCLUSIVE, OUTCOME_SKIPPED})
 """Outcomes reached before anything was done on the instance; a later trigger may start a new attempt."""
-ALL_OUTCOMES: Final = DESTRUCTIVE_OUTCOMES | FAILED_OUTCOMES | RETRYABLE_OUTCOMES | {OUTCOME_DRY_RUN}
+ALL_OUTCOMES: Final = (
+    DESTRUCTIVE_OUTCOMES | FAILED_OUTCOMES | RETRYABLE_OUTCOMES | {OUTCOME_DRY_RUN, OUTCOME_SPOT_CHECKPOINT_SAVED, OUTCOME_RESUMED}
+)
+RESUMABLE_OUTCOMES: Final = frozenset({OUTCOME_STOPPED, OUTCOME_SPOT_CHECKPOINT_SAVED})
+"""A session that ended with one of these and a verified checkpoint is resumed when the instance starts again
+(Hibernated is not: the trainer comes back from memory)."""
 
 # --- Lifecycle reasons (part of the execution name) -------------------------------------------------
 REASON_COMPLETE: Final = "complete"
+REASON_INTERRUPTION: Final = "interruption"
+REASON_REBALANCE: Final = "rebalance"
+REASON_RESUME: Final = "resume"
+REASONS: Final = (REASON_COMPLETE, REASON_INTERRUPTION, REASON_REBALANCE, REASON_RESUME)
+
+# --- Run records (DynamoDB) --------------------------------------------------------------------------
+RECORDS_PARTITION_KEY: Final = "instance_id"
+RECORDS_SORT_KEY: Final = "run"
+"""``<run_id>#<session>``; see shared/records.py."""
+
+# --- EC2 events (EventBridge detail-type, source aws.ec2) -------------------------------------------
+SPOT_WARNING: Final = "EC2 Spot Instance Interruption Warning"
+REBALANCE_RECOMMENDATION: Final = "EC2 Instance Rebalance Recommendation"
+STATE_CHANGE: Final = "EC2 Instance State-change Notification"
+
+# --- Spot ---------------------------------------------------------------------------------------------
+SPOT_NOTICE_SECONDS: Final = 120
+"""EC2 gives a Spot Instance two minutes between the interruption warning and the interruption."""
+DEFAULT_SPOT_GRACE_SECONDS: Final = 30
+MAX_SPOT_GRACE_SECONDS: Final = 110
+SPOT_POLL_SECONDS: Final = 5
+"""Seconds between command-status polls on the Spot and resume paths."""
+SPOT_UPLOAD_RESERVE_SECONDS: Final = 45
+"""Of the time left before the interruption, this much is kept for the upload: the trainer's grace is
+min(spot-grace-seconds, time left - this)."""
 
 # --- Environment variables (set by infra/constructs/functions.py, read by shared/settings.py) ------
 ENV_TAG_PREFIX: Final = "AUTOSTOP_TAG_PREFIX"
@@ -77,6 +128,8 @@ ENV_CHECKPOINT_TIMEOUT_SECONDS: Final = "AUTOSTOP_CHECKPOINT_TIMEOUT_SECONDS"
 ENV_PART_SIZE_BYTES: Final = "AUTOSTOP_PART_SIZE_BYTES"
 ENV_PROBE_TIMEOUT_SECONDS: Final = "AUTOSTOP_PROBE_TIMEOUT_SECONDS"
 ENV_POLL_SECONDS: Final = "AUTOSTOP_POLL_SECONDS"
+ENV_RUNS_TABLE: Final = "AUTOSTOP_RUNS_TABLE"
+ENV_RESTORE_DOCUMENT: Final = "AUTOSTOP_RESTORE_DOCUMENT"
 
 # --- Bounds -------------------------------------------------------------------------------------------
 MIN_GRACE_SECONDS: Final = 0

@@ -65,10 +65,14 @@ def start_lifecycle_execution(
     run_id: str,
     reason: str,
     trigger: dict[str, Any],
+    session: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> StartResult:
-    """Start the lifecycle execution for (instance, run, reason) unless one already acted.
+    """Start the lifecycle execution for (instance, run, reason, session) unless one already acted.
 
-    Attempt 1 is named ``<instance>-<run>-<reason>``. ExecutionAlreadyExists is success, not an error:
+    ``session`` is the instance's LaunchTime (see :func:`shared.naming.execution_name`); ``extra`` adds
+    fields to the execution input (``deadline`` of a Spot interruption). Attempt 1 is named
+    ``<instance>-<run>-<reason>-<session>``. ExecutionAlreadyExists is success, not an error:
     a running execution means a duplicate event; a closed one is final unless :func:`may_retry` (nothing
     was done on the instance), in which case the next attempt number is tried. "started" may also be
     StartExecution's idempotent answer to an identical request for a still-running execution.
@@ -78,9 +82,11 @@ def start_lifecycle_execution(
         botocore ClientError: any StartExecution/DescribeExecution error other than ExecutionAlreadyExists.
     """
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        name = execution_name(instance_id, run_id, reason, attempt)
+        name = execution_name(instance_id, run_id, reason, attempt, session)
         arn = execution_arn(state_machine_arn, name)
-        payload = {"instance_id": instance_id, "run_id": run_id, "reason": reason, "attempt": attempt, "trigger": trigger}
+        payload = {"instance_id": instance_id, "run_id": run_id, "reason": reason, "attempt": attempt, "trigger": trigger, **(extra or {})}
+        if session:
+            payload["session"] = session
         try:
             resp = sfn.start_execution(stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload))
             return StartResult(name=name, status="started", execution_arn=resp["executionArn"])

@@ -8,7 +8,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared import constants as c
-from shared.models import InstanceSnapshot
+from shared.errors import error_code
+from shared.models import Action, InstanceConfig, InstanceSnapshot
 
 
 def snapshot(raw: dict[str, Any]) -> InstanceSnapshot:
@@ -20,6 +21,7 @@ def snapshot(raw: dict[str, Any]) -> InstanceSnapshot:
         launch_time=raw.get("LaunchTime"),
         lifecycle=raw.get("InstanceLifecycle", "on-demand"),
         hibernation_configured=bool(raw.get("HibernationOptions", {}).get("Configured", False)),
+        spot_request_id=raw.get("SpotInstanceRequestId"),
     )
 
 
@@ -52,3 +54,40 @@ def describe_instance(ec2: Any, instance_id: str) -> InstanceSnapshot | None:
         for raw in reservation.get("Instances", []):
             return snapshot(raw)
     return None
+
+
+def action_refusal(ec2: Any, snap: InstanceSnapshot, config: InstanceConfig) -> str | None:
+    """Why the tagged action cannot be carried out on this instance, or None.
+
+    Hibernate needs an instance launched with hibernation. A Spot Instance can be stopped or hibernated
+    only when its Spot request is persistent (EC2 refuses StopInstances for one-time requests); terminate
+    always works. AWS call: DescribeSpotInstanceRequests for a Spot Instance that is to be stopped.
+    """
+    if config.action is Action.HIBERNATE and not snap.hibernation_configured:
+        return (
+            "hibernate requested but the instance was not launched with hibernation enabled; "
+            "tag autostop:action=stop, or launch with hibernation, then start a new attempt"
+        )
+    if snap.lifecycle != "spot" or config.action is Action.TERMINATE:
+        return None
+    kind = spot_request_type(ec2, snap.spot_request_id)
+    if kind == "persistent":
+        return None
+    why = "its Spot request is one-time" if kind == "one-time" else f"its Spot request type cannot be read ({kind})"
+    return (
+        f"{config.action.value} requested but this Spot Instance cannot be stopped: {why}. EC2 stops only Spot Instances "
+        "of persistent requests; tag autostop:action=terminate to end it after the checkpoint, or launch it from a "
+        "persistent request"
+    )
+
+
+def spot_request_type(ec2: Any, request_id: str | None) -> str:
+    """``one-time``, ``persistent``, or a short description of why it is unknown (DescribeSpotInstanceRequests)."""
+    if not request_id:
+        return "no SpotInstanceRequestId"
+    try:
+        resp = ec2.describe_spot_instance_requests(SpotInstanceRequestIds=[request_id])
+    except ClientError as exc:
+        return f"DescribeSpotInstanceRequests failed: {error_code(exc)}"
+    requests = resp.get("SpotInstanceRequests", [])
+    return str(requests[0].get("Type", "no Type")) if requests else "request not found"

@@ -7,7 +7,7 @@ bytes; durations are seconds.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -71,6 +71,16 @@ class InstanceSnapshot(Frozen):
     launch_time: datetime | None = None
     lifecycle: Literal["on-demand", "spot", "scheduled", "capacity-block"] = "on-demand"
     hibernation_configured: bool = False
+    spot_request_id: str | None = None
+    """``SpotInstanceRequestId`` of a Spot Instance (DescribeSpotInstanceRequests tells one-time from persistent)."""
+
+    @property
+    def session(self) -> str | None:
+        """This power-on of the instance: its LaunchTime as ``YYYY-MM-DDTHH:MM:SSZ`` (EC2 updates LaunchTime
+        on every start), or None when EC2 gave none."""
+        if self.launch_time is None:
+            return None
+        return self.launch_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class InstanceConfig(Frozen):
@@ -90,6 +100,12 @@ class InstanceConfig(Frozen):
     """Signal name without ``SIG`` (TERM, INT, HUP, USR1, USR2)."""
     grace_seconds: int
     dry_run: bool
+    spot_grace_seconds: int = 30
+    """Trainer grace after a Spot interruption warning (tag spot-grace-seconds), before the deadline cut."""
+    checkpoint_on_rebalance: bool = False
+    """Tag on-rebalance=checkpoint: a rebalance recommendation starts an early checkpoint (no stop)."""
+    resume_command: str | None = None
+    """Tag resume-command: absolute program path and plain arguments, started detached after a restore."""
 
     @property
     def pid_is_completion_signal(self) -> bool:
@@ -137,8 +153,10 @@ class MarkerFact(Frozen):
 
 
 class PidState(Frozen):
-    state: Literal["running", "exited", "missing", "unreadable", "unverified", "not_configured"]
-    """``unverified``: a live process that cannot be shown to be the trainer (reused pid or stepped clock)."""
+    state: Literal["running", "exited", "missing", "unreadable", "unverified", "stale", "not_configured"]
+    """``unverified``: a live process that cannot be shown to be the trainer (reused pid or stepped clock).
+    ``stale``: the PID file was written before the machine booted (a run stopped and started again), so it
+    says nothing about this session's trainer."""
     pid: int | None = None
 
 

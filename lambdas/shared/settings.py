@@ -38,6 +38,9 @@ class Settings(BaseModel):
     part_size_bytes: int = Field(512 * 1024 * 1024, alias=c.ENV_PART_SIZE_BYTES, ge=c.MIN_PART_SIZE_BYTES, le=c.MAX_SINGLE_PUT_BYTES)
     probe_timeout_seconds: int = Field(60, alias=c.ENV_PROBE_TIMEOUT_SECONDS, ge=5, le=600)
     poll_seconds: float = Field(2.0, alias=c.ENV_POLL_SECONDS, ge=0, le=60)
+    runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)
+    """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""
+    restore_document: str | None = Field(None, alias=c.ENV_RESTORE_DOCUMENT)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +50,12 @@ class Settings(BaseModel):
             return cls.model_validate({k: v for k, v in source.items() if k.startswith("AUTOSTOP_")})
         except ValidationError as exc:
             raise SettingsError(f"autostop function environment is invalid: {exc}") from exc
+
+    def require_runs_table(self) -> str:
+        """The run records table; raises :class:`SettingsError` when not configured."""
+        if not self.runs_table:
+            raise SettingsError(f"{c.ENV_RUNS_TABLE} is not set for this function")
+        return self.runs_table
 
     def require_state_machine_arn(self) -> str:
         """The lifecycle state machine's ARN; raises :class:`SettingsError` when not configured."""

@@ -21,6 +21,10 @@ from shared.models import Action, InstanceConfig, S3Uri
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ABS_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{0,254}$")
 LOG_PATTERN_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
+RESUME_COMMAND_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,254}( [A-Za-z0-9._/=:,+@%-]{1,255}){0,31}$")
+"""The restore document's ResumeCommand allowedPattern: an absolute program path, then plain arguments
+separated by single spaces; no quotes, no shell metacharacters (it is never run through a shell)."""
+REBALANCE_VALUES = ("checkpoint", "ignore")
 SIGNALS = ("TERM", "INT", "HUP", "USR1", "USR2")
 TRUE_VALUES = ("true",)
 BOOL_VALUES = {"true": True, "false": False}
@@ -94,6 +98,8 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         if folded.startswith(f"{p.lower()}:") and not key.startswith(f"{p}:"):
             problems.append(f"tag key {key!r} looks like an autostop tag but is not spelled exactly {p}:<name> (keys are case-sensitive)")
     for name in ours:
+        if name in c.INFO_TAGS:
+            continue  # written by autostop itself, never configuration
         if name not in c.KNOWN_TAGS:
             hint = difflib.get_close_matches(name, c.KNOWN_TAGS, n=1)
             problems.append(f"unknown tag {p}:{name}" + (f" (did you mean {p}:{hint[0]}?)" if hint else ""))
@@ -209,6 +215,39 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         else:
             dry_run = BOOL_VALUES[raw.lower()]
 
+    spot_grace = min(c.DEFAULT_SPOT_GRACE_SECONDS, policy.max_grace_seconds)
+    if (raw := get(c.TAG_SPOT_GRACE_SECONDS)) is not None:
+        if not re.fullmatch(r"[0-9]{1,3}", raw):
+            problems.append(f"{p}:{c.TAG_SPOT_GRACE_SECONDS}={raw!r} must be a whole number of seconds")
+        elif int(raw) > c.MAX_SPOT_GRACE_SECONDS:
+            problems.append(
+                f"{p}:{c.TAG_SPOT_GRACE_SECONDS}={raw} is outside 0..{c.MAX_SPOT_GRACE_SECONDS} seconds "
+                f"(a Spot interruption leaves {c.SPOT_NOTICE_SECONDS} s in all, upload included)"
+            )
+        else:
+            spot_grace = int(raw)
+
+    on_rebalance = False
+    if (raw := get(c.TAG_ON_REBALANCE)) is not None:
+        if raw.lower() not in REBALANCE_VALUES:
+            problems.append(f"{p}:{c.TAG_ON_REBALANCE}={raw!r} must be checkpoint or ignore")
+        else:
+            on_rebalance = raw.lower() == "checkpoint"
+
+    resume_command = get(c.TAG_RESUME_COMMAND)
+    if resume_command is not None:
+        program = resume_command.split(" ", 1)[0]
+        if not RESUME_COMMAND_RE.fullmatch(resume_command):
+            problems.append(
+                f"{p}:{c.TAG_RESUME_COMMAND}={resume_command!r} must be an absolute program path followed by arguments "
+                "separated by single spaces, using only letters, digits and . _ / = : , + @ % - (it is never run through "
+                "a shell: no quotes, $, ;, |, &, <, >, * or backslashes)"
+            )
+            resume_command = None
+        elif any(seg in ("..", ".") for seg in program.split("/")[1:]) or "//" in program:
+            problems.append(f"{p}:{c.TAG_RESUME_COMMAND}: the program path {program!r} may not contain '.', '..' or empty segments")
+            resume_command = None
+
     if problems or run_id is None or checkpoint_dir is None or prefix_uri is None:
         raise InvalidTags(instance_id, problems or ["incomplete autostop tags"])
     return InstanceConfig(
@@ -224,6 +263,9 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         signal=signal,
         grace_seconds=grace,
         dry_run=dry_run,
+        spot_grace_seconds=spot_grace,
+        checkpoint_on_rebalance=on_rebalance,
+        resume_command=resume_command,
     )
 
 

@@ -33,7 +33,9 @@ def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Eval
     Only instances whose every configured completion signal says complete get an execution;
     StartExecution's deterministic name makes a repeated trigger a no-op.
     """
-    evaluations = evaluator.evaluate(snapshots)
+    snaps = list(snapshots)
+    sessions = {s.instance_id: s.session for s in snaps}
+    evaluations = evaluator.evaluate(snaps)
     state_machine_arn = evaluator.settings.require_state_machine_arn()
     started: list[StartResult] = []
     for ev in evaluations:
@@ -51,6 +53,7 @@ def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Eval
             run_id=ev.config.run_id,
             reason=c.REASON_COMPLETE,
             trigger=trigger,
+            session=sessions.get(ev.instance_id),
         )
         logger.info("lifecycle execution", extra={**extra, "execution": result.name, "status": result.status, "detail": result.detail})
         started.append(result)

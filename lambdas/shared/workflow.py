@@ -18,13 +18,23 @@ class Payload(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+SESSION_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+Reason = Literal["complete", "interruption", "rebalance", "resume"]
+
+
 class LifecycleInput(Payload):
     """Execution input written by the trigger functions (see ``shared.executions``)."""
 
     instance_id: str = Field(pattern=r"^i-[0-9a-f]{8,17}$")
     run_id: str = Field(min_length=1, max_length=63)
-    reason: Literal["complete"]
+    reason: Reason
+    """complete (schedule sweep, marker), interruption (Spot interruption warning), rebalance (rebalance
+    recommendation, tag on-rebalance=checkpoint), resume (the instance started again)."""
     attempt: int = Field(1, ge=1)
+    session: str | None = Field(None, pattern=SESSION_PATTERN)
+    """The instance's LaunchTime when the trigger saw it; None (started by hand) means the current one."""
+    deadline: datetime | None = None
+    """interruption only: when EC2 interrupts the instance (the warning's time + 120 s)."""
     trigger: dict[str, Any] = {}
 
 
@@ -46,21 +56,44 @@ class CheckpointLocation(Payload):
     manifest_uri: str
 
 
-class EvaluateOutput(Payload):
-    """Result of the Evaluate completion Task state (``$.evaluation``)."""
+class RestorePlan(Payload):
+    """What the resume path restores: the previous session's last verified checkpoint."""
 
-    decision: Literal["complete", "not_complete", "inconclusive", "skipped", "refused"]
+    manifest_uri: str
+    from_session: str
+    files: int
+    bytes: int
+    step: int | None = None
+
+
+class EvaluateOutput(Payload):
+    """Result of the Evaluate completion Task state (``$.evaluation``).
+
+    ``decision`` routes the execution: ``complete`` → checkpoint, verify, stop; ``spot_checkpoint``
+    (interruption, rebalance) → checkpoint, verify, no stop; ``resume`` → wait for the SSM agent, restore;
+    any other decision ends the execution with ``outcome``.
+    """
+
+    decision: Literal["complete", "spot_checkpoint", "resume", "not_complete", "inconclusive", "skipped", "refused"]
     outcome: str | None
-    """The execution outcome when the run ends here (NotComplete, Inconclusive, Skipped, or StopFailed for
-    ``refused``: the tagged action is impossible, found before the trainer is signalled), else None."""
+    """The execution outcome when the run ends here (NotComplete, Inconclusive, Skipped, StopFailed for
+    ``refused``: the tagged action is impossible, found before the trainer is signalled; SpotCheckpointFailed
+    or ResumeFailed when that path cannot start), else None."""
     reason: str
     instance_id: str
     run_id: str
     decided_at: datetime
+    lifecycle_reason: Reason = "complete"
+    session: str | None = None
     action: Action | None = None
     dry_run: bool = False
     checkpoint: CheckpointLocation | None = None
     command: CheckpointCommand | None = None
+    """The checkpoint command (complete, spot_checkpoint) or the restore command (resume)."""
+    poll_limit: int = 0
+    """How many command-status (or agent) polls the state machine may make before giving up."""
+    restore: RestorePlan | None = None
+    deadline: datetime | None = None
 
 
 class VerifyOutput(Payload):
@@ -73,6 +106,10 @@ class VerifyOutput(Payload):
     files: int = 0
     bytes: int = 0
     step: int | None = None
+    fresh: bool | None = None
+    """interruption/rebalance: True when the trainer saved a newer checkpoint after the signal."""
+    trainer: str | None = None
+    """What the checkpoint script saw of the trainer (exited, still_running, not_running, ...)."""
 
 
 class StopOutput(Payload):
@@ -85,3 +122,22 @@ class StopOutput(Payload):
     called: bool
     """True when StopInstances/TerminateInstances was called and accepted."""
     expected_state: Literal["stopped", "terminated", "none"] = "none"
+
+
+class ResumeOutput(Payload):
+    """Result of the Confirm resume Task state (``$.resume``)."""
+
+    resumed: bool
+    outcome: Literal["Resumed", "ResumeFailed"]
+    reason: str
+    checkpoint: str | None = None
+    trainer: str | None = None
+    pid: int | None = None
+
+
+class RecordOutput(Payload):
+    """Result of the Record outcome Task state (``$.record``)."""
+
+    recorded: bool
+    tags: bool
+    detail: str = ""

@@ -1,0 +1,252 @@
+"""Run records: one DynamoDB item per (instance, run, session), the lock that makes each action happen once.
+
+Table (``infra/constructs/storage.py``): partition key ``instance_id`` (S), sort key ``run`` (S) =
+``<run_id>#<session>``, where the session is the instance's LaunchTime (``YYYY-MM-DDTHH:MM:SSZ``; EC2
+updates it on every start, so a run resumed after a stop gets a new record).
+
+Item attributes::
+
+    instance_id, run, run_id, session      keys
+    status                                 the latest state (an outcome, or "checkpointing", "resuming"...)
+    outcome                                the latest execution outcome
+    history      [{at, status, execution, detail}]      oldest first, the last HISTORY_MAX entries
+    locks        {reason: execution name}  who acted for each reason (complete, interruption, rebalance, resume)
+    active       execution name            the execution that is acting on the trainer now (absent when none)
+    last_checkpoint {manifest_uri, execution, files, bytes, step, fresh, verified_at,
+                     objects: [{key, size, sha256}] (first OBJECTS_MAX), objects_truncated}
+    auto_stopped bool                      autostop stopped the instance at the end of this session
+    version      int                       optimistic lock of every read-modify-write
+
+Every write is conditional: :meth:`RunRecords.claim` succeeds for one execution per (record, reason), and
+no execution may start acting on the trainer while another one is (``active``), so the trainer is never
+signalled twice. AWS calls: GetItem, PutItem, UpdateItem, Query (DynamoDB).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from shared.errors import error_code
+
+HISTORY_MAX = 50
+OBJECTS_MAX = 100
+"""The record lists at most this many checkpoint objects; the manifest (its URI is kept) lists them all."""
+MAX_CONFLICT_RETRIES = 8
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+class RecordConflict(RuntimeError):
+    """Another writer changed the record MAX_CONFLICT_RETRIES times in a row (raised by :meth:`RunRecords.update`)."""
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Which record: the instance, the run id and the session (LaunchTime, ``YYYY-MM-DDTHH:MM:SSZ``)."""
+
+    instance_id: str
+    run_id: str
+    session: str
+
+    @property
+    def sort_key(self) -> str:
+        return f"{self.run_id}#{self.session}"
+
+    def item_key(self) -> dict[str, Any]:
+        return {"instance_id": {"S": self.instance_id}, "run": {"S": self.sort_key}}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Result of :meth:`RunRecords.claim`."""
+
+    owned: bool
+    """True when this execution now holds the record's lock for the reason (or already did)."""
+    owner: str | None = None
+    """When not owned: the execution that holds the reason's lock, or that is acting on the trainer."""
+    why: str = ""
+
+
+def to_item(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(v) for k, v in value.items() if v is not None}
+
+
+def from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; records are read as JSON-like values (int where whole)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class RunRecords:
+    """Reads and writes run records in the table ``table`` through the DynamoDB client ``dynamodb``."""
+
+    def __init__(self, dynamodb: Any, table: str, *, clock: Callable[[], str] = _now, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.dynamodb = dynamodb
+        self.table = table
+        self.clock = clock
+        self.sleep = sleep
+
+    # --- reads ----------------------------------------------------------------------------------------------
+
+    def get(self, key: RunKey) -> dict[str, Any] | None:
+        """The record, or None. Consistent read."""
+        resp = self.dynamodb.get_item(TableName=self.table, Key=key.item_key(), ConsistentRead=True)
+        return from_item(resp["Item"]) if "Item" in resp else None
+
+    def sessions(self, instance_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every record of ``run_id`` on ``instance_id``, newest session first (Query, all pages)."""
+        out: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "instance_id = :i AND begins_with(#run, :prefix)",
+            "ExpressionAttributeNames": {"#run": "run"},
+            "ExpressionAttributeValues": {":i": {"S": instance_id}, ":prefix": {"S": f"{run_id}#"}},
+            "ScanIndexForward": False,
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self.dynamodb.query(**kwargs)
+            out.extend(from_item(i) for i in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return out
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # --- writes ---------------------------------------------------------------------------------------------
+
+    def ensure(self, key: RunKey) -> None:
+        """Create the record if it does not exist (PutItem, condition attribute_not_exists)."""
+        item = {
+            "instance_id": key.instance_id,
+            "run": key.sort_key,
+            "run_id": key.run_id,
+            "session": key.session,
+            "status": "new",
+            "history": [],
+            "locks": {},
+            "version": 0,
+            "created_at": self.clock(),
+        }
+        try:
+            self.dynamodb.put_item(TableName=self.table, Item=to_item(item), ConditionExpression="attribute_not_exists(instance_id)")
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    def claim(self, key: RunKey, reason: str, execution: str, *, acting: bool = True, detail: str = "") -> Claim:
+        """Take the record's lock for ``reason`` for ``execution``; idempotent for the same execution.
+
+        ``acting`` True also makes ``execution`` the one acting on the trainer (``active``): refused while
+        another execution is. ``acting`` False (an upload that signals nothing) only needs the reason's lock.
+        One conditional UpdateItem; a lost race reads the record to name the owner.
+        """
+        self.ensure(key)
+        names = {"#locks": "locks", "#r": reason, "#history": "history", "#status": "status", "#v": "version"}
+        values: dict[str, Any] = {
+            ":e": {"S": execution},
+            ":h": {"L": [_ser.serialize({"at": self.clock(), "status": f"claimed:{reason}", "execution": execution, "detail": detail})]},
+            ":s": {"S": f"acting:{reason}"},
+            ":one": {"N": "1"},
+        }
+        condition = "(attribute_not_exists(#locks.#r) OR #locks.#r = :e)"
+        update = "SET #locks.#r = :e, #history = list_append(#history, :h), #status = :s ADD #v :one"
+        if acting:
+            names["#active"] = "active"
+            condition += " AND (attribute_not_exists(#active) OR #active = :e)"
+            update = update.replace("#status = :s", "#status = :s, #active = :e")
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table,
+                Key=key.item_key(),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            record = self.get(key) or {}
+            holder = (record.get("locks") or {}).get(reason)
+            if holder and holder != execution:
+                return Claim(owned=False, owner=holder, why=f"{reason} of this run was already handled by execution {holder}")
+            active = record.get("active")
+            return Claim(owned=False, owner=active, why=f"execution {active} is acting on the trainer of this run now")
+        return Claim(owned=True)
+
+    def update(
+        self, key: RunKey, change: Callable[[dict[str, Any]], None], *, status: str, execution: str, detail: str = ""
+    ) -> dict[str, Any]:
+        """Read, apply ``change`` to the record (a dict, in place), append a history entry, write back.
+
+        The write is conditional on the version read, retried on a concurrent change. Returns the record
+        written. Raises :class:`RecordConflict` after MAX_CONFLICT_RETRIES lost races.
+        """
+        self.ensure(key)
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            record = self.get(key) or {}
+            version = int(record.get("version", 0))
+            change(record)
+            history = list(record.get("history") or [])
+            history.append({"at": self.clock(), "status": status, "execution": execution, "detail": detail[:500]})
+            record.update(history=history[-HISTORY_MAX:], status=status, version=version + 1, updated_at=self.clock())
+            try:
+                self.dynamodb.put_item(
+                    TableName=self.table,
+                    Item=to_item(record),
+                    ConditionExpression="#v = :v",
+                    ExpressionAttributeNames={"#v": "version"},
+                    ExpressionAttributeValues={":v": {"N": str(version)}},
+                )
+                return record
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                self.sleep(0.05 * (attempt + 1))
+        raise RecordConflict(f"run record {key.instance_id} {key.sort_key} kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts")
+
+
+def checkpoint_entry(
+    *,
+    manifest_uri: str,
+    execution: str,
+    files: list[dict[str, Any]],
+    total_bytes: int,
+    step: int | None,
+    fresh: bool | None,
+    verified_at: str,
+) -> dict[str, Any]:
+    """The ``last_checkpoint`` value of a record: the manifest's URI and its first OBJECTS_MAX objects."""
+    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"]} for f in files[:OBJECTS_MAX]]
+    return {
+        "manifest_uri": manifest_uri,
+        "execution": execution,
+        "files": len(files),
+        "bytes": total_bytes,
+        "step": step,
+        "fresh": fresh,
+        "verified_at": verified_at,
+        "objects": objects,
+        "objects_truncated": len(files) > OBJECTS_MAX,
+    }
