@@ -10,6 +10,7 @@ from evaluate_completion.logic import evaluate
 from shared.clients import client
 from shared.evaluation import Clients, Evaluator
 from shared.observability import logger, metrics, tracer
+from shared.records import RunRecords
 from shared.settings import settings
 
 
@@ -18,7 +19,9 @@ from shared.settings import settings
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     evaluator = Evaluator(clients=Clients(s3=client("s3"), ssm=client("ssm")), settings=settings())
-    result = evaluate(event, ec2=client("ec2"), evaluator=evaluator)
+    table = settings().runs_table
+    records = RunRecords(client("dynamodb"), table) if table else None
+    result = evaluate(event, ec2=client("ec2"), evaluator=evaluator, records=records)
     logger.info("evaluated", extra={"decision": result.decision, "reason": result.reason})
     metrics.add_metric(name=f"Evaluation_{result.decision}", unit="Count", value=1)
     return result.model_dump(mode="json")

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from shared import constants as c
 from shared.errors import TransientAwsError, error_code, is_transient
-from shared.instances import describe_instance
+from shared.instances import action_refusal, describe_instance
 from shared.models import Action
 from shared.tags import InvalidTags, TagPolicy, parse_instance_config
 from shared.workflow import EvaluateOutput, StopOutput, VerifyOutput
@@ -31,7 +31,7 @@ def stop_instance(ec2: Any, policy: TagPolicy, evaluation: EvaluateOutput, verif
     """Guard, then act on the instance named by ``evaluation``.
 
     Args:
-        ec2: boto3 EC2 client (DescribeInstances, StopInstances, TerminateInstances).
+        ec2: boto3 EC2 client (DescribeInstances, DescribeSpotInstanceRequests, StopInstances, TerminateInstances).
         policy: tag prefix and checkpoint bucket, to re-read the instance's tags.
         evaluation: the Evaluate completion output (instance, run, action, dry run, decision time).
         verification: the Verify checkpoint output; must be ``verified``.
@@ -59,6 +59,8 @@ def stop_instance(ec2: Any, policy: TagPolicy, evaluation: EvaluateOutput, verif
         return _skip("instance no longer exists")
     if snap.state != "running":
         return _skip(f"instance is {snap.state}, not running; someone else changed it since the decision")
+    if evaluation.session is not None and snap.session != evaluation.session:
+        return _skip(f"the instance was restarted since the decision (LaunchTime {snap.session}, decided in {evaluation.session})")
     try:
         config = parse_instance_config(iid, snap.tags, policy)
     except InvalidTags as exc:
@@ -73,8 +75,9 @@ def stop_instance(ec2: Any, policy: TagPolicy, evaluation: EvaluateOutput, verif
             reason=f"dry run: would {config.action} the instance after the verified checkpoint {verification.manifest_uri}",
             called=False,
         )
-    if config.action is Action.HIBERNATE and not snap.hibernation_configured:
-        return _fail("hibernate requested but the instance was not launched with hibernation enabled; not stopping")
+    refusal = action_refusal(ec2, snap, config)
+    if refusal:
+        return _fail(refusal)
 
     try:
         if config.action is Action.TERMINATE:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -19,6 +19,7 @@ from shared import constants as c
 from shared.errors import TransientAwsError, error_code, is_transient
 from shared.models import Manifest, ManifestFile
 from shared.probe import last_json_line
+from shared.records import RunKey, RunRecords, checkpoint_entry
 from shared.workflow import EvaluateOutput, VerifyOutput
 
 MAX_REASONS = 5
@@ -64,10 +65,12 @@ def checksum_matches(expected: str, actual: str | None, parts: int) -> bool:
 
 
 class Verifier:
-    """Reads one manifest and checks its objects. ``s3`` is a boto3 S3 client."""
+    """Reads one manifest and checks its objects. ``s3`` is a boto3 S3 client; ``records`` (optional) gets
+    the verified checkpoint as the run record's ``last_checkpoint``."""
 
-    def __init__(self, s3: Any, max_workers: int = 16) -> None:
+    def __init__(self, s3: Any, records: RunRecords | None = None, max_workers: int = 16) -> None:
         self.s3 = s3
+        self.records = records
         self.max_workers = max_workers
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | str:
@@ -154,12 +157,51 @@ class Verifier:
             return unverified(
                 f"{len(problems)} of {len(manifest.files)} objects failed verification: " + "; ".join(problems[:MAX_REASONS]) + more
             )
+        line = last_json_line(invocation.get("StandardOutputContent", "") or "") or {}
+        fresh = line.get("fresh") if isinstance(line.get("fresh"), bool) else None
+        trainer = str(line["trainer"]) if isinstance(line.get("trainer"), str) else None
+        reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums"
+        if evaluation.decision == "spot_checkpoint":
+            reason = f"checkpoint {manifest.checkpoint.name} (step {manifest.step}): {reason}; " + (
+                "the trainer saved it after the signal"
+                if fresh
+                else f"the trainer did not save a newer checkpoint in time (trainer {trainer or 'unknown'}), so the newest one "
+                f"already on disk, from {manifest.checkpoint.mtime.isoformat()}, was uploaded"
+            )
+        self._record(evaluation, execution, manifest, loc.manifest_uri, fresh)
         return VerifyOutput(
             verified=True,
             outcome="Verified",
-            reason=f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums",
+            reason=reason,
             manifest_uri=loc.manifest_uri,
             files=len(manifest.files),
             bytes=manifest.total_bytes,
             step=manifest.step,
+            fresh=fresh,
+            trainer=trainer,
         )
+
+    def _record(self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, uri: str, fresh: bool | None) -> None:
+        """Write the verified checkpoint into the run record (what a later resume restores).
+
+        Raises:
+            TransientAwsError: DynamoDB throttled or failed; the Task state's Retry verifies again.
+        """
+        if self.records is None or evaluation.session is None:
+            return
+        key = RunKey(evaluation.instance_id, evaluation.run_id, evaluation.session)
+        entry = checkpoint_entry(
+            manifest_uri=uri,
+            execution=execution,
+            files=[f.model_dump() for f in manifest.files],
+            total_bytes=manifest.total_bytes,
+            step=manifest.step,
+            fresh=fresh,
+            verified_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        try:
+            self.records.update(
+                key, lambda r: r.update(last_checkpoint=entry), status="checkpoint-verified", execution=execution, detail=uri
+            )
+        except ClientError as exc:
+            raise TransientAwsError(f"run record update: {error_code(exc)}") from exc

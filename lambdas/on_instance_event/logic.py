@@ -1,0 +1,135 @@
+"""EC2 events that start work for one instance: Spot interruption warnings, rebalance recommendations, and
+state changes to ``running`` (resume after a stop).
+
+Only these three start executions, each with its own reason. A state change to any other state (our own
+StopInstances makes ``stopping`` and ``stopped``) starts nothing, a rebalance recommendation only starts an
+early checkpoint when the instance is tagged ``autostop:on-rebalance=checkpoint``, and a start only resumes
+a run whose earlier session ended with a verified checkpoint (Stopped or SpotCheckpointSaved).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import constants as c
+from shared.evaluation import Evaluator
+from shared.executions import StartResult, start_lifecycle_execution
+from shared.instances import describe_instance
+from shared.models import Evaluation
+from shared.observability import logger
+from shared.records import RunRecords
+
+SPOT_WARNING = c.SPOT_WARNING
+REBALANCE = c.REBALANCE_RECOMMENDATION
+STATE_CHANGE = c.STATE_CHANGE
+
+
+class InstanceDetail(BaseModel):
+    """The ``detail`` of the three EC2 events (EventBridge, source aws.ec2)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]{8,17}$")
+    instance_action: str | None = Field(None, alias="instance-action", max_length=32)
+    """Spot warning only: terminate, stop or hibernate."""
+    state: str | None = Field(None, max_length=32)
+    """State-change only: pending, running, stopping, stopped, shutting-down, terminated."""
+
+
+class InstanceEvent(BaseModel):
+    """The EventBridge envelope fields used here."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    detail_type: Literal[SPOT_WARNING, REBALANCE, STATE_CHANGE] = Field(alias="detail-type")  # type: ignore[valid-type]
+    source: Literal["aws.ec2"]
+    time: datetime
+    detail: InstanceDetail
+
+
+class EventResult(BaseModel):
+    """What one event did: the function's return value, also logged."""
+
+    instance_id: str | None = None
+    reason: str | None = None
+    """The lifecycle reason (interruption, rebalance, resume) when the event asks for one."""
+    ignored: str | None = None
+    """Why no execution was started."""
+    execution: StartResult | None = None
+
+
+def parse_event(raw: Any) -> InstanceEvent | str:
+    """The event, or a sentence saying why it cannot be one of ours (never raises)."""
+    try:
+        return InstanceEvent.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        return f"malformed EC2 event: {where}: {err['msg']}"
+
+
+def handle_event(raw: Any, *, ec2: Any, sfn: Any, evaluator: Evaluator, records: RunRecords | None, state_machine_arn: str) -> EventResult:
+    """Start the lifecycle execution an EC2 event asks for, if any.
+
+    Args:
+        raw: the EventBridge event (dict) as delivered to the function.
+        ec2: boto3 EC2 client (DescribeInstances).
+        sfn: boto3 Step Functions client (StartExecution, DescribeExecution).
+        evaluator: reads the instance's tags (opt-in, run id, on-rebalance).
+        records: run records, to see whether a started instance has a run to resume.
+        state_machine_arn: the lifecycle state machine.
+
+    Returns:
+        The execution started, or ``ignored`` with the reason. A malformed event is ignored with a clear
+        reason and nothing else happens.
+    """
+    event = parse_event(raw)
+    if isinstance(event, str):
+        return EventResult(ignored=event)
+    iid = event.detail.instance_id
+    if event.detail_type == SPOT_WARNING:
+        reason = c.REASON_INTERRUPTION
+    elif event.detail_type == REBALANCE:
+        reason = c.REASON_REBALANCE
+    elif event.detail.state == "running":
+        reason = c.REASON_RESUME
+    else:
+        return EventResult(instance_id=iid, ignored=f"state change to {event.detail.state} starts nothing")
+    result = EventResult(instance_id=iid, reason=reason)
+
+    snap = describe_instance(ec2, iid)
+    if snap is None:
+        return result.model_copy(update={"ignored": "instance does not exist"})
+    config = evaluator.configure(snap)
+    if isinstance(config, Evaluation):
+        return result.model_copy(update={"ignored": config.reason})
+    if reason == c.REASON_REBALANCE and not config.checkpoint_on_rebalance:
+        return result.model_copy(update={"ignored": "rebalance recommendation: tag autostop:on-rebalance is not 'checkpoint'"})
+    if reason == c.REASON_RESUME:
+        earlier = [r for r in (records.sessions(iid, config.run_id) if records else []) if str(r.get("session")) < str(snap.session)]
+        if not earlier or earlier[0].get("outcome") not in c.RESUMABLE_OUTCOMES:
+            why = f"ended {earlier[0].get('outcome')}" if earlier else "none"
+            return result.model_copy(update={"ignored": f"no earlier session of run {config.run_id} to resume ({why})"})
+    extra: dict[str, Any] = {}
+    if reason == c.REASON_INTERRUPTION:
+        # The deadline comes from the warning's own time: a notice delivered late leaves less time.
+        extra["deadline"] = (event.time + timedelta(seconds=c.SPOT_NOTICE_SECONDS)).isoformat()
+    started = start_lifecycle_execution(
+        sfn,
+        state_machine_arn,
+        instance_id=iid,
+        run_id=config.run_id,
+        reason=reason,
+        trigger={
+            "source": event.detail_type,
+            "time": event.time.isoformat(),
+            **({"action": event.detail.instance_action} if event.detail.instance_action else {}),
+        },
+        session=snap.session,
+        extra=extra,
+    )
+    logger.info("lifecycle execution", extra={"instance_id": iid, "reason": reason, "execution": started.name, "status": started.status})
+    return result.model_copy(update={"execution": started})
