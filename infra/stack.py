@@ -12,6 +12,7 @@ from infra.config import AutostopConfig
 from infra.constructs.documents import InstanceDocuments
 from infra.constructs.functions import ControlPlaneFunctions
 from infra.constructs.notifications import OutcomeNotifications
+from infra.constructs.records import RunRecordsTable
 from infra.constructs.storage import CheckpointStorage
 from infra.constructs.triggers import Triggers
 from infra.constructs.workflow import LifecycleStateMachine
@@ -20,7 +21,8 @@ from lambdas.shared import constants as c
 
 
 class AutostopStack(Stack):
-    """Checkpoint bucket, SSM documents, five functions, the lifecycle state machine, triggers, SNS."""
+    """Checkpoint bucket, run records table, SSM documents, eight functions, the lifecycle state machine,
+    triggers, SNS."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AutostopConfig, **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
@@ -28,6 +30,7 @@ class AutostopStack(Stack):
         storage = CheckpointStorage(self, "CheckpointStorage", config=config)
         documents = InstanceDocuments(self, "Documents")
         notifications = OutcomeNotifications(self, "Notifications", emails=config.notification_emails)
+        runs = RunRecordsTable(self, "RunRecords").table
 
         functions = ControlPlaneFunctions(
             self,
@@ -41,6 +44,8 @@ class AutostopStack(Stack):
                 c.ENV_MAX_GRACE_SECONDS: str(config.max_grace_seconds),
                 c.ENV_PROBE_DOCUMENT: documents.probe.ref,
                 c.ENV_CHECKPOINT_DOCUMENT: documents.checkpoint.ref,
+                c.ENV_RESTORE_DOCUMENT: documents.restore.ref,
+                c.ENV_RUNS_TABLE: runs.table_name,
                 c.ENV_CHECKPOINT_TIMEOUT_SECONDS: str(config.checkpoint_timeout_seconds),
                 c.ENV_PART_SIZE_BYTES: str(config.part_size_bytes),
             },
@@ -65,6 +70,19 @@ class AutostopStack(Stack):
             timeout=Duration.minutes(1),
         )
 
+        confirm_resume = functions.function(
+            "ConfirmResume",
+            handler_package="confirm_resume",
+            description="autostop Task state: judge the restore command (Resumed or ResumeFailed)",
+            timeout=Duration.seconds(30),
+        )
+        record = functions.function(
+            "RecordOutcome",
+            handler_package="record_outcome",
+            description="autostop Task state: write the outcome into the run record and the instance's informational tags",
+            timeout=Duration.minutes(1),
+        )
+
         workflow = LifecycleStateMachine(
             self,
             "Lifecycle",
@@ -72,7 +90,10 @@ class AutostopStack(Stack):
             evaluate=evaluate,
             verify=verify,
             stop=stop,
+            confirm_resume=confirm_resume,
+            record=record,
             checkpoint_document_arn=documents.arn(documents.checkpoint),
+            restore_document_arn=documents.arn(documents.restore),
             topic=notifications.topic,
             log_retention=getattr(logs.RetentionDays, config.log_retention),
         )
@@ -93,16 +114,51 @@ class AutostopStack(Stack):
             timeout=Duration.minutes(2),
             extra_environment=trigger_env,
         )
-        Triggers(self, "Triggers", schedule_minutes=config.schedule_minutes, sweep=sweep, on_marker=on_marker, bucket=storage.bucket)
+        on_instance = functions.function(
+            "InstanceEvent",
+            handler_package="on_instance_event",
+            description="autostop trigger: Spot interruption warning, rebalance recommendation, or an instance started",
+            timeout=Duration.minutes(1),
+            extra_environment=trigger_env,
+        )
+        Triggers(
+            self,
+            "Triggers",
+            schedule_minutes=config.schedule_minutes,
+            sweep=sweep,
+            on_marker=on_marker,
+            on_instance=on_instance,
+            bucket=storage.bucket,
+        )
 
         # --- grants, where producer and consumer meet ----------------------------------------------------
         instances_arn = self.format_arn(service="ec2", resource="instance", resource_name="*")
         opted_in = {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{config.tag_prefix}:{c.TAG_ENABLED}": "true"}}
         for fn in (evaluate, sweep, on_marker):
             self._grant_evaluation(fn, storage=storage, documents=documents, instances_arn=instances_arn, opted_in=opted_in)
-        for fn in (sweep, on_marker):
+        for fn in (sweep, on_marker, on_instance):
             state_machine.grant_start_execution(fn)
             state_machine.grant_execution(fn, "states:DescribeExecution")
+        on_instance.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
+        runs.grant_read_data(on_instance)
+        for fn in (evaluate, verify, record):
+            runs.grant_read_write_data(fn)
+        for fn in (evaluate, stop):
+            fn.add_to_role_policy(iam.PolicyStatement(sid="SpotRequestType", actions=["ec2:DescribeSpotInstanceRequests"], resources=["*"]))
+        record.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="InformationalTags",
+                actions=["ec2:CreateTags", "ec2:DeleteTags"],
+                resources=[instances_arn],
+                conditions={
+                    **opted_in,
+                    "ForAllValues:StringEquals": {"aws:TagKeys": [f"{config.tag_prefix}:{t}" for t in c.INFO_TAGS]},
+                    # ForAllValues is true when the request names no keys: a DeleteTags without Tags would
+                    # delete every tag of the instance. Require the key list to be present.
+                    "Null": {"aws:TagKeys": "false"},
+                },
+            )
+        )
         for statement in self._read_checkpoints(storage):
             verify.add_to_role_policy(statement)
         stop.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
@@ -122,6 +178,8 @@ class AutostopStack(Stack):
         CfnOutput(self, "InstancePolicyArn", value=storage.instance_policy.managed_policy_arn, description="Attach to instance roles")
         CfnOutput(self, "ProbeDocument", value=documents.probe.ref)
         CfnOutput(self, "CheckpointDocument", value=documents.checkpoint.ref)
+        CfnOutput(self, "RestoreDocument", value=documents.restore.ref)
+        CfnOutput(self, "RunRecordsTable", value=runs.table_name, description="One record per run and session")
 
     def _grant_evaluation(
         self,
@@ -184,16 +242,17 @@ class AutostopStack(Stack):
             acknowledge(
                 scope,
                 "AwsSolutions-IAM5",
-                "Required '*': ec2:DescribeInstances, ssm:DescribeInstanceInformation, ssm:ListCommandInvocations, "
-                "ssm:GetCommandInvocation, ssm:CancelCommand and the X-Ray/log-delivery actions have no resource-level "
-                "permissions.",
+                "Required '*': ec2:DescribeInstances, ec2:DescribeSpotInstanceRequests, ssm:DescribeInstanceInformation, "
+                "ssm:ListCommandInvocations, ssm:GetCommandInvocation, ssm:CancelCommand and the X-Ray/log-delivery actions "
+                "have no resource-level permissions.",
                 finding="Resource::*",
             )
             acknowledge(
                 scope,
                 "AwsSolutions-IAM5",
                 "instance/* is narrowed by the condition StringEqualsIgnoreCase aws:ResourceTag/<prefix>:enabled = true: "
-                "SendCommand, StopInstances and TerminateInstances only reach opted-in instances.",
+                "SendCommand, StopInstances, TerminateInstances, CreateTags and DeleteTags only reach opted-in instances "
+                "(tags: only the informational keys, by aws:TagKeys).",
                 finding=f"Resource::{self._nag_arn('ec2', 'instance/*')}",
             )
         machine = self._logical(workflow.state_machine.node.default_child)
@@ -204,7 +263,7 @@ class AutostopStack(Stack):
             "before starting a new attempt).",
             finding="Resource::" + self._nag_arn("states", f'execution:{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{machine}"}}]}}]}}:*'),
         )
-        for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance"):
+        for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance", "ConfirmResume", "RecordOutcome"):
             fn = functions.node.find_child(fn_id).node.default_child
             acknowledge(
                 workflow,

@@ -1,4 +1,5 @@
-"""EventBridge rules that start work: the schedule sweep and S3 Object Created (completion markers)."""
+"""EventBridge rules that start work: the schedule sweep, S3 Object Created (completion markers), Spot
+interruption warnings and rebalance recommendations, and instances entering the running state."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Triggers(Construct):
         schedule_minutes: int,
         sweep: lambda_.IFunction,
         on_marker: lambda_.IFunction,
+        on_instance: lambda_.IFunction,
         bucket: s3.IBucket,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -63,4 +65,19 @@ class Triggers(Construct):
                 },
             ),
             targets=[targets.LambdaFunction(on_marker, **delivery)],
+        )
+        # Only the warning and the recommendation: our own stop's state changes must never look like one.
+        self.spot = events.Rule(
+            self,
+            "SpotEvents",
+            description="autostop: Spot interruption warnings and rebalance recommendations",
+            event_pattern=events.EventPattern(source=["aws.ec2"], detail_type=[c.SPOT_WARNING, c.REBALANCE_RECOMMENDATION]),
+            targets=[targets.LambdaFunction(on_instance, **delivery)],
+        )
+        self.started = events.Rule(
+            self,
+            "InstanceStarted",
+            description="autostop: an instance entered the running state (resume after a stop)",
+            event_pattern=events.EventPattern(source=["aws.ec2"], detail_type=[c.STATE_CHANGE], detail={"state": ["running"]}),
+            targets=[targets.LambdaFunction(on_instance, **delivery)],
         )

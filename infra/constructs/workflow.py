@@ -53,17 +53,22 @@ class LifecycleStateMachine(Construct):
         evaluate: lambda_.IFunction,
         verify: lambda_.IFunction,
         stop: lambda_.IFunction,
+        confirm_resume: lambda_.IFunction,
+        record: lambda_.IFunction,
         checkpoint_document_arn: str,
+        restore_document_arn: str,
         topic: sns.ITopic,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
         self._config = config
-        self._finish = self._build_finish(topic)
+        self._finish = self._build_finish(record, topic)
         stop_entry = self._build_stop(stop)
         verify_entry = self._build_verify(verify, stop_entry)
         checkpoint_entry = self._build_checkpoint(checkpoint_document_arn, verify_entry)
-        definition = self._build_evaluate(evaluate, checkpoint_entry)
+        spot_entry = self._build_spot(checkpoint_document_arn, verify)
+        resume_entry = self._build_resume(restore_document_arn, confirm_resume)
+        definition = self._build_evaluate(evaluate, checkpoint_entry, spot_entry, resume_entry)
 
         budget = (config.checkpoint_poll_limit + config.stop_poll_limit) * config.poll_interval_seconds + 3600
         log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
@@ -72,7 +77,8 @@ class LifecycleStateMachine(Construct):
             "StateMachine",
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_chainable(definition),
-            comment="autostop: checkpoint, verify, then stop/terminate/hibernate one training instance",
+            comment="autostop: one lifecycle action on one training instance: checkpoint, verify, then stop "
+            "(complete); checkpoint, verify, no stop (Spot interruption, rebalance); restore (resume)",
             timeout=Duration.seconds(budget),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
@@ -94,12 +100,14 @@ class LifecycleStateMachine(Construct):
         return task
 
     def _outcome(self, name: str, outcome: str, reason: str, *, known_instance: bool = True, checkpoint: bool = False) -> sfn.Pass:
-        """A Pass state that writes ``$.result`` and goes on to Notify.
+        """A Pass state that writes ``$.result`` and goes on to Record outcome and Notify.
 
-        ``reason`` is a JSONPath or intrinsic function. ``known_instance`` False is for paths where
-        ``$.evaluation`` does not exist (the execution input is then included for the reader).
+        ``outcome`` is an outcome name, or a JSONPath (``$.``...) to one. ``reason`` is a JSONPath or
+        intrinsic function. ``known_instance`` False is for paths where ``$.evaluation`` does not exist
+        (the execution input is then included for the reader).
         """
-        result: dict[str, Any] = {"outcome": outcome, "reason.$": reason, "execution.$": "$$.Execution.Name"}
+        result: dict[str, Any] = {"reason.$": reason, "execution.$": "$$.Execution.Name"}
+        result["outcome.$" if outcome.startswith("$.") else "outcome"] = outcome
         if known_instance:
             result.update({"instance_id.$": "$.evaluation.instance_id", "run_id.$": "$.evaluation.run_id"})
         else:
@@ -121,18 +129,27 @@ class LifecycleStateMachine(Construct):
         reason = f"States.Format('{what}: {{}}', $.error.Cause)"
         task.add_catch(self._outcome(name, outcome, reason, **outcome_options), errors=["States.ALL"], result_path="$.error")
 
-    def _poll_loop(self, label: str, wait_name: str, task: sfn.TaskStateBase, until: Callable[[sfn.Wait, str], sfn.Choice]) -> sfn.Chain:
-        """``Start <label> polls`` → Wait → ``task`` → ``Count <label> polls`` → the Choice ``until(wait, counter)``
-        builds; the counter (``$.<label>_polls.n``) lets that Choice bound the loop."""
-        counter = f"$.{label}_polls"
+    def _poll_loop(
+        self,
+        label: str,
+        wait_name: str,
+        task: sfn.TaskStateBase,
+        until: Callable[[sfn.Wait, str], sfn.Choice],
+        *,
+        interval: int | None = None,
+    ) -> sfn.Chain:
+        """``Start <label> polls`` → Wait (``interval`` s, default the config's) → ``task`` → ``Count <label> polls``
+        → the Choice ``until(wait, counter)`` builds; the counter (``$.<label>_polls.n``) lets that Choice bound the loop."""
+        counter = f"$.{label.replace(' ', '_')}_polls"
         start = sfn.Pass(self, f"Start {label} polls", result=sfn.Result.from_object({"n": 0}), result_path=counter)
-        wait = sfn.Wait(self, wait_name, time=sfn.WaitTime.duration(Duration.seconds(self._config.poll_interval_seconds)))
+        seconds = interval or self._config.poll_interval_seconds
+        wait = sfn.Wait(self, wait_name, time=sfn.WaitTime.duration(Duration.seconds(seconds)))
         count = sfn.Pass(self, f"Count {label} polls", parameters={"n.$": f"States.MathAdd({counter}.n, 1)"}, result_path=counter)
         return start.next(wait).next(task).next(count).next(until(wait, counter))
 
-    # --- the end: Notify, then Failed or Done -------------------------------------------------------------
+    # --- the end: Record outcome, Notify, then Failed or Done -----------------------------------------------
 
-    def _build_finish(self, topic: sns.ITopic) -> sfn.IChainable:
+    def _build_finish(self, record: lambda_.IFunction, topic: sns.ITopic) -> sfn.IChainable:
         notify = tasks.SnsPublish(
             self,
             "Notify",
@@ -153,17 +170,25 @@ class LifecycleStateMachine(Construct):
         # A notification that cannot be published must not change the outcome.
         notify.add_catch(verdict, errors=["States.ALL"], result_path="$.notify_error")
         notify.next(verdict)
-        return notify
+        # The run record and the instance's informational tags; failing to write them never changes the outcome.
+        recorder = self._lambda("Record outcome", record, {"state.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.record")
+        recorder.add_catch(notify, errors=["States.ALL"], result_path="$.record_error")
+        recorder.next(notify)
+        return recorder
 
     # --- Evaluate -----------------------------------------------------------------------------------------
 
-    def _build_evaluate(self, evaluate: lambda_.IFunction, on_complete: sfn.IChainable) -> sfn.IChainable:
+    def _build_evaluate(
+        self, evaluate: lambda_.IFunction, on_complete: sfn.IChainable, on_spot: sfn.IChainable, on_resume: sfn.IChainable
+    ) -> sfn.IChainable:
         task = self._lambda("Evaluate completion", evaluate, {"input.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.evaluation")
         self._on_error(task, "Evaluation failed", c.OUTCOME_INCONCLUSIVE, "Evaluate completion failed", known_instance=False)
         decision = "$.evaluation.decision"
         route = (
             sfn.Choice(self, "Run complete?")
             .when(sfn.Condition.string_equals(decision, "complete"), on_complete)
+            .when(sfn.Condition.string_equals(decision, "spot_checkpoint"), on_spot)
+            .when(sfn.Condition.string_equals(decision, "resume"), on_resume)
             .when(
                 sfn.Condition.string_equals(decision, "not_complete"),
                 self._outcome("Not complete", c.OUTCOME_NOT_COMPLETE, "$.evaluation.reason"),
@@ -174,20 +199,33 @@ class LifecycleStateMachine(Construct):
             )
             .when(
                 sfn.Condition.string_equals(decision, "refused"),
-                self._outcome("Action not possible", c.OUTCOME_STOP_FAILED, "$.evaluation.reason"),
+                self._outcome("Action not possible", "$.evaluation.outcome", "$.evaluation.reason"),
             )
             .otherwise(self._outcome("Inconclusive", c.OUTCOME_INCONCLUSIVE, "$.evaluation.reason"))
         )
         return task.next(route)
 
-    # --- Checkpoint: SendCommand, then a bounded Wait / GetCommandInvocation loop ------------------------------
+    # --- Commands: SendCommand, then a bounded Wait / GetCommandInvocation loop ---------------------------------
 
-    def _build_checkpoint(self, document_arn: str, on_finished: sfn.IChainable) -> sfn.IChainable:
+    def _send_and_poll(
+        self,
+        what: str,
+        document_arn: str,
+        on_finished: sfn.IChainable,
+        *,
+        failed_outcome: str,
+        comment: str,
+        interval: int | None = None,
+        limit: int | str,
+    ) -> sfn.IChainable:
+        """``Send <what> command`` (document and parameters from ``$.evaluation.command``), then poll
+        GetCommandInvocation every ``interval`` seconds (default: the config's) until the command ends or
+        ``limit`` polls (a number, or a JSONPath to one) have been made; then ``on_finished``."""
         config = self._config
         instances = Stack.of(self).format_arn(service="ec2", resource="instance", resource_name="*")
         send = tasks.CallAwsService(
             self,
-            "Send checkpoint command",
+            f"Send {what} command",
             service="ssm",
             action="sendCommand",
             iam_resources=[document_arn],
@@ -203,16 +241,16 @@ class LifecycleStateMachine(Construct):
                 "InstanceIds.$": "States.Array($.evaluation.instance_id)",
                 "Parameters.$": "$.evaluation.command.parameters",
                 "TimeoutSeconds.$": "$.evaluation.command.delivery_timeout_seconds",
-                "Comment": "autostop checkpoint before stop",
+                "Comment": comment,
             },
             result_selector={"CommandId.$": "$.Command.CommandId"},
             result_path="$.command",
         )
         send.add_retry(errors=SSM_THROTTLED, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
-        self._on_error(send, "Checkpoint command not sent", c.OUTCOME_CHECKPOINT_FAILED, "SendCommand failed")
+        self._on_error(send, f"{what.capitalize()} command not sent", failed_outcome, "SendCommand failed")
         get = tasks.CallAwsService(
             self,
-            "Get command invocation",
+            f"Get {what} command invocation",
             service="ssm",
             action="getCommandInvocation",
             iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
@@ -229,20 +267,119 @@ class LifecycleStateMachine(Construct):
         self._retry_read_only(get)  # InvocationDoesNotExist is normal for a few seconds after SendCommand
         self._on_error(
             get,
-            "Checkpoint status unknown",
-            c.OUTCOME_CHECKPOINT_FAILED,
-            "GetCommandInvocation failed, so the checkpoint is not known to be saved",
+            f"{what.capitalize()} status unknown",
+            failed_outcome,
+            f"GetCommandInvocation failed, so the {what} is not known to be done",
         )
 
         def finished(wait: sfn.Wait, counter: str) -> sfn.Choice:
             still_running = sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", st) for st in PENDING_COMMAND])
+            below = (
+                sfn.Condition.number_less_than_json_path(f"{counter}.n", limit)
+                if isinstance(limit, str)
+                else sfn.Condition.number_less_than(f"{counter}.n", limit)
+            )
             return (
-                sfn.Choice(self, "Checkpoint command finished?")
-                .when(sfn.Condition.and_(still_running, sfn.Condition.number_less_than(f"{counter}.n", config.checkpoint_poll_limit)), wait)
+                sfn.Choice(self, f"{what.capitalize()} command finished?")
+                .when(sfn.Condition.and_(still_running, below), wait)
                 .otherwise(on_finished)
             )
 
-        return send.next(self._poll_loop("checkpoint", "Wait for checkpoint command", get, finished))
+        return send.next(self._poll_loop(what, f"Wait for {what} command", get, finished, interval=interval))
+
+    def _build_checkpoint(self, document_arn: str, on_finished: sfn.IChainable) -> sfn.IChainable:
+        return self._send_and_poll(
+            "checkpoint",
+            document_arn,
+            on_finished,
+            failed_outcome=c.OUTCOME_CHECKPOINT_FAILED,
+            comment="autostop checkpoint before stop",
+            limit=self._config.checkpoint_poll_limit,
+        )
+
+    # --- Spot interruption / rebalance: checkpoint now, verify, never stop ---------------------------------------
+
+    def _build_spot(self, document_arn: str, verify: lambda_.IFunction) -> sfn.IChainable:
+        failed = c.OUTCOME_SPOT_CHECKPOINT_FAILED
+        task = self._lambda(
+            "Verify emergency checkpoint",
+            verify,
+            {"evaluation.$": "$.evaluation", "invocation.$": "$.invocation", "execution_name.$": "$$.Execution.Name"},
+            "$.verification",
+        )
+        self._on_error(task, "Emergency verification error", failed, "Verify checkpoint failed")
+        route = (
+            sfn.Choice(self, "Emergency checkpoint verified?")
+            .when(
+                sfn.Condition.boolean_equals("$.verification.verified", True),
+                self._outcome("Spot checkpoint saved", c.OUTCOME_SPOT_CHECKPOINT_SAVED, "$.verification.reason", checkpoint=True),
+            )
+            .otherwise(self._outcome("Spot checkpoint failed", failed, "$.verification.reason", checkpoint=True))
+        )
+        return self._send_and_poll(
+            "emergency checkpoint",
+            document_arn,
+            task.next(route),
+            failed_outcome=failed,
+            comment="autostop checkpoint before a Spot interruption (no stop)",
+            interval=c.SPOT_POLL_SECONDS,
+            limit="$.evaluation.poll_limit",
+        )
+
+    # --- Resume: wait for the SSM agent, restore the last verified checkpoint, start the trainer -----------------
+
+    def _build_resume(self, document_arn: str, confirm: lambda_.IFunction) -> sfn.IChainable:
+        failed = c.OUTCOME_RESUME_FAILED
+        task = self._lambda("Confirm resume", confirm, {"evaluation.$": "$.evaluation", "invocation.$": "$.invocation"}, "$.resume")
+        self._on_error(task, "Resume confirmation error", failed, "Confirm resume failed")
+        judged = (
+            sfn.Choice(self, "Resumed?")
+            .when(sfn.Condition.boolean_equals("$.resume.resumed", True), self._outcome("Resumed", c.OUTCOME_RESUMED, "$.resume.reason"))
+            .otherwise(self._outcome("Resume failed", failed, "$.resume.reason"))
+        )
+        restore = self._send_and_poll(
+            "restore",
+            document_arn,
+            task.next(judged),
+            failed_outcome=failed,
+            comment="autostop restore of the last verified checkpoint after a start",
+            interval=c.SPOT_POLL_SECONDS,
+            limit=self._config.checkpoint_poll_limit,
+        )
+        describe = tasks.CallAwsService(
+            self,
+            "Describe SSM agent",
+            service="ssm",
+            action="describeInstanceInformation",
+            iam_resources=["*"],  # DescribeInstanceInformation has no resource-level permissions
+            parameters={"Filters": [{"Key": "InstanceIds", "Values.$": "States.Array($.evaluation.instance_id)"}]},
+            result_selector={"list.$": "$.InstanceInformationList"},
+            result_path="$.agent",
+        )
+        self._retry_read_only(describe)
+        self._on_error(describe, "Agent status unknown", failed, "DescribeInstanceInformation failed")
+
+        def online(wait: sfn.Wait, counter: str) -> sfn.Choice:
+            keep_waiting = (
+                sfn.Choice(self, "Keep waiting for the agent?")
+                .when(sfn.Condition.number_less_than_json_path(f"{counter}.n", "$.evaluation.poll_limit"), wait)
+                .otherwise(
+                    self._outcome(
+                        "Agent not online",
+                        failed,
+                        f"States.Format('the SSM agent did not come online after {{}} checks {c.SPOT_POLL_SECONDS} s apart; "
+                        f"nothing was restored and the instance keeps running', {counter}.n)",
+                    )
+                )
+            )
+            ping = (
+                sfn.Choice(self, "Agent online?")
+                .when(sfn.Condition.string_equals("$.agent.list[0].PingStatus", "Online"), restore)
+                .otherwise(keep_waiting)
+            )
+            return sfn.Choice(self, "Agent registered?").when(sfn.Condition.is_present("$.agent.list[0]"), ping).otherwise(keep_waiting)
+
+        return self._poll_loop("agent", "Wait for SSM agent", describe, online, interval=c.SPOT_POLL_SECONDS)
 
     # --- Verify -----------------------------------------------------------------------------------------------
 

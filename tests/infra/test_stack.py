@@ -30,7 +30,10 @@ CONTEXT: dict[str, Any] = json.loads((REPO / "cdk.json").read_text())["context"]
 TAG_PREFIX: str = CONTEXT["tag_prefix"]
 OPT_IN = {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{TAG_PREFIX}:{c.TAG_ENABLED}": "true"}}
 INSTANCES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
-HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "on_schedule_tick", "on_object_created")
+TASK_HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "confirm_resume", "record_outcome")
+"""Functions of the state machine's Task states."""
+TRIGGER_HANDLERS = ("on_schedule_tick", "on_object_created", "on_instance_event")
+HANDLERS = TASK_HANDLERS + TRIGGER_HANDLERS
 CDK_NOTIFICATIONS_HANDLER = "BucketNotificationsHandler"
 """Logical-id prefix of CDK's own singleton function behind Custom::S3BucketNotifications."""
 
@@ -100,7 +103,7 @@ class Model:
     state_machine_role: str
     bucket: str
     documents: dict[str, str]
-    """``probe`` / ``checkpoint`` -> SSM document logical id."""
+    """``probe`` / ``checkpoint`` / ``restore`` -> SSM document logical id."""
     statements: tuple[Statement, ...]
 
     def of_role(self, role: str) -> list[Statement]:
@@ -161,7 +164,11 @@ def build_model(raw: dict[str, Any]) -> Model:
         state_machine=machine,
         state_machine_role=ref(props["RoleArn"]),
         bucket=ref(env[c.ENV_CHECKPOINT_BUCKET]),
-        documents={"probe": ref(env[c.ENV_PROBE_DOCUMENT]), "checkpoint": ref(env[c.ENV_CHECKPOINT_DOCUMENT])},
+        documents={
+            "probe": ref(env[c.ENV_PROBE_DOCUMENT]),
+            "checkpoint": ref(env[c.ENV_CHECKPOINT_DOCUMENT]),
+            "restore": ref(env[c.ENV_RESTORE_DOCUMENT]),
+        },
         statements=tuple(_statements(raw)),
     )
 
@@ -208,7 +215,7 @@ def test_actions_on_instances_require_the_opt_in_tag(model: Model, action: str) 
         assert [s.roles for s in on_instances] == [(model.roles["stop_instance"],)]
 
 
-def test_send_command_reaches_only_the_stacks_two_documents(model: Model) -> None:
+def test_send_command_reaches_only_the_stacks_documents(model: Model) -> None:
     send = [s for s in model.statements if s.effect == "Allow" and allows(list(s.actions), "ssm:SendCommand")]
     assert send
     documents_by_role: dict[str, set[str]] = {}
@@ -219,13 +226,13 @@ def test_send_command_reaches_only_the_stacks_two_documents(model: Model) -> Non
         for r in s.resources:
             if r == INSTANCES:
                 continue
-            assert r in (model.doc_arn("probe"), model.doc_arn("checkpoint")), f"{s.policy}: SendCommand on {r}"
+            assert r in (model.doc_arn("probe"), model.doc_arn("checkpoint"), model.doc_arn("restore")), f"{s.policy}: SendCommand on {r}"
             for role in s.roles:
                 documents_by_role.setdefault(role, set()).add(r)
     probe_users = {model.roles[h] for h in ("evaluate_completion", "on_schedule_tick", "on_object_created")}
     assert documents_by_role == {
         **{role: {model.doc_arn("probe")} for role in probe_users},
-        model.state_machine_role: {model.doc_arn("checkpoint")},
+        model.state_machine_role: {model.doc_arn("checkpoint"), model.doc_arn("restore")},
     }
 
 
@@ -291,6 +298,7 @@ def test_instance_policy_only_has_object_actions_on_the_checkpoint_bucket(model:
 WILDCARD_OK = {
     # EC2 Describe* APIs support no resource-level permissions (Service Authorization Reference: no resource type).
     "ec2:describeinstances",
+    "ec2:describespotinstancerequests",
     # SSM: DescribeInstanceInformation, ListCommandInvocations, GetCommandInvocation and CancelCommand list no
     # resource types; the probe and the state machine read back / cancel their own command by id.
     "ssm:describeinstanceinformation",
@@ -329,24 +337,24 @@ def test_wildcard_resource_statements_only_hold_actions_without_resource_level_p
 
 
 def test_trigger_functions_step_functions_access_is_start_and_describe_execution(model: Model) -> None:
-    for package in ("on_schedule_tick", "on_object_created"):
+    for package in TRIGGER_HANDLERS:
         states = {a for s in model.of_role(model.roles[package]) for a in s.actions if a.startswith("states:")}
         assert states == {"states:startexecution", "states:describeexecution"}, f"{package}: {sorted(states)}"
 
 
 def test_trigger_functions_can_start_only_the_lifecycle_state_machine(model: Model) -> None:
-    for package in ("on_schedule_tick", "on_object_created"):
+    for package in TRIGGER_HANDLERS:
         start = [s for s in model.of_role(model.roles[package]) if allows(list(s.actions), "states:StartExecution")]
         assert start and all(s.resources == ("${%s}" % model.state_machine,) for s in start), start
-    for package in ("evaluate_completion", "verify_checkpoint", "stop_instance"):
+    for package in TASK_HANDLERS:
         assert not any(a.startswith("states:") for s in model.of_role(model.roles[package]) for a in s.actions)
 
 
-def test_state_machine_invokes_only_its_three_task_functions(model: Model) -> None:
+def test_state_machine_invokes_only_its_task_functions(model: Model) -> None:
     invoke = [s for s in model.of_role(model.state_machine_role) if allows(list(s.actions), "lambda:InvokeFunction")]
     targets = {r for s in invoke for r in s.resources}
     expected = set()
-    for package in ("evaluate_completion", "verify_checkpoint", "stop_instance"):
+    for package in TASK_HANDLERS:
         expected |= {"${%s.Arn}" % model.functions[package], "${%s.Arn}:*" % model.functions[package]}
     assert targets == expected
 
@@ -356,6 +364,9 @@ def test_state_machine_invokes_only_its_three_task_functions(model: Model) -> No
 FREE_TEXT_PARAMETERS = {"LogPattern"}
 """An extended regular expression: printable ASCII by design (it legitimately contains ``$ ( ) | ;``). It is
 safe only because it reaches the script as an environment variable (asserted below) that probe.sh quotes."""
+ARGV_PARAMETERS = {"ResumeCommand"}
+"""An absolute program path and plain arguments separated by single spaces: a space is legitimate there, every
+shell metacharacter is not (restore.sh word-splits it with globbing off and runs the argv without a shell)."""
 
 
 def _documents(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -370,7 +381,7 @@ def test_documents_fit_the_ssm_content_limit(synthesized: Any) -> None:
 
 
 def test_documents_are_schema_2_2_command_documents(synthesized: Any) -> None:
-    synthesized.template.resource_count_is("AWS::SSM::Document", 2)
+    synthesized.template.resource_count_is("AWS::SSM::Document", 3)
     synthesized.template.all_resources_properties(
         "AWS::SSM::Document",
         {
@@ -491,6 +502,8 @@ def test_hostile_values_fail_every_path_id_and_bucket_pattern(synthesized: Any, 
                 continue
             if value == "" and "default" in spec and spec["default"] == "":
                 continue  # optional parameters (PidFile, LogFile) are empty by design
+            if name in ARGV_PARAMETERS and value == "/tmp/a b":
+                continue  # program /tmp/a with the argument b
             checked += 1
             assert not re.fullmatch(spec["allowedPattern"], value), f"{logical}.{name} accepts {value!r}"
     assert checked >= 12
@@ -649,6 +662,11 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
             assert catch["Next"] == st["Next"] == "Outcome is a failure?"
             assert catch["ResultPath"] == "$.notify_error"
             continue
+        if name == "Record outcome":
+            # Nor can a run record or tag that cannot be written: on to Notify, keeping $.result.
+            assert catch["Next"] == st["Next"] == "Notify"
+            assert catch["ResultPath"] == "$.record_error"
+            continue
         assert catch["Next"] in outcomes, f"{name}: catch goes to {catch['Next']}, not an outcome"
         assert catch["ResultPath"] == "$.error"
         outcome = outcomes[catch["Next"]]
@@ -659,7 +677,14 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
 
 def test_lambda_tasks_have_exactly_one_lambda_service_retry(asl: dict[str, Any]) -> None:
     tasks = _lambda_tasks(asl)
-    assert set(tasks) == {"Evaluate completion", "Verify checkpoint", "Stop instance"}
+    assert set(tasks) == {
+        "Evaluate completion",
+        "Verify checkpoint",
+        "Verify emergency checkpoint",
+        "Stop instance",
+        "Confirm resume",
+        "Record outcome",
+    }
     for name, st in tasks.items():
         lambda_retries = [r for r in st["Retry"] if "Lambda.ServiceException" in r["ErrorEquals"]]
         assert len(lambda_retries) == 1, f"{name}: {st['Retry']}"
@@ -692,7 +717,7 @@ def test_every_outcome_is_written_by_name_and_routed_by_failure(asl: dict[str, A
     assert set(outcomes.values()) == set(c.ALL_OUTCOMES), (
         f"missing {set(c.ALL_OUTCOMES) - set(outcomes.values())}, unknown {set(outcomes.values()) - set(c.ALL_OUTCOMES)}"
     )
-    assert all(asl["States"][n]["Next"] == "Notify" for n in outcomes)
+    assert all(asl["States"][n]["Next"] == "Record outcome" for n in outcomes)
     verdict = asl["States"]["Outcome is a failure?"]
     (rule,) = verdict["Choices"]
     assert rule["Next"] == "Failed" and verdict["Default"] == "Done"
@@ -722,9 +747,19 @@ def test_schedule_rule_targets_the_sweep_with_a_dead_letter_queue(synthesized: A
     )
 
 
-def _marker_rule(raw: dict[str, Any]) -> dict[str, Any]:
-    (rule,) = [r["Properties"] for r in of_type(raw, "AWS::Events::Rule").values() if "EventPattern" in r["Properties"]]
+def _pattern_rule(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    (rule,) = [
+        r["Properties"]
+        for r in of_type(raw, "AWS::Events::Rule").values()
+        if "EventPattern" in r["Properties"]
+        and r["Properties"]["EventPattern"]["source"] == [source]
+        and "state" not in r["Properties"]["EventPattern"].get("detail", {})
+    ]
     return rule
+
+
+def _marker_rule(raw: dict[str, Any]) -> dict[str, Any]:
+    return _pattern_rule(raw, "aws.s3")
 
 
 def test_marker_rule_sends_success_markers_of_the_checkpoint_bucket(synthesized: Any, model: Model) -> None:
@@ -749,9 +784,9 @@ def test_marker_rule_sends_success_markers_of_the_checkpoint_bucket(synthesized:
     )
 
 
-def test_both_rules_dead_letter_to_a_queue_that_accepts_them(model: Model) -> None:
+def test_every_rule_dead_letters_to_a_queue_that_accepts_them(model: Model) -> None:
     rules = of_type(model.raw, "AWS::Events::Rule")
-    assert len(rules) == 2
+    assert len(rules) == 4
     queues = {ref(t["DeadLetterConfig"]["Arn"]) for r in rules.values() for t in r["Properties"]["Targets"]}
     (queue,) = queues
     assert model.raw["Resources"][queue]["Type"] == "AWS::SQS::Queue"
@@ -1065,3 +1100,104 @@ def test_log_retention_setting_reaches_every_log_group() -> None:
     groups = {n.node.path: n.retention_in_days for n in stack.node.find_all() if isinstance(n, logs.CfnLogGroup)}
     assert len(groups) == len(HANDLERS) + 1
     assert set(groups.values()) == {90}, groups
+
+
+# --- Spot, state-change rules and run records (issue 3) ------------------------------------------------
+
+
+def _ec2_event(detail_type: str, **detail: str) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": "7e8b0f5e-1b3a-4c1e-9f0e-000000000000",
+        "detail-type": detail_type,
+        "source": "aws.ec2",
+        "account": ACCOUNT,
+        "time": "2025-01-01T00:00:00Z",
+        "region": REGION,
+        "resources": [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"],
+        "detail": {"instance-id": "i-0123456789abcdef0", **detail},
+    }
+
+
+EC2_EVENTS = [
+    (_ec2_event(c.SPOT_WARNING, **{"instance-action": "terminate"}), "interruption"),
+    (_ec2_event(c.REBALANCE_RECOMMENDATION), "rebalance"),
+    (_ec2_event(c.STATE_CHANGE, state="running"), "resume"),
+    (_ec2_event(c.STATE_CHANGE, state="stopping"), None),
+    (_ec2_event(c.STATE_CHANGE, state="stopped"), None),
+    (_ec2_event(c.STATE_CHANGE, state="pending"), None),
+    (_ec2_event(c.STATE_CHANGE, state="shutting-down"), None),
+    (_ec2_event(c.STATE_CHANGE, state="terminated"), None),
+    (_ec2_event("EC2 Instance Scheduled Change"), None),
+]
+
+
+@pytest.mark.parametrize(("event", "reason"), EC2_EVENTS, ids=[f"{e['detail-type']}:{e['detail'].get('state', '')}" for e, _ in EC2_EVENTS])
+def test_ec2_rules_deliver_only_warnings_recommendations_and_starts(model: Model, event: dict[str, Any], reason: str | None) -> None:
+    # Our own StopInstances produces stopping/stopped state changes: no rule may deliver them.
+    from moto.events.models import EventPattern
+
+    rules = [
+        r["Properties"]
+        for r in of_type(model.raw, "AWS::Events::Rule").values()
+        if r["Properties"].get("EventPattern", {}).get("source") == ["aws.ec2"]
+    ]
+    assert len(rules) == 2
+    matched = [r for r in rules if EventPattern.load(json.dumps(r["EventPattern"])).matches_event(event)]
+    assert len(matched) == (reason is not None)
+    for rule in matched:
+        (target,) = rule["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": [model.functions["on_instance_event"], "Arn"]}
+        assert "DeadLetterConfig" in target
+
+
+def test_run_records_table_is_on_demand_recoverable_encrypted_and_kept(synthesized: Any) -> None:
+    synthesized.template.resource_count_is("AWS::DynamoDB::Table", 1)
+    synthesized.template.has_resource(
+        "AWS::DynamoDB::Table",
+        {
+            "Properties": Match.object_like(
+                {
+                    "BillingMode": "PAY_PER_REQUEST",
+                    "KeySchema": [
+                        {"AttributeName": c.RECORDS_PARTITION_KEY, "KeyType": "HASH"},
+                        {"AttributeName": c.RECORDS_SORT_KEY, "KeyType": "RANGE"},
+                    ],
+                    "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                    "SSESpecification": {"SSEEnabled": True},
+                }
+            ),
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+        },
+    )
+
+
+def test_only_the_writers_of_run_records_may_write_them(model: Model) -> None:
+    writers = set()
+    for s in model.statements:
+        if s.effect == "Allow" and any(
+            a.startswith("dynamodb:") and a.split(":")[1].startswith(("put", "update", "delete", "batchwrite")) for a in s.actions
+        ):
+            writers.update(s.roles)
+    assert writers == {model.roles[h] for h in ("evaluate_completion", "verify_checkpoint", "record_outcome")}
+
+
+def test_informational_tags_are_the_only_tags_written_and_only_on_opted_in_instances(model: Model) -> None:
+    tagging = [s for s in model.statements if s.effect == "Allow" and any(a in ("ec2:createtags", "ec2:deletetags") for a in s.actions)]
+    (statement,) = tagging
+    assert statement.roles == (model.roles["record_outcome"],)
+    assert statement.resources == (INSTANCES,)
+    keys = statement.condition["ForAllValues:StringEquals"]["aws:TagKeys"]
+    assert sorted(keys) == sorted(f"{TAG_PREFIX}:{t}" for t in c.INFO_TAGS)
+    assert statement.condition["StringEqualsIgnoreCase"] == OPT_IN["StringEqualsIgnoreCase"]
+
+
+def test_spot_and_resume_paths_never_reach_the_stop_task(asl: dict[str, Any]) -> None:
+    route = asl["States"]["Run complete?"]
+    entries = {ch["StringEquals"]: ch["Next"] for ch in route["Choices"]}
+    assert set(entries) >= {"complete", "spot_checkpoint", "resume"}
+    for decision in ("spot_checkpoint", "resume"):
+        reachable = _reachable(asl, entries[decision])
+        assert "Stop instance" not in reachable, decision
+        assert not {n for n, o in _outcome_states(asl).items() if o in c.DESTRUCTIVE_OUTCOMES} & reachable, decision
