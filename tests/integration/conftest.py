@@ -23,6 +23,7 @@ from local.aws import LambdaContext, LocalAws
 from tests.conftest import function_env
 
 BUCKET = "ckpt-bucket"
+RUNS_TABLE = "autostop-runs"
 CTX = LambdaContext(function_name="t", invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:t", aws_request_id="r")
 """The Lambda context handlers get in these tests (the local runtime's stand-in for the real one)."""
 
@@ -70,6 +71,24 @@ class World:
             client(service).meta.events.register("before-call", hook)
 
 
+def create_runs_table(dynamodb: Any, name: str = RUNS_TABLE) -> None:
+    """The run records table with the stack's key schema (infra/constructs/records.py)."""
+    from lambdas.shared import constants as c
+
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": c.RECORDS_PARTITION_KEY, "KeyType": "HASH"},
+            {"AttributeName": c.RECORDS_SORT_KEY, "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": c.RECORDS_PARTITION_KEY, "AttributeType": "S"},
+            {"AttributeName": c.RECORDS_SORT_KEY, "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 def dead_pid() -> int:
     """A PID no process has: the highest one the kernel can hand out, checked to be free."""
     pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
@@ -93,6 +112,8 @@ def world(tmp_path: Path) -> Iterator[World]:
             content = command_content("test", script, params, step=script.removesuffix(".sh"), timeout=timeout)
             ssm.create_document(Name=name, Content=json.dumps(content), DocumentType="Command", DocumentFormat="JSON")
         aws.client("s3").create_bucket(Bucket=BUCKET)
+        create_runs_table(aws.client("dynamodb"))
+        os.environ["AUTOSTOP_RUNS_TABLE"] = RUNS_TABLE
         aws.client("iam").create_role(RoleName="sfn", AssumeRolePolicyDocument="{}")
         arn = aws.client("stepfunctions").create_state_machine(
             name="lifecycle",

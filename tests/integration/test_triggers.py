@@ -137,7 +137,8 @@ def test_duplicate_marker_events_start_one_execution(world: World) -> None:
     assert second["executions"][0]["execution_arn"] == first["executions"][0]["execution_arn"]
     assert also_sweep["executions"][0]["status"] in ("already_running", "already_finished")
     names = [e["name"] for e in executions(world)]
-    assert names == [f"{inst.instance_id}-run-m-complete"]
+    launch = world.client("ec2").describe_instances(InstanceIds=[inst.instance_id])["Reservations"][0]["Instances"][0]["LaunchTime"]
+    assert names == [f"{inst.instance_id}-run-m-complete-{launch.astimezone(UTC):%y%m%d%H%M%S}"]
 
 
 def test_marker_of_nobody_starts_nothing(world: World) -> None:

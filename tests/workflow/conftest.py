@@ -18,6 +18,7 @@ import pytest
 from local.report import execution_states, outcome_of
 from local.runtime import LocalControlPlane
 from shared.executions import start_lifecycle_execution
+from shared.instances import snapshot
 
 
 @dataclass
@@ -58,11 +59,24 @@ def write_checkpoint(root: Path, step: int, size: int = 2048) -> Path:
     return d
 
 
+def session_of(cp: LocalControlPlane, instance_id: str) -> str | None:
+    """The instance's current session (LaunchTime), as the triggers name it."""
+    raw = cp.aws.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return snapshot(raw).session
+
+
 def start_and_wait(cp: LocalControlPlane, instance_id: str, run_id: str, timeout: float = 90) -> Run:
-    """Start the lifecycle execution as a trigger would, and wait for it to close."""
+    """Start the lifecycle execution as a trigger would (same name, so a trigger's own execution for the same
+    run and session is this one), and wait for it to close."""
     sfn = cp.aws.client("stepfunctions")
     started = start_lifecycle_execution(
-        sfn, cp.deployment.state_machine_arn, instance_id=instance_id, run_id=run_id, reason="complete", trigger={"source": "test"}
+        sfn,
+        cp.deployment.state_machine_arn,
+        instance_id=instance_id,
+        run_id=run_id,
+        reason="complete",
+        trigger={"source": "test"},
+        session=session_of(cp, instance_id),
     )
     return wait_closed(cp, started.execution_arn, timeout)
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 from local.runtime import LocalControlPlane
-from tests.workflow.conftest import base_tags, checkpoint_commands, keys, start_and_wait, write_checkpoint
+from shared.naming import execution_name
+from tests.workflow.conftest import base_tags, checkpoint_commands, keys, session_of, start_and_wait, write_checkpoint
 
-TAIL_OK = ["Notify", "Outcome is a failure?", "Done"]
-TAIL_FAILED = ["Notify", "Outcome is a failure?", "Failed"]
+TAIL_OK = ["Record outcome", "Notify", "Outcome is a failure?", "Done"]
+TAIL_FAILED = ["Record outcome", "Notify", "Outcome is a failure?", "Failed"]
 
 
 def trainer_args(*options: str) -> list[str]:
@@ -32,9 +33,9 @@ def test_happy_path_stops_only_after_the_checkpoint_is_verified(cp: LocalControl
     marker(cp, "run-happy")
     run = start_and_wait(cp, iid, "run-happy")
 
-    assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped")
+    assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped"), run.reason
     assert run.states.index("Verify checkpoint") < run.states.index("Stop instance") < run.states.index("Stopped")
-    assert run.states[-3:] == TAIL_OK
+    assert run.states[-4:] == TAIL_OK
     assert cp.instance_state("happy") == "stopped"
     manifest_key = f"runs/run-happy/manifests/{run.name}.json"
     assert run.output and run.output["manifest_uri"] == f"s3://{cp.deployment.bucket}/{manifest_key}"
@@ -48,7 +49,7 @@ def test_terminate_only_when_tagged(cp: LocalControlPlane) -> None:
     iid = launch_finished(cp, "term", "run-term", action="terminate")
     marker(cp, "run-term")
     run = start_and_wait(cp, iid, "run-term")
-    assert (run.status, run.outcome) == ("SUCCEEDED", "Terminated")
+    assert (run.status, run.outcome) == ("SUCCEEDED", "Terminated"), run.reason
     assert cp.instance_state("term") == "terminated"
 
 
@@ -87,7 +88,7 @@ def test_checkpoint_command_failed_when_there_is_no_checkpoint(cp: LocalControlP
     run = start_and_wait(cp, iid, "run-empty")
     assert (run.status, run.error) == ("FAILED", "CheckpointFailed")
     assert "NoCheckpoint" in (run.cause or "")
-    assert run.states[-3:] == TAIL_FAILED and "Stop instance" not in run.states
+    assert run.states[-4:] == TAIL_FAILED and "Stop instance" not in run.states
     assert cp.instance_state("empty") == "running"
 
 
@@ -126,7 +127,7 @@ def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: 
     iid = cp.launch_instance("coop", tags=tags, trainer=trainer)
     marker(cp, "run-coop")  # e.g. a job scheduler declares the run finished while the trainer still runs
     run = start_and_wait(cp, iid, "run-coop")
-    assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped")
+    assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped"), run.reason
     manifest = json.loads(
         cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=f"runs/run-coop/manifests/{run.name}.json")["Body"].read()
     )
@@ -189,7 +190,7 @@ def test_duplicate_events_lead_to_one_action(cp: LocalControlPlane) -> None:
     cp.schedule_tick()
     cp.wait_executions()
     ours = [e for e in cp.executions() if e["name"].startswith(iid)]
-    assert [e["name"] for e in ours] == [f"{iid}-run-dup-complete"]
+    assert [e["name"] for e in ours] == [execution_name(iid, "run-dup", "complete", session=session_of(cp, iid))]
     assert len(checkpoint_commands(cp, iid)) == 1
     assert cp.instance_state("dup") == "stopped"
 
