@@ -31,7 +31,8 @@ TRAINER = Path(__file__).resolve().parent / "trainer.py"
 
 @dataclass
 class Placeholders:
-    """Values a scenario can refer to as ``{root}``, ``{bucket}``, ``{name}``."""
+    """Values a scenario can refer to as ``{root}``, ``{bucket}``, ``{name}``, and ``{trainer}``: the toy
+    trainer as an absolute command (this Python and local/trainer.py), for an ``autostop:resume-command`` tag."""
 
     root: Path
     bucket: str
@@ -39,7 +40,13 @@ class Placeholders:
 
     def expand(self, value: Any) -> Any:
         if isinstance(value, str):
-            return value.replace("{root}", str(self.root)).replace("{bucket}", self.bucket).replace("{name}", self.name)
+            trainer = f"{sys.executable} {Path(__file__).resolve().parent / 'trainer.py'}"
+            return (
+                value.replace("{root}", str(self.root))
+                .replace("{bucket}", self.bucket)
+                .replace("{name}", self.name)
+                .replace("{trainer}", trainer)
+            )
         if isinstance(value, list):
             return [self.expand(v) for v in value]
         if isinstance(value, dict):

@@ -122,6 +122,11 @@ def build_parser():
     parser.add_argument("--marker-uri", help="s3://bucket/key to put a completion marker at")
     parser.add_argument("--completion-line", default="Training complete", help="text logged when all steps are done")
     parser.add_argument("--fail-at-step", type=positive_int, help="simulate a crash: exit 1 at this step")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue after the newest complete checkpoint in --checkpoint-dir (what autostop's restore put there)",
+    )
     parser.add_argument("--hold-seconds", type=non_negative_float, default=0.0, help="stay alive this long after finishing (default: 0)")
     return parser
 
@@ -250,6 +255,12 @@ def save_checkpoint(args, step, log):
     delete_old_checkpoints(args, log)
 
 
+def newest_step(checkpoint_dir):
+    """The step of the newest complete checkpoint in `checkpoint_dir`, or 0."""
+    steps = [int(m.group(1)) for name in os.listdir(checkpoint_dir) if (m := CHECKPOINT_NAME.match(name))]
+    return max(steps, default=0)
+
+
 def delete_old_checkpoints(args, log):
     """Keep only the newest --keep complete checkpoints."""
     checkpoints = []  # (step, name)
@@ -354,8 +365,14 @@ def main(argv=None):
         signal.signal(sig, on_signal)
 
     log(f"starting: pid={os.getpid()} steps={args.steps} checkpoint_dir={args.checkpoint_dir}")
+    first = 1
+    if args.resume:
+        done = newest_step(args.checkpoint_dir)
+        if done:
+            log(f"resumed from checkpoint {checkpoint_name(done, args.layout)} (step {done})")
+            first = done + 1
 
-    for step in range(1, args.steps + 1):
+    for step in range(first, args.steps + 1):
         if step == args.fail_at_step:
             log(f"simulated crash at step {step}")
             return 1
