@@ -22,6 +22,7 @@ import pytest
 from aws_cdk.assertions import Capture, Match
 
 from infra.config import LAMBDA_ARCH, LAMBDA_PYTHON, POWERTOOLS_VERSION, AutostopConfig, ConfigError
+from infra.nag import PACKS as NAG_PACKS
 from lambdas.shared import constants as c
 
 REPO = Path(__file__).resolve().parents[2]
@@ -908,8 +909,8 @@ def app_tree() -> Any:
 
 
 def test_synthesis_with_cdk_nag_succeeded(synthesized: Any) -> None:
-    # The fixture synthesizes through build_app() with AwsSolutionsChecks (or reuses the template cached by
-    # such a synthesis of identical inputs); any unacknowledged finding raises there.
+    # The fixture synthesizes through build_app() with AwsSolutionsChecks and NIST80053R5Checks (or reuses the
+    # template cached by such a synthesis of identical inputs); any unacknowledged finding raises there.
     assert synthesized.raw["Resources"]
 
 
@@ -925,15 +926,18 @@ def test_cdk_nag_gate_rejects_an_unacknowledged_noncompliant_resource(tmp_path: 
     with pytest.raises(RuntimeError, match="ValidationFailed"):
         app.synth()
     report = json.loads((tmp_path / "validation-report.json").read_text())
+    assert sorted(plugin["pluginName"] for plugin in report["pluginReports"]) == sorted(NAG_PACKS)
     violations = [
-        (v["ruleName"], vc["constructPath"])
+        (v["ruleName"], v["severity"], vc["constructPath"])
         for plugin in report["pluginReports"]
         for v in plugin["violations"]
         for vc in v["violatingConstructs"]
     ]
-    assert {"AwsSolutions-S1", "AwsSolutions-S10"} <= {rule for rule, _ in violations}
-    # ...and nothing else in the stack is reported: the real app is AwsSolutions-clean.
-    assert all(path.startswith(f"{stack.node.path}/Bad/") for _, path in violations), violations
+    rules = {rule for rule, _, _ in violations}
+    assert {"AwsSolutions-S1", "AwsSolutions-S10"} <= rules
+    assert {"NIST.800.53.R5-S3BucketLoggingEnabled", "NIST.800.53.R5-S3BucketVersioningEnabled"} <= rules
+    # ...and nothing else in the stack is reported, error or warning: the real app is clean under both packs.
+    assert all(path.startswith(f"{stack.node.path}/Bad/") for _, _, path in violations), violations
 
 
 def test_every_acknowledgement_is_granular_and_has_a_reason(app_tree: Any) -> None:
@@ -945,7 +949,8 @@ def test_every_acknowledgement_is_granular_and_has_a_reason(app_tree: Any) -> No
                 acks.extend((node.node.path, rule, reason) for rule, reason in entry.data.items())
     assert len(acks) >= 10, "acknowledgements not found in node metadata (did the Validations API change?)"
     for path, rule, reason in acks:
-        assert rule.startswith("AwsSolutions::AwsSolutions-"), (path, rule)
+        pack, _, rule_id = rule.partition("::")
+        assert pack in NAG_PACKS and rule_id.startswith(f"{pack}-"), (path, rule)
         assert isinstance(reason, str) and len(reason.strip()) >= 30, (path, rule, reason)
         if rule.split("::", 1)[1].startswith(("AwsSolutions-IAM4", "AwsSolutions-IAM5")):
             assert re.search(r"\[.+\]$", rule), f"{path}: blanket {rule} (name the finding)"
