@@ -767,6 +767,15 @@ def test_both_rules_dead_letter_to_a_queue_that_accepts_them(model: Model) -> No
     assert set(rules) <= permitted
 
 
+def test_failed_trigger_invocations_go_to_the_undelivered_queue(model: Model) -> None:
+    # EventBridge invokes the two trigger functions asynchronously: what still fails after Lambda's retries is kept.
+    (queue,) = of_type(model.raw, "AWS::SQS::Queue")
+    configs = {ref(p["Properties"]["FunctionName"]): p["Properties"] for p in of_type(model.raw, "AWS::Lambda::EventInvokeConfig").values()}
+    assert set(configs) == {model.functions["on_schedule_tick"], model.functions["on_object_created"]}
+    for props in configs.values():
+        assert ref(props["DestinationConfig"]["OnFailure"]["Destination"]) == queue
+
+
 def _s3_event(bucket: str, key: str, detail_type: str = "Object Created") -> dict[str, Any]:
     return {
         "version": "0",
