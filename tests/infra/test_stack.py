@@ -288,45 +288,7 @@ def test_instance_policy_only_has_object_actions_on_the_checkpoint_bucket(model:
         assert not allows(list(s.actions), "s3:DeleteObject")
 
 
-# Actions that may be granted on Resource "*", and why each has no usable resource-level permission.
-WILDCARD_OK = {
-    # EC2 Describe* APIs support no resource-level permissions (Service Authorization Reference: no resource type).
-    "ec2:describeinstances",
-    # SSM: DescribeInstanceInformation, ListCommandInvocations, GetCommandInvocation and CancelCommand list no
-    # resource types; the probe and the state machine read back / cancel their own command by id.
-    "ssm:describeinstanceinformation",
-    "ssm:listcommandinvocations",
-    "ssm:getcommandinvocation",
-    "ssm:cancelcommand",
-    # X-Ray trace upload and sampling APIs have no resource types (Lambda active tracing, state machine tracing).
-    "xray:puttracesegments",
-    "xray:puttelemetryrecords",
-    "xray:getsamplingrules",
-    "xray:getsamplingtargets",
-    # Step Functions logging to CloudWatch Logs uses the vended-log-delivery APIs, which must be granted on "*"
-    # (no resource-level permissions); CDK adds exactly this set when `logs=` is configured.
-    "logs:createlogdelivery",
-    "logs:getlogdelivery",
-    "logs:updatelogdelivery",
-    "logs:deletelogdelivery",
-    "logs:listlogdeliveries",
-    "logs:putresourcepolicy",
-    "logs:describeresourcepolicies",
-    "logs:describeloggroups",
-}
-
-
-def _wildcard_actions(model: Model) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for s in model.statements:
-        if s.effect == "Allow" and "*" in s.resources:
-            out.setdefault(s.policy, set()).update(s.actions)
-    return out
-
-
-def test_wildcard_resource_statements_only_hold_actions_without_resource_level_permissions(model: Model) -> None:
-    for policy, actions in _wildcard_actions(model).items():
-        assert actions <= WILDCARD_OK, f"{policy}: Resource '*' with {sorted(actions - WILDCARD_OK)}"
+# Resource "*", the opt-in condition in general, S3/DynamoDB scope and wildcards: tests/infra/test_least_privilege.py.
 
 
 def test_trigger_functions_step_functions_access_is_start_and_describe_execution(model: Model) -> None:
