@@ -12,6 +12,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import LAMBDA_ARCH, LAMBDA_PYTHON, POWERTOOLS_VERSION, AutostopConfig
+from infra.nag import acknowledge
 
 LAMBDAS_DIR = Path(__file__).resolve().parents[2] / "lambdas"
 ASSET_EXCLUDE = ["**/__pycache__", "**/*.pyc", "requirements.txt", ".pytest_cache"]
@@ -39,6 +40,35 @@ class ControlPlaneFunctions(Construct):
         }
         self._layer = powertools_layer(self)
         self._code = lambda_.Code.from_asset(str(LAMBDAS_DIR), exclude=ASSET_EXCLUDE)
+        # NIST 800-53 rev 5 findings on every function this factory makes (and its role and log group):
+        acknowledge(
+            self,
+            "NIST.800.53.R5-LambdaInsideVPC",
+            "The functions reach only public AWS APIs (EC2, SSM, S3, Step Functions, X-Ray, Logs) and no private "
+            "network resource; inside a VPC they would need a NAT gateway or about seven interface endpoints per AZ, "
+            "a standing cost for users with nothing to protect behind it.",
+        )
+        acknowledge(
+            self,
+            "NIST.800.53.R5-LambdaConcurrency",
+            "Reserved concurrency is taken from the account's unreserved pool, and Lambda refuses a reservation that "
+            "leaves less than its minimum unreserved, so accounts with a low concurrency quota could not deploy. "
+            "Callers bound the concurrency already: one sweep per schedule tick, one invocation per marker event, "
+            "one per state-machine step of an execution (at most one execution per run).",
+        )
+        acknowledge(
+            self,
+            "NIST.800.53.R5-CloudWatchLogGroupEncrypted",
+            "CloudWatch Logs encrypts every log group at rest with service keys. A customer managed KMS key would add "
+            "a monthly key charge and a key policy for the logs service, for logs that hold instance ids, run ids, "
+            "paths and outcomes, and no credentials.",
+        )
+        acknowledge(
+            self,
+            "NIST.800.53.R5-IAMNoInlinePolicy",
+            "Each function's DefaultPolicy is attached to that function's own role only and lives and dies with it; "
+            "tests/infra/test_least_privilege.py proves its statements. A managed policy per role adds no control.",
+        )
 
     def function(
         self,

@@ -6,6 +6,7 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from constructs import Construct
 
+from infra.nag import acknowledge
 from lambdas.shared import constants as c
 
 
@@ -24,4 +25,11 @@ class RunRecordsTable(Construct):
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(point_in_time_recovery_enabled=True),
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             removal_policy=RemovalPolicy.RETAIN,
+        )
+        acknowledge(
+            self.table,
+            "NIST.800.53.R5-DynamoDBInBackupPlan",
+            "Point-in-time recovery (35 days, to the second) is on, which covers what a backup plan would restore; "
+            "an AWS Backup vault and plan are an account-level choice with their own cost, left to the user's "
+            "organisation.",
         )

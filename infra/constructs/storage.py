@@ -32,13 +32,30 @@ class CheckpointStorage(Construct):
                 block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
                 enforce_ssl=True,
                 object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-                lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
+                # Versioned, so a deleted or overwritten log stays recoverable for 30 days (NIST 800-53 AU-9).
+                versioned=True,
+                lifecycle_rules=[
+                    s3.LifecycleRule(expiration=Duration.days(365), noncurrent_version_expiration=Duration.days(30)),
+                    s3.LifecycleRule(expired_object_delete_marker=True),
+                ],
                 removal_policy=RemovalPolicy.RETAIN,
             )
             acknowledge(
                 access_logs,
                 "AwsSolutions-S1",
                 "This is the access-log bucket of the checkpoint bucket; logging it to itself would loop.",
+            )
+            acknowledge(
+                access_logs,
+                "NIST.800.53.R5-S3DefaultEncryptionKMS",
+                "S3 server access logging delivers only to target buckets encrypted with SSE-S3 (SSE-KMS targets are "
+                "not supported), so this bucket keeps S3-managed AES-256 encryption.",
+            )
+            acknowledge(
+                access_logs,
+                "NIST.800.53.R5-S3BucketReplicationEnabled",
+                "Access logs of the checkpoint bucket, versioned and kept 365 days; a replica would need a second bucket "
+                "in another region at the user's cost. Users who must keep a copy elsewhere can add replication.",
             )
             self.bucket: s3.IBucket = s3.Bucket(
                 self,
@@ -57,6 +74,26 @@ class CheckpointStorage(Construct):
                     )
                 ],
                 removal_policy=RemovalPolicy.RETAIN,
+            )
+            acknowledge(
+                self.bucket,
+                "NIST.800.53.R5-S3DefaultEncryptionKMS",
+                "SSE-S3 (AES-256) encrypts every checkpoint at rest. SSE-KMS would add kms:GenerateDataKey/Decrypt to "
+                "the instance role and every reader, a customer managed key's monthly charge and key policy, or with "
+                "the AWS managed aws/s3 key no way to let another account read (restore) checkpoints.",
+            )
+            acknowledge(
+                self.bucket,
+                "NIST.800.53.R5-S3BucketReplicationEnabled",
+                "Replication needs a second bucket in another region and doubles the storage of multi-GB checkpoints; "
+                "versioning keeps overwritten or deleted checkpoints for 30 days. Users who need a copy elsewhere can "
+                "add replication to this bucket.",
+            )
+            acknowledge(
+                self.bucket,
+                "NIST.800.53.R5-IAMNoInlinePolicy",
+                "CDK's own BucketNotificationsHandler policy (s3:PutBucketNotification on this bucket only), attached to "
+                "that handler's role only; it turns on EventBridge notifications at deploy time.",
             )
         else:
             self.bucket = s3.Bucket.from_bucket_name(self, "Checkpoints", config.checkpoint_bucket)

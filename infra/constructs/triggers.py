@@ -7,6 +7,7 @@ from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
@@ -18,7 +19,8 @@ from lambdas.shared import constants as c
 class Triggers(Construct):
     """``Schedule`` runs the sweep every ``schedule_minutes``; ``MarkerCreated`` sends Object Created events of
     keys ending in ``_SUCCESS`` in the checkpoint bucket to the marker function. Events that cannot be
-    delivered after retries go to the ``Undelivered`` queue (kept 14 days)."""
+    delivered after retries, and invocations of the three functions that still fail after Lambda's own
+    retries, go to the ``Undelivered`` queue (kept 14 days)."""
 
     def __init__(
         self,
@@ -42,9 +44,19 @@ class Triggers(Construct):
         acknowledge(
             self.undelivered,
             "AwsSolutions-SQS3",
-            "This queue is itself the dead-letter queue of the two EventBridge targets; it needs no DLQ of its own.",
+            "This queue is itself the dead-letter queue of the EventBridge targets; it needs no DLQ of its own.",
         )
         delivery = {"dead_letter_queue": self.undelivered, "retry_attempts": 4, "max_event_age": Duration.hours(2)}
+        for fn in (sweep, on_marker, on_instance):
+            # EventBridge invokes asynchronously: an invocation that fails after Lambda's retries is kept, not lost.
+            fn.configure_async_invoke(on_failure=destinations.SqsDestination(self.undelivered))
+            acknowledge(
+                fn,
+                "NIST.800.53.R5-LambdaDLQ",
+                "Failed asynchronous invocations go to the Undelivered queue through an on-failure destination "
+                "(AWS::Lambda::EventInvokeConfig), which records the event and the error; a DeadLetterConfig would "
+                "only duplicate it.",
+            )
         self.schedule = events.Rule(
             self,
             "Schedule",

@@ -22,6 +22,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra.config import AutostopConfig
+from infra.nag import acknowledge
 from lambdas.shared import constants as c
 
 LAMBDA_SERVICE_ERRORS = [
@@ -72,6 +73,13 @@ class LifecycleStateMachine(Construct):
 
         budget = (config.checkpoint_poll_limit + config.stop_poll_limit) * config.poll_interval_seconds + 3600
         log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
+        acknowledge(
+            log_group,
+            "NIST.800.53.R5-CloudWatchLogGroupEncrypted",
+            "CloudWatch Logs encrypts every log group at rest with service keys. A customer managed KMS key would add "
+            "a monthly key charge and a key policy for the logs service, for execution histories that hold instance "
+            "ids, run ids, paths, command output and outcomes, and no credentials.",
+        )
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
@@ -82,6 +90,12 @@ class LifecycleStateMachine(Construct):
             timeout=Duration.seconds(budget),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+        )
+        acknowledge(
+            self.state_machine.role,
+            "NIST.800.53.R5-IAMNoInlinePolicy",
+            "The state machine's DefaultPolicy is attached to its own role only and lives and dies with it; "
+            "tests/infra/test_least_privilege.py proves its statements. A managed policy adds no control.",
         )
 
     # --- helpers -------------------------------------------------------------------------------------

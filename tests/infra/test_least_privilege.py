@@ -1,0 +1,557 @@
+"""Least privilege, proved on the synthesized template.
+
+Every proof here ranges over *every* identity-policy statement of the template (``AWS::IAM::Policy``,
+``AWS::IAM::ManagedPolicy``, inline role policies) rather than over the grants that exist today, so it keeps
+holding as resources are added: a new grant either fits one of the shapes allowed below or fails here, and
+the allow-lists say why each shape is allowed.
+
+Sources:
+
+* SAR: the AWS Service Authorization Reference, "Actions, resources, and condition keys for <service>"
+  (https://docs.aws.amazon.com/service-authorization/latest/reference/). An action whose "Resource types"
+  column is empty supports no resource-level permissions and can only be granted on ``"*"``.
+* IAM global condition keys, ``aws:ResourceTag/tag-key``
+  (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html): tag keys in
+  this condition key are *not* case-sensitive ("matches a resource tag key named either TagKey1 or
+  tagkey1, but not both"); tag values are compared by the operator (``StringEqualsIgnoreCase`` here).
+* IAM multivalued context keys (reference_policies_condition_examples-multi-valued-context-keys.html):
+  ``ForAllValues`` is also true when the request has no such key, hence the ``Null`` check on ``aws:TagKeys``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+
+from lambdas.shared import constants as c
+from tests.infra.test_stack import CDK_NOTIFICATIONS_HANDLER, CONTEXT, Statement, allows, build_model, flat, of_type, ref
+
+PREFIX: str = CONTEXT["tag_prefix"]
+OPT_IN_KEY = f"aws:ResourceTag/{PREFIX}:{c.TAG_ENABLED}"
+ARN_HEAD = "arn:${AWS::Partition}:%s:${AWS::Region}:${AWS::AccountId}:"
+INSTANCES = ARN_HEAD % "ec2" + "instance/*"
+DOCUMENT = re.compile(re.escape(ARN_HEAD % "ssm") + r"document/\$\{(?P<logical>[A-Za-z0-9]+)\}")
+
+INSTANCE_ACTIONS = (
+    "ec2:StopInstances",
+    "ec2:TerminateInstances",
+    "ec2:StartInstances",
+    "ec2:RebootInstances",
+    "ec2:ModifyInstanceAttribute",
+    "ec2:CreateTags",
+    "ec2:DeleteTags",
+    "ssm:SendCommand",
+)
+"""Actions that change an instance or run code on it: each needs the opt-in tag condition wherever granted."""
+REQUIRED_INSTANCE_ACTIONS = ("ec2:StopInstances", "ec2:TerminateInstances", "ssm:SendCommand")
+"""Granted today; a proof over them must not pass vacuously."""
+
+INFORMATIONAL_TAGS = ("state", "last-checkpoint", "last-error")
+"""``<prefix>:<name>`` tags autostop may write on an instance to show progress. Never ``enabled``, the run or
+the action: a tag-write grant must not be able to opt an instance in or change what is done to it."""
+
+WILDCARD_OK: dict[str, str] = {
+    # EC2 (SAR "Amazon EC2"): the Describe* actions list no resource type; the EC2 User Guide: "Amazon EC2
+    # ec2:Describe* API actions do not support resource-level permissions ... the Resource element requires *".
+    "ec2:describeinstances": "EC2 Describe*: no resource-level permissions (SAR, Amazon EC2)",
+    "ec2:describespotinstancerequests": "EC2 Describe*: no resource-level permissions (SAR, Amazon EC2)",
+    # Systems Manager (SAR "AWS Systems Manager"): these four list no resource type. The probe and the state
+    # machine read back / cancel their own command by id; the instance side is guarded by SendCommand's tag.
+    "ssm:describeinstanceinformation": "no resource type in SAR (AWS Systems Manager)",
+    "ssm:listcommandinvocations": "no resource type in SAR (AWS Systems Manager)",
+    "ssm:getcommandinvocation": "no resource type in SAR (AWS Systems Manager)",
+    "ssm:cancelcommand": "no resource type in SAR (AWS Systems Manager)",
+    # X-Ray (SAR "AWS X-Ray"): trace upload and sampling list no resource type (Lambda and state machine tracing).
+    "xray:puttracesegments": "no resource type in SAR (AWS X-Ray)",
+    "xray:puttelemetryrecords": "no resource type in SAR (AWS X-Ray)",
+    "xray:getsamplingrules": "no resource type in SAR (AWS X-Ray)",
+    "xray:getsamplingtargets": "no resource type in SAR (AWS X-Ray)",
+    # CloudWatch Logs vended log delivery (SAR "Amazon CloudWatch Logs": no resource type), the set CDK grants
+    # for a state machine's `logs=`; the Step Functions guide ("IAM policies for logging to CloudWatch Logs")
+    # grants exactly these on "*".
+    "logs:createlogdelivery": "vended log delivery: no resource type in SAR (Amazon CloudWatch Logs)",
+    "logs:getlogdelivery": "vended log delivery: no resource type in SAR (Amazon CloudWatch Logs)",
+    "logs:updatelogdelivery": "vended log delivery: no resource type in SAR (Amazon CloudWatch Logs)",
+    "logs:deletelogdelivery": "vended log delivery: no resource type in SAR (Amazon CloudWatch Logs)",
+    "logs:listlogdeliveries": "vended log delivery: no resource type in SAR (Amazon CloudWatch Logs)",
+    "logs:putresourcepolicy": "account-level log resource policy for the delivery: no resource type in SAR",
+    "logs:describeresourcepolicies": "account-level listing: no resource type in SAR (Amazon CloudWatch Logs)",
+    "logs:describeloggroups": "account-level listing: no resource type in the current SAR (older editions listed log-group)",
+}
+"""Actions that may be granted on ``Resource: "*"``, each because it has no resource-level permissions."""
+
+S3_GRANTS: dict[str, tuple[str, str]] = {
+    # action: (what it may name: "objects" = <bucket ARN>/*, "bucket" = <bucket ARN>; who may hold it)
+    "s3:getobject": ("objects", "any"),
+    "s3:listbucket": ("bucket", "any"),  # so that HeadObject of a missing marker is 404, not 403
+    "s3:putobject": ("objects", "instance policy"),
+    "s3:abortmultipartupload": ("objects", "instance policy"),
+    "s3:listmultipartuploadparts": ("objects", "instance policy"),
+    "s3:putbucketnotification": ("bucket", "notifications handler"),  # CDK's own handler turns on EventBridge
+}
+"""Every S3 action the stack may grant. Writes only through the instance policy (attached by users to their
+training instances' roles, never to a role of this stack); no delete, ACL or bucket-policy action at all."""
+
+PASS_ROLE_OK: dict[str, str] = {}
+"""Role logical-id prefix -> why that role may pass a role. Empty: nothing in the stack passes a role."""
+
+MANAGED_POLICIES_OK: dict[str, set[str]] = {CDK_NOTIFICATIONS_HANDLER: {"service-role/AWSLambdaBasicExecutionRole"}}
+"""Role logical-id prefix -> the AWS managed policies it may carry: only CDK's notifications handler (its logs)."""
+
+
+@pytest.fixture(scope="module")
+def template(synthesized: Any) -> dict[str, Any]:
+    return synthesized.raw
+
+
+@pytest.fixture(scope="module")
+def statements(template: dict[str, Any]) -> list[Statement]:
+    return [s for s in build_model(template).statements if s.effect == "Allow"]
+
+
+@pytest.fixture(scope="module")
+def bucket(template: dict[str, Any]) -> str:
+    return build_model(template).bucket
+
+
+def granting(statements: list[Statement], action: str) -> list[Statement]:
+    return [s for s in statements if allows(list(s.actions), action)]
+
+
+def logical_ids_in(resource: str, template: dict[str, Any]) -> set[str]:
+    """Logical ids of this template's resources that ``resource`` (rendered with ``flat``) names."""
+    return set(re.findall(r"[A-Za-z][A-Za-z0-9]+", resource)) & set(template["Resources"])
+
+
+def opt_in(condition: Mapping[str, Any] | None) -> Any:
+    """The values the statement's ``StringEqualsIgnoreCase`` requires of the opt-in tag (None when absent)."""
+    return ((condition or {}).get("StringEqualsIgnoreCase") or {}).get(OPT_IN_KEY)
+
+
+# --- instance actions: the opt-in tag, and only informational tags -----------------------------------------------
+
+
+@pytest.mark.parametrize("action", INSTANCE_ACTIONS)
+def test_every_grant_of_an_instance_action_requires_the_opt_in_tag(statements: list[Statement], action: str) -> None:
+    grants = granting(statements, action)
+    if action in REQUIRED_INSTANCE_ACTIONS:
+        assert grants, f"no statement grants {action}: the proof would be vacuous"
+    for s in grants:
+        if action == "ssm:SendCommand" and all(DOCUMENT.fullmatch(r) for r in s.resources):
+            continue  # the document half of SendCommand; documents carry no instance tag (next test)
+        assert s.resources == (INSTANCES,), f"{s.policy}: {action} on {s.resources}, not only on instances"
+        assert opt_in(s.condition) in ("true", ["true"]), f"{s.policy}: {action} without {OPT_IN_KEY} = true: {s.raw}"
+        for operator in s.condition or {}:
+            # An ...IfExists form of the same key would let an instance *without* the tag through.
+            assert not (operator.endswith("IfExists") and OPT_IN_KEY in s.condition[operator]), (s.policy, operator)
+
+
+@pytest.mark.parametrize("action", ["ec2:CreateTags", "ec2:DeleteTags"])
+def test_tag_writes_only_touch_the_informational_tags(statements: list[Statement], action: str) -> None:
+    grants = granting(statements, action)
+    if not grants:
+        pytest.skip(f"no statement grants {action} (yet)")
+    allowed = {f"{PREFIX}:{name}" for name in INFORMATIONAL_TAGS}
+    for s in grants:
+        condition = s.condition or {}
+        keys = condition.get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
+        assert keys, f"{s.policy}: {action} without ForAllValues:StringEquals aws:TagKeys: {s.raw}"
+        keys = set(keys if isinstance(keys, list) else [keys])
+        assert keys <= allowed, f"{s.policy}: {action} may write {sorted(keys - allowed)}"
+        # ForAllValues is true when the request names no tag keys, and DeleteTags without Tags deletes *every*
+        # tag of the instance: the key must be present.
+        assert condition.get("Null", {}).get("aws:TagKeys") == "false", f"{s.policy}: {action} without Null aws:TagKeys = false"
+
+
+def test_send_command_runs_only_the_stacks_own_documents(statements: list[Statement], template: dict[str, Any]) -> None:
+    documents = set(of_type(template, "AWS::SSM::Document"))
+    named: set[str] = set()
+    for s in granting(statements, "ssm:SendCommand"):
+        assert "*" not in s.resources, f"{s.policy}: SendCommand on '*'"
+        docs = [r for r in s.resources if r != INSTANCES]
+        assert not docs or len(docs) == len(s.resources), f"{s.policy}: documents and instances share a statement: {s.resources}"
+        for r in docs:
+            match = DOCUMENT.fullmatch(r)
+            assert match, f"{s.policy}: SendCommand on {r} (not a document of this stack by Ref)"
+            assert match["logical"] in documents, f"{s.policy}: SendCommand on {r}: not an AWS::SSM::Document of this stack"
+            named.add(match["logical"])
+    assert named, "no SendCommand statement names a document"
+
+
+# --- resources: "*" only where AWS requires it, every other resource the stack's own ----------------------------
+
+
+def test_wildcard_resource_only_with_actions_that_have_no_resource_level_permissions(statements: list[Statement]) -> None:
+    for s in statements:
+        if "*" in s.resources:
+            extra = sorted(set(s.actions) - set(WILDCARD_OK))
+            assert not extra, (
+                f"{s.policy}: Resource '*' with {extra}; name the resource, or add the action to WILDCARD_OK with the SAR's reason"
+            )
+
+
+def test_every_other_resource_is_this_stacks_own_or_tag_guarded(statements: list[Statement], template: dict[str, Any]) -> None:
+    for s in statements:
+        for r in s.resources:
+            if r == "*" or (r == INSTANCES and opt_in(s.condition)):
+                continue
+            assert logical_ids_in(r, template), f"{s.policy}: {s.actions} on {r}, which is not a resource of this stack"
+
+
+def test_every_partial_wildcard_in_a_resource_is_a_known_shape(statements: list[Statement], template: dict[str, Any], bucket: str) -> None:
+    kinds = {logical: res["Type"] for logical, res in template["Resources"].items()}
+    for s in statements:
+        for r in s.resources:
+            if "*" not in r or r == "*":
+                continue
+            shape = None
+            if r == INSTANCES:
+                shape = "tag-guarded instances" if opt_in(s.condition) else None
+            elif m := re.fullmatch(r"\$\{(\w+)\.Arn\}/\*", r):
+                shape = "checkpoint objects" if m[1] == bucket else None
+            elif m := re.fullmatch(r"\$\{(\w+)\.Arn\}:\*", r):
+                shape = "versions/aliases of a function" if kinds.get(m[1]) == "AWS::Lambda::Function" else None
+            elif m := re.fullmatch(r"\$\{(\w+)\.Arn\}/index/\*", r):
+                shape = "indexes of a table" if kinds.get(m[1]) == "AWS::DynamoDB::Table" else None
+            elif r.startswith(ARN_HEAD % "states" + "execution:") and r.endswith(":*"):
+                machines = logical_ids_in(r, template)
+                shape = (
+                    "executions of a state machine"
+                    if machines and {kinds[x] for x in machines} == {"AWS::StepFunctions::StateMachine"}
+                    else None
+                )
+            assert shape, f"{s.policy}: {s.actions} on {r}: a wildcard of no known shape"
+
+
+def test_s3_only_on_the_checkpoint_bucket_and_its_objects(template: dict[str, Any], bucket: str) -> None:
+    shapes = {"objects": "${%s.Arn}/*" % bucket, "bucket": "${%s.Arn}" % bucket}
+    # The instance policy: a managed policy for users to attach to their training instances' roles, attached
+    # to no principal of this stack.
+    instance_policies = {
+        logical
+        for logical, res in of_type(template, "AWS::IAM::ManagedPolicy").items()
+        if not any(res["Properties"].get(k) for k in ("Roles", "Users", "Groups"))
+    }
+    seen: set[str] = set()
+    for s in build_model(template).statements:
+        for action in (a for a in s.actions if a.startswith("s3:") or a == "*"):
+            assert action in S3_GRANTS, f"{s.policy}: {action} is not an S3 action the stack may grant"
+            kind, holder = S3_GRANTS[action]
+            assert s.resources == (shapes[kind],), f"{s.policy}: {action} on {s.resources}, expected {shapes[kind]}"
+            if holder == "instance policy":
+                assert s.policy in instance_policies, f"{s.policy}: {action} outside the instance policy"
+            elif holder == "notifications handler":
+                assert s.roles and all(r.startswith(CDK_NOTIFICATIONS_HANDLER) for r in s.roles), f"{s.policy}: {action} for {s.roles}"
+            seen.add(action)
+    assert {"s3:getobject", "s3:putobject"} <= seen
+
+
+def test_dynamodb_only_on_the_stacks_tables(statements: list[Statement], template: dict[str, Any]) -> None:
+    tables = set(of_type(template, "AWS::DynamoDB::Table")) | set(of_type(template, "AWS::DynamoDB::GlobalTable"))
+    grants = [s for s in statements if any(a.startswith("dynamodb:") for a in s.actions)]
+    if not grants:
+        pytest.skip("no DynamoDB grant (yet)")
+    for s in grants:
+        for r in s.resources:
+            match = re.fullmatch(r"\$\{(\w+)\.Arn\}(/index/\*)?", r)
+            assert match and match[1] in tables, f"{s.policy}: {s.actions} on {r}, not a table of this stack"
+
+
+# --- roles and actions ------------------------------------------------------------------------------------------
+
+
+def test_each_function_and_state_machine_has_a_role_of_its_own(template: dict[str, Any]) -> None:
+    owners: dict[str, list[str]] = {}
+    principal = {"AWS::Lambda::Function": "lambda.amazonaws.com", "AWS::StepFunctions::StateMachine": "states.amazonaws.com"}
+    for kind, prop in (("AWS::Lambda::Function", "Role"), ("AWS::StepFunctions::StateMachine", "RoleArn")):
+        for logical, res in of_type(template, kind).items():
+            role = ref(res["Properties"][prop])
+            owners.setdefault(role, []).append(logical)
+            trust = template["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+            assert [st["Principal"] for st in trust] == [{"Service": principal[kind]}], f"{role} ({logical}) trusts {trust}"
+    shared = {role: users for role, users in owners.items() if len(users) > 1}
+    assert not shared, f"roles shared: {shared}"
+    assert len(owners) >= 6
+
+
+def test_no_role_can_pass_a_role_or_act_on_iam(statements: list[Statement]) -> None:
+    for s in statements:
+        if allows(list(s.actions), "iam:PassRole"):
+            assert PASS_ROLE_OK and s.roles and all(r.startswith(tuple(PASS_ROLE_OK)) for r in s.roles), (
+                f"{s.policy}: iam:PassRole for {s.roles}"
+            )
+        assert not [a for a in s.actions if a.startswith("iam:") and a != "iam:passrole"], f"{s.policy}: {s.actions}"
+
+
+def test_no_wildcard_actions_anywhere(template: dict[str, Any]) -> None:
+    resource_policies = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::SNS::TopicPolicy")
+    documents = [(s.policy, s.raw) for s in build_model(template).statements]
+    for kind in resource_policies:
+        documents += [(k, st) for k, v in of_type(template, kind).items() for st in v["Properties"]["PolicyDocument"]["Statement"]]
+    for policy, st in documents:
+        if st["Effect"] != "Allow":
+            continue  # a Deny s3:* (the SSL-only bucket policy) narrows, it grants nothing
+        assert "NotAction" not in st and "NotResource" not in st, f"{policy}: {st}"
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        assert not [a for a in actions if "*" in a], f"{policy}: wildcard action in {actions}"
+
+
+def test_aws_managed_policies_only_on_cdks_notifications_handler(template: dict[str, Any]) -> None:
+    for logical, res in of_type(template, "AWS::IAM::Role").items():
+        arns = res["Properties"].get("ManagedPolicyArns", [])
+        names = {flat(a).rsplit(":policy/", 1)[-1] for a in arns}
+        allowed = next((ok for prefix, ok in MANAGED_POLICIES_OK.items() if logical.startswith(prefix)), set())
+        assert names <= allowed, f"{logical}: AWS managed policies {sorted(names - allowed)}"
+
+
+# --- the opt-in test in IAM and in the code agree -------------------------------------------------------------------
+
+
+def template_opt_in_conditions(statements: list[Statement]) -> list[dict[str, Any]]:
+    return [s.condition for s in statements for a in INSTANCE_ACTIONS if allows(list(s.actions), a) and opt_in(s.condition)]
+
+
+def iam_opt_in(tags: Mapping[str, str], condition: Mapping[str, Any]) -> bool | None:
+    """What ``StringEqualsIgnoreCase {aws:ResourceTag/<key>: <values>}`` decides for an instance with ``tags``.
+
+    The tag key is matched ignoring case (IAM: "matches a resource tag key named either TagKey1 or tagkey1,
+    but not both"), the value is compared ignoring case, nothing is trimmed. ``None`` when two tag keys differ
+    only in case: AWS does not say which one IAM reads, so either answer is possible.
+    """
+    ((key, expected),) = condition["StringEqualsIgnoreCase"].items()
+    tag_key = key.removeprefix("aws:ResourceTag/")
+    values = [v for k, v in tags.items() if k.lower() == tag_key.lower()]
+    if len(values) > 1:
+        return None
+    expected = expected if isinstance(expected, list) else [expected]
+    return bool(values) and values[0].lower() in [e.lower() for e in expected]
+
+
+def code_opt_in(tags: Mapping[str, str]) -> bool:
+    """Whether the control plane would act on an instance with ``tags``: opted in *and* its tags valid (the same
+    two steps as ``shared.evaluation`` and ``stop_instance``)."""
+    from shared.tags import InvalidTags, TagPolicy, is_opted_in, parse_instance_config
+
+    if not is_opted_in(tags, PREFIX):
+        return False
+    required = {f"{PREFIX}:{c.TAG_RUN_ID}": "run-1", f"{PREFIX}:{c.TAG_CHECKPOINT_DIR}": "/data/ckpt"}
+    try:
+        parse_instance_config("i-0123456789abcdef0", {**required, **tags}, TagPolicy(prefix=PREFIX, checkpoint_bucket="ckpt"))
+    except InvalidTags:
+        return False
+    return True
+
+
+KEY = f"{PREFIX}:{c.TAG_ENABLED}"
+OPT_IN_VARIANTS: list[tuple[str, dict[str, str], bool, bool | None]] = [
+    # (case, enabled tag(s), the code acts, IAM allows)
+    ("exact", {KEY: "true"}, True, True),
+    ("value upper case", {KEY: "TRUE"}, True, True),
+    ("value mixed case", {KEY: "tRuE"}, True, True),
+    ("leading space", {KEY: " true"}, False, False),
+    ("trailing space", {KEY: "true "}, False, False),
+    ("trailing newline", {KEY: "true\n"}, False, False),
+    ("inner space", {KEY: "t rue"}, False, False),
+    ("yes", {KEY: "yes"}, False, False),
+    ("one", {KEY: "1"}, False, False),
+    ("empty", {KEY: ""}, False, False),
+    ("false", {KEY: "false"}, False, False),
+    ("full-width letters", {KEY: "\uff54\uff52\uff55\uff45"}, False, False),
+    ("Cyrillic e", {KEY: "tru\u0435"}, False, False),
+    ("zero-width space", {KEY: "true\u200b"}, False, False),
+    ("no tag", {}, False, False),
+    # IAM ignores the key's case; the code insists on the exact key (README "Tags"), so it acts on fewer.
+    ("key prefix capitalised", {f"{PREFIX.capitalize()}:{c.TAG_ENABLED}": "true"}, False, True),
+    ("key upper case", {KEY.upper(): "true"}, False, True),
+    ("key name capitalised", {f"{PREFIX}:{c.TAG_ENABLED.capitalize()}": "true"}, False, True),
+    ("key with trailing space", {KEY + " ": "true"}, False, False),
+    ("other prefix", {f"{PREFIX}2:{c.TAG_ENABLED}": "true"}, False, False),
+    # Two keys that differ only in case: IAM may read either; the code refuses the case variant outright.
+    ("exact and case variant agree", {KEY: "true", KEY.upper(): "true"}, False, None),
+    ("exact true, case variant false", {KEY: "true", KEY.upper(): "false"}, False, None),
+    ("exact false, case variant true", {KEY: "false", KEY.upper(): "true"}, False, None),
+]
+
+
+@pytest.fixture(scope="module")
+def opt_in_condition(statements: list[Statement]) -> dict[str, Any]:
+    conditions = template_opt_in_conditions(statements)
+    assert conditions
+    distinct = {repr(cond["StringEqualsIgnoreCase"]) for cond in conditions}
+    assert len(distinct) == 1, f"the template guards instances with different opt-in conditions: {distinct}"
+    return {"StringEqualsIgnoreCase": conditions[0]["StringEqualsIgnoreCase"]}
+
+
+def test_the_templates_opt_in_condition_is_the_codes_key_and_value(opt_in_condition: dict[str, Any]) -> None:
+    from shared.tags import TRUE_VALUES
+
+    assert opt_in_condition == {"StringEqualsIgnoreCase": {OPT_IN_KEY: "true"}}
+    assert TRUE_VALUES == ("true",)
+
+
+@pytest.mark.parametrize(("case", "tags", "code", "iam"), OPT_IN_VARIANTS, ids=[v[0] for v in OPT_IN_VARIANTS])
+def test_the_code_acts_only_on_instances_iam_lets_it_act_on(
+    opt_in_condition: dict[str, Any], case: str, tags: dict[str, str], code: bool, iam: bool | None
+) -> None:
+    decided = (code_opt_in(tags), iam_opt_in(tags, opt_in_condition))
+    assert decided == (code, iam), f"{case}: (code, IAM) = {decided}"
+    if decided[0]:
+        assert decided[1] is True, f"{case}: the code would act on an instance IAM may refuse"
+
+
+def test_no_non_ascii_character_lowercases_into_the_opt_in_value() -> None:
+    # The code compares str.lower() with "true"; IAM's case folding is not specified beyond "ignoring case". No
+    # character outside "trueTRUE" lower-cases into t, r, u or e, so the code accepts only ASCII spellings of true,
+    # which any case-insensitive comparison accepts too.
+    odd = [hex(i) for i in range(sys.maxunicode + 1) if chr(i) not in "trueTRUE" and chr(i).lower() in ("t", "r", "u", "e")]
+    assert not odd
+
+
+# --- the proofs are not vacuous: each rejects a template with one bad grant added --------------------------------
+
+
+def _arn(service: str, rest: str, *, region: bool = True) -> dict[str, Any]:
+    parts: list[Any] = ["arn:", {"Ref": "AWS::Partition"}, f":{service}:"]
+    parts += [{"Ref": "AWS::Region"}, ":", {"Ref": "AWS::AccountId"}, ":"] if region else ["::", {"Ref": "AWS::AccountId"}, ":"]
+    return {"Fn::Join": ["", [*parts, rest]]}
+
+
+def _bad_grant(action: str | list[str], resource: Any, condition: dict[str, Any] | None = None) -> Callable[[dict[str, Any]], None]:
+    """A mutation: a new policy on the stop function's role granting ``action`` on ``resource``."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        model = build_model(raw)
+        role = model.roles["stop_instance"]
+        resolved = json.loads(json.dumps(resource).replace('"BUCKET"', json.dumps(model.bucket)))  # "BUCKET": the checkpoint bucket
+        statement = {"Effect": "Allow", "Action": action, "Resource": resolved, **({"Condition": condition} if condition else {})}
+        raw["Resources"]["MutantPolicy"] = {
+            "Type": "AWS::IAM::Policy",
+            "Properties": {"PolicyName": "mutant", "Roles": [{"Ref": role}], "PolicyDocument": {"Statement": [statement]}},
+        }
+
+    return mutate
+
+
+def _share_a_role(raw: dict[str, Any]) -> None:
+    model = build_model(raw)
+    raw["Resources"][model.functions["verify_checkpoint"]]["Properties"]["Role"] = {"Fn::GetAtt": [model.roles["stop_instance"], "Arn"]}
+
+
+OPT_IN = {"StringEqualsIgnoreCase": {OPT_IN_KEY: "true"}}
+TAG_KEYS = {"ForAllValues:StringEquals": {"aws:TagKeys": [f"{PREFIX}:state"]}}
+MUTANTS: list[tuple[str, Callable[[dict[str, Any]], None], Callable[..., None], dict[str, Any]]] = [
+    (
+        "stop without the tag",
+        _bad_grant("ec2:StopInstances", _arn("ec2", "instance/*")),
+        test_every_grant_of_an_instance_action_requires_the_opt_in_tag,
+        {"action": "ec2:StopInstances"},
+    ),
+    (
+        "ec2:* on *",
+        _bad_grant("ec2:*", "*"),
+        test_every_grant_of_an_instance_action_requires_the_opt_in_tag,
+        {"action": "ec2:TerminateInstances"},
+    ),
+    (
+        "opt-in as IfExists",
+        _bad_grant("ec2:StartInstances", _arn("ec2", "instance/*"), {"StringEqualsIgnoreCaseIfExists": {OPT_IN_KEY: "true"}}),
+        test_every_grant_of_an_instance_action_requires_the_opt_in_tag,
+        {"action": "ec2:StartInstances"},
+    ),
+    (
+        "CreateTags of any key",
+        _bad_grant("ec2:CreateTags", _arn("ec2", "instance/*"), OPT_IN),
+        test_tag_writes_only_touch_the_informational_tags,
+        {"action": "ec2:CreateTags"},
+    ),
+    (
+        "CreateTags of the opt-in key",
+        _bad_grant(
+            "ec2:CreateTags",
+            _arn("ec2", "instance/*"),
+            {**OPT_IN, "ForAllValues:StringEquals": {"aws:TagKeys": [KEY]}, "Null": {"aws:TagKeys": "false"}},
+        ),
+        test_tag_writes_only_touch_the_informational_tags,
+        {"action": "ec2:CreateTags"},
+    ),
+    (
+        "DeleteTags without the Null check",
+        _bad_grant("ec2:DeleteTags", _arn("ec2", "instance/*"), {**OPT_IN, **TAG_KEYS}),
+        test_tag_writes_only_touch_the_informational_tags,
+        {"action": "ec2:DeleteTags"},
+    ),
+    (
+        "an AWS-owned document",
+        _bad_grant("ssm:SendCommand", _arn("ssm", "document/AWS-RunShellScript")),
+        test_send_command_runs_only_the_stacks_own_documents,
+        {},
+    ),
+    (
+        "GetObject on *",
+        _bad_grant("s3:GetObject", "*"),
+        test_wildcard_resource_only_with_actions_that_have_no_resource_level_permissions,
+        {},
+    ),
+    (
+        "another bucket",
+        _bad_grant("s3:GetObject", "arn:aws:s3:::someone-elses-bucket/*"),
+        test_every_other_resource_is_this_stacks_own_or_tag_guarded,
+        {},
+    ),
+    (
+        "DeleteObject",
+        _bad_grant("s3:DeleteObject", {"Fn::Join": ["", [{"Fn::GetAtt": ["BUCKET", "Arn"]}, "/*"]]}),
+        test_s3_only_on_the_checkpoint_bucket_and_its_objects,
+        {},
+    ),
+    (
+        "all functions' versions",
+        _bad_grant("lambda:InvokeFunction", _arn("lambda", "function:*")),
+        test_every_partial_wildcard_in_a_resource_is_a_known_shape,
+        {},
+    ),
+    (
+        "a table not of this stack",
+        _bad_grant("dynamodb:GetItem", _arn("dynamodb", "table/other")),
+        test_dynamodb_only_on_the_stacks_tables,
+        {},
+    ),
+    ("PassRole", _bad_grant("iam:PassRole", "*"), test_no_role_can_pass_a_role_or_act_on_iam, {}),
+    ("s3:Get*", _bad_grant("s3:Get*", {"Fn::GetAtt": ["BUCKET", "Arn"]}), test_no_wildcard_actions_anywhere, {}),
+    ("a shared role", _share_a_role, test_each_function_and_state_machine_has_a_role_of_its_own, {}),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "proof", "extra"), MUTANTS, ids=[m[0] for m in MUTANTS])
+def test_each_proof_rejects_a_bad_grant(
+    template: dict[str, Any], case: str, mutate: Callable[[dict[str, Any]], None], proof: Callable[..., None], extra: dict[str, Any]
+) -> None:
+    raw = copy.deepcopy(template)
+    mutate(raw)
+    model = build_model(raw)
+    available = {"template": raw, "statements": [s for s in model.statements if s.effect == "Allow"], "bucket": model.bucket, **extra}
+    kwargs = {name: available[name] for name in inspect.signature(proof).parameters}
+    with pytest.raises(AssertionError):
+        proof(**kwargs)
+
+
+def test_a_well_formed_tag_write_grant_passes_every_proof(template: dict[str, Any]) -> None:
+    # The shape a grant of the informational tags must take (what the proofs above accept).
+    condition = {**OPT_IN, **TAG_KEYS, "Null": {"aws:TagKeys": "false"}}
+    raw = copy.deepcopy(template)
+    _bad_grant(["ec2:CreateTags", "ec2:DeleteTags"], _arn("ec2", "instance/*"), condition)(raw)
+    model = build_model(raw)
+    statements = [s for s in model.statements if s.effect == "Allow"]
+    for action in ("ec2:CreateTags", "ec2:DeleteTags"):
+        test_every_grant_of_an_instance_action_requires_the_opt_in_tag(statements, action)
+        test_tag_writes_only_touch_the_informational_tags(statements, action)
+    test_every_other_resource_is_this_stacks_own_or_tag_guarded(statements, raw)
+    test_every_partial_wildcard_in_a_resource_is_a_known_shape(statements, raw, model.bucket)
+    test_wildcard_resource_only_with_actions_that_have_no_resource_level_permissions(statements)
