@@ -9,10 +9,10 @@ a run whose earlier session ended with a verified checkpoint (Stopped or SpotChe
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared import constants as c
 from shared.evaluation import Evaluator
@@ -21,6 +21,7 @@ from shared.instances import describe_instance
 from shared.models import Evaluation
 from shared.observability import logger
 from shared.records import RunRecords
+from shared.triggers import oversized
 
 SPOT_WARNING = c.SPOT_WARNING
 REBALANCE = c.REBALANCE_RECOMMENDATION
@@ -46,7 +47,8 @@ class InstanceEvent(BaseModel):
 
     detail_type: Literal[SPOT_WARNING, REBALANCE, STATE_CHANGE] = Field(alias="detail-type")  # type: ignore[valid-type]
     source: Literal["aws.ec2"]
-    time: datetime
+    time: AwareDatetime
+    """EventBridge always gives the zone (``Z``); a naive time would make a naive interruption deadline."""
     detail: InstanceDetail
 
 
@@ -64,11 +66,13 @@ class EventResult(BaseModel):
 def parse_event(raw: Any) -> InstanceEvent | str:
     """The event, or a sentence saying why it cannot be one of ours (never raises)."""
     try:
-        return InstanceEvent.model_validate(raw)
+        event = InstanceEvent.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "event"
         return f"malformed EC2 event: {where}: {err['msg']}"
+    too_big = oversized(raw)
+    return f"malformed EC2 event: {too_big}" if too_big else event
 
 
 def handle_event(raw: Any, *, ec2: Any, sfn: Any, evaluator: Evaluator, records: RunRecords | None, state_machine_arn: str) -> EventResult:

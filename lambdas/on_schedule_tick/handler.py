@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -13,13 +12,17 @@ from shared.clients import client
 from shared.evaluation import Clients, Evaluator
 from shared.observability import logger, metrics, tracer
 from shared.settings import settings
+from shared.triggers import parse_trigger_event
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler
-@event_parser(model=EventBridgeModel)
-def lambda_handler(event: EventBridgeModel, context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
+    event = parse_trigger_event(raw, EventBridgeModel, source="aws.events", detail_types=("Scheduled Event",))
+    if isinstance(event, str):  # never raise for a bad event: it would only be retried
+        logger.warning("event ignored", extra={"ignored": event})
+        return {"ignored": event}
     evaluator = Evaluator(clients=Clients(s3=client("s3"), ssm=client("ssm")), settings=settings())
     summary = sweep(ec2=client("ec2"), sfn=client("stepfunctions"), evaluator=evaluator, scheduled_at=event.time.isoformat())
     logger.info("sweep finished", extra=summary.model_dump(mode="json", exclude={"executions"}))

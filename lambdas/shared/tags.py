@@ -62,6 +62,14 @@ def is_opted_in(tags: Mapping[str, str], prefix: str) -> bool:
     return tags.get(f"{prefix}:{c.TAG_ENABLED}", "").lower() in TRUE_VALUES
 
 
+def names_run(location: str, run_id: str) -> bool:
+    """True when ``run_id`` appears in ``location`` as a whole token: not run on by a letter or digit on either side.
+
+    A plain substring test would let run ``exp1`` take ``runs/exp10/_SUCCESS`` (another run's marker) as its own.
+    """
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(run_id)}(?![A-Za-z0-9])", location) is not None
+
+
 def _abs_path(value: str, key: str, problems: list[str]) -> str | None:
     if not ABS_PATH_RE.fullmatch(value):
         problems.append(f"{key}={value!r} must be an absolute path of letters, digits and . _ / - (at most 255)")
@@ -155,7 +163,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
     log_file = None
     if (raw := get(c.TAG_LOG_FILE)) is not None:
         log_file = _abs_path(raw, f"{p}:{c.TAG_LOG_FILE}", problems)
-        if log_file is not None and run_id is not None and run_id not in log_file:
+        if log_file is not None and run_id is not None and not names_run(log_file, run_id):
             problems.append(
                 f"{p}:{c.TAG_LOG_FILE}={log_file!r} must contain the run id {run_id!r} (e.g. /var/log/{run_id}/train.log): "
                 "a log shared by several runs still holds the completion line of an earlier run"
@@ -180,7 +188,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         if marker is not None and (not marker.key or marker.key.endswith("/")):
             problems.append(f"{p}:{c.TAG_COMPLETION_MARKER} must name an object, not a prefix")
             marker = None
-        elif marker is not None and run_id is not None and run_id not in marker.key:
+        elif marker is not None and run_id is not None and not names_run(marker.key, run_id):
             problems.append(
                 f"{p}:{c.TAG_COMPLETION_MARKER}={raw_marker!r} must contain the run id {run_id!r} in its key "
                 f"(e.g. s3://{policy.checkpoint_bucket}/runs/{run_id}/_SUCCESS): a marker shared by several runs "
@@ -193,7 +201,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
     signal = "TERM"
     if (raw := get(c.TAG_SIGNAL)) is not None:
         name = raw.upper().removeprefix("SIG")
-        if name not in SIGNALS:
+        if name not in SIGNALS or not raw.isascii():  # str.upper() turns some non-ASCII letters into ASCII ones
             problems.append(f"{p}:{c.TAG_SIGNAL}={raw!r} must be one of " + ", ".join("SIG" + s for s in SIGNALS))
         else:
             signal = name
@@ -229,7 +237,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
 
     on_rebalance = False
     if (raw := get(c.TAG_ON_REBALANCE)) is not None:
-        if raw.lower() not in REBALANCE_VALUES:
+        if raw.lower() not in REBALANCE_VALUES or not raw.isascii():  # the Kelvin sign lower-cases into k
             problems.append(f"{p}:{c.TAG_ON_REBALANCE}={raw!r} must be checkpoint or ignore")
         else:
             on_rebalance = raw.lower() == "checkpoint"

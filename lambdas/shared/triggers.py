@@ -2,17 +2,52 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from shared import constants as c
 from shared.evaluation import Evaluator
 from shared.executions import StartResult, start_lifecycle_execution
 from shared.models import InstanceSnapshot
 from shared.observability import logger
+
+MAX_EVENT_BYTES = 256 * 1024
+"""EventBridge's event size limit: a larger event was not delivered by a rule."""
+E = TypeVar("E", bound=BaseModel)
+
+
+def parse_trigger_event(raw: Any, model: type[E], *, source: str, detail_types: Iterable[str]) -> E | str:
+    """The event as ``model``, or a sentence saying why it is not one this trigger acts on (never raises).
+
+    Refused: anything but a JSON object, an event larger than EventBridge delivers, missing or mistyped
+    fields, and another ``source`` or ``detail-type`` than the trigger's rule matches.
+    """
+    if not isinstance(raw, dict):
+        return f"malformed event: a JSON object is required, not {type(raw).__name__}"
+    try:
+        event = model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        return f"malformed event: {where}: {err['msg']}"
+    kinds = tuple(detail_types)
+    got = (getattr(event, "source", None), getattr(event, "detail_type", None))
+    if got[0] != source or got[1] not in kinds:
+        return f"not a {' or '.join(repr(k) for k in kinds)} event from {source}: source {got[0]!r}, detail-type {got[1]!r}"
+    return oversized(raw) or event
+
+
+def oversized(raw: dict[str, Any]) -> str | None:
+    """Why ``raw`` cannot be an event EventBridge delivered (larger than its limit), or None."""
+    try:
+        size = len(json.dumps(raw, default=str).encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        return f"malformed event: not JSON ({type(exc).__name__})"
+    return f"oversized event: {size} bytes, more than EventBridge's {MAX_EVENT_BYTES}" if size > MAX_EVENT_BYTES else None
 
 
 class TriggerSummary(BaseModel):

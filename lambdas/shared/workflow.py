@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.models import Action
 
@@ -33,8 +33,8 @@ class LifecycleInput(Payload):
     attempt: int = Field(1, ge=1)
     session: str | None = Field(None, pattern=SESSION_PATTERN)
     """The instance's LaunchTime when the trigger saw it; None (started by hand) means the current one."""
-    deadline: datetime | None = None
-    """interruption only: when EC2 interrupts the instance (the warning's time + 120 s)."""
+    deadline: AwareDatetime | None = None
+    """interruption only: when EC2 interrupts the instance (the warning's time + 120 s); a naive time is malformed."""
     trigger: dict[str, Any] = {}
 
 

@@ -46,6 +46,16 @@ def command_failure(invocation: dict[str, Any]) -> str | None:
     return f"checkpoint command {status} ({detail}), exit code {rc}{tail}"
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a member name repeats (parsers disagree on which value counts)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"member {twice!r} appears twice in one JSON object")
+    return out
+
+
 def checksum_matches(expected: str, actual: str | None, parts: int) -> bool:
     """Compare the manifest's ``checksum_sha256`` with S3's ``ChecksumSHA256``.
 
@@ -129,8 +139,12 @@ class Verifier:
                 raise TransientAwsError(f"GetObject {loc.manifest_uri}: {error_code(exc)}") from exc
             return unverified(f"manifest {loc.manifest_uri}: GetObject failed ({error_code(exc)})")
         try:
-            manifest = Manifest.model_validate(json.loads(body))
-        except (ValueError, ValidationError) as exc:
+            manifest = Manifest.model_validate(json.loads(body, object_pairs_hook=_unique_members))
+        except ValidationError as exc:  # name the field and the rule, not "1 validation error for Manifest"
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "manifest"
+            return unverified(f"manifest {loc.manifest_uri} is not a valid manifest: {where}: {err['msg'][:300]}")
+        except (ValueError, RecursionError) as exc:  # not JSON, a repeated member, or nested too deep
             return unverified(f"manifest {loc.manifest_uri} is not a valid manifest: {str(exc).splitlines()[0][:300]}")
 
         expected = {
