@@ -252,7 +252,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
                 "a shell: no quotes, $, ;, |, &, <, >, * or backslashes)"
             )
             resume_command = None
-        elif any(seg in ("..", ".") for seg in program.split("/")[1:]) or "//" in program:
+        elif any(seg in ("", "..", ".") for seg in program.split("/")[1:]):  # also a trailing "/": not a program
             problems.append(f"{p}:{c.TAG_RESUME_COMMAND}: the program path {program!r} may not contain '.', '..' or empty segments")
             resume_command = None
 
