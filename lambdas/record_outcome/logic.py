@@ -64,6 +64,7 @@ def record_outcome(state: dict[str, Any], execution: str, *, records: RunRecords
             record["auto_stopped"] = True
         if record.get("active") == execution:
             record.pop("active")
+            record.pop("active_until", None)
 
     recorded, detail = True, ""
     try:

@@ -12,6 +12,8 @@ Item attributes::
     history      [{at, status, execution, detail}]      oldest first, the last HISTORY_MAX entries
     locks        {reason: execution name}  who acted for each reason (complete, interruption, rebalance, resume)
     active       execution name            the execution that is acting on the trainer now (absent when none)
+    active_until epoch seconds             when ``active`` lapses if its execution never recorded an outcome
+                                           (aborted, timed out): the lease is as long as the longest execution
     last_checkpoint {manifest_uri, execution, files, bytes, step, fresh, verified_at,
                      objects: [{key, size, sha256}] (first OBJECTS_MAX), objects_truncated}
     auto_stopped bool                      autostop stopped the instance at the end of this session
@@ -40,6 +42,8 @@ HISTORY_MAX = 50
 OBJECTS_MAX = 100
 """The record lists at most this many checkpoint objects; the manifest (its URI is kept) lists them all."""
 MAX_CONFLICT_RETRIES = 8
+DEFAULT_LEASE_SECONDS = 6 * 3600
+"""How long an ``active`` claim holds without a recorded outcome: longer than any execution may run."""
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -102,11 +106,20 @@ def _now() -> str:
 class RunRecords:
     """Reads and writes run records in the table ``table`` through the DynamoDB client ``dynamodb``."""
 
-    def __init__(self, dynamodb: Any, table: str, *, clock: Callable[[], str] = _now, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        dynamodb: Any,
+        table: str,
+        *,
+        clock: Callable[[], str] = _now,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.dynamodb = dynamodb
         self.table = table
         self.clock = clock
         self.sleep = sleep
+        self.now = now
 
     # --- reads ----------------------------------------------------------------------------------------------
 
@@ -154,11 +167,14 @@ class RunRecords:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
 
-    def claim(self, key: RunKey, reason: str, execution: str, *, acting: bool = True, detail: str = "") -> Claim:
+    def claim(
+        self, key: RunKey, reason: str, execution: str, *, acting: bool = True, lease_seconds: int = DEFAULT_LEASE_SECONDS, detail: str = ""
+    ) -> Claim:
         """Take the record's lock for ``reason`` for ``execution``; idempotent for the same execution.
 
         ``acting`` True also makes ``execution`` the one acting on the trainer (``active``): refused while
-        another execution is. ``acting`` False (an upload that signals nothing) only needs the reason's lock.
+        another execution is, until that one's lease (``lease_seconds`` from its claim) has lapsed. ``acting``
+        False (an upload that signals nothing) only needs the reason's lock.
         One conditional UpdateItem; a lost race reads the record to name the owner.
         """
         self.ensure(key)
@@ -172,9 +188,11 @@ class RunRecords:
         condition = "(attribute_not_exists(#locks.#r) OR #locks.#r = :e)"
         update = "SET #locks.#r = :e, #history = list_append(#history, :h), #status = :s ADD #v :one"
         if acting:
-            names["#active"] = "active"
-            condition += " AND (attribute_not_exists(#active) OR #active = :e)"
-            update = update.replace("#status = :s", "#status = :s, #active = :e")
+            now = int(self.now())
+            names.update({"#active": "active", "#until": "active_until"})
+            values.update({":now": {"N": str(now)}, ":until": {"N": str(now + lease_seconds)}})
+            condition += " AND (attribute_not_exists(#active) OR #active = :e OR #until < :now)"
+            update = update.replace("#status = :s", "#status = :s, #active = :e, #until = :until")
         try:
             self.dynamodb.update_item(
                 TableName=self.table,
@@ -192,7 +210,8 @@ class RunRecords:
             if holder and holder != execution:
                 return Claim(owned=False, owner=holder, why=f"{reason} of this run was already handled by execution {holder}")
             active = record.get("active")
-            return Claim(owned=False, owner=active, why=f"execution {active} is acting on the trainer of this run now")
+            who = f"execution {active}" if active else "another execution"
+            return Claim(owned=False, owner=active, why=f"{who} is acting on the trainer of this run now")
         return Claim(owned=True)
 
     def update(

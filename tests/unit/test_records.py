@@ -317,3 +317,21 @@ def test_checkpoint_entry_round_trips_through_the_table_as_plain_numbers(records
     assert type(stored["files"]) is int and type(stored["objects"][2]["size"]) is int
     assert stored["objects_truncated"] is False
     assert stored["step"] is None and stored["fresh"] is None
+
+
+def test_an_active_claim_lapses_after_its_lease_so_an_aborted_execution_cannot_block_a_run_forever(dynamodb: Any) -> None:
+    clock = {"now": 1_000.0}
+    records = RunRecords(dynamodb, TABLE, sleep=lambda _s: None, now=lambda: clock["now"])
+    assert records.claim(KEY, "complete", "exec-aborted", lease_seconds=60).owned
+
+    # The aborted execution never records an outcome: within its lease nobody else may act on the trainer...
+    clock["now"] = 1_059.0
+    held = records.claim(KEY, "interruption", "exec-spot", lease_seconds=60)
+    assert not held.owned and held.owner == "exec-aborted"
+    # ...after it, the next execution may, and the record says who acts now.
+    clock["now"] = 1_061.0
+    assert records.claim(KEY, "interruption", "exec-spot", lease_seconds=60).owned
+    record = records.get(KEY)
+    assert record is not None
+    assert (record["active"], record["active_until"]) == ("exec-spot", 1_121)
+    assert record["locks"] == {"complete": "exec-aborted", "interruption": "exec-spot"}
