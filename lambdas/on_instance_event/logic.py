@@ -114,8 +114,9 @@ def handle_event(raw: Any, *, ec2: Any, sfn: Any, evaluator: Evaluator, records:
         return result.model_copy(update={"ignored": "rebalance recommendation: tag autostop:on-rebalance is not 'checkpoint'"})
     if reason == c.REASON_RESUME:
         earlier = [r for r in (records.sessions(iid, config.run_id) if records else []) if str(r.get("session")) < str(snap.session)]
-        if not earlier or earlier[0].get("outcome") not in c.RESUMABLE_OUTCOMES:
-            why = f"ended {earlier[0].get('outcome')}" if earlier else "none"
+        last = earlier[0] if earlier else {}
+        if last.get("outcome") not in c.RESUMABLE_OUTCOMES or not (last.get("last_checkpoint") or {}).get("manifest_uri"):
+            why = f"ended {last.get('outcome')}, checkpoint {'recorded' if last.get('last_checkpoint') else 'none'}" if earlier else "none"
             return result.model_copy(update={"ignored": f"no earlier session of run {config.run_id} to resume ({why})"})
     extra: dict[str, Any] = {}
     if reason == c.REASON_INTERRUPTION:

@@ -204,7 +204,11 @@ def test_running_without_a_resumable_earlier_session_starts_nothing(world: World
     for outcome in ("Hibernated", "CheckpointFailed", "NotComplete"):
         inst = world.instance(outcome, run_tags())
         earlier_session(world, inst.instance_id, outcome)
-        expected[inst.instance_id] = f"(ended {outcome})"
+        expected[inst.instance_id] = f"(ended {outcome}, checkpoint recorded)"
+    # Stopped, but with no verified checkpoint on record: nothing to restore.
+    bare = world.instance("bare", run_tags())
+    earlier_session(world, bare.instance_id, "Stopped", checkpoint=False)
+    expected[bare.instance_id] = "(ended Stopped, checkpoint none)"
 
     for iid, why in expected.items():
         out = handle(ec2_event(STATE, {"instance-id": iid, "state": "running"}))
