@@ -56,13 +56,25 @@ def describe_instance(ec2: Any, instance_id: str) -> InstanceSnapshot | None:
     return None
 
 
+AUTO_SCALING_GROUP_TAG = "aws:autoscaling:groupName"
+"""EC2 Auto Scaling tags every instance it launches with its group's name."""
+
+
 def action_refusal(ec2: Any, snap: InstanceSnapshot, config: InstanceConfig) -> str | None:
     """Why the tagged action cannot be carried out on this instance, or None.
 
-    Hibernate needs an instance launched with hibernation. A Spot Instance can be stopped or hibernated
+    A member of an Auto Scaling group is never stopped or terminated (the group would replace it). Hibernate
+    needs an instance launched with hibernation. A Spot Instance can be stopped or hibernated
     only when its Spot request is persistent (EC2 refuses StopInstances for one-time requests); terminate
     always works. AWS call: DescribeSpotInstanceRequests for a Spot Instance that is to be stopped.
     """
+    group = snap.tags.get(AUTO_SCALING_GROUP_TAG)
+    if group is not None:
+        return (
+            f"the instance belongs to the Auto Scaling group {group!r}: a stopped member is marked unhealthy and replaced, "
+            "and a terminated one is replaced too, so the run would not end as tagged. Scale the group in (or detach the "
+            "instance) instead; autostop leaves members of Auto Scaling groups alone"
+        )
     if config.action is Action.HIBERNATE and not snap.hibernation_configured:
         return (
             "hibernate requested but the instance was not launched with hibernation enabled; "

@@ -293,7 +293,6 @@ def test_fault(fp: Plane, reliability: Collector, case: Case) -> None:
         assert case.expected in SAFE_OUTCOMES
 
 
-@pytest.mark.xfail(strict=True, reason="no Auto Scaling guard yet: the member is stopped and its group would replace it")
 def test_auto_scaling_group_member_is_not_stopped(fp: Plane, reliability: Collector) -> None:
     """An instance of an Auto Scaling group (tag aws:autoscaling:groupName): stopping it makes the group mark it
     unhealthy, terminate it and launch another. The right ending is a refusal before the trainer is signalled."""
