@@ -251,9 +251,12 @@ class AgentFleet:
 
         def describe_instance_information(resp: Any) -> Any:
             wanted: set[str] | None = None
+            pings: set[str] | None = None
             for flt in resp._get_param("Filters") or []:
                 if flt.get("Key") == "InstanceIds":
                     wanted = set(flt.get("Values", []))
+                elif flt.get("Key") == "PingStatus":
+                    pings = set(flt.get("Values", []))
             for flt in resp._get_param("InstanceInformationFilterList") or []:
                 if flt.get("key") == "InstanceIds":
                     wanted = set(flt.get("valueSet", []))
@@ -270,6 +273,7 @@ class AgentFleet:
                 for iid, inst in fleet.instances.items()
                 if wanted is None or iid in wanted
             ]
+            info = [i for i in info if pings is None or i["PingStatus"] in pings]
             return ActionResult({"InstanceInformationList": info})
 
         def cancel_command(resp: Any) -> Any:

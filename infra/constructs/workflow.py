@@ -366,8 +366,14 @@ class LifecycleStateMachine(Construct):
             service="ssm",
             action="describeInstanceInformation",
             iam_resources=["*"],  # DescribeInstanceInformation has no resource-level permissions
-            parameters={"Filters": [{"Key": "InstanceIds", "Values.$": "States.Array($.evaluation.instance_id)"}]},
-            result_selector={"list.$": "$.InstanceInformationList"},
+            # Only an Online agent is listed, so "online" is "the list has an element" (IsPresent on [0]).
+            parameters={
+                "Filters": [
+                    {"Key": "InstanceIds", "Values.$": "States.Array($.evaluation.instance_id)"},
+                    {"Key": "PingStatus", "Values": ["Online"]},
+                ]
+            },
+            result_selector={"online.$": "$.InstanceInformationList"},
             result_path="$.agent",
         )
         self._retry_read_only(describe)
@@ -386,12 +392,7 @@ class LifecycleStateMachine(Construct):
                     )
                 )
             )
-            ping = (
-                sfn.Choice(self, "Agent online?")
-                .when(sfn.Condition.string_equals("$.agent.list[0].PingStatus", "Online"), restore)
-                .otherwise(keep_waiting)
-            )
-            return sfn.Choice(self, "Agent registered?").when(sfn.Condition.is_present("$.agent.list[0]"), ping).otherwise(keep_waiting)
+            return sfn.Choice(self, "Agent online?").when(sfn.Condition.is_present("$.agent.online[0]"), restore).otherwise(keep_waiting)
 
         return self._poll_loop("agent", "Wait for SSM agent", describe, online, interval=c.SPOT_POLL_SECONDS)
 
