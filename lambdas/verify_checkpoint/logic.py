@@ -176,12 +176,17 @@ class Verifier:
         trainer = str(line["trainer"]) if isinstance(line.get("trainer"), str) else None
         reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums"
         if evaluation.decision == "spot_checkpoint":
-            reason = f"checkpoint {manifest.checkpoint.name} (step {manifest.step}): {reason}; " + (
-                "the trainer saved it after the signal"
-                if fresh
-                else f"the trainer did not save a newer checkpoint in time (trainer {trainer or 'unknown'}), so the newest one "
-                f"already on disk, from {manifest.checkpoint.mtime.isoformat()}, was uploaded"
-            )
+            saved = manifest.checkpoint.mtime.isoformat()
+            if fresh:
+                how = "the trainer saved it after the signal"
+            elif trainer == "exited":
+                how = f"the trainer exited on the signal without a newer save, so this checkpoint (saved {saved}) is its last state"
+            else:
+                how = (
+                    f"the trainer did not save a newer checkpoint in time (trainer {trainer or 'unknown'}), so the newest one "
+                    f"already on disk, from {saved}, was uploaded"
+                )
+            reason = f"{evaluation.reason}. Checkpoint {manifest.checkpoint.name} (step {manifest.step}): {reason}; {how}"
         self._record(evaluation, execution, manifest, loc.manifest_uri, fresh)
         return VerifyOutput(
             verified=True,
