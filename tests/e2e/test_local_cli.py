@@ -81,3 +81,35 @@ def test_invalid_scenario_is_a_clear_error_not_a_traceback(tmp_path: Path) -> No
     assert "unknown trainer option(s) ['bogus_option']" in proc.stderr
     assert "'tick'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_spot_example_checkpoints_on_warnings_and_tagged_rebalance_without_stopping(tmp_path: Path) -> None:
+    report = simulate(REPO / "examples" / "spot.json", tmp_path)
+    ids = {i["name"]: i["id"] for i in report["instances"]}
+    by_name = {next(n for n, i in ids.items() if e["name"].startswith(i)): e for e in report["executions"]}
+    # spot-d (no on-rebalance tag) got nothing; the other three one SpotCheckpointSaved each, never a stop.
+    assert sorted(by_name) == ["spot-a", "spot-b", "spot-c"]
+    assert {n: e["outcome"] for n, e in by_name.items()} == dict.fromkeys(("spot-a", "spot-b", "spot-c"), "SpotCheckpointSaved")
+    assert all("Stop instance" not in e["states"] for e in by_name.values())
+    assert "-interruption-" in by_name["spot-a"]["name"] and "-rebalance-" in by_name["spot-c"]["name"]
+    late = by_name["spot-b"]["output"]["reason"]
+    grace = int(late.split("trainer grace ")[1].split(" s")[0])
+    assert grace <= 5, late  # 50 s left at the notice: 45 s are kept for the upload
+    records = {r["run_id"]: r for r in report["run_records"]}
+    assert sorted(records) == ["spot-a", "spot-b", "spot-c"]
+    assert all(r["last_checkpoint"]["manifest_uri"] == by_name[r["run_id"]]["output"]["manifest_uri"] for r in records.values())
+    assert report["function_errors"] == []
+
+
+def test_resume_example_restores_trains_on_and_stops_again_under_a_second_record(tmp_path: Path) -> None:
+    report = simulate(REPO / "examples" / "resume.json", tmp_path)
+    executions = sorted(report["executions"], key=lambda e: e["name"].rsplit("-", 1)[-1])
+    kinds = [(e["name"].split("-run-r-")[1].split("-")[0], e["outcome"]) for e in executions]
+    assert sorted(kinds) == [("complete", "Stopped"), ("complete", "Stopped"), ("resume", "Resumed")]
+    first_session = {e["name"].rsplit("-", 1)[-1] for e in executions if e["outcome"] == "Stopped"}
+    assert len(first_session) == 2  # each stop in its own session
+    assert [i["state"] for i in report["instances"]] == ["stopped"]
+    records = sorted(report["run_records"], key=lambda r: r["session"])
+    assert [sorted(r["locks"]) for r in records] == [["complete"], ["complete", "resume"]]
+    assert [r["last_checkpoint"]["step"] for r in records] == [10, 30]
+    assert report["function_errors"] == []
