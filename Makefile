@@ -9,7 +9,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 PY_SOURCES := app.py infra lambdas local tests benchmarks
 
-.PHONY: install lint demo test test-unit test-integration test-workflow test-infra test-e2e synth simulate bench clean
+.PHONY: install lint demo test test-unit test-integration test-workflow test-infra test-e2e synth simulate reliability bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -57,9 +57,15 @@ REPORT ?= report.json
 simulate: $(STAMP)
 	$(PY) -m local simulate $(SCENARIO) --report $(REPORT)
 
+## docs/RELIABILITY.md from one run of the fault, bad-input and property suites (they write build/reliability/).
+reliability: $(STAMP) $(NODE_STAMP)
+	rm -rf build/reliability
+	$(PY) -m pytest tests/faults tests/badinput tests/property
+	$(PY) -m local.reliability build/reliability docs/RELIABILITY.md
+
 ## Print timing and memory figures (demo wall time, peak memory, synth time).
 bench: install
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache
+	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache build
