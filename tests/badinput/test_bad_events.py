@@ -90,7 +90,7 @@ def test_bad_event_is_ignored_with_its_reason(events: Events, case: Case, logs: 
     assert checkpoint_commands(world) == []
     assert world.calls["StopInstances"] == world.calls["TerminateInstances"] == 0
     assert instance_state(world, events.control) == instance_state(world, events.exp1) == "running"
-    report.add(case.id, case.kind, case.value, outcome, reason or "valid event", acted=started > 0)
+    report.add(case.id, case.kind, case.value, outcome, reason or "valid event", acted=started > 0, control=case.accepted)
 
 
 def test_naive_interruption_deadline_in_execution_input_is_malformed(events: Events, report: Report) -> None:
@@ -103,3 +103,17 @@ def test_naive_interruption_deadline_in_execution_input_is_malformed(events: Eve
     assert out["decision"] == "skipped" and "malformed execution input: deadline" in out["reason"], out
     assert out["command"] is None and checkpoint_commands(events.world) == []
     report.add("execution input: deadline without zone", "execution-input", lifecycle, out["decision"], out["reason"], acted=False)
+
+
+@pytest.mark.parametrize("field", ["run_id", "instance_id"])
+def test_huge_execution_input_gives_a_small_output(events: Events, field: str, report: Report) -> None:
+    # An execution started by hand with a 200 KB run id (Step Functions takes inputs up to 256 KB): the Evaluate
+    # output echoed it whole, so two such fields made an output over the 256 KB payload limit.
+    from evaluate_completion.handler import lambda_handler
+
+    lifecycle = {"instance_id": events.control, "run_id": "ctl-run", "reason": "complete", field: "r" * 200_000}
+    out = lambda_handler({"input": lifecycle, "execution_name": "hand-started"}, CTX)
+    assert out["decision"] == "skipped" and f"malformed execution input: {field}" in out["reason"], out["reason"][:300]
+    assert len(json.dumps(out)) < 2048
+    assert out["command"] is None and checkpoint_commands(events.world) == []
+    report.add(f"execution input: {field} of 200,000 characters", "execution-input", lifecycle, "skipped", out["reason"], acted=False)

@@ -8,8 +8,6 @@ import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from tests.integration.conftest import BUCKET, CTX, World, dead_pid
 
 
@@ -150,14 +148,14 @@ def test_marker_of_nobody_starts_nothing(world: World) -> None:
 
 
 def test_malformed_event_is_rejected_before_any_aws_call(world: World) -> None:
-    from aws_lambda_powertools.utilities.parser import ValidationError
-
     from on_object_created.handler import lambda_handler
 
     world.instance("m", {"autostop:enabled": "true", "autostop:run-id": "run-m", "autostop:checkpoint-dir": "/ckpt"})
-    with pytest.raises(ValidationError):
-        lambda_handler({"detail-type": "Object Created", "detail": {"bucket": "not-a-dict"}}, CTX)
-    assert executions(world) == []
+    world.count_calls()
+    # Ignored with a reason, not raised (an error would only be retried by EventBridge); tests/badinput has the rest
+    result = lambda_handler({"detail-type": "Object Created", "detail": {"bucket": "not-a-dict"}}, CTX)
+    assert result["ignored"].startswith("malformed event: ")
+    assert executions(world) == [] and world.calls["DescribeInstances"] == 0
 
 
 def test_retryable_outcome_lets_a_later_trigger_start_attempt_two(world: World) -> None:
