@@ -189,6 +189,12 @@ class Plan:
         )
 
 
+def lease_seconds(settings: Settings) -> int:
+    """How long this execution's claim on the trainer holds if it never records an outcome (aborted, timed out):
+    the longest an execution can act, the trainer's grace plus the command's budget, plus an hour for the stop."""
+    return settings.max_grace_seconds + settings.checkpoint_timeout_seconds + 3600
+
+
 def _complete(plan: Plan, *, ec2: Any, evaluator: Evaluator, records: RunRecords) -> EvaluateOutput:
     """The run is checked against its completion signals; complete → checkpoint, verify, stop."""
     result = evaluator.evaluate([plan.snap])[0]
@@ -198,7 +204,9 @@ def _complete(plan: Plan, *, ec2: Any, evaluator: Evaluator, records: RunRecords
     if refusal:
         # Found now, before the trainer is signalled: the run cannot end as tagged, so nothing is done.
         return plan.output("refused", refusal, outcome=c.OUTCOME_STOP_FAILED)
-    claim = records.claim(plan.key, c.REASON_COMPLETE, plan.execution, detail=result.reason)
+    claim = records.claim(
+        plan.key, c.REASON_COMPLETE, plan.execution, lease_seconds=lease_seconds(evaluator.settings), detail=result.reason
+    )
     if not claim.owned:
         return plan.output("skipped", f"not acting: {claim.why}", outcome=c.OUTCOME_SKIPPED)
     location, command = checkpoint_command(plan.config, plan.execution, plan.decided_at, evaluator.settings)
@@ -236,7 +244,7 @@ def _spot(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> EvaluateO
         return plan.output(
             "refused", f"{why}; but the SSM agent is not online (PingStatus={ping}), so no checkpoint can be taken", outcome=failed
         )
-    claim = records.claim(plan.key, lifecycle.reason, plan.execution, detail=why)
+    claim = records.claim(plan.key, lifecycle.reason, plan.execution, lease_seconds=lease_seconds(settings), detail=why)
     signal_trainer = True
     if not claim.owned:
         holder = (records.get(plan.key) or {}).get("locks", {}).get(lifecycle.reason)
@@ -249,7 +257,9 @@ def _spot(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> EvaluateO
             return plan.output("skipped", f"not acting: {claim.why}", outcome=c.OUTCOME_SKIPPED)
         signal_trainer = False
         grace = 0
-        why += f"; execution {records.get(plan.key).get('active')} already signalled the trainer, so it is not signalled again"  # type: ignore[union-attr]
+        active = (records.get(plan.key) or {}).get("active")
+        who = f"execution {active}" if active else "another execution"
+        why += f"; {who} already signalled the trainer, so it is not signalled again"
     location, command = checkpoint_command(
         config,
         plan.execution,
@@ -296,7 +306,9 @@ def _resume(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> Evaluat
         )
     if not settings.restore_document:
         return plan.output("refused", "no restore document is configured (AUTOSTOP_RESTORE_DOCUMENT)", outcome=c.OUTCOME_RESUME_FAILED)
-    claim = records.claim(plan.key, c.REASON_RESUME, plan.execution, detail=f"restore {checkpoint['manifest_uri']}")
+    claim = records.claim(
+        plan.key, c.REASON_RESUME, plan.execution, lease_seconds=lease_seconds(settings), detail=f"restore {checkpoint['manifest_uri']}"
+    )
     if not claim.owned:
         return plan.output("skipped", f"not acting: {claim.why}", outcome=c.OUTCOME_SKIPPED)
     manifest = S3Uri.parse(checkpoint["manifest_uri"])
