@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -139,7 +140,8 @@ def logs() -> Iterator[LogLines]:
 
 
 class Report:
-    """Rows of ``build/reliability/bad_input.json``: one per case tried."""
+    """Rows of ``build/reliability/bad_input.json``: one per case tried (``control``: a well-formed input, acted on as
+    it should be; every other row must have ``acted`` false, which ``local/reliability.py`` checks)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
@@ -177,7 +179,14 @@ def report() -> Iterator[Report]:
         kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
     REPORT.write_text(
         json.dumps(
-            {"cases": len(rows), "acted": sum(r["acted"] for r in rows), "by_kind": kinds, "rows": rows},
+            {
+                "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "cases": len(rows),
+                "acted": sum(r["acted"] for r in rows),
+                "controls": sum(bool(r.get("control")) for r in rows),
+                "by_kind": kinds,
+                "rows": rows,
+            },
             indent=1,
             ensure_ascii=True,
         )
