@@ -170,7 +170,9 @@ def test_late_notice_shrinks_the_grace_and_a_too_late_one_fails_without_signalli
 
 
 def test_rebalance_checkpoints_only_when_tagged_and_never_stops(cp: LocalControlPlane) -> None:
-    tagged = launch_training(cp, "rebal", "run-rebal", on_rebalance="checkpoint")
+    # The trainer keeps every checkpoint: it trains on during the upload and must not rotate away the one
+    # being uploaded (the script would fail the upload rather than send a changed file).
+    tagged = launch_training(cp, "rebal", "run-rebal", "--keep", "1000", on_rebalance="checkpoint")
     untagged = launch_training(cp, "no-rebal", "run-no-rebal")
     cp.rebalance_recommendation("rebal")
     cp.rebalance_recommendation("no-rebal")
@@ -179,12 +181,17 @@ def test_rebalance_checkpoints_only_when_tagged_and_never_stops(cp: LocalControl
     assert run.outcome == "SpotCheckpointSaved", run.reason
     assert "rebalance recommendation" in run.output["reason"]  # type: ignore[index]
     assert cp.instance_state("rebal") == "running"
+    # No interruption is due: the trainer is not signalled and trains on; what was on disk was uploaded.
+    assert "SIGTERM" not in trainer_log(cp, "rebal") and cp.by_name["rebal"].trainer.poll() is None  # type: ignore[union-attr]
+    (early,) = [c for c in cp.fleet.sent if tagged in c["instance_ids"] and "Checkpoint" in c["document"]]
+    assert (early["parameters"]["PidFile"], early["parameters"]["GraceSeconds"]) == ("", "0")
     assert runs_for(cp, untagged, "rebalance") == []
     assert not [c for c in cp.fleet.sent if untagged in c["instance_ids"] and "Checkpoint" in c["document"]]
     assert "SIGTERM" not in trainer_log(cp, "no-rebal")
-    # A later interruption warning is its own action on the same run (its own lock reason).
+    # A later interruption warning is its own action on the same run (its own lock reason); it signals.
     cp.spot_interruption("rebal", seconds_left=100)
     assert only_run(cp, tagged, "interruption").outcome == "SpotCheckpointSaved"
+    assert trainer_log(cp, "rebal").count("received SIGTERM") == 1
     (record,) = records(cp, tagged)
     assert set(record["locks"]) == {"rebalance", "interruption"}
     for name in ("rebal", "no-rebal"):
@@ -218,26 +225,34 @@ def test_one_time_spot_with_action_stop_is_refused_before_the_trainer_is_signall
 # --- Resume after an auto-stop -----------------------------------------------------------------------------
 
 
-def resume_tags(run: str, steps: int) -> dict[str, str]:
+def resume_tags(run: str, steps: int, evidence: str = "marker") -> dict[str, str]:
+    """Tags of a run whose completion evidence is its marker (``marker``) or a log line (``log``)."""
     marker = f"s3://{{bucket}}/runs/{run}/_SUCCESS"
+    log = f"{{root}}/{run}.log"
     command = (
-        "{trainer} --checkpoint-dir {root}/ckpt --pid-file {root}/train.pid --log-file {root}/train.log "
-        f"--steps {steps} --step-seconds 0.2 --checkpoint-every 5 --keep 100 --resume --marker-uri {marker}"
+        f"{{trainer}} --checkpoint-dir {{root}}/ckpt --pid-file {{root}}/train.pid --log-file {log} "
+        f"--steps {steps} --step-seconds 0.2 --checkpoint-every 5 --keep 100 --resume"
+        + (f" --marker-uri {marker}" if evidence == "marker" else "")
     )
-    return base_tags(run, pid_file="{root}/train.pid", completion_marker=marker, resume_command=command)
+    evidence_tags = {"completion_marker": marker} if evidence == "marker" else {"log_file": log, "log_pattern": "Training complete"}
+    return base_tags(run, pid_file="{root}/train.pid", resume_command=command, **evidence_tags)
 
 
-def finish_first_session(cp: LocalControlPlane, name: str, run: str) -> tuple[str, Run]:
-    """Train 10 steps, put the marker: the run completes and is auto-stopped with a verified checkpoint."""
+def finish_first_session(cp: LocalControlPlane, name: str, run: str, evidence: str = "marker") -> tuple[str, Run]:
+    """Train 10 steps and show completion (marker, or log line then a sweep): the run completes and is
+    auto-stopped with a verified checkpoint."""
+    options = ["--steps", "10", "--step-seconds", "0.02", "--checkpoint-every", "5"]
+    if evidence == "marker":
+        options += ["--marker-uri", f"s3://{{bucket}}/runs/{run}/_SUCCESS"]
     iid = cp.launch_instance(
         name,
-        tags=resume_tags(run, steps=30),
-        trainer=trainer(
-            "--steps", "10", "--step-seconds", "0.02", "--checkpoint-every", "5", "--marker-uri", f"s3://{{bucket}}/runs/{run}/_SUCCESS"
-        ),
+        tags=resume_tags(run, steps=30, evidence=evidence),
+        trainer=["--checkpoint-dir", "{root}/ckpt", "--pid-file", "{root}/train.pid", "--log-file", f"{{root}}/{run}.log", *options],
     )
     cp.wait_for_trainer_exit(name)
-    wait_for(lambda: any(e["name"].startswith(f"{iid}-{run}-complete-") for e in cp.executions()), "the marker's execution")
+    if evidence == "log":
+        cp.schedule_tick()
+    wait_for(lambda: any(e["name"].startswith(f"{iid}-{run}-complete-") for e in cp.executions()), "the run's execution")
     first = only_run(cp, iid, "complete")
     assert first.outcome == "Stopped", first.reason
     assert cp.instance_state(name) == "stopped"
@@ -263,7 +278,7 @@ def test_stop_start_resume_train_complete_stop_again(cp: LocalControlPlane) -> N
     # The old marker is older than this session: a sweep right now must not end the resumed run.
     cp.schedule_tick()
     cp.wait_for_trainer_exit("again", timeout=60)
-    log = trainer_log(cp, "again")
+    log = (root / "run-again.log").read_text()
     assert "resumed from checkpoint step-000010 (step 10)" in log and "Training complete (30 steps)" in log
 
     second = runs_for(cp, iid, "complete")
@@ -285,8 +300,9 @@ def test_stop_start_resume_train_complete_stop_again(cp: LocalControlPlane) -> N
 def test_resume_with_a_missing_or_corrupted_object_fails_and_leaves_the_instance_running(cp: LocalControlPlane) -> None:
     s3 = cp.aws.client("s3")
     bucket = cp.deployment.bucket
-    for name, damage in (("missing", "delete"), ("corrupt", "overwrite")):
-        iid, first = finish_first_session(cp, name, f"run-{name}")
+    # "corrupt" shows completion by a log line: the previous session's "Training complete" is still in the log.
+    for name, damage, evidence in (("missing", "delete", "marker"), ("corrupt", "overwrite", "log")):
+        iid, first = finish_first_session(cp, name, f"run-{name}", evidence)
         root = cp.by_name[name].root
         for p in (root / "ckpt").iterdir():
             p.rename(root / f"lost-{p.name}")
@@ -308,7 +324,8 @@ def test_resume_with_a_missing_or_corrupted_object_fails_and_leaves_the_instance
         assert (root / "lost-step-000010" / "model.bin").exists()
         assert cp._resumed_trainer_pid(name) is None or cp._resumed_trainer_pid(name) not in cp.by_name[name].pids()
         assert tags_of(cp, iid)["autostop:last-error"].startswith("ResumeFailed")
-        # No sweep or stale marker stops it either.
+        # No sweep stops it: not the stale marker, nor the previous session's completion line (the restore
+        # recorded the log's size before it failed).
         cp.schedule_tick()
         cp.wait_executions()
         assert cp.instance_state(name) == "running"
