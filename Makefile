@@ -42,6 +42,10 @@ test-infra: $(STAMP) $(NODE_STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
+## The invariant as a long property run: 200 drawn examples (`make test` plays a short, reproducible one).
+property-long: $(STAMP)
+	AUTOSTOP_PROPERTY_EXAMPLES=200 $(PY) -m pytest tests/property
+
 ## Lint and format check (ruff).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PY_SOURCES)
