@@ -256,6 +256,11 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
             problems.append(f"{p}:{c.TAG_RESUME_COMMAND}: the program path {program!r} may not contain '.', '..' or empty segments")
             resume_command = None
 
+    if resume_command is not None and pid_file is None and get(c.TAG_PID_FILE) is None:
+        problems.append(
+            f"{p}:{c.TAG_RESUME_COMMAND} needs {p}:{c.TAG_PID_FILE}: the restore writes the resumed trainer's PID there, "
+            "and refuses to start a second trainer while one of this boot runs"
+        )
     if problems or run_id is None or checkpoint_dir is None or prefix_uri is None:
         raise InvalidTags(instance_id, problems or ["incomplete autostop tags"])
     return InstanceConfig(

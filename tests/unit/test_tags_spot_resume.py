@@ -14,6 +14,7 @@ from shared.tags import RESUME_COMMAND_RE, InvalidTags, TagPolicy, parse_instanc
 
 POLICY = TagPolicy(prefix="autostop", checkpoint_bucket="ckpt-bucket")
 IID = "i-0123456789abcdef0"
+PID_FILE = "/run/train.pid"
 ARG_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/=:,+@%-")
 PROGRAM_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._/-")
 
@@ -93,8 +94,39 @@ def test_on_rebalance_other_values_are_refused(raw: str) -> None:
     ],
 )
 def test_resume_command_accepted_forms(command: str) -> None:
-    config = parse_instance_config(IID, tags(resume_command=command), POLICY)
+    config = parse_instance_config(IID, tags(resume_command=command, pid_file=PID_FILE), POLICY)
     assert config.resume_command == command
+    assert config.pid_file == PID_FILE
+
+
+@pytest.mark.parametrize("command", ["/usr/bin/python3", "/opt/venv/bin/python /opt/train.py --resume"])
+def test_resume_command_without_a_pid_file_is_refused(command: str) -> None:
+    # the restore writes the resumed trainer's PID there and refuses a second trainer: no pid-file, no resume
+    text = problems(tags(resume_command=command))
+    assert text.startswith("autostop:resume-command needs autostop:pid-file: ")
+    assert "refuses to start a second trainer" in text
+    # a log file is no substitute
+    assert "autostop:resume-command needs autostop:pid-file" in problems(tags(resume_command=command, log_file="/var/log/train.log"))
+
+
+def test_resume_command_with_a_malformed_pid_file_reports_the_pid_file_only() -> None:
+    text = problems(tags(resume_command="/usr/bin/python3", pid_file="train.pid"))
+    assert "autostop:pid-file" in text
+    assert "needs autostop:pid-file" not in text
+
+
+def test_resume_command_needs_the_pid_file_under_the_deployments_prefix() -> None:
+    policy = TagPolicy(prefix="acme", checkpoint_bucket="ckpt-bucket")
+    base = {"acme:enabled": "true", "acme:run-id": "run-1", "acme:checkpoint-dir": "/data/ckpt", "acme:resume-command": "/usr/bin/python3"}
+    with pytest.raises(InvalidTags) as err:
+        parse_instance_config(IID, base, policy)
+    assert any(p.startswith("acme:resume-command needs acme:pid-file: ") for p in err.value.problems)
+    assert parse_instance_config(IID, {**base, "acme:pid-file": PID_FILE}, policy).resume_command == "/usr/bin/python3"
+
+
+def test_a_pid_file_without_a_resume_command_is_still_fine() -> None:
+    config = parse_instance_config(IID, tags(pid_file=PID_FILE), POLICY)
+    assert (config.pid_file, config.resume_command) == (PID_FILE, None)
 
 
 SHELL_CHARACTERS = list(";|&<>*?$`\\'\"(){}[]~!#^\t\n\r") + ["$(id)", "`id`", "${HOME}", "&&", "||", ">>"]
@@ -159,7 +191,7 @@ CANDIDATES = st.one_of(
 @given(command=CANDIDATES)
 def test_any_accepted_resume_command_is_plain_words_with_an_absolute_program(command: str) -> None:
     try:
-        config = parse_instance_config(IID, tags(resume_command=command), POLICY)
+        config = parse_instance_config(IID, tags(resume_command=command, pid_file=PID_FILE), POLICY)
     except InvalidTags:
         return
     accepted = config.resume_command
