@@ -17,6 +17,7 @@ RETRYABLE_CODES = frozenset(
         "InternalFailure",
         "RequestTimeout",
         "RequestTimeoutException",
+        "ProvisionedThroughputExceededException",  # DynamoDB's throttle (on-demand tables too)
     }
 )
 

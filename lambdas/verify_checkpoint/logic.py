@@ -19,7 +19,7 @@ from shared import constants as c
 from shared.errors import TransientAwsError, error_code, is_transient
 from shared.models import Manifest, ManifestFile
 from shared.probe import last_json_line
-from shared.records import RunKey, RunRecords, checkpoint_entry
+from shared.records import RecordConflict, RunKey, RunRecords, checkpoint_entry
 from shared.workflow import EvaluateOutput, VerifyOutput
 
 MAX_REASONS = 5
@@ -187,7 +187,9 @@ class Verifier:
                     f"already on disk, from {saved}, was uploaded"
                 )
             reason = f"{evaluation.reason}. Checkpoint {manifest.checkpoint.name} (step {manifest.step}): {reason}; {how}"
-        self._record(evaluation, execution, manifest, loc.manifest_uri, fresh)
+        not_recorded = self._record(evaluation, execution, manifest, loc.manifest_uri, fresh)
+        if not_recorded:
+            reason += f" (run record not written: {not_recorded})"
         return VerifyOutput(
             verified=True,
             outcome="Verified",
@@ -200,14 +202,15 @@ class Verifier:
             trainer=trainer,
         )
 
-    def _record(self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, uri: str, fresh: bool | None) -> None:
-        """Write the verified checkpoint into the run record (what a later resume restores).
+    def _record(self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, uri: str, fresh: bool | None) -> str | None:
+        """Write the verified checkpoint into the run record (what a later resume restores); None when written,
+        else why not (the checkpoint stays verified: a later resume just has nothing to restore).
 
         Raises:
-            TransientAwsError: DynamoDB throttled or failed; the Task state's Retry verifies again.
+            TransientAwsError: DynamoDB throttled or failed server-side; the Task state's Retry verifies again.
         """
         if self.records is None or evaluation.session is None:
-            return
+            return None
         key = RunKey(evaluation.instance_id, evaluation.run_id, evaluation.session)
         entry = checkpoint_entry(
             manifest_uri=uri,
@@ -223,4 +226,9 @@ class Verifier:
                 key, lambda r: r.update(last_checkpoint=entry), status="checkpoint-verified", execution=execution, detail=uri
             )
         except ClientError as exc:
-            raise TransientAwsError(f"run record update: {error_code(exc)}") from exc
+            if is_transient(exc):
+                raise TransientAwsError(f"run record update: {error_code(exc)}") from exc
+            return error_code(exc)
+        except RecordConflict as exc:
+            return str(exc)
+        return None

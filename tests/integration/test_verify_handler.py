@@ -21,7 +21,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import BUCKET, CTX, World
+import pytest
+from botocore.exceptions import ClientError
+
+from shared.records import RecordConflict, RunKey, RunRecords
+from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World
 
 MIB = 1024 * 1024
 PENDING = ("Pending", "InProgress", "Delayed")
@@ -422,3 +426,84 @@ def test_command_still_in_progress_is_checkpoint_failed(world: World) -> None:
     assert result["reason"] == "checkpoint command still InProgress when the state machine stopped waiting"
     listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/run-p/checkpoints/").get("Contents", [])
     assert listed == []
+
+
+# --- the run record is informational for the verdict --------------------------------------------------------
+
+
+def test_a_run_record_that_cannot_be_written_leaves_the_checkpoint_verified(world: World) -> None:
+    ck = checkpoint(world, {"step-000003/model.bin": MODEL}, name="norec")
+    key = RunKey(ck.instance_id, "run-v", ck.evaluation["session"])
+    records = RunRecords(world.client("dynamodb"), RUNS_TABLE)
+
+    # the control: with the table there, the checkpoint is recorded and the reason says nothing of it
+    written = verify(ck)
+    assert written["verified"] is True, written["reason"]
+    assert "run record not written" not in written["reason"]
+    assert records.get(key)["last_checkpoint"]["manifest_uri"] == ck.manifest_uri  # type: ignore[index]
+
+    # a non-transient DynamoDB error (the table is gone) does not fail the verification: the reason says so
+    world.client("dynamodb").delete_table(TableName=RUNS_TABLE)
+    result = verify(ck)
+
+    assert (result["verified"], result["outcome"]) == (True, "Verified"), result["reason"]
+    assert result["manifest_uri"] == ck.manifest_uri
+    assert (result["files"], result["bytes"], result["step"]) == (1, len(MODEL), 3)
+    assert result["reason"].endswith(" (run record not written: ResourceNotFoundException)")
+    assert result["reason"].removesuffix(" (run record not written: ResourceNotFoundException)") == written["reason"]
+
+
+class FailingRecords(RunRecords):
+    """Run records whose every update raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(dynamodb=None, table="unused")
+        self.error = error
+        self.updates = 0
+
+    def update(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.updates += 1
+        raise self.error
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "UpdateItem")
+
+
+@pytest.mark.parametrize(
+    ("error", "noted"),
+    [
+        (client_error("AccessDeniedException", 400), "AccessDeniedException"),
+        (client_error("ValidationException", 400), "ValidationException"),
+        (RecordConflict("run record i-x run-v#s kept changing; gave up after 8 attempts"), "run record i-x run-v#s kept changing"),
+    ],
+)
+def test_a_non_transient_record_error_is_noted_in_the_reason_of_a_verified_checkpoint(world: World, error: Exception, noted: str) -> None:
+    from shared.workflow import EvaluateOutput
+    from verify_checkpoint.logic import Verifier
+
+    ck = checkpoint(world, {"step-000004/model.bin": MODEL}, name="stub")
+    records = FailingRecords(error)
+
+    result = Verifier(world.client("s3"), records).verify(EvaluateOutput.model_validate(ck.evaluation), ck.invocation, ck.execution)
+
+    assert records.updates == 1
+    assert (result.verified, result.outcome, result.manifest_uri) == (True, "Verified", ck.manifest_uri), result.reason
+    assert f" (run record not written: {noted}" in result.reason
+    assert result.reason.endswith(")")
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("ThrottlingException", 400), ("ProvisionedThroughputExceededException", 400), ("InternalServerError", 500)]
+)
+def test_a_transient_record_error_still_retries_the_verification(world: World, code: str, status: int) -> None:
+    from shared.errors import TransientAwsError
+    from shared.workflow import EvaluateOutput
+    from verify_checkpoint.logic import Verifier
+
+    ck = checkpoint(world, {"step-000004/model.bin": MODEL}, name="transient")
+
+    with pytest.raises(TransientAwsError, match=f"run record update: {code}"):
+        Verifier(world.client("s3"), FailingRecords(client_error(code, status))).verify(
+            EvaluateOutput.model_validate(ck.evaluation), ck.invocation, ck.execution
+        )
