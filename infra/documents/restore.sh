@@ -695,13 +695,7 @@ refuse_second_trainer() {
 }
 refuse_second_trainer
 
-# --- 3. Manifest, files, verification, placement --------------------------------------------------
-py restored restore "$SSM_CheckpointDir" "$SSM_Bucket" "$SSM_ManifestKey" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$WORK"
-py ckpt_path field "$restored" path
-py owner field "$restored" owner
-log "restored ${ckpt_path}"
-
-# --- 4. Log offset --------------------------------------------------------------------------------
+# --- 3. Log offset, first: whatever happens next, the previous session's lines never count -----------
 # @include lib/logoffset.sh
 
 if [[ -n $SSM_LogFile ]]; then
@@ -709,6 +703,12 @@ if [[ -n $SSM_LogFile ]]; then
   py offset offset "$SSM_LogFile" "$offset_file"
   log "recorded log offset ${offset} of ${SSM_LogFile} in ${offset_file}"
 fi
+
+# --- 4. Manifest, files, verification, placement --------------------------------------------------
+py restored restore "$SSM_CheckpointDir" "$SSM_Bucket" "$SSM_ManifestKey" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$WORK"
+py ckpt_path field "$restored" path
+py owner field "$restored" owner
+log "restored ${ckpt_path}"
 
 # --- 5. Resume ------------------------------------------------------------------------------------
 trainer=not_configured

@@ -304,6 +304,8 @@ def test_restore_missing_object_is_download_failed(s3: Any, bucket: str, base_en
     ckdir = tmp_path / "ckpt"
     command, marker = marker_command(tmp_path)
     log = tmp_path / "train.log"
+    previous = "epoch 9\ntraining complete\n"  # the previous session's lines, completion included
+    log.write_text(previous)
     env = restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path, ResumeCommand=command, LogFile=str(log))
 
     proc, out = run(RESTORE, env)
@@ -313,7 +315,12 @@ def test_restore_missing_object_is_download_failed(s3: Any, bucket: str, base_en
     assert "NoSuchKey" in out["message"] or "Not Found" in out["message"] or "404" in out["message"]
     assert not marker.exists(), "the resume command ran"
     assert not (ckdir / "step-100").exists(), "a partial checkpoint was placed"
-    assert not offset_file(tmp_path / "state", log).exists()
+    # The log offset was recorded before the download: even after a failed restore, the previous session's
+    # completion line never counts for this one.
+    assert offset_file(tmp_path / "state", log).read_text() == f"{len(previous)}\n"
+    assert log.read_text() == previous
+    probe = {**probe_env(base_env, log_file=str(log), pattern="training complete"), "AUTOSTOP_STATE_DIR": str(tmp_path / "state")}
+    assert run(PROBE, probe)[1]["log"] == {"state": "not_matched"}
     if ckdir.exists():
         assert list(ckdir.iterdir()) == []
     scripts.assert_no_temp_left(env)
