@@ -96,6 +96,12 @@ class AutostopConfig:
         return -(-budget // self.poll_interval_seconds)
 
     @property
+    def execution_timeout_seconds(self) -> int:
+        """The state machine's timeout: the checkpoint and stop poll loops at their bounds, plus an hour for
+        everything else (the resume path's agent wait and restore fit in the same bounds)."""
+        return (self.checkpoint_poll_limit + self.stop_poll_limit) * self.poll_interval_seconds + 3600
+
+    @property
     def stop_poll_limit(self) -> int:
         """Polls of DescribeInstances while the instance stops (20 minutes)."""
         return -(-1200 // self.poll_interval_seconds)

@@ -46,6 +46,7 @@ class AutostopStack(Stack):
                 c.ENV_CHECKPOINT_DOCUMENT: documents.checkpoint.ref,
                 c.ENV_RESTORE_DOCUMENT: documents.restore.ref,
                 c.ENV_RUNS_TABLE: runs.table_name,
+                c.ENV_EXECUTION_TIMEOUT_SECONDS: str(config.execution_timeout_seconds),
                 c.ENV_CHECKPOINT_TIMEOUT_SECONDS: str(config.checkpoint_timeout_seconds),
                 c.ENV_PART_SIZE_BYTES: str(config.part_size_bytes),
             },
@@ -140,9 +141,18 @@ class AutostopStack(Stack):
             state_machine.grant_start_execution(fn)
             state_machine.grant_execution(fn, "states:DescribeExecution")
         on_instance.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
-        runs.grant_read_data(on_instance)
+        # Exactly the calls shared/records.py makes: no DeleteItem, BatchWriteItem or Scan anywhere.
+        on_instance.add_to_role_policy(
+            iam.PolicyStatement(sid="ReadRunRecords", actions=["dynamodb:GetItem", "dynamodb:Query"], resources=[runs.table_arn])
+        )
         for fn in (evaluate, verify, record):
-            runs.grant_read_write_data(fn)
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="WriteRunRecords",
+                    actions=["dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                    resources=[runs.table_arn],
+                )
+            )
         for fn in (evaluate, stop):
             fn.add_to_role_policy(iam.PolicyStatement(sid="SpotRequestType", actions=["ec2:DescribeSpotInstanceRequests"], resources=["*"]))
         record.add_to_role_policy(

@@ -71,7 +71,7 @@ class LifecycleStateMachine(Construct):
         resume_entry = self._build_resume(restore_document_arn, confirm_resume)
         definition = self._build_evaluate(evaluate, checkpoint_entry, spot_entry, resume_entry)
 
-        budget = (config.checkpoint_poll_limit + config.stop_poll_limit) * config.poll_interval_seconds + 3600
+        budget = config.execution_timeout_seconds
         log_group = logs.LogGroup(self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY)
         acknowledge(
             log_group,
@@ -357,8 +357,7 @@ class LifecycleStateMachine(Construct):
             task.next(judged),
             failed_outcome=failed,
             comment="autostop restore of the last verified checkpoint after a start",
-            interval=c.SPOT_POLL_SECONDS,
-            limit=self._config.checkpoint_poll_limit,
+            limit=self._config.checkpoint_poll_limit,  # bounds delivery + the restore's executionTimeout at this interval
         )
         describe = tasks.CallAwsService(
             self,

@@ -1158,6 +1158,49 @@ def test_only_the_writers_of_run_records_may_write_them(model: Model) -> None:
     assert writers == {model.roles[h] for h in ("evaluate_completion", "verify_checkpoint", "record_outcome")}
 
 
+RUN_RECORD_READS = {"dynamodb:getitem", "dynamodb:query"}
+RUN_RECORD_WRITES = RUN_RECORD_READS | {"dynamodb:putitem", "dynamodb:updateitem"}
+
+
+def test_run_record_grants_are_exactly_the_calls_shared_records_makes(model: Model) -> None:
+    (table,) = of_type(model.raw, "AWS::DynamoDB::Table")
+    expected = {
+        "on_instance_event": RUN_RECORD_READS,
+        **dict.fromkeys(("evaluate_completion", "verify_checkpoint", "record_outcome"), RUN_RECORD_WRITES),
+    }
+    for package, role in {**model.roles, "state machine": model.state_machine_role}.items():
+        grants = [s for s in model.of_role(role) if any(a.startswith("dynamodb:") or a == "*" for a in s.actions)]
+        if package not in expected:
+            assert grants == [], f"{package} has DynamoDB grants: {[s.actions for s in grants]}"
+            continue
+        (statement,) = grants  # one explicit statement, no CDK grant helper's extra actions
+        assert statement.effect == "Allow" and statement.condition is None
+        assert set(statement.actions) == expected[package] and len(statement.actions) == len(expected[package]), (
+            f"{package}: {statement.actions}"
+        )
+        assert statement.resources == ("${%s.Arn}" % table,), f"{package}: {statement.resources}"  # the table only, no index
+        for never in ("dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:Scan", "dynamodb:DeleteTable"):
+            assert not allows(list(statement.actions), never), f"{package} can {never}"
+
+
+def test_the_claim_lease_outlasts_the_state_machines_timeout(model: Model, asl: dict[str, Any]) -> None:
+    import aws_cdk as cdk
+
+    from evaluate_completion.logic import lease_seconds
+    from shared.settings import Settings
+    from tests.conftest import function_env
+
+    config = AutostopConfig.from_context(cdk.App(context=CONTEXT).node)
+    assert asl["TimeoutSeconds"] == config.execution_timeout_seconds
+    for package, logical in model.functions.items():
+        env = model.raw["Resources"][logical]["Properties"]["Environment"]["Variables"]
+        assert env[c.ENV_EXECUTION_TIMEOUT_SECONDS] == str(config.execution_timeout_seconds), package
+    settings = Settings.from_env(function_env(**{c.ENV_EXECUTION_TIMEOUT_SECONDS: config.execution_timeout_seconds}))
+    assert settings.execution_timeout_seconds == config.execution_timeout_seconds
+    assert lease_seconds(settings) == config.execution_timeout_seconds + 600 > asl["TimeoutSeconds"]
+    assert lease_seconds(Settings.from_env(function_env())) == 21600 + 600  # the default without the variable
+
+
 def test_informational_tags_are_the_only_tags_written_and_only_on_opted_in_instances(model: Model) -> None:
     tagging = [s for s in model.statements if s.effect == "Allow" and any(a in ("ec2:createtags", "ec2:deletetags") for a in s.actions)]
     (statement,) = tagging
