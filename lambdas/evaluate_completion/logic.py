@@ -17,7 +17,7 @@ from shared.models import Evaluation, InstanceConfig, InstanceSnapshot, S3Uri
 from shared.naming import manifest_uri, upload_prefix
 from shared.observability import logger
 from shared.probe import agents_online
-from shared.records import RunKey, RunRecords
+from shared.records import RunKey, RunRecords, resume_source
 from shared.settings import Settings
 from shared.workflow import CheckpointCommand, CheckpointLocation, EvaluateOutput, LifecycleInput, RestorePlan
 
@@ -191,8 +191,8 @@ class Plan:
 
 def lease_seconds(settings: Settings) -> int:
     """How long this execution's claim on the trainer holds if it never records an outcome (aborted, timed out):
-    the longest an execution can act, the trainer's grace plus the command's budget, plus an hour for the stop."""
-    return settings.max_grace_seconds + settings.checkpoint_timeout_seconds + 3600
+    longer than any execution can run (the state machine's timeout, plus ten minutes)."""
+    return settings.execution_timeout_seconds + 600
 
 
 def _complete(plan: Plan, *, ec2: Any, evaluator: Evaluator, records: RunRecords) -> EvaluateOutput:
@@ -236,16 +236,25 @@ def _spot(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> EvaluateO
         budget = left
         why = f"Spot interruption at {lifecycle.deadline.isoformat()} ({left} s left); trainer grace {grace} s"
     else:
-        grace = config.spot_grace_seconds
-        budget = grace + settings.checkpoint_timeout_seconds
-        why = f"rebalance recommendation: early checkpoint (trainer grace {grace} s), the instance is not stopped"
+        # No interruption is due: the trainer is not signalled (a cooperative trainer would save and exit,
+        # ending the run); the newest checkpoint already on disk is uploaded while it trains on.
+        grace = 0
+        budget = settings.checkpoint_timeout_seconds
+        why = (
+            "rebalance recommendation: early upload of the newest checkpoint on disk; the trainer is not signalled "
+            "and the instance is not stopped"
+        )
     ping = agents_online(evaluator.clients.ssm, [config.instance_id]).get(config.instance_id, "unknown")
     if ping != "Online":
         return plan.output(
             "refused", f"{why}; but the SSM agent is not online (PingStatus={ping}), so no checkpoint can be taken", outcome=failed
         )
-    claim = records.claim(plan.key, lifecycle.reason, plan.execution, lease_seconds=lease_seconds(settings), detail=why)
-    signal_trainer = True
+    signal_trainer = lifecycle.reason == c.REASON_INTERRUPTION
+    claim = records.claim(
+        plan.key, lifecycle.reason, plan.execution, acting=signal_trainer, lease_seconds=lease_seconds(settings), detail=why
+    )
+    if not claim.owned and not signal_trainer:
+        return plan.output("skipped", f"not acting: {claim.why}", outcome=c.OUTCOME_SKIPPED)
     if not claim.owned:
         holder = (records.get(plan.key) or {}).get("locks", {}).get(lifecycle.reason)
         if holder not in (None, plan.execution):
@@ -286,24 +295,10 @@ def _resume(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> Evaluat
     config = plan.config
     settings = evaluator.settings
     previous = [r for r in records.sessions(config.instance_id, config.run_id) if str(r.get("session", "")) < plan.key.session]
-    if not previous:
-        return plan.output(
-            "skipped", f"nothing to resume: run {config.run_id} has no earlier session on this instance", outcome=c.OUTCOME_SKIPPED
-        )
-    last = previous[0]
-    outcome = last.get("outcome")
-    checkpoint = last.get("last_checkpoint") or {}
-    if outcome == c.OUTCOME_HIBERNATED:
-        return plan.output(
-            "skipped", "the instance was hibernated: the trainer comes back from memory, nothing to restore", outcome=c.OUTCOME_SKIPPED
-        )
-    if outcome not in c.RESUMABLE_OUTCOMES or not checkpoint.get("manifest_uri"):
-        return plan.output(
-            "skipped",
-            f"nothing to resume: the previous session ({last.get('session')}) ended {outcome or 'without an outcome'}"
-            + ("" if checkpoint.get("manifest_uri") else " and has no verified checkpoint"),
-            outcome=c.OUTCOME_SKIPPED,
-        )
+    last, why_not = resume_source(previous)
+    if last is None:
+        return plan.output("skipped", f"nothing to resume for run {config.run_id}: {why_not}", outcome=c.OUTCOME_SKIPPED)
+    checkpoint = last["last_checkpoint"]
     if not settings.restore_document:
         return plan.output("refused", "no restore document is configured (AUTOSTOP_RESTORE_DOCUMENT)", outcome=c.OUTCOME_RESUME_FAILED)
     claim = records.claim(

@@ -20,7 +20,7 @@ from shared.executions import StartResult, start_lifecycle_execution
 from shared.instances import describe_instance
 from shared.models import Evaluation
 from shared.observability import logger
-from shared.records import RunRecords
+from shared.records import RunRecords, resume_source
 from shared.triggers import oversized
 
 SPOT_WARNING = c.SPOT_WARNING
@@ -114,10 +114,9 @@ def handle_event(raw: Any, *, ec2: Any, sfn: Any, evaluator: Evaluator, records:
         return result.model_copy(update={"ignored": "rebalance recommendation: tag autostop:on-rebalance is not 'checkpoint'"})
     if reason == c.REASON_RESUME:
         earlier = [r for r in (records.sessions(iid, config.run_id) if records else []) if str(r.get("session")) < str(snap.session)]
-        last = earlier[0] if earlier else {}
-        if last.get("outcome") not in c.RESUMABLE_OUTCOMES or not (last.get("last_checkpoint") or {}).get("manifest_uri"):
-            why = f"ended {last.get('outcome')}, checkpoint {'recorded' if last.get('last_checkpoint') else 'none'}" if earlier else "none"
-            return result.model_copy(update={"ignored": f"no earlier session of run {config.run_id} to resume ({why})"})
+        source, why_not = resume_source(earlier)
+        if source is None:
+            return result.model_copy(update={"ignored": f"nothing to resume for run {config.run_id}: {why_not}"})
     extra: dict[str, Any] = {}
     if reason == c.REASON_INTERRUPTION:
         # The deadline comes from the warning's own time: a notice delivered late leaves less time.

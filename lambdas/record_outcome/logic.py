@@ -62,6 +62,15 @@ def record_outcome(state: dict[str, Any], execution: str, *, records: RunRecords
         record["executions"] = executions[-20:]
         if outcome in (c.OUTCOME_STOPPED, c.OUTCOME_TERMINATED, c.OUTCOME_HIBERNATED):
             record["auto_stopped"] = True
+        # What a later start resumes from (shared/records.py resume_source): set by a stop or a saved Spot
+        # checkpoint, never cleared by a later failure in the same session.
+        if outcome in c.RESUMABLE_OUTCOMES and record.get("last_checkpoint"):
+            record["resumable"] = True
+        # A Spot warning's hibernate action happens whatever this execution's outcome: the trainer comes back
+        # from memory, so no older session's checkpoint may be restored under it.
+        spot_action = (state.get("trigger") or {}).get("action")
+        if outcome == c.OUTCOME_HIBERNATED or spot_action == "hibernate":
+            record["hibernated"] = True
         if record.get("active") == execution:
             record.pop("active")
             record.pop("active_until", None)

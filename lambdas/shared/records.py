@@ -246,6 +246,27 @@ class RunRecords:
         raise RecordConflict(f"run record {key.instance_id} {key.sort_key} kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts")
 
 
+def resume_source(earlier: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """Which earlier session of a run a resume restores from, or None and why not.
+
+    ``earlier``: the run's records of sessions before the current one, newest first (:meth:`RunRecords.sessions`).
+    The newest session that ended ``resumable`` (stopped by autostop, or reclaimed by EC2 after a saved Spot
+    checkpoint, with a verified checkpoint on record) is the source; a later failure outcome of that session
+    does not undo it. A ``hibernated`` session ends the search: its trainer comes back from memory.
+    """
+    if not earlier:
+        return None, "the run has no earlier session on this instance"
+    for record in earlier:
+        if record.get("hibernated"):
+            return None, f"session {record.get('session')} was hibernated: the trainer comes back from memory, nothing to restore"
+        if record.get("resumable") and (record.get("last_checkpoint") or {}).get("manifest_uri"):
+            return record, ""
+    last = earlier[0]
+    has = "a verified checkpoint" if (last.get("last_checkpoint") or {}).get("manifest_uri") else "no verified checkpoint"
+    why = f"the last, {last.get('session')}, ended {last.get('outcome')} with {has}"
+    return None, f"no earlier session ended stopped with a verified checkpoint ({why})"
+
+
 def checkpoint_entry(
     *,
     manifest_uri: str,

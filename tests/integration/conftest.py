@@ -89,6 +89,42 @@ def create_runs_table(dynamodb: Any, name: str = RUNS_TABLE) -> None:
     )
 
 
+def ended_session(
+    world: World,
+    instance_id: str,
+    session: str,
+    outcome: str,
+    *,
+    run: str = "run-a",
+    checkpoint: dict[str, Any] | None = None,
+    action: str | None = None,
+    execution: str = "old-exec",
+) -> None:
+    """An earlier ``session`` of ``run`` as the state machine leaves it: Verify checkpoint writes the verified
+    ``checkpoint`` entry (if any), then the real Record outcome step records ``outcome`` (with the Spot
+    warning's instance ``action`` in the trigger, if any), which sets ``resumable``/``hibernated``."""
+    from record_outcome.logic import record_outcome
+
+    from shared.records import RunKey, RunRecords
+
+    records = RunRecords(world.client("dynamodb"), RUNS_TABLE)
+    if checkpoint is not None:
+        records.update(
+            RunKey(instance_id, run, session),
+            lambda r: r.update(last_checkpoint=checkpoint),
+            status="checkpoint-verified",
+            execution=execution,
+        )
+    decision = "spot_checkpoint" if outcome.startswith("Spot") else "complete"
+    state = {
+        "trigger": {"source": "test", **({"action": action} if action else {})},
+        "evaluation": {"decision": decision, "instance_id": instance_id, "run_id": run, "session": session},
+        "result": {"outcome": outcome, "reason": f"ended {outcome}"},
+    }
+    out = record_outcome(state, execution, records=records, ec2=world.client("ec2"), tag_prefix="autostop")
+    assert out.recorded, out.detail
+
+
 def dead_pid() -> int:
     """A PID no process has: the highest one the kernel can hand out, checked to be free."""
     pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1

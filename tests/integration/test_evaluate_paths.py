@@ -17,7 +17,7 @@ from infra.constructs.documents import CHECKPOINT_PARAMETERS, RESTORE_PARAMETERS
 from local.agent import SimulatedInstance
 from shared.naming import execution_name
 from shared.records import RunKey, RunRecords, checkpoint_entry
-from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World
+from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World, ended_session
 
 CHECKPOINT_DECLARED = command_content("t", "checkpoint.sh", CHECKPOINT_PARAMETERS, step="checkpoint", timeout="{{ executionTimeout }}")[
     "parameters"
@@ -180,21 +180,54 @@ def test_interruption_while_a_complete_execution_acts_uploads_without_a_second_s
 # --- rebalance ---------------------------------------------------------------------------------------------
 
 
-def test_rebalance_plans_an_early_checkpoint_only_with_the_tag(world: World) -> None:
-    tagged = world.instance("a", run_tags(**{"autostop:on-rebalance": "checkpoint", "autostop:spot-grace-seconds": "40"}))
+def test_rebalance_plans_an_early_upload_without_signalling_the_trainer_only_with_the_tag(world: World) -> None:
+    tagged = world.instance(
+        "a",
+        run_tags(**{"autostop:on-rebalance": "checkpoint", "autostop:spot-grace-seconds": "40", "autostop:pid-file": "{root}/train.pid"}),
+    )
     untagged = world.instance("b", run_tags())
 
     out = evaluate(world, tagged.instance_id, "rebalance")
     ignored = evaluate(world, untagged.instance_id, "rebalance")
 
-    assert (out["decision"], out["lifecycle_reason"]) == ("spot_checkpoint", "rebalance")
+    assert (out["decision"], out["outcome"], out["lifecycle_reason"]) == ("spot_checkpoint", None, "rebalance")
     params = flat(out, CHECKPOINT_DECLARED)
-    assert (params["Mode"], params["GraceSeconds"], params["executionTimeout"]) == ("interruption", "40", str(40 + 3600))
-    assert out["poll_limit"] == math.ceil((40 + 3600) / 5) + 2
-    assert "the instance is not stopped" in out["reason"]
+    # the newest checkpoint on disk is uploaded: no signal (even with a pid-file tag), no grace, the checkpoint budget
+    assert (params["Mode"], params["PidFile"], params["GraceSeconds"], params["executionTimeout"]) == ("interruption", "", "0", "3600")
+    assert out["poll_limit"] == math.ceil(3600 / 5) + 2
+    assert out["reason"].startswith(
+        "rebalance recommendation: early upload of the newest checkpoint on disk; the trainer is not signalled "
+        "and the instance is not stopped"
+    )
+    assert out["deadline"] is None
+    # the reason's lock, but not the trainer: a complete or interruption execution may still act on it
+    record = records(world).get(RunKey(tagged.instance_id, "run-a", out["session"]))
+    assert record is not None and record["locks"] == {"rebalance": params["ExecutionName"]}
+    assert "active" not in record and "active_until" not in record
     assert (ignored["decision"], ignored["outcome"]) == ("skipped", "Skipped")
     assert "on-rebalance is not 'checkpoint'" in ignored["reason"]
     assert records(world).get(RunKey(untagged.instance_id, "run-a", ignored["session"])) is None
+
+
+def test_rebalance_while_a_complete_execution_acts_still_uploads_and_a_second_rebalance_is_skipped(world: World) -> None:
+    inst = world.instance("a", run_tags(**{"autostop:on-rebalance": "checkpoint", "autostop:pid-file": "{root}/train.pid"}))
+    session = session_of(world, inst.instance_id)
+    key = RunKey(inst.instance_id, "run-a", session)
+    complete = execution_name(inst.instance_id, "run-a", "complete", session=session)
+    assert records(world).claim(key, "complete", complete, acting=True).owned
+
+    first = evaluate(world, inst.instance_id, "rebalance")
+    second = evaluate(world, inst.instance_id, "rebalance", attempt=2)
+
+    assert first["decision"] == "spot_checkpoint", first["reason"]
+    assert flat(first, CHECKPOINT_DECLARED)["PidFile"] == ""
+    assert "already signalled" not in first["reason"]
+    assert (second["decision"], second["outcome"], second["command"]) == ("skipped", "Skipped", None)
+    first_name = first["command"]["parameters"]["ExecutionName"][0]
+    assert second["reason"].startswith("not acting:") and first_name in second["reason"]
+    record = records(world).get(key)
+    assert record["locks"] == {"complete": complete, "rebalance": first_name}  # type: ignore[index]
+    assert record["active"] == complete  # type: ignore[index]
 
 
 # --- resume --------------------------------------------------------------------------------------------------
@@ -213,7 +246,11 @@ def restore_document(world: World) -> Iterator[str]:
 EARLIER = "2026-01-01T00:00:00Z"
 
 
-def earlier_session(world: World, instance_id: str, outcome: str, *, checkpoint: bool = True) -> dict[str, Any]:
+def earlier_session(
+    world: World, instance_id: str, outcome: str, *, checkpoint: bool = True, session: str = EARLIER, action: str | None = None
+) -> dict[str, Any]:
+    """An earlier session that ended ``outcome``, recorded by the real Record outcome step (after Verify
+    checkpoint wrote its checkpoint entry, if ``checkpoint``)."""
     entry = checkpoint_entry(
         manifest_uri=f"s3://{BUCKET}/runs/run-a/manifests/old-exec.json",
         execution="old-exec",
@@ -221,15 +258,9 @@ def earlier_session(world: World, instance_id: str, outcome: str, *, checkpoint:
         total_bytes=3702,
         step=700,
         fresh=True,
-        verified_at=EARLIER,
+        verified_at=session,
     )
-
-    def change(record: dict[str, Any]) -> None:
-        record["outcome"] = outcome
-        if checkpoint:
-            record["last_checkpoint"] = entry
-
-    records(world).update(RunKey(instance_id, "run-a", EARLIER), change, status=outcome, execution="old-exec")
+    ended_session(world, instance_id, session, outcome, checkpoint=entry if checkpoint else None, action=action)
     return entry
 
 
@@ -288,27 +319,85 @@ def test_resume_after_a_saved_spot_checkpoint_without_a_resume_command(world: Wo
 
 
 def test_resume_is_skipped_without_a_restorable_earlier_session(world: World, restore_document: str) -> None:
-    fresh = world.instance("fresh", run_tags(**{"autostop:resume-command": RESUME_COMMAND}))
-    hibernated = world.instance("hib", run_tags(**{"autostop:resume-command": RESUME_COMMAND}))
+    resumable = run_tags(**{"autostop:resume-command": RESUME_COMMAND, "autostop:pid-file": "{root}/train.pid"})
+    fresh = world.instance("fresh", resumable)
+    hibernated = world.instance("hib", resumable)
     earlier_session(world, hibernated.instance_id, "Hibernated")
-    unverified = world.instance("unv", run_tags(**{"autostop:resume-command": RESUME_COMMAND}))
+    spot_hibernated = world.instance("spot-hib", resumable)
+    earlier_session(world, spot_hibernated.instance_id, "SpotCheckpointSaved", action="hibernate")
+    unverified = world.instance("unv", resumable)
     earlier_session(world, unverified.instance_id, "Stopped", checkpoint=False)
-    failed = world.instance("failed", run_tags(**{"autostop:resume-command": RESUME_COMMAND}))
+    failed = world.instance("failed", resumable)
     earlier_session(world, failed.instance_id, "CheckpointFailed")
 
+    nothing = "nothing to resume for run run-a: "
+    hib = f"{nothing}session {EARLIER} was hibernated: the trainer comes back from memory, nothing to restore"
+    none_stopped = f"{nothing}no earlier session ended stopped with a verified checkpoint"
     expected = {
-        fresh.instance_id: "nothing to resume: run run-a has no earlier session",
-        hibernated.instance_id: "the instance was hibernated",
-        unverified.instance_id: "ended Stopped and has no verified checkpoint",
-        failed.instance_id: f"the previous session ({EARLIER}) ended CheckpointFailed",
+        fresh.instance_id: f"{nothing}the run has no earlier session on this instance",
+        hibernated.instance_id: hib,
+        spot_hibernated.instance_id: hib,
+        unverified.instance_id: f"{none_stopped} (the last, {EARLIER}, ended Stopped with no verified checkpoint)",
+        failed.instance_id: f"{none_stopped} (the last, {EARLIER}, ended CheckpointFailed with a verified checkpoint)",
     }
     for iid, why in expected.items():
         out = evaluate(world, iid, "resume")
 
         assert (out["decision"], out["outcome"]) == ("skipped", "Skipped"), out["reason"]
-        assert why in out["reason"]
+        assert out["reason"] == why
         assert out["command"] is None
         assert records(world).get(RunKey(iid, "run-a", out["session"])) is None  # no lock taken
+
+
+def test_resume_restores_the_newest_resumable_session_past_later_failed_ones(world: World, restore_document: str) -> None:
+    inst = world.instance("a", run_tags())
+    earlier_session(world, inst.instance_id, "Stopped", session="2026-01-01T00:00:00Z")
+    later = earlier_session(world, inst.instance_id, "SpotCheckpointSaved", session="2026-01-02T00:00:00Z")
+    earlier_session(world, inst.instance_id, "CheckpointFailed", session="2026-01-03T00:00:00Z")  # its checkpoint never counts
+    earlier_session(world, inst.instance_id, "ResumeFailed", session="2026-01-04T00:00:00Z", checkpoint=False)
+
+    out = evaluate(world, inst.instance_id, "resume")
+
+    assert out["decision"] == "resume", out["reason"]
+    assert out["restore"]["from_session"] == "2026-01-02T00:00:00Z"
+    assert out["restore"]["manifest_uri"] == later["manifest_uri"]
+
+
+def test_resume_after_a_saved_spot_checkpoint_later_overwritten_by_a_failure(world: World, restore_document: str) -> None:
+    inst = world.instance("a", run_tags())
+    earlier_session(world, inst.instance_id, "SpotCheckpointSaved")
+    # a second execution of the same session (a complete one, say) ended badly after it: the flag stays
+    ended_session(world, inst.instance_id, EARLIER, "StopFailed", execution="later-exec")
+    assert records(world).get(RunKey(inst.instance_id, "run-a", EARLIER))["outcome"] == "StopFailed"  # type: ignore[index]
+
+    out = evaluate(world, inst.instance_id, "resume")
+
+    assert out["decision"] == "resume", out["reason"]
+    assert out["restore"]["from_session"] == EARLIER
+
+
+def test_a_hibernated_session_stops_the_search_for_an_older_checkpoint(world: World, restore_document: str) -> None:
+    inst = world.instance("a", run_tags())
+    earlier_session(world, inst.instance_id, "Stopped", session="2026-01-01T00:00:00Z")
+    earlier_session(world, inst.instance_id, "Hibernated", session="2026-01-02T00:00:00Z")
+
+    out = evaluate(world, inst.instance_id, "resume")
+
+    assert (out["decision"], out["outcome"], out["command"]) == ("skipped", "Skipped", None)
+    assert "session 2026-01-02T00:00:00Z was hibernated" in out["reason"]
+
+
+def test_a_spot_hibernation_stops_the_search_even_when_its_checkpoint_failed(world: World, restore_document: str) -> None:
+    # EC2 hibernates the instance whatever the upload did: the trainer comes back from memory, and the older
+    # session's checkpoint must not be restored under it
+    inst = world.instance("a", run_tags())
+    earlier_session(world, inst.instance_id, "Stopped", session="2026-01-01T00:00:00Z")
+    earlier_session(world, inst.instance_id, "SpotCheckpointFailed", session="2026-01-02T00:00:00Z", checkpoint=False, action="hibernate")
+
+    out = evaluate(world, inst.instance_id, "resume")
+
+    assert (out["decision"], out["outcome"], out["command"]) == ("skipped", "Skipped", None)
+    assert "session 2026-01-02T00:00:00Z was hibernated" in out["reason"]
 
 
 def test_resume_without_a_restore_document_fails(world: World) -> None:

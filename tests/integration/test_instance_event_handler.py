@@ -12,9 +12,9 @@ from unittest import mock
 
 import pytest
 
-from shared.records import RunKey, RunRecords, checkpoint_entry
+from shared.records import checkpoint_entry
 from tests.conftest import function_env
-from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World
+from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World, ended_session
 
 WARNING = "EC2 Spot Instance Interruption Warning"
 REBALANCE = "EC2 Instance Rebalance Recommendation"
@@ -173,10 +173,12 @@ def test_our_own_stop_produces_no_execution(world: World) -> None:
     assert executions(world) == []
 
 
-def earlier_session(world: World, instance_id: str, outcome: str, *, checkpoint: bool = True, run: str = "run-a") -> str:
-    """A record of an earlier session of ``run`` that ended with ``outcome`` (and a verified checkpoint)."""
+def earlier_session(
+    world: World, instance_id: str, outcome: str, *, checkpoint: bool = True, run: str = "run-a", action: str | None = None
+) -> str:
+    """A record of an earlier session of ``run`` that ended with ``outcome`` (and a verified checkpoint), as the
+    real Verify checkpoint and Record outcome steps leave it."""
     session = "2026-01-01T00:00:00Z"
-    records = RunRecords(world.client("dynamodb"), RUNS_TABLE)
     entry = checkpoint_entry(
         manifest_uri=f"s3://{BUCKET}/runs/{run}/manifests/old.json",
         execution="old",
@@ -186,42 +188,50 @@ def earlier_session(world: World, instance_id: str, outcome: str, *, checkpoint:
         fresh=True,
         verified_at=session,
     )
-
-    def change(record: dict[str, Any]) -> None:
-        record["outcome"] = outcome
-        if checkpoint:
-            record["last_checkpoint"] = entry
-
-    records.update(RunKey(instance_id, run, session), change, status=outcome, execution="old")
+    ended_session(world, instance_id, session, outcome, run=run, checkpoint=entry if checkpoint else None, action=action)
     return session
 
 
 def test_running_without_a_resumable_earlier_session_starts_nothing(world: World) -> None:
+    earlier = "2026-01-01T00:00:00Z"
     fresh = world.instance("fresh", run_tags())
     other_run = world.instance("other", run_tags())
     earlier_session(world, other_run.instance_id, "Stopped", run="run-b")  # a session of another run only
-    expected = {fresh.instance_id: "(none)", other_run.instance_id: "(none)"}
-    for outcome in ("Hibernated", "CheckpointFailed", "NotComplete"):
+    none = "the run has no earlier session on this instance"
+    expected = {fresh.instance_id: none, other_run.instance_id: none}
+    for outcome in ("CheckpointFailed", "NotComplete"):
         inst = world.instance(outcome, run_tags())
         earlier_session(world, inst.instance_id, outcome)
-        expected[inst.instance_id] = f"(ended {outcome}, checkpoint recorded)"
+        expected[inst.instance_id] = (
+            f"no earlier session ended stopped with a verified checkpoint (the last, {earlier}, ended {outcome} with a verified checkpoint)"
+        )
+    hibernated = f"session {earlier} was hibernated: the trainer comes back from memory, nothing to restore"
+    for name, outcome, action in (("hib", "Hibernated", None), ("spot-hib", "SpotCheckpointSaved", "hibernate")):
+        inst = world.instance(name, run_tags())
+        earlier_session(world, inst.instance_id, outcome, action=action)
+        expected[inst.instance_id] = hibernated
     # Stopped, but with no verified checkpoint on record: nothing to restore.
     bare = world.instance("bare", run_tags())
     earlier_session(world, bare.instance_id, "Stopped", checkpoint=False)
-    expected[bare.instance_id] = "(ended Stopped, checkpoint none)"
+    expected[bare.instance_id] = (
+        f"no earlier session ended stopped with a verified checkpoint (the last, {earlier}, ended Stopped with no verified checkpoint)"
+    )
 
     for iid, why in expected.items():
         out = handle(ec2_event(STATE, {"instance-id": iid, "state": "running"}))
 
         assert out["reason"] == "resume"
         assert out["execution"] is None
-        assert out["ignored"] == f"no earlier session of run run-a to resume {why}"
+        assert out["ignored"] == f"nothing to resume for run run-a: {why}"
     assert executions(world) == []
 
 
-def test_running_after_an_auto_stop_with_a_checkpoint_starts_a_resume_execution(world: World) -> None:
+@pytest.mark.parametrize(("outcome", "action"), [("Stopped", None), ("SpotCheckpointSaved", "stop"), ("SpotCheckpointSaved", "terminate")])
+def test_running_after_a_resumable_session_with_a_checkpoint_starts_a_resume_execution(
+    world: World, outcome: str, action: str | None
+) -> None:
     inst = world.instance("a", run_tags())
-    earlier_session(world, inst.instance_id, "Stopped")
+    earlier_session(world, inst.instance_id, outcome, action=action)
 
     out = handle(ec2_event(STATE, {"instance-id": inst.instance_id, "state": "running"}))
 

@@ -8,9 +8,10 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError
 
-from shared.records import RunKey, RunRecords
+from shared.records import RunKey, RunRecords, checkpoint_entry, resume_source
 from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World
 
 SESSION = "2026-11-30T03:18:03Z"
@@ -40,12 +41,15 @@ def state(
     verified: bool = False,
     manifest: str | None = None,
     session: str | None = SESSION,
+    trigger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     evaluation = {"decision": decision, "instance_id": instance_id, "run_id": "run-a", "session": session}
     result: dict[str, Any] = {"outcome": outcome, "reason": reason}
     if manifest:
         result["manifest_uri"] = manifest
     return {
+        # the execution input is the state's root: its trigger stays there (infra/constructs/workflow.py)
+        **({"trigger": trigger} if trigger is not None else {}),
         "input": {"instance_id": instance_id, "run_id": "run-a", "reason": "complete"},
         "evaluation": evaluation,
         "verification": {"verified": verified, "manifest_uri": manifest},
@@ -117,6 +121,66 @@ def test_a_failure_tags_a_sanitized_short_error_and_a_later_success_removes_it(w
     assert tags["autostop:last-checkpoint"] == manifest
     assert "autostop:last-error" not in tags
     assert records(world).get(key)["executions"] == ["exec-1", "exec-2"]  # type: ignore[index]
+
+
+def verified_checkpoint(world: World, key: RunKey) -> None:
+    """What Verify checkpoint writes before Record outcome runs."""
+    entry = checkpoint_entry(manifest_uri=MANIFEST, execution="exec-1", files=[], total_bytes=0, step=7, fresh=True, verified_at=SESSION)
+    records(world).update(key, lambda r: r.update(last_checkpoint=entry), status="checkpoint-verified", execution="exec-1")
+
+
+@pytest.mark.parametrize(
+    ("decision", "outcome", "action", "checkpoint", "resumable", "hibernated"),
+    [
+        ("complete", "Stopped", None, True, True, False),
+        ("complete", "Stopped", None, False, False, False),  # nothing verified: nothing to resume from
+        ("complete", "Hibernated", None, True, False, True),
+        ("complete", "Terminated", None, True, False, False),
+        ("complete", "CheckpointFailed", None, True, False, False),
+        ("complete", "UploadUnverified", None, True, False, False),
+        ("spot_checkpoint", "SpotCheckpointSaved", "stop", True, True, False),
+        ("spot_checkpoint", "SpotCheckpointSaved", "terminate", True, True, False),
+        ("spot_checkpoint", "SpotCheckpointSaved", None, True, True, False),  # a rebalance upload: no instance action
+        ("spot_checkpoint", "SpotCheckpointSaved", "hibernate", True, True, True),
+        ("spot_checkpoint", "SpotCheckpointSaved", "hibernate", False, False, True),
+        ("spot_checkpoint", "SpotCheckpointFailed", "stop", True, False, False),
+        # EC2 hibernates the instance whatever the upload did: an older session must not be restored under the trainer
+        ("spot_checkpoint", "SpotCheckpointFailed", "hibernate", False, False, True),
+        ("refused", "SpotCheckpointFailed", "hibernate", False, False, True),
+    ],
+)
+def test_the_outcome_marks_the_session_resumable_or_hibernated(
+    world: World, decision: str, outcome: str, action: str | None, checkpoint: bool, resumable: bool, hibernated: bool
+) -> None:
+    inst = world.instance("a", run_tags())
+    key = RunKey(inst.instance_id, "run-a", SESSION)
+    if checkpoint:
+        verified_checkpoint(world, key)
+    trigger = {"source": "EC2 Spot Instance Interruption Warning", **({"action": action} if action else {})}
+
+    out = record(state(inst.instance_id, decision, outcome, "r", trigger=trigger), "exec-1")
+
+    assert out["recorded"] is True, out["detail"]
+    stored = records(world).get(key)
+    assert stored is not None and stored["outcome"] == outcome
+    assert stored.get("resumable", False) is resumable
+    assert stored.get("hibernated", False) is hibernated
+
+
+def test_a_later_failure_in_the_session_keeps_it_resumable(world: World) -> None:
+    inst = world.instance("a", run_tags())
+    key = RunKey(inst.instance_id, "run-a", SESSION)
+    verified_checkpoint(world, key)
+    warning = {"source": "EC2 Spot Instance Interruption Warning", "action": "stop"}
+    record(state(inst.instance_id, "spot_checkpoint", "SpotCheckpointSaved", "saved", trigger=warning), "exec-1")
+
+    record(state(inst.instance_id, "complete", "StopFailed", "the stop failed"), "exec-2")
+
+    stored = records(world).get(key)
+    assert stored is not None
+    assert (stored["outcome"], stored["resumable"]) == ("StopFailed", True)
+    assert "hibernated" not in stored
+    assert resume_source([stored]) == (stored, "")
 
 
 def test_a_long_manifest_uri_tag_is_cut_to_the_ec2_limit(world: World) -> None:

@@ -19,6 +19,7 @@ from shared.records import (
     RunKey,
     RunRecords,
     checkpoint_entry,
+    resume_source,
 )
 
 TABLE = "runs"
@@ -335,3 +336,65 @@ def test_an_active_claim_lapses_after_its_lease_so_an_aborted_execution_cannot_b
     assert record is not None
     assert (record["active"], record["active_until"]) == ("exec-spot", 1_121)
     assert record["locks"] == {"complete": "exec-aborted", "interruption": "exec-spot"}
+
+
+# --- resume_source ----------------------------------------------------------------------------------------
+
+
+def session_record(session: str, outcome: str | None, *, checkpoint: bool = True, **flags: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {"instance_id": IID, "run_id": "run-a", "session": session, "outcome": outcome, **flags}
+    if checkpoint:
+        record["last_checkpoint"] = {"manifest_uri": f"s3://b/runs/run-a/manifests/{session}.json", "step": 1}
+    return record
+
+
+def test_resume_source_without_earlier_sessions() -> None:
+    assert resume_source([]) == (None, "the run has no earlier session on this instance")
+
+
+def test_resume_source_is_the_newest_resumable_session_even_after_a_later_failure() -> None:
+    earlier = [  # newest first, as RunRecords.sessions returns them
+        session_record("2026-01-04T00:00:00Z", "ResumeFailed", checkpoint=False),
+        session_record("2026-01-03T00:00:00Z", "CheckpointFailed"),
+        session_record("2026-01-02T00:00:00Z", "SpotCheckpointSaved", resumable=True),
+        session_record("2026-01-01T00:00:00Z", "Stopped", resumable=True),
+    ]
+    source, why = resume_source(earlier)
+    assert source is earlier[2] and why == ""
+
+
+def test_resume_source_follows_the_flag_not_the_last_outcome() -> None:
+    # SpotCheckpointSaved, then another execution of the same session recorded a failure over it
+    overwritten = session_record("2026-01-02T00:00:00Z", "StopFailed", resumable=True)
+    assert resume_source([overwritten]) == (overwritten, "")
+    # and an outcome that reads resumable without the flag (never set by record_outcome) is not
+    unflagged = session_record("2026-01-02T00:00:00Z", "Stopped")
+    source, why = resume_source([unflagged])
+    assert source is None
+    assert why == (
+        "no earlier session ended stopped with a verified checkpoint "
+        "(the last, 2026-01-02T00:00:00Z, ended Stopped with a verified checkpoint)"
+    )
+
+
+def test_resume_source_needs_a_checkpoint_with_a_manifest() -> None:
+    bare = session_record("2026-01-02T00:00:00Z", "Stopped", checkpoint=False, resumable=True)
+    no_uri = {**session_record("2026-01-01T00:00:00Z", "Stopped", resumable=True), "last_checkpoint": {"step": 1}}
+    source, why = resume_source([bare, no_uri])
+    assert source is None
+    assert why.endswith("(the last, 2026-01-02T00:00:00Z, ended Stopped with no verified checkpoint)")
+
+
+def test_resume_source_stops_at_a_hibernated_session() -> None:
+    earlier = [
+        session_record("2026-01-03T00:00:00Z", "NotComplete", checkpoint=False),
+        session_record("2026-01-02T00:00:00Z", "SpotCheckpointSaved", resumable=True, hibernated=True),
+        session_record("2026-01-01T00:00:00Z", "Stopped", resumable=True),
+    ]
+    assert resume_source(earlier) == (
+        None,
+        "session 2026-01-02T00:00:00Z was hibernated: the trainer comes back from memory, nothing to restore",
+    )
+    # a resumable session newer than the hibernated one still wins
+    newer = session_record("2026-01-04T00:00:00Z", "Stopped", resumable=True)
+    assert resume_source([newer, *earlier]) == (newer, "")
