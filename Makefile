@@ -61,10 +61,11 @@ REPORT ?= report.json
 simulate: $(STAMP)
 	$(PY) -m local simulate $(SCENARIO) --report $(REPORT)
 
+RELIABILITY_EXAMPLES ?= 50
 ## docs/RELIABILITY.md from one run of the fault, bad-input and property suites (they write build/reliability/).
 reliability: $(STAMP) $(NODE_STAMP)
 	rm -rf build/reliability
-	$(PY) -m pytest tests/faults tests/badinput tests/property
+	AUTOSTOP_PROPERTY_EXAMPLES=$(RELIABILITY_EXAMPLES) $(PY) -m pytest tests/faults tests/badinput tests/property
 	$(PY) -m local.reliability build/reliability docs/RELIABILITY.md
 
 ## Print timing and memory figures (demo wall time, peak memory, synth time).

@@ -60,12 +60,12 @@ class ReportError(ValueError):
     """The rows are missing or show an unsafe result; the document is not written."""
 
 
-def _load(folder: Path, name: str) -> dict[str, Any]:
+def _load(folder: Path, name: str, *, rows: bool = True) -> dict[str, Any]:
     path = folder / name
     if not path.exists():
         raise ReportError(f"{path} is missing: run `make reliability` (it runs the suites that write it)")
     data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+    if not isinstance(data, dict) or (rows and not isinstance(data.get("rows"), list)):
         raise ReportError(f"{path} has no rows")
     return data
 
@@ -84,11 +84,11 @@ def render(folder: Path) -> str:
     """
     faults = _load(folder, "faults.json")
     bad = _load(folder, "bad_input.json")
-    prop = _load(folder, "property.json")
+    prop = _load(folder, "property.json", rows=False)
 
     unsafe = [r for r in faults["rows"] if r.get("destroyed") and not r.get("verified_checkpoint")]
     acted = [r for r in bad["rows"] if r.get("acted") and not r.get("control")]
-    violations = prop.get("violations", [])
+    violations = prop.get("violation_details") or ([] if not prop.get("violations") else [f"{prop['violations']} violation(s)"])
     problems = [f"fault {r['fault']!r} destroyed without a verified checkpoint" for r in unsafe]
     problems += [f"bad input {r['case']!r} was acted on" for r in acted]
     problems += [f"property violation: {v}" for v in violations]
@@ -97,6 +97,13 @@ def render(folder: Path) -> str:
     if problems:
         raise ReportError("; ".join(problems))
 
+    examples = prop.get("examples_run", 0)
+    drawn = prop.get("drawn") or {}
+    events = sum((drawn.get("events") or {}).values())
+    faults_injected = sum((prop.get("faults_injected") or {}).values())
+    destroyed = prop.get("destructive_actions") or {}
+    if destroyed.get("observed", 0) != destroyed.get("proven_by_verified_checkpoint", 0):
+        raise ReportError("property test: a stop or termination was not proven by a verified checkpoint")
     lines = [
         "# Reliability",
         "",
@@ -107,8 +114,9 @@ def render(folder: Path) -> str:
         f"- Faults injected: **{len(faults['rows'])}**; instances destroyed without a verified checkpoint: **0**.",
         f"- Bad inputs tried: **{len([r for r in bad['rows'] if not r.get('control')])}**; acted on: **0** "
         f"(plus {len([r for r in bad['rows'] if r.get('control')])} well-formed controls, which were acted on as they should be).",
-        f"- Property test: **{prop.get('examples', 0)} examples**, {prop.get('events', 0)} events, {prop.get('faults', 0)} faults; "
-        f"{prop.get('destructive_actions', 0)} stops/terminations, every one after a checkpoint S3 verified; violations: **0**.",
+        f"- Property test: **{examples} examples**, {events} events, {faults_injected} faults injected; "
+        f"{destroyed.get('observed', 0)} stops/terminations, {destroyed.get('proven_by_verified_checkpoint', 0)} of them proven by a "
+        "checkpoint S3 verified; violations: **0**.",
         "- Run: "
         + ", ".join(
             f"{name} {data.get('generated_at', '?')}" for name, data in (("faults", faults), ("bad input", bad), ("property", prop))
@@ -138,14 +146,18 @@ def render(folder: Path) -> str:
         )
     lines += ["", "## Property test", ""]
     lines.append(
-        f"{prop.get('examples', 0)} examples (`make property-long` runs more). Each example launches fresh instances, "
+        f"{examples} examples (`make property-long` runs 200). Each example launches fresh instances, "
         "draws events and faults, runs them to the end and checks: every stop/termination followed a checkpoint that "
         "S3 verified, newer than the decision; no instance without the opt-in tag was touched; no run was acted on twice."
     )
-    for title, key in (("Events drawn", "events_by_kind"), ("Faults drawn", "faults_by_kind")):
-        counts = prop.get(key) or {}
+    for title, counts in (
+        ("Instances drawn", drawn.get("instances") or {}),
+        ("Events drawn", drawn.get("events") or {}),
+        ("Faults injected", prop.get("faults_injected") or {}),
+        ("Execution outcomes", prop.get("execution_outcomes") or {}),
+    ):
         if counts:
-            lines += ["", f"{title}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+            lines += ["", f"{title}: " + ", ".join(f"`{k}` {v}" for k, v in sorted(counts.items()))]
     lines += ["", "## Not tested, because moto cannot emulate it", ""]
     lines += [f"- **{title}**: {text}" for title, text in MOTO_GAPS]
     return "\n".join(lines) + "\n"

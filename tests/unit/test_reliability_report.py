@@ -23,7 +23,14 @@ SAFE_FAULT = {
 }
 KEPT = {**SAFE_FAULT, "fault": "object missing", "observed": "UploadUnverified", "expected": "UploadUnverified", "destroyed": False}
 BAD = {"case": "checkpoint-dir ../etc", "kind": "tag", "outcome": "skipped", "reason": "must be an absolute path", "acted": False}
-PROPERTY = {"rows": [], "examples": 8, "events": 40, "faults": 9, "destructive_actions": 3, "violations": []}
+PROPERTY = {
+    "examples_run": 8,
+    "drawn": {"events": {"marker": 30, "sweep": 10}},
+    "faults_injected": {"lose_object": 2, "ssm:SendCommand:5xx": 1},
+    "destructive_actions": {"observed": 3, "proven_by_verified_checkpoint": 3},
+    "violations": 0,
+    "violation_details": [],
+}
 
 
 def write(folder: Path, faults: list[dict[str, Any]], bad: list[dict[str, Any]], prop: dict[str, Any]) -> Path:
@@ -39,7 +46,8 @@ def test_a_safe_run_is_rendered_with_every_row_and_the_moto_gaps(tmp_path: Path)
     assert "| throttle StopInstances once |" in text and "| yes, verified |" in text
     assert "| object missing |" in text and "| UploadUnverified | no |" in text
     assert "| checkpoint-dir ../etc | tag | skipped | no |" in text
-    assert "**8 examples**" in text and "violations: **0**" in text
+    assert "**8 examples**, 40 events, 3 faults injected" in text and "violations: **0**" in text
+    assert "3 stops/terminations, 3 of them proven" in text
     assert "## Not tested, because moto cannot emulate it" in text and "BadDigest" in text
 
 
@@ -48,7 +56,13 @@ def test_a_safe_run_is_rendered_with_every_row_and_the_moto_gaps(tmp_path: Path)
     [
         ([{**SAFE_FAULT, "verified_checkpoint": False}], [BAD], PROPERTY, "destroyed without a verified checkpoint"),
         ([SAFE_FAULT], [{**BAD, "acted": True}], PROPERTY, "was acted on"),
-        ([SAFE_FAULT], [BAD], {**PROPERTY, "violations": ["i-1 stopped twice"]}, "property violation"),
+        ([SAFE_FAULT], [BAD], {**PROPERTY, "violations": 1, "violation_details": ["i-1 stopped twice"]}, "property violation"),
+        (
+            [SAFE_FAULT],
+            [BAD],
+            {**PROPERTY, "destructive_actions": {"observed": 3, "proven_by_verified_checkpoint": 2}},
+            "not proven by a verified checkpoint",
+        ),
         ([{**KEPT, "passed": False, "observed": "Stopped"}], [BAD], PROPERTY, "expected UploadUnverified"),
     ],
 )
