@@ -106,7 +106,17 @@ TAG_CASES += [
     _tag("resume-command", "resume-command double space", "resume-command", "/opt/train  --x", SHELL),
     _tag("resume-command", "resume-command tab", "resume-command", "/opt/train\t--x", SHELL),
     _tag("resume-command", "resume-command env assignment", "resume-command", "LD_PRELOAD=/x.so /opt/train", SHELL),
-    _tag("resume-command", "resume-command plain", "resume-command", "/opt/train --resume latest", "no completion marker", accepted=True),
+    _tag("resume-command", "resume-command without pid-file", "resume-command", "/opt/train --resume latest", "needs autostop:pid-file"),
+    _tag(
+        "resume-command",
+        "resume-command plain",
+        "resume-command",
+        "/opt/train --resume latest",
+        "no completion marker",
+        accepted=True,
+        pid_file="/run/train.pid",
+        completion_marker=f"s3://{BUCKET}/runs/{RUN}/_SUCCESS",
+    ),
     # The one tag that may hold metacharacters is the log pattern (printable ASCII, an extended regex): passed as an
     # environment variable and only ever used quoted; test_bad_tags proves it on real probe runs.
 ]

@@ -244,6 +244,8 @@ def test_no_character_outside_the_documents_patterns_reaches_a_parameter(name: s
     accepted = rejected = 0
     for value in _variants(name):
         extra = {key("log-pattern"): "done"} if name == "log-file" else {}
+        if name == "resume-command":
+            extra = {key("pid-file"): "/run/train.pid"}  # a resume command needs the PID file it writes
         config = _parse({**base_tags(), key(name): value, **extra})
         if config is None:
             rejected += 1
