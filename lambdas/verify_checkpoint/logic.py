@@ -177,7 +177,9 @@ class Verifier:
         reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums"
         if evaluation.decision == "spot_checkpoint":
             saved = manifest.checkpoint.mtime.isoformat()
-            if fresh:
+            if trainer == "not_configured":
+                how = f"the trainer was not signalled; the newest checkpoint on disk, from {saved}, was uploaded"
+            elif fresh:
                 how = "the trainer saved it after the signal"
             elif trainer == "exited":
                 how = f"the trainer exited on the signal without a newer save, so this checkpoint (saved {saved}) is its last state"
