@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+from tests import events
 
 P = "autostop"
 RUN = "run-1"
@@ -313,55 +316,16 @@ for name, values in {
 
 # --- EventBridge events --------------------------------------------------------------------------------------------------
 def scheduled(**changes: Any) -> dict[str, Any]:
-    event = {
-        "version": "0",
-        "id": "tick-1",
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z",
-        "region": "us-east-1",
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/Schedule"],
-        "detail": {},
-    }
-    return _change(event, changes)
+    return _change(events.scheduled_event(), changes)
 
 
 def object_created(key_name: str, bucket: str = BUCKET, **changes: Any) -> dict[str, Any]:
-    event = {
-        "version": "0",
-        "id": "evt-1",
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [f"arn:aws:s3:::{bucket}"],
-        "detail": {
-            "version": "0",
-            "bucket": {"name": bucket},
-            "object": {"key": key_name, "size": 4, "etag": "e", "sequencer": "1"},
-            "request-id": "r",
-            "requester": "123456789012",
-            "source-ip-address": "1.2.3.4",
-            "reason": "PutObject",
-        },
-    }
-    return _change(event, changes)
+    return _change(events.object_created(bucket, key_name, size=4), changes)
 
 
 def ec2_event(detail_type: str, detail: Any, **changes: Any) -> dict[str, Any]:
-    event = {
-        "version": "0",
-        "id": "ec2-1",
-        "detail-type": detail_type,
-        "source": "aws.ec2",
-        "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    }
+    event = events.ec2_event(detail_type, detail, when=datetime(2026, 11, 30, 10, 0, tzinfo=UTC), resources=[])
+    event["id"] = "ec2-1"
     return _change(event, changes)
 
 

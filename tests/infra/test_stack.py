@@ -24,6 +24,7 @@ from aws_cdk.assertions import Capture, Match
 from infra.config import LAMBDA_ARCH, LAMBDA_PYTHON, POWERTOOLS_VERSION, AutostopConfig, ConfigError
 from infra.nag import PACKS as NAG_PACKS
 from lambdas.shared import constants as c
+from tests import events
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -773,24 +774,7 @@ def test_failed_trigger_invocations_go_to_the_undelivered_queue(model: Model) ->
 
 
 def _s3_event(bucket: str, key: str, detail_type: str = "Object Created") -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": "17793124-05d4-b198-2fde-7ededc63b103",
-        "detail-type": detail_type,
-        "source": "aws.s3",
-        "account": ACCOUNT,
-        "time": "2025-01-01T00:00:00Z",
-        "region": REGION,
-        "resources": [f"arn:aws:s3:::{bucket}"],
-        "detail": {
-            "version": "0",
-            "bucket": {"name": bucket},
-            "object": {"key": key, "size": 0, "etag": "d41d8cd98f00b204e9800998ecf8427e", "sequencer": "00"},
-            "request-id": "N4N7GDK58NMKJ12R",
-            "requester": ACCOUNT,
-            "reason": "PutObject",
-        },
-    }
+    return events.object_created(bucket, key, detail_type=detail_type, account=ACCOUNT, region=REGION)
 
 
 @pytest.mark.parametrize(
@@ -1081,17 +1065,7 @@ def test_log_retention_setting_reaches_every_log_group() -> None:
 
 
 def _ec2_event(detail_type: str, **detail: str) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": "7e8b0f5e-1b3a-4c1e-9f0e-000000000000",
-        "detail-type": detail_type,
-        "source": "aws.ec2",
-        "account": ACCOUNT,
-        "time": "2025-01-01T00:00:00Z",
-        "region": REGION,
-        "resources": [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"],
-        "detail": {"instance-id": "i-0123456789abcdef0", **detail},
-    }
+    return events.ec2_event(detail_type, {"instance-id": "i-0123456789abcdef0", **detail}, account=ACCOUNT, region=REGION)
 
 
 EC2_EVENTS = [

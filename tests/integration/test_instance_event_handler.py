@@ -14,6 +14,7 @@ import pytest
 
 from shared.records import checkpoint_entry
 from tests.conftest import function_env
+from tests.events import ec2_event
 from tests.integration.conftest import BUCKET, CTX, RUNS_TABLE, World, ended_session
 
 WARNING = "EC2 Spot Instance Interruption Warning"
@@ -23,22 +24,6 @@ STATE = "EC2 Instance State-change Notification"
 
 def run_tags(run: str = "run-a", **extra: str) -> dict[str, str]:
     return {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", **extra}
-
-
-def ec2_event(detail_type: str, detail: dict[str, Any], *, when: datetime | None = None) -> dict[str, Any]:
-    when = when or datetime.now(UTC)
-    iid = detail.get("instance-id", "i-unknown")
-    return {
-        "version": "0",
-        "id": "evt-1",
-        "detail-type": detail_type,
-        "source": "aws.ec2",
-        "account": "123456789012",
-        "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": "us-east-1",
-        "resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{iid}"],
-        "detail": detail,
-    }
 
 
 def handle(event: Any) -> dict[str, Any]:

@@ -8,43 +8,12 @@ import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
+from tests import events
 from tests.integration.conftest import BUCKET, CTX, World, dead_pid
 
 
-def scheduled_event() -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": "tick-1",
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z",
-        "region": "us-east-1",
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/Schedule"],
-        "detail": {},
-    }
-
-
 def object_created(key: str) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": "evt-1",
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "account": "123456789012",
-        "time": "2026-11-30T10:00:00Z",
-        "region": "us-east-1",
-        "resources": [f"arn:aws:s3:::{BUCKET}"],
-        "detail": {
-            "version": "0",
-            "bucket": {"name": BUCKET},
-            "object": {"key": key, "size": 2, "etag": "e", "sequencer": "1"},
-            "request-id": "r",
-            "requester": "123456789012",
-            "source-ip-address": "1.2.3.4",
-            "reason": "PutObject",
-        },
-    }
+    return events.object_created(BUCKET, key, size=2)
 
 
 def pid_tags(run: str, pid_file: str = "{root}/train.pid") -> dict[str, str]:
@@ -54,7 +23,7 @@ def pid_tags(run: str, pid_file: str = "{root}/train.pid") -> dict[str, str]:
 def sweep() -> dict[str, Any]:
     from on_schedule_tick.handler import lambda_handler
 
-    return lambda_handler(scheduled_event(), CTX)
+    return lambda_handler(events.scheduled_event(), CTX)
 
 
 def executions(world: World) -> list[dict[str, Any]]:
