@@ -8,6 +8,7 @@ the environment variable ``SSM_<Name>``, so no tag value is ever pasted into she
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,12 @@ CHECKPOINT_PARAMETERS: dict[str, dict[str, Any]] = {
         "allowedPattern": r"^(stop|interruption)$",
         "default": "stop",
     },
+    "SaveOnSignal": {
+        "description": "true: the trainer saves a checkpoint when signalled (tag save-on-signal), so Mode stop may signal it "
+        "even when no complete checkpoint is on disk yet; false: it is signalled only when one is",
+        "allowedPattern": r"^(true|false)$",
+        "default": "false",
+    },
 }
 RESTORE_PARAMETERS: dict[str, dict[str, Any]] = {
     "RunId": {"description": "Run id (tag run-id)", "allowedPattern": RUN_ID},
@@ -84,18 +91,47 @@ INCLUDE = "# @include "
 
 
 def render_script(script: str) -> str:
-    """The text of ``infra/documents/<script>`` with each ``# @include <file>`` line replaced by that file.
+    """The text of ``infra/documents/<script>`` as its document carries it.
 
-    A document runs one script, so code shared by the probe and the checkpoint script (``lib/``) is pasted
-    in here, at synth time; the tests run this same rendered text.
+    Each ``# @include <file>`` line is replaced by that file (a document runs one script, so code shared by the
+    scripts, ``lib/``, is pasted in at synth time); then, to fit SSM's 64 KB document content limit, comment-only
+    and blank lines are dropped and the docstrings of included ``.py`` files removed (the files in the repository
+    keep them). The tests run this same rendered text.
     """
     lines = []
     for line in (SCRIPTS / script).read_text().splitlines():
         if line.startswith(INCLUDE):
-            lines.extend((SCRIPTS / line.removeprefix(INCLUDE).strip()).read_text().splitlines())
+            name = line.removeprefix(INCLUDE).strip()
+            text = (SCRIPTS / name).read_text()
+            lines.extend((without_docstrings(text) if name.endswith(".py") else text).splitlines())
         else:
             lines.append(line)
-    return "\n".join(lines) + "\n"
+    kept = [line for i, line in enumerate(lines) if i == 0 or (line.strip() and not line.lstrip().startswith("#"))]
+    return "\n".join(kept) + "\n"
+
+
+def without_docstrings(source: str) -> str:
+    """SOURCE (Python) with every docstring's lines removed (``pass`` where it was the whole body). Only whole
+    lines go, so the rest of the code stays byte for byte as written."""
+    drop: set[int] = set()
+    passes: dict[int, str] = {}
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list) or not body or not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+            continue
+        first = body[0]
+        own_line = isinstance(node, ast.Module) or first.lineno > node.lineno  # never a docstring on the def line
+        if own_line and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            drop.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+            if len(body) == 1:
+                passes[first.lineno] = " " * first.col_offset + "pass"
+    out = []
+    for number, line in enumerate(source.splitlines(), start=1):
+        if number in passes:
+            out.append(passes[number])
+        elif number not in drop:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def command_content(description: str, script: str, parameters: dict[str, dict[str, Any]], *, step: str, timeout: str) -> dict[str, Any]:

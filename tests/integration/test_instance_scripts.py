@@ -45,6 +45,12 @@ ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 # --- fixtures and helpers ------------------------------------------------------------------------------
 
 
+def safetensors_bytes(data: bytes) -> bytes:
+    """A valid safetensors file holding DATA as one uint8 tensor (the format: u64 header length, JSON, data)."""
+    header = json.dumps({"w": {"dtype": "U8", "shape": [len(data)], "data_offsets": [0, len(data)]}}).encode()
+    return len(header).to_bytes(8, "little") + header + data
+
+
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -431,6 +437,7 @@ def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base
     assert proc.returncode == 0, proc.stderr
     prefix, manifest_key = env["SSM_UploadPrefix"], env["SSM_ManifestKey"]
     total = sum(len(d) for d in newest.values())
+    rejected = out.pop("rejected")
     assert out == {
         "result": "uploaded",
         "manifest": f"s3://{bucket}/{manifest_key}",
@@ -440,14 +447,31 @@ def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base
         "checkpoint": "step-300",
         "step": 300,
         "fresh": False,  # no trainer was signalled
+        "rule": "every file passes its format check",
+        "summary": "chose step-300 (step 300, every file passes its format check); rejected step-600 (it holds no files) and 3 more",
     }
+    # The newest five entries left out, by step, each with its reason.
+    assert [(r["name"], r["step"], r["reason"]) for r in rejected] == [
+        ("step-600", 600, "it holds no files"),
+        (".step-500", 500, "temporary name"),
+        ("step-400.tmp", 400, "temporary name"),
+        ("step-350", 350, "it contains step-350/optimizer.pt.partial, which is temporary"),
+        ("latest", None, "symbolic link"),
+    ]
     assert keys(s3, bucket) == sorted([manifest_key] + [f"{prefix}step-300/{rel}" for rel in newest])
 
     manifest = read_manifest(s3, bucket, env)
     assert set(manifest) == {
         "schema_version", "run_id", "instance_id", "execution_name", "decision_time", "created_at",
-        "checkpoint", "layout", "step", "mode", "fresh", "bucket", "files", "total_bytes",
+        "checkpoint", "layout", "step", "mode", "fresh", "bucket", "files", "total_bytes", "selection",
     }  # fmt: skip
+    assert manifest["selection"] == {
+        "step_source": "name:step",
+        "rule": "every file passes its format check",
+        "rejected": rejected,
+        "open_files_check": "complete",
+        "summary": out["summary"],
+    }
     assert (manifest["layout"], manifest["mode"], manifest["fresh"]) == ("directory", "stop", False)
     assert manifest["schema_version"] == 1
     assert (manifest["run_id"], manifest["instance_id"], manifest["execution_name"]) == ("run-42", INSTANCE_ID, "run-42-complete-1")
@@ -673,9 +697,8 @@ def test_checkpoint_without_a_checkpoint(s3: Any, bucket: str, base_env: dict[st
     assert keys(s3, bucket) == []
     message = out["message"]
     if layout == "no-step-number":  # the newest five, newest first, so that the user can act
-        listed = ", ".join(
-            f"{name} (no step number in the name)" for name in ["latest", "runs", "zero_to_fp32.py", "final.pt", "model.safetensors"]
-        )
+        names = ["latest", "runs", "zero_to_fp32.py", "final.pt", "model.safetensors"]
+        listed = ", ".join(f"{name} (no step number in its name or contents)" for name in names)
         assert listed in message and "and 1 more" in message and "config.json" not in message
     elif layout == "only-incomplete":
         assert (
@@ -698,7 +721,7 @@ def test_checkpoint_ignores_newer_entries_that_are_not_checkpoints(
     if layout == "deepspeed-latest":
         name, step, files = "global_step100", 100, {"mp_rank_00_model_states.pt": b"weights"}
     elif layout == "hf-runs":
-        name, step, files = "checkpoint-500", 500, {"model.safetensors": b"weights"}
+        name, step, files = "checkpoint-500", 500, {"model.safetensors": safetensors_bytes(b"weights!")}
     else:
         name, step, files = "step-000100", 100, {"default/d/0123abcd": b"weights"}
     for rel, data in files.items():

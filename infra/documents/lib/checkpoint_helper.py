@@ -1,0 +1,346 @@
+"""autostop checkpoint document: the python3 helper's subcommands (stdlib only).
+
+``infra/documents/checkpoint.sh`` carries this file, after ``lib/selection.py``, as one ``python3 -I -c``
+program and runs ``<subcommand> ARGS...``. Exit status: 0 ok; 3 NoCheckpoint, 4 UploadFailed, 5
+ManifestFailed, 6 a file changed during the checkpoint (UploadFailed, which a re-selection may cure); the
+message is then the only stdout line. Anything else is a bug (ScriptFailed).
+"""
+
+import base64
+import datetime
+import errno
+import hashlib
+import json
+import os
+import stat
+import sys
+
+if "select" not in globals():  # run on its own (tests, linters); the document pastes lib/selection.py above
+    from selection import CONTROL_CHARS_RE, Fail, describe_rejected, listing, saving_now, select, show
+
+CHUNK = 8 * 1024 * 1024
+
+
+def b64(digest):
+    return base64.b64encode(digest).decode("ascii")
+
+
+def iso(ns):
+    return datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def log(message):
+    print(f"checkpoint: {message}", file=sys.stderr)
+
+
+def identity(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def changed(path, detail):
+    return (
+        f"file {show(path)} changed during the checkpoint ({detail}); make sure nothing, the trainer included, "
+        "writes to or rotates the checkpoint directory while autostop uploads it"
+    )
+
+
+NO_CHECKPOINT_HINT = (
+    "A checkpoint is a file or a directory of files whose name carries its step number (step-100, "
+    "checkpoint-100, epoch=2-step=260.ckpt) or, for a torch.save/Lightning file, whose contents do, that no "
+    "process is still writing and whose framework's files are all there"
+)
+
+
+def no_checkpoint(ckdir, found):
+    if not found["candidates"]:
+        return f"no complete checkpoint in {ckdir}: it is empty. {NO_CHECKPOINT_HINT}"
+    return f"no complete checkpoint in {ckdir}: rejected {listing(found['rejected'])}. {NO_CHECKPOINT_HINT}"
+
+
+def summary(choice):
+    """One line: what was chosen, its step and rule, and the newest rejected entry with its reason."""
+    text = f"chose {choice['name']} (step {choice['step']}, {choice['rule']})"
+    newer = [r for r in choice["rejected"] if (r["step"] if r["step"] is not None else -1) >= (choice["step"] or 0)]
+    if newer:
+        text += f"; rejected {newer[0]['name']} ({newer[0]['reason']})"
+        if len(newer) > 1:
+            text += f" and {len(newer) - 1} more"
+    return text[:600]
+
+
+def cmd_precheck(ckdir):
+    """Before the trainer is signalled (Mode stop): print ``ready`` when a complete checkpoint exists, ``saving``
+    when a save is in progress; Fail(3) when nothing on disk could be uploaded."""
+    found = select(ckdir)
+    if found["chosen"] is not None:
+        print("ready")
+    elif saving_now(found):
+        print("saving")
+    else:
+        raise Fail(
+            3,
+            no_checkpoint(ckdir, found) + ". Nothing was signalled: the trainer keeps training. Save a checkpoint there, "
+            "or tag autostop:save-on-signal=true if the trainer saves one when it is signalled",
+        )
+
+
+def cmd_select(ckdir, prefix, manifest_key, work):
+    found = select(ckdir)
+    chosen = found["chosen"]
+    if found["open_check"]:
+        log(found["open_check"])
+    if chosen is None:
+        raise Fail(3, no_checkpoint(ckdir, found))
+    log(f"chose {show(chosen['name'])} (step {chosen['step']}, {len(chosen['files'])} file(s)) among {found['candidates']} entries")
+    if found["rejected"]:
+        log(f"rejected {listing(found['rejected'])}")
+    plan = bytearray()
+    for f in chosen["files"]:
+        key = plan_key(f, prefix, chosen, manifest_key)
+        for field in (f["abs"], f["rel"], key, str(f["size"]), str(f["mtime_ns"]), str(f["dev"]), str(f["ino"])):
+            plan += os.fsencode(field) + b"\0"
+    choice = {
+        "name": show(chosen["name"]),
+        "path": os.path.join(ckdir, chosen["name"]),
+        "mtime": iso(chosen["mtime_ns"]),
+        "mtime_ns": chosen["mtime_ns"],
+        "layout": "directory" if chosen["is_dir"] else "file",
+        "step": chosen["step"],
+        "step_source": chosen["step_source"],
+        "rule": chosen["rule"],
+        "rejected": describe_rejected(found["rejected"]),
+        "open_files_check": found["open_check"] or "complete",
+    }
+    with open(os.path.join(work, "plan"), "wb") as f:
+        f.write(plan)
+    with open(os.path.join(work, "choice.json"), "w", encoding="utf-8") as f:
+        json.dump(choice, f)
+
+
+def plan_key(f, prefix, chosen, manifest_key):
+    """The S3 key of file F of the chosen checkpoint; Fail(4) when it cannot be one."""
+    full, rel = f["abs"], f["rel"]
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Fail(4, f"the file name {show(full)} is not valid UTF-8 and cannot be an S3 key; rename it") from None
+    if CONTROL_CHARS_RE.search(rel):
+        raise Fail(4, f"the file name {show(full)!r} contains control characters and cannot be an S3 key; rename it")
+    key = prefix + chosen["name"] + ("/" + rel if chosen["is_dir"] else "")
+    if len(key.encode("utf-8")) > 1024:
+        raise Fail(4, f"the S3 key for {show(full)} would be longer than 1024 bytes; use shorter file names")
+    if key == manifest_key:
+        raise Fail(4, f"the checkpoint file {show(full)} would overwrite the manifest key {manifest_key}")
+    return key
+
+
+def cmd_unchanged(path, size, mtime_ns, dev, ino):
+    """Exit 6 (changed during the checkpoint) when PATH is gone or no longer the file chosen; else print ok."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise Fail(6, changed(path, f"it disappeared while it was being uploaded: {exc.strerror}")) from None
+    if identity(st) != (int(dev), int(ino), int(size), int(mtime_ns)):
+        raise Fail(6, changed(path, "it was modified or replaced while it was being uploaded"))
+    print("ok")
+
+
+def open_chosen(path, size, mtime_ns, dev, ino):
+    """Open the file chosen at PATH, without following a symbolic link, and make sure that it is still the very
+    file that was chosen: same device, inode, size and mtime."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            raise Fail(6, changed(path, "it is gone or is now a symbolic link")) from None
+        raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or identity(st) != (int(dev), int(ino), int(size), int(mtime_ns)):
+            raise Fail(6, changed(path, "it is no longer the file that was chosen"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def cmd_hash(path, size, mtime_ns, dev, ino):
+    h = hashlib.sha256()
+    with open_chosen(path, size, mtime_ns, dev, ino) as f:
+        try:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+        except OSError as exc:
+            raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
+    print(h.hexdigest(), b64(h.digest()))
+
+
+def cmd_part(path, size, mtime_ns, dev, ino, offset, length, out):
+    offset, length = int(offset), int(length)
+    h = hashlib.sha256()
+    with open_chosen(path, size, mtime_ns, dev, ino) as src:
+        src.seek(offset)
+        try:
+            with open(out, "wb") as dst:
+                left = length
+                while left:
+                    chunk = src.read(min(CHUNK, left))
+                    if not chunk:
+                        raise Fail(6, changed(path, "it shrank while it was being uploaded"))
+                    h.update(chunk)
+                    dst.write(chunk)
+                    left -= len(chunk)
+        except OSError as exc:
+            raise Fail(
+                4,
+                f"cannot write a {length}-byte upload part to {out}: {exc.strerror}; "
+                "free space in the temp directory (TMPDIR) or lower the part size",
+            )
+    print(h.hexdigest(), b64(h.digest()))
+
+
+def response(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise Fail(4, f"the AWS CLI printed an unreadable response ({exc})")
+
+
+def same_checksum(resp, expected, what):
+    got = resp.get("ChecksumSHA256")
+    if got and got.split("-")[0] != expected.split("-")[0]:
+        raise Fail(4, f"S3 reported SHA-256 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
+
+
+def cmd_field(path, name):
+    value = response(path).get(name)
+    if not isinstance(value, str) or not value or "\n" in value:
+        raise Fail(4, f"the AWS CLI response has no {name}")
+    print(value)
+
+
+def cmd_addpart(resp_path, parts_path, number, checksum, hexdigest):
+    resp = response(resp_path)
+    etag = resp.get("ETag")
+    if not isinstance(etag, str) or not etag:
+        raise Fail(4, f"UploadPart returned no ETag for part {number}")
+    same_checksum(resp, checksum, f"part {number}")
+    with open(parts_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"PartNumber": int(number), "ETag": etag, "ChecksumSHA256": checksum, "hex": hexdigest}) + "\n")
+
+
+def cmd_complete(parts_path, out):
+    with open(parts_path, encoding="utf-8") as f:
+        parts = [json.loads(line) for line in f if line.strip()]
+    composite = hashlib.sha256(b"".join(bytes.fromhex(p.pop("hex")) for p in parts)).digest()
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"Parts": parts}, f)
+    print(f"{b64(composite)}-{len(parts)}")
+
+
+def cmd_record(files_path, resp_path, full, rel, key, size, mtime_ns, dev, ino, hexdigest, checksum, parts):
+    same_checksum(response(resp_path), checksum, key)
+    with open(os.devnull, "w") as quiet:
+        saved, sys.stdout = sys.stdout, quiet
+        try:
+            cmd_unchanged(full, size, mtime_ns, dev, ino)
+        finally:
+            sys.stdout = saved
+    record = {"key": key, "path": rel, "size": int(size), "sha256": hexdigest, "checksum_sha256": checksum, "parts": int(parts)}
+    try:
+        with open(files_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise Fail(5, f"cannot record {key} for the manifest: {exc.strerror}")
+
+
+def load(work):
+    with open(os.path.join(work, "choice.json"), encoding="utf-8") as f:
+        choice = json.load(f)
+    with open(os.path.join(work, "files.jsonl"), encoding="utf-8") as f:
+        files = [json.loads(line) for line in f if line.strip()]
+    return choice, files
+
+
+def is_fresh(choice, signal_ns):
+    """Was the chosen checkpoint written (its newest mtime) at or after the trainer was signalled?"""
+    return bool(signal_ns) and choice["mtime_ns"] >= int(signal_ns)
+
+
+def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns):
+    try:
+        choice, files = load(work)
+        manifest = {
+            "schema_version": 1,
+            "run_id": run_id,
+            "instance_id": instance_id,
+            "execution_name": execution_name,
+            "decision_time": decision_time,
+            "created_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "checkpoint": {"name": choice["name"], "path": choice["path"], "mtime": choice["mtime"]},
+            "layout": choice["layout"],
+            "step": choice["step"],
+            "selection": {
+                "step_source": choice["step_source"],
+                "rule": choice["rule"],
+                "rejected": choice["rejected"],
+                "open_files_check": choice["open_files_check"],
+                "summary": summary(choice),
+            },
+            "mode": mode,
+            "fresh": is_fresh(choice, signal_ns),
+            "bucket": bucket,
+            "files": files,
+            "total_bytes": sum(f["size"] for f in files),
+        }
+        data = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+        path = os.path.join(work, "manifest.json")
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.getsize(path) != len(data):
+            raise OSError(0, "short write")
+    except (OSError, ValueError, KeyError) as exc:
+        raise Fail(
+            5,
+            f"cannot write the manifest in {work}: {getattr(exc, 'strerror', None) or exc}; "
+            "free disk space in the temp directory and retry",
+        )
+    print(b64(hashlib.sha256(data).digest()))
+
+
+def cmd_success(work, bucket, manifest_key, trainer, signal_ns):
+    choice, files = load(work)
+    print(
+        json.dumps(
+            {
+                "result": "uploaded",
+                "manifest": f"s3://{bucket}/{manifest_key}",
+                "files": len(files),
+                "bytes": sum(f["size"] for f in files),
+                "trainer": trainer,
+                "checkpoint": choice["name"],
+                "step": choice["step"],
+                "fresh": is_fresh(choice, signal_ns),
+                "rule": choice["rule"],
+                "rejected": choice["rejected"],
+                "summary": summary(choice),
+            }
+        )
+    )
+
+
+def cmd_failline(error, message):
+    print(json.dumps({"result": "failed", "error": error, "message": message}))
+
+
+COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith("cmd_")}
+
+if __name__ == "__main__":
+    try:
+        COMMANDS[sys.argv[1]](*sys.argv[2:])
+    except Fail as exc:
+        print(str(exc))
+        sys.exit(exc.code)
