@@ -75,6 +75,7 @@ def checkpoint_command(
         "Signal": config.signal,
         "GraceSeconds": str(grace),
         "Mode": mode,
+        "SaveOnSignal": "true" if config.save_on_signal else "false",
         "PartSizeBytes": str(settings.part_size_bytes),
         "DecisionTime": decided_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "executionTimeout": str(execution_timeout or grace + settings.checkpoint_timeout_seconds),

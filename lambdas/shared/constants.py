@@ -24,6 +24,7 @@ TAG_DRY_RUN: Final = "dry-run"
 TAG_SPOT_GRACE_SECONDS: Final = "spot-grace-seconds"
 TAG_ON_REBALANCE: Final = "on-rebalance"
 TAG_RESUME_COMMAND: Final = "resume-command"
+TAG_SAVE_ON_SIGNAL: Final = "save-on-signal"
 
 # Informational tags autostop writes after each action; never read as configuration.
 TAG_STATE: Final = "state"
@@ -49,6 +50,7 @@ KNOWN_TAGS: Final = (
     TAG_SPOT_GRACE_SECONDS,
     TAG_ON_REBALANCE,
     TAG_RESUME_COMMAND,
+    TAG_SAVE_ON_SIGNAL,
     *INFO_TAGS,
 )
 

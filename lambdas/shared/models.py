@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -106,6 +106,9 @@ class InstanceConfig(Frozen):
     """Tag on-rebalance=checkpoint: a rebalance recommendation starts an early checkpoint (no stop)."""
     resume_command: str | None = None
     """Tag resume-command: absolute program path and plain arguments, started detached after a restore."""
+    save_on_signal: bool = False
+    """Tag save-on-signal=true: the trainer saves a checkpoint when signalled, so a stop may signal it even when no
+    complete checkpoint is on disk yet (otherwise the checkpoint command ends NoCheckpoint before signalling)."""
 
     @property
     def pid_is_completion_signal(self) -> bool:
@@ -235,6 +238,18 @@ class ManifestCheckpoint(Frozen):
     mtime: datetime
 
 
+class ManifestSelection(BaseModel):
+    """How the checkpoint document chose the checkpoint: the rule that made it complete, where its step came
+    from, the newest entries it rejected ({name, step, reason}) and a one-line summary."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    rule: str = Field(default="", max_length=1000)
+    step_source: str | None = Field(default=None, max_length=100)
+    rejected: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
+    summary: str = Field(default="", max_length=1000)
+
+
 class Manifest(BaseModel):
     """The checkpoint manifest the checkpoint document writes last, at ``<prefix>manifests/<execution>.json``."""
 
@@ -252,6 +267,8 @@ class Manifest(BaseModel):
     bucket: str
     files: list[ManifestFile] = Field(min_length=1)
     total_bytes: int = Field(ge=0)
+    selection: ManifestSelection | None = None
+    """Why the instance chose this checkpoint (absent from manifests written before selection was recorded)."""
 
     @field_validator("files")
     @classmethod

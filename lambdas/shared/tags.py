@@ -223,6 +223,13 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         else:
             dry_run = BOOL_VALUES[raw.lower()]
 
+    save_on_signal = False
+    if (raw := get(c.TAG_SAVE_ON_SIGNAL)) is not None:
+        if raw.lower() not in BOOL_VALUES or not raw.isascii():
+            problems.append(f"{p}:{c.TAG_SAVE_ON_SIGNAL}={raw!r} must be true or false")
+        else:
+            save_on_signal = BOOL_VALUES[raw.lower()]
+
     spot_grace = min(c.DEFAULT_SPOT_GRACE_SECONDS, policy.max_grace_seconds)
     if (raw := get(c.TAG_SPOT_GRACE_SECONDS)) is not None:
         if not re.fullmatch(r"[0-9]{1,3}", raw):
@@ -279,6 +286,7 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         spot_grace_seconds=spot_grace,
         checkpoint_on_rebalance=on_rebalance,
         resume_command=resume_command,
+        save_on_signal=save_on_signal,
     )
 
 

@@ -110,6 +110,8 @@ class VerifyOutput(Payload):
     """interruption/rebalance: True when the trainer saved a newer checkpoint after the signal."""
     trainer: str | None = None
     """What the checkpoint script saw of the trainer (exited, still_running, not_running, ...)."""
+    selection: str | None = None
+    """One line: which checkpoint the instance chose, its step and rule, and the newest one it rejected and why."""
 
 
 class StopOutput(Payload):

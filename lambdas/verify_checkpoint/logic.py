@@ -175,6 +175,8 @@ class Verifier:
         fresh = line.get("fresh") if isinstance(line.get("fresh"), bool) else None
         trainer = str(line["trainer"]) if isinstance(line.get("trainer"), str) else None
         reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums"
+        if manifest.selection is not None and manifest.selection.summary:
+            reason += f" ({manifest.selection.summary})"
         if evaluation.decision == "spot_checkpoint":
             saved = manifest.checkpoint.mtime.isoformat()
             if trainer == "not_configured":
@@ -202,6 +204,7 @@ class Verifier:
             step=manifest.step,
             fresh=fresh,
             trainer=trainer,
+            selection=manifest.selection.summary if manifest.selection is not None else None,
         )
 
     def _record(self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, uri: str, fresh: bool | None) -> str | None:

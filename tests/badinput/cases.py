@@ -212,6 +212,7 @@ for name, value, expect, more in [
     ("grace-seconds", "9" * HUGE, "whole number", {}),
     ("spot-grace-seconds", "9" * HUGE, "whole number", {}),
     ("dry-run", "true" * 80, "true or false", {}),
+    ("save-on-signal", "true" * 80, "true or false", {}),
     ("on-rebalance", "checkpoint" * 30, "checkpoint or ignore", {}),
     ("resume-command", "/opt/train " + " ".join(["a"] * 40), SHELL, {}),
     ("enabled", "true" * 80, NOT_OPTED_IN, {}),
@@ -248,6 +249,7 @@ for name, value, expect, more in [
     ("signal", "\u017f\u0131gterm", "must be one of SIGTERM", {}),
     ("on-rebalance", "chec\u212apoint", "checkpoint or ignore", {}),
     ("dry-run", "tru\u0435", "true or false", {}),  # Cyrillic e
+    ("save-on-signal", "tru\u0435", "true or false", {}),
     ("resume-command", "/opt/train --resume " + "x".translate(FW), SHELL, {}),
 ]:
     TAG_CASES.append(_tag("non-ascii", f"{name} {value.encode('unicode_escape').decode()[:40]}", name, value, expect, **more))

@@ -236,3 +236,26 @@ def test_informational_tag_keys_are_case_sensitive_like_every_other_key() -> Non
 def test_informational_tags_do_not_opt_an_instance_in() -> None:
     info_only = {"autostop:run-id": "run-1", "autostop:checkpoint-dir": "/data/ckpt", "autostop:state": "Stopped"}
     assert "autostop:enabled is not 'true'" in problems(info_only)
+
+
+# --- save-on-signal --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("TRUE", True), ("false", False), ("False", False)])
+def test_save_on_signal_reaches_the_checkpoint_document(raw: str, expected: bool) -> None:
+    from datetime import UTC, datetime
+
+    from evaluate_completion.logic import checkpoint_command
+    from shared.settings import Settings
+    from tests.conftest import function_env
+
+    config = parse_instance_config(IID, tags(save_on_signal=raw), POLICY)
+    assert config.save_on_signal is expected
+    assert parse_instance_config(IID, tags(), POLICY).save_on_signal is False
+    _, command = checkpoint_command(config, f"{IID}-run-1-complete", datetime(2026, 12, 1, tzinfo=UTC), Settings.from_env(function_env()))
+    assert command.parameters["SaveOnSignal"] == [raw.lower()]
+
+
+@pytest.mark.parametrize("raw", ["", "yes", "1", " true", "tru\u0435"])
+def test_save_on_signal_other_values_are_refused(raw: str) -> None:
+    assert f"autostop:save-on-signal={raw!r} must be true or false" in problems(tags(save_on_signal=raw))

@@ -121,8 +121,27 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
     assert cp.by_name["stubborn"].trainer.poll() is None  # still training: nothing was killed
 
 
+def test_trainer_with_nothing_on_disk_is_not_signalled(cp: LocalControlPlane) -> None:
+    """No checkpoint on disk and no save-on-signal tag: signalling would end the run with nothing to upload."""
+    tags = base_tags("run-bare", pid_file="{root}/train.pid", completion_marker=f"s3://{cp.deployment.bucket}/runs/run-bare/_SUCCESS")
+    trainer = trainer_args("--steps", "100000", "--step-seconds", "0.01", "--checkpoint-every", "1000000", "--on-signal", "save-and-exit")
+    iid = cp.launch_instance("bare", tags=tags, trainer=trainer)
+    marker(cp, "run-bare")
+    run = start_and_wait(cp, iid, "run-bare")
+    assert (run.status, run.error) == ("FAILED", "CheckpointFailed"), run.reason
+    assert "NoCheckpoint" in (run.cause or "") and "Nothing was signalled" in (run.cause or "")
+    assert "Stop instance" not in run.states
+    assert cp.instance_state("bare") == "running"
+    assert cp.by_name["bare"].trainer.poll() is None  # still training
+
+
 def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: LocalControlPlane) -> None:
-    tags = base_tags("run-coop", pid_file="{root}/train.pid", completion_marker=f"s3://{cp.deployment.bucket}/runs/run-coop/_SUCCESS")
+    tags = base_tags(
+        "run-coop",
+        pid_file="{root}/train.pid",
+        completion_marker=f"s3://{cp.deployment.bucket}/runs/run-coop/_SUCCESS",
+        save_on_signal="true",  # it has no checkpoint on disk yet, and saves one when signalled
+    )
     trainer = trainer_args("--steps", "100000", "--step-seconds", "0.01", "--checkpoint-every", "1000000", "--on-signal", "save-and-exit")
     iid = cp.launch_instance("coop", tags=tags, trainer=trainer)
     marker(cp, "run-coop")  # e.g. a job scheduler declares the run finished while the trainer still runs
