@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-PY_SOURCES := app.py infra lambdas local tests benchmarks
+PY_SOURCES := app.py infra lambdas local tests benchmarks trainer/src
 
-.PHONY: install lint demo test test-unit test-integration test-workflow test-infra test-e2e synth simulate reliability bench clean
+.PHONY: install lint demo test test-unit test-integration test-workflow test-infra test-e2e test-frameworks synth simulate reliability bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,19 @@ test-infra: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest tests/infra
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
+
+## The real-framework layer: PyTorch, Lightning, transformers, DCP and Accelerate write the checkpoints, the real
+## scripts pick, upload and restore them (tests/frameworks). Frameworks live in their own venv (CPU torch, ~45 s).
+FW_VENV := .venv-frameworks
+FW_STAMP := $(FW_VENV)/.installed
+$(FW_STAMP): requirements-frameworks.txt $(wildcard trainer/pyproject.toml)
+	$(PYTHON) -m venv $(FW_VENV)
+	$(FW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FW_VENV)/bin/python -m pip install --quiet -r requirements-frameworks.txt
+	touch $@
+
+test-frameworks: $(STAMP) $(FW_STAMP)
+	AUTOSTOP_FRAMEWORKS_PYTHON=$(abspath $(FW_VENV)/bin/python) $(PY) -m pytest tests/frameworks
 
 ## The invariant as a long property run: 200 drawn examples (`make test` plays a short, reproducible one).
 property-long: $(STAMP)
@@ -74,3 +87,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache build
+	rm -rf .venv-frameworks
