@@ -340,7 +340,7 @@ def test_a_complete_checkpoint_on_disk_lets_the_trainer_be_signalled(
 
     assert proc.returncode == 0, proc.stderr
     assert (out["trainer"], out["checkpoint"]) == ("exited", "step-9")  # the final save, made after the signal
-    assert "before signalling: ready" in proc.stderr
+    assert "before signalling: a complete checkpoint is on disk" in proc.stderr
 
 
 # --- 10. empty files -----------------------------------------------------------------------------------------
@@ -368,15 +368,35 @@ def test_an_empty_file_where_the_previous_checkpoint_had_data_is_incomplete(
     s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path
 ) -> None:
     ckdir = tmp_path / "ck"
-    write(ckdir / "step-100" / "weights", b"w" * 50, T0)
-    write(ckdir / "step-100" / "state", b"s" * 50, T0)
-    write(ckdir / "step-200" / "weights", b"w" * 50, T0 + 10)
-    write(ckdir / "step-200" / "state", b"", T0 + 10)
-    write(ckdir / "step-300" / "weights", b"w" * 50, T0 + 20)  # no state at all
+    write(ckdir / "step-100" / "weights.npy", b"w" * 50, T0)
+    write(ckdir / "step-100" / "state.msgpack", b"s" * 50, T0)
+    write(ckdir / "step-200" / "weights.npy", b"w" * 50, T0 + 10)
+    write(ckdir / "step-200" / "state.msgpack", b"", T0 + 10)
+    write(ckdir / "step-300" / "weights.npy", b"w" * 50, T0 + 20)  # no state at all
     env = checkpoint_env(base_env, bucket, ckdir)
 
     name, _, out = chose(s3, bucket, env)
 
     assert name == "step-100"
-    assert reasons(out)["step-200"] == "state is empty, but step-100's is 50 bytes: the save did not finish"
-    assert reasons(out)["step-300"] == "it lacks state, which step-100 has: the save did not finish"
+    assert reasons(out)["step-200"] == "state.msgpack: it is empty (0 bytes)"
+    assert reasons(out)["step-300"] == "it lacks state.msgpack, which step-100 has: the save did not finish"
+
+
+def test_a_save_in_progress_with_nothing_complete_is_waited_for_never_signalled_over(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    ckdir = tmp_path / "ck"
+    ckdir.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ckdir / "step-100.pt")], stdout=subprocess.PIPE)
+    children.append(writer)
+    assert writer.stdout is not None and writer.stdout.readline() == b"writing\n"
+    trainer, pid_file, counter = start_trainer(children, "exit", tmp_path, ckdir)
+    env = checkpoint_env(base_env, bucket, ckdir, PidFile=str(pid_file), GraceSeconds="4")
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode == 66, proc.stderr
+    assert out["error"] == "NoCheckpoint" and out["message"].startswith("Nothing was signalled: the trainer keeps training")
+    assert "step-100.pt is open for writing by pid" in out["message"]
+    assert trainer.poll() is None and not counter.exists()
+    assert keys(s3, bucket) == []

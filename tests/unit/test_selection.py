@@ -3,6 +3,7 @@ steps read from torch.save/Lightning archives, structural checks, and files held
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,10 @@ import selection  # noqa: E402
         ("zero_to_fp32.py", (None, None)),
         ("val_loss=0.12.ckpt", (None, None)),
         ("model_v2.bin", (None, None)),
+        ("ckpt-2026-12-05_13-45-30.pt", (None, None)),  # a date and a time of day are not steps
+        ("run-20261205.pt", (None, None)),
+        ("2026-12-05_step100", (100, "name:step")),
+        ("step-" + "9" * 41, (None, None)),  # more digits than any step (and than DynamoDB numbers hold)
     ],
 )
 def test_step_of_prefers_step_then_iter_then_epoch_and_never_a_decimal(name: str, expected: tuple[int | None, str | None]) -> None:
@@ -43,7 +48,7 @@ def test_step_of_prefers_step_then_iter_then_epoch_and_never_a_decimal(name: str
 
 def test_content_step_reads_lightning_global_step_without_unpickling(tmp_path: Path) -> None:
     ckpt = write(tmp_path / "last.ckpt", lightning_ckpt(394, epoch=3))
-    assert selection.content_step(str(ckpt)) == (394, "contents:global_step")
+    assert selection.content_step(str(ckpt)) == (394, "contents:global_step", 3)
 
 
 def test_content_step_follows_memoised_keys_and_prefers_step_over_epoch(tmp_path: Path) -> None:
@@ -51,7 +56,7 @@ def test_content_step_follows_memoised_keys_and_prefers_step_over_epoch(tmp_path
     # The same key string twice: pickle memoises it and the second use is a BINGET reference.
     state = {"epoch": 9, "model": {key: "not an int"}, key: 1200}
     path = write(tmp_path / "checkpoint.pt", torch_zip(state))
-    assert selection.content_step(str(path)) == (1200, "contents:step")
+    assert selection.content_step(str(path)) == (1200, "contents:step", 9)
 
 
 def test_content_step_of_a_pickle_that_would_run_code_runs_nothing(tmp_path: Path) -> None:
@@ -62,7 +67,7 @@ def test_content_step_of_a_pickle_that_would_run_code_runs_nothing(tmp_path: Pat
             return (Path.touch, (str(marker),))  # type: ignore[return-value]
 
     path = write(tmp_path / "evil.pt", torch_zip({"global_step": 5, "payload": Evil()}))
-    assert selection.content_step(str(path)) == (5, "contents:global_step")
+    assert selection.content_step(str(path)) == (5, "contents:global_step", None)
     assert not marker.exists()
 
 
@@ -122,3 +127,100 @@ def test_select_orders_by_step_and_lists_what_it_rejected(tmp_path: Path) -> Non
     assert found["chosen"]["name"] == "step-10.pt"
     assert [(c["name"], c["why"]) for c in found["rejected"]] == [("step-11.pt", "it is empty (0 bytes)")]
     assert found["candidates"] == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("step-100.pt", True), ("last.ckpt", True), ("model.safetensors", True), ("step-100", True), ("train_2026.log", False),
+     ("metrics-100.json", False), ("notes_step5.txt", False), ("run100", False)],
+)  # fmt: skip
+def test_only_checkpoint_file_types_are_candidates(name: str, expected: bool) -> None:
+    assert selection.is_checkpoint_file_name(name) is expected
+
+
+def chosen(tmp_path: Path) -> tuple[str | None, dict[str, str | None]]:
+    found = selection.select(str(tmp_path), held={})
+    return (found["chosen"] or {}).get("name"), {c["name"]: c["why"] for c in found["rejected"]}
+
+
+def test_epochs_order_before_steps_counted_within_an_epoch(tmp_path: Path) -> None:
+    write(tmp_path / "epoch1_step900.pt", torch_zip({"x": 1}), time.time() - 10)
+    write(tmp_path / "epoch2_step100.pt", torch_zip({"x": 1}), time.time() - 20)
+    assert chosen(tmp_path)[0] == "epoch2_step100.pt"
+
+
+def test_lightning_epoch_only_names_beat_an_old_on_exception_file(tmp_path: Path) -> None:
+    write(tmp_path / "epoch=9.ckpt", lightning_ckpt(4000, epoch=9))
+    write(tmp_path / "on_exception.ckpt", lightning_ckpt(500, epoch=2))
+    assert chosen(tmp_path)[0] == "epoch=9.ckpt"
+
+
+def test_a_log_with_a_year_in_its_name_is_never_the_checkpoint(tmp_path: Path) -> None:
+    write(tmp_path / "checkpoint-500" / "model.safetensors", safetensors())
+    write(tmp_path / "train_2026.log", b"loss=0.1\n")
+    name, why = chosen(tmp_path)
+    assert name == "checkpoint-500"
+    assert why["train_2026.log"].startswith("not a checkpoint file type")
+
+
+def test_evaluation_results_do_not_make_newer_checkpoints_incomplete(tmp_path: Path) -> None:
+    t0 = time.time() - 100
+    for step in (100, 200, 300):
+        write(tmp_path / f"step-{step}" / "model.safetensors", safetensors(), t0 + step / 10)
+        write(tmp_path / f"step-{step}" / "optimizer.pt", torch_zip({"step": step}), t0 + step / 10)
+        write(tmp_path / f"step-{step}" / "eval_results.json", b"{}", t0 + step / 10 + 1) if step < 300 else None
+    assert chosen(tmp_path) == ("step-300", {})
+
+
+def test_a_missing_rank_file_is_found_and_a_copied_config_does_not_hide_it(tmp_path: Path) -> None:
+    t0 = time.time() - 100
+    for step, ranks in ((100, (0, 1)), (200, (0,))):
+        d = tmp_path / f"global_step{step}"
+        for rank in ranks:
+            write(d / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", torch_zip({"r": rank}), t0 + step)
+        write(d / "config.json", b"{}", t0)  # shutil.copy2 keeps the source's old mtime
+    name, why = chosen(tmp_path)
+    assert name == "global_step100"
+    assert why["global_step200"] == "it lacks zero_pp_rank_1_mp_rank_00_optim_states.pt, which global_step100 has: the save did not finish"
+
+
+def test_hf_saves_prove_themselves_when_their_file_names_change(tmp_path: Path) -> None:
+    from tests.checkpoint_layouts import hf_checkpoint
+
+    t0 = time.time() - 100
+    hf_checkpoint(tmp_path, 100, t0)
+    d = hf_checkpoint(tmp_path, 200, t0 + 10)
+    (d / "rng_state.pth").rename(d / "rng_state_0.pth")  # another world size
+    assert chosen(tmp_path)[0] == "checkpoint-200"
+
+
+def test_nested_dcp_without_metadata_and_symlinks_inside_are_incomplete(tmp_path: Path) -> None:
+    write(tmp_path / "step-100" / "optim" / "__0_0.distcp", b"x" * 10)
+    write(tmp_path / "step-100" / "optim" / ".metadata", b"m")
+    write(tmp_path / "step-200" / "optim" / "__0_0.distcp", b"x" * 10)
+    write(tmp_path / "step-300" / "config.json", b"{}")
+    (tmp_path / "step-300" / "model.safetensors").symlink_to(tmp_path / "step-100" / "optim" / "__0_0.distcp")
+    name, why = chosen(tmp_path)
+    assert name == "step-100"
+    assert "optim/ holds torch.distributed.checkpoint shards but no .metadata" in why["step-200"]
+    assert "symbolic link, model.safetensors" in why["step-300"]
+
+
+def test_malformed_files_are_rejected_not_crashed_on(tmp_path: Path) -> None:
+    import zipfile
+
+    header = b"[1, 2]"
+    write(tmp_path / "step-1" / "model.safetensors", len(header).to_bytes(8, "little") + header)
+    offsets = b'{"w": {"dtype": "U8", "shape": [1], "data_offsets": ["0", "x"]}}'
+    write(tmp_path / "step-2" / "model.safetensors", len(offsets).to_bytes(8, "little") + offsets)
+    write(tmp_path / "step-3" / "model.safetensors.index.json", b'{"weight_map": {"a": null}}')
+    with zipfile.ZipFile(tmp_path / "broken.pt", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + b"x" * 4000)
+    raw = (tmp_path / "broken.pt").read_bytes()
+    at = raw.index(b"archive/data.pkl") + 40
+    (tmp_path / "broken.pt").write_bytes(raw[:at] + b"\xff" * 32 + raw[at + 32 :])  # corrupt deflate stream
+    os.mkdir(tmp_path / b"step-4\xff".decode("utf-8", "surrogateescape"))
+    name, why = chosen(tmp_path)
+    assert name == "step-3"  # an index naming nothing is whole
+    assert why["step-1"] == why["step-2"] == "model.safetensors: its safetensors header does not parse"
+    assert why["broken.pt"] == "no step number in its name or contents"

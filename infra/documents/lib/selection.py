@@ -4,25 +4,29 @@ newest checkpoint that the user's framework can resume from.
 Pasted into the checkpoint document's python3 helper (``infra/documents/checkpoint.sh``) at synth time, and
 imported directly by the tests. Rules, in the order they are applied to each top-level entry of the directory:
 
-1. Names: temporary-looking names (``is_temp``), symbolic links and ``*-NNNNN-of-NNNNN.*`` shards at the top
-   level (one file of a sharded model export, never a checkpoint on its own) are left out.
+1. Names: temporary-looking names (``is_temp``), symbolic links, names that are not UTF-8 or hold control
+   characters, ``*-NNNNN-of-NNNNN.*`` shards at the top level (one file of a sharded model export), files of
+   other types than checkpoints (``is_checkpoint_file_name``: a ``.log`` or ``.json`` never is) and directories
+   without a step in their name are left out (and never walked).
 2. Step (``step_of``): the number after ``step`` (``global_step100``, ``epoch=2-step=260-loss=0.01.ckpt``),
-   else after ``iter``/``iteration``, else after ``epoch``, else the last whole number of the name (never a
-   decimal such as ``loss=0.12``). A file whose name has none is read: a torch.save / Lightning zip archive
-   gives the ``global_step``, ``step``, ``iteration``, ``iter`` or ``epoch`` stored in its pickle, read with
-   ``pickletools`` without executing anything (Lightning's ``last.ckpt`` and ``on_exception.ckpt``). An entry
-   with no step anywhere is left out.
-3. Completeness (``judge``): no file may be open for writing by any process (``/proc/*/fdinfo`` flags); no
-   zero-byte data file; zip archives need an intact central directory; safetensors headers must parse and
-   their sizes agree; ``-NNNNN-of-NNNNN`` shard sets and ``*.safetensors.index.json`` maps must be whole;
-   Hugging Face Trainer directories need ``trainer_state.json`` (written last), torch.distributed.checkpoint
-   directories ``.metadata`` (written last), Accelerate directories their ``random_states_*.pkl``, orbax
-   directories ``commit_success.txt`` where a sibling has one; a directory lacking a file (digits aside) that
-   its newest complete older sibling had when this one was started is incomplete.
-4. Order: the highest step wins; the newest modification time only breaks ties.
+   else after ``iter``/``iteration``, else after ``epoch``, else the last whole number of the name; never a
+   decimal (``loss=0.12``), a date or a time of day, nor more than 18 digits. A file whose name has none is
+   read: a torch.save / Lightning zip archive gives the ``global_step``, ``step``, ``iteration``, ``iter`` or
+   ``epoch`` stored in its pickle, read with ``pickletools`` without executing anything (Lightning's
+   ``last.ckpt`` and ``on_exception.ckpt``). An entry with no step anywhere is left out.
+3. Completeness (``judge``): no file may be open for writing by any process (``/proc/*/fdinfo`` flags: O_WRONLY
+   or O_RDWR); no symbolic link or special file inside; no zero-byte data file; zip archives need an intact
+   central directory; safetensors headers must parse and their sizes agree; ``-NNNNN-of-NNNNN`` shard sets and
+   ``*.safetensors.index.json`` maps must be whole; Hugging Face Trainer directories need ``trainer_state.json``
+   (written last), torch.distributed.checkpoint directories, at any depth, ``.metadata`` (written last),
+   Accelerate directories their ``random_states_*.pkl``, orbax directories ``commit_success.txt`` where a
+   sibling has one. Other than HF and DCP saves, whose last file proves them, a directory lacking a data file
+   (step digits aside) that its newest complete older sibling held before it was written is incomplete.
+4. Order (``newer``): by epoch where both name one, then the highest step; modification time only breaks ties.
 """
 
 import errno
+import functools
 import json
 import os
 import pickletools
@@ -37,16 +41,21 @@ TEMP_TOKENS = frozenset(("temp", "partial", "part", "incomplete", "lock", "inpro
 TOKEN_SEP_RE = re.compile(r"[._-]")
 # Named step numbers, by preference; a number followed by ".<digit>" is a decimal, never a step.
 NAMED_STEP_RES = (
-    ("step", re.compile(r"(?:^|[^a-z])(?:global_)?steps?[=_-]?0*([0-9]+)(?![0-9]|\.[0-9])")),
-    ("iter", re.compile(r"(?:^|[^a-z])iter(?:ation)?s?[=_-]?0*([0-9]+)(?![0-9]|\.[0-9])")),
-    ("epoch", re.compile(r"(?:^|[^a-z])epochs?[=_-]?0*([0-9]+)(?![0-9]|\.[0-9])")),
+    ("step", re.compile(r"(?:^|[^a-z])(?:global_)?steps?[=_-]?0*([0-9]{1,18})(?![0-9]|\.[0-9])")),
+    ("iter", re.compile(r"(?:^|[^a-z])iter(?:ation)?s?[=_-]?0*([0-9]{1,18})(?![0-9]|\.[0-9])")),
+    ("epoch", re.compile(r"(?:^|[^a-z])epochs?[=_-]?0*([0-9]{1,18})(?![0-9]|\.[0-9])")),
 )
+EPOCH_RE = NAMED_STEP_RES[2][1]
+# A date or a time of day in a name (2026-12-05, 20261205, 13-45-30): its numbers are never a step.
+DATE_RE = re.compile(r"(?:19|20)[0-9]{2}[-_.]?(?:0[1-9]|1[0-2])[-_.]?(?:0[1-9]|[12][0-9]|3[01])|[0-2][0-9][-_:][0-5][0-9][-_:][0-5][0-9]")
 # Any other whole number: at the start, after a non-alphanumeric character other than '.', or right after
 # checkpoint/ckpt/model (checkpoint-500, ckpt_7, model100); not the "32" of fp32 nor the "2" of v2.
-PLAIN_NUMBER_RE = re.compile(r"(?:^|[^a-z0-9.]|checkpoint|ckpt|model)[-_=]?0*([0-9]+)(?![0-9]|\.[0-9])")
+PLAIN_NUMBER_RE = re.compile(r"(?:^|[^a-z0-9.]|checkpoint|ckpt|model)[-_=]?0*([0-9]{1,18})(?![0-9]|\.[0-9])")
 CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
 SHARD_RE = re.compile(r"^(.*)-([0-9]{5})-of-([0-9]{5})(\.[^/]*)?$")
 DATA_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".distcp", ".pkl", ".npy", ".npz", ".msgpack", ".h5", ".tar")
+# A top-level file is a checkpoint only with one of these suffixes (or none, with step/iter/epoch in its name).
+CHECKPOINT_FILE_SUFFIXES = DATA_SUFFIXES + (".pdparams", ".keras", ".joblib", ".gz", ".zst", ".model")
 CONTENT_STEP_KEYS = ("global_step", "step", "iteration", "iter", "epoch")
 HF_TRAINER_FILES = ("trainer_state.json", "training_args.bin", "rng_state.pth")
 ACCELERATE_FILES = ("optimizer.bin", "scheduler.bin", "sampler.bin")
@@ -77,14 +86,29 @@ def is_temp(name, top):
 
 def step_of(name):
     """(step, source) that a checkpoint name carries, e.g. (260, "name:step") for ``epoch=2-step=260.ckpt``;
-    (None, None) when the name holds no step."""
-    low = name.lower()
+    (None, None) when the name holds no step. Numbers of a date or time of day never count."""
+    low = DATE_RE.sub("-", name.lower())
     for source, pattern in NAMED_STEP_RES:
         match = pattern.search(low)
         if match:
             return int(match.group(1)), f"name:{source}"
     numbers = PLAIN_NUMBER_RE.findall(low)
     return (int(numbers[-1]), "name:number") if numbers else (None, None)
+
+
+def epoch_of(name):
+    """The epoch a checkpoint name carries (``epoch=2-step=260.ckpt`` → 2), else None."""
+    match = EPOCH_RE.search(DATE_RE.sub("-", name.lower()))
+    return int(match.group(1)) if match else None
+
+
+def is_checkpoint_file_name(name):
+    """Can a top-level regular file of this name be a checkpoint? Checkpoint suffixes only (``.log``, ``.json``,
+    ``.txt`` are never one); a name without a suffix only with a step, iter or epoch in it."""
+    low = name.lower()
+    if low.endswith(CHECKPOINT_FILE_SUFFIXES):
+        return True
+    return "." not in low and any(p.search(low) for _, p in NAMED_STEP_RES)
 
 
 # --- who writes what: /proc --------------------------------------------------------------------------
@@ -172,30 +196,32 @@ def _safetensors_check(f, head, size):
         return None, "its safetensors header is longer than the file: the save was cut short"
     try:
         header = json.loads(f.read(length))
-        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-    except (ValueError, KeyError, TypeError, IndexError):
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        end = 8 + length + max(ends, default=0)
+    except Exception:  # not JSON, not an object, offsets that are not numbers
         return None, "its safetensors header does not parse"
-    if 8 + length + max(ends, default=0) != size:
-        return None, f"its safetensors tensors end at byte {8 + length + max(ends, default=0)} but the file has {size}"
+    if end != size:
+        return None, f"its safetensors tensors end at byte {end} but the file has {size}"
     return "safetensors header and size agree", None
 
 
 def content_step(path):
-    """(step, "contents:<key>") stored in a torch.save/Lightning zip archive's pickle, else (None, None).
+    """(step, "contents:<key>", epoch) stored in a torch.save/Lightning zip archive's pickle, else (None, None, None).
 
     The pickle is walked with ``pickletools.genops`` (opcodes only, nothing executed); the first integer
-    value of a string key in ``CONTENT_STEP_KEYS`` counts, keys earlier in that tuple winning."""
+    value of a string key in ``CONTENT_STEP_KEYS`` counts, keys earlier in that tuple winning; ``epoch`` is
+    also returned on its own."""
     try:
         with _open_nofollow(path) as f, zipfile.ZipFile(f) as zf:
             entry = next((i for i in zf.infolist() if i.filename.endswith("data.pkl")), None)
             if entry is None or entry.file_size > MAX_PICKLE_BYTES:
-                return None, None
+                return None, None, None
             data = zf.read(entry)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return None, None
-    found = _pickle_ints(data)
+    except Exception:  # not a zip, a damaged one, an unsupported compression: no step from it
+        return None, None, None
+    found = {k: v for k, v in _pickle_ints(data).items() if 0 <= v < 10**18}
     key = next((k for k in CONTENT_STEP_KEYS if k in found), None)
-    return (found[key], f"contents:{key}") if key else (None, None)
+    return (found[key], f"contents:{key}", found.get("epoch")) if key else (None, None, None)
 
 
 def _pickle_ints(data):
@@ -286,10 +312,13 @@ def scan_dir(ckdir, ckfd, name):
         for entry in sorted(dirs + names):
             full = os.path.join(ckdir, root, entry)
             st = _lstat(entry, rootfd, full)
+            rel = os.path.relpath(os.path.join(root, entry), name)
             if stat.S_ISREG(st.st_mode):
-                files.append(_file(full, os.path.relpath(os.path.join(root, entry), name), st))
+                files.append(_file(full, rel, st))
+            elif stat.S_ISLNK(st.st_mode):  # its data would be missing from the upload: never a complete checkpoint
+                return None, f"it contains a symbolic link, {show(rel)}, which autostop does not follow; save the file itself there"
             elif not stat.S_ISDIR(st.st_mode):
-                _log(f"not uploading {show(full)} ({'symlink' if stat.S_ISLNK(st.st_mode) else 'not a regular file'})")
+                return None, f"it contains {show(rel)}, which is not a regular file"
     if not walked:
         return None, "it was replaced while it was being scanned"
     if not files:
@@ -317,19 +346,13 @@ def entry_candidate(ckdir, ckfd, name):
         st = os.stat(name, dir_fd=ckfd, follow_symlinks=False)
         cand = {"name": name, "is_dir": stat.S_ISDIR(st.st_mode), "mtime_ns": st.st_mtime_ns, "files": [], "why": None}
         cand["step"], cand["step_source"] = step_of(name)
-        if is_temp(name, top=True):
-            cand["why"] = "temporary name"
-        elif stat.S_ISLNK(st.st_mode):
-            cand["why"] = "symbolic link"
-        elif SHARD_RE.match(name):
-            cand["why"] = "one shard of a sharded save, not a checkpoint on its own; save shards into a step directory"
-        elif stat.S_ISREG(st.st_mode):
+        cand["epoch"] = epoch_of(name)
+        cand["why"] = _name_problem(name, st, cand)
+        if cand["why"] is None and stat.S_ISREG(st.st_mode):
             cand["files"] = [_file(os.path.join(ckdir, name), name, st)]
             if cand["step"] is None:
-                cand["step"], cand["step_source"] = content_step(os.path.join(ckdir, name))
-        elif not cand["is_dir"]:
-            cand["why"] = "not a regular file or directory"
-        else:
+                cand["step"], cand["step_source"], cand["epoch"] = content_step(os.path.join(ckdir, name))
+        elif cand["why"] is None:
             cand["files"], cand["why"] = scan_dir(ckdir, ckfd, name)
             cand["files"] = cand["files"] or []
         if cand["why"] is None and cand["step"] is None:
@@ -342,15 +365,36 @@ def entry_candidate(ckdir, ckfd, name):
         raise Fail(4, f"cannot read {where}: {exc.strerror}; fix its permissions and retry") from None
     if cand["files"]:
         cand["mtime_ns"] = max(f["mtime_ns"] for f in cand["files"])
-        cand["first_mtime_ns"] = min(f["mtime_ns"] for f in cand["files"])
     return cand
+
+
+def _name_problem(name, st, cand):
+    """Why top-level entry NAME (lstat ST) can never be a checkpoint, judged by its name and type alone; or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 and cannot be an S3 key; rename it"
+    if CONTROL_CHARS_RE.search(name):
+        return "its name contains control characters; rename it"
+    if is_temp(name, top=True):
+        return "temporary name"
+    if stat.S_ISLNK(st.st_mode):
+        return "symbolic link"
+    if SHARD_RE.match(name):
+        return "one shard of a sharded save, not a checkpoint on its own; save shards into a step directory"
+    if stat.S_ISREG(st.st_mode):
+        return None if is_checkpoint_file_name(name) else "not a checkpoint file type (.pt, .pth, .ckpt, .bin, .safetensors, ...)"
+    if not cand["is_dir"]:
+        return "not a regular file or directory"
+    return "no step number in its name" if cand["step"] is None else None
 
 
 # --- completeness ------------------------------------------------------------------------------------
 
 
-def _norm(rel):
-    return re.sub(r"[0-9]+", "#", rel)
+def _norm(rel, step):
+    """REL with STEP's digits (with leading zeros) replaced by '#', so two checkpoints' file names compare."""
+    return re.sub(r"(?<![0-9])0*%d(?![0-9])" % step, "#", rel) if step is not None else rel
 
 
 def judge(cand, held, reference, orbax_commits):
@@ -370,7 +414,9 @@ def judge(cand, held, reference, orbax_commits):
         return None, "it holds only empty files"
     if not cand["is_dir"]:
         return rules[0], None
-    why = _whole_sets(cand) or _layout_missing(cand, orbax_commits) or _lacks_sibling_files(cand, reference)
+    why = _whole_sets(cand) or _nested_dcp_missing(cand) or _layout_missing(cand, orbax_commits)
+    if not why and _layout(cand) not in SELF_PROVING:
+        why = _lacks_sibling_files(cand, reference)
     return (None, why) if why else (_layout_rule(cand), None)
 
 
@@ -394,11 +440,11 @@ def _index_missing(cand, rel, rels):
     path = next(f["abs"] for f in cand["files"] if f["rel"] == rel)
     try:
         with _open_nofollow(path) as f:
-            weight_map = json.load(f).get("weight_map", {})
-    except (OSError, ValueError, AttributeError):
+            names = {v for v in json.load(f).get("weight_map", {}).values() if isinstance(v, str)}
+    except Exception:
         return f"{rel} (unreadable)"
     base = os.path.dirname(rel)
-    return next((v for v in sorted(set(weight_map.values())) if os.path.join(base, v) not in rels), None)
+    return next((v for v in sorted(names) if os.path.join(base, v) not in rels), None)
 
 
 def _layout(cand):
@@ -415,6 +461,10 @@ def _layout(cand):
         return "orbax"
     return None
 
+
+SELF_PROVING = ("hf-trainer", "dcp")
+"""Layouts whose last-written file proves the save finished, whatever an older sibling held (Accelerate writes
+registered objects after its random states, so it is not one)."""
 
 LAYOUT_NEEDS = {
     "hf-trainer": ("trainer_state.json", "Hugging Face Trainer writes trainer_state.json last"),
@@ -434,6 +484,17 @@ def _layout_missing(cand, orbax_commits):
     return None if present else f"no {needed} ({why}): the save did not finish"
 
 
+def _nested_dcp_missing(cand):
+    """Why a torch.distributed.checkpoint save nested in CAND (a directory of ``*.distcp`` below its top) is
+    incomplete, or None: DCP writes ``.metadata`` into the same directory last."""
+    dirs = {os.path.dirname(f["rel"]) for f in cand["files"] if f["rel"].endswith(".distcp") and "/" in f["rel"]}
+    present = {os.path.dirname(f["rel"]) for f in cand["files"] if os.path.basename(f["rel"]) == ".metadata" and f["size"] > 0}
+    missing = sorted(dirs - present)
+    if not missing:
+        return None
+    return f"{missing[0]}/ holds torch.distributed.checkpoint shards but no .metadata (written last): the save did not finish"
+
+
 def _layout_rule(cand):
     layout = _layout(cand)
     if layout:
@@ -442,16 +503,16 @@ def _layout_rule(cand):
 
 
 def _lacks_sibling_files(cand, reference):
-    """Why CAND lacks what REFERENCE (its newest complete older sibling) held when CAND was started, or None.
-
-    Files added to the sibling after CAND's first file was written (an evaluation job's results) do not count."""
+    """Why CAND lacks a data file that REFERENCE (its newest complete older sibling) held before CAND was written,
+    or None. Only data files count (``DATA_SUFFIXES``: an evaluation job's ``eval_results.json`` never does), and
+    names are compared with each one's own step number replaced (``model_step100.pt`` ~ ``model_step200.pt``)."""
     if reference is None:
         return None
-    mine = {_norm(f["rel"]): f for f in cand["files"]}
+    mine = {_norm(f["rel"], cand["step"]): f for f in cand["files"]}
     for f in reference["files"]:
-        if f["mtime_ns"] >= cand["first_mtime_ns"]:
-            continue
-        own = mine.get(_norm(f["rel"]))
+        if not f["rel"].lower().endswith(DATA_SUFFIXES) or f["mtime_ns"] >= cand["mtime_ns"]:
+            continue  # not data, or added to the sibling after this checkpoint was written
+        own = mine.get(_norm(f["rel"], reference["step"]))
         if own is None:
             return f"it lacks {f['rel']}, which {reference['name']} has: the save did not finish"
         if own["size"] == 0 and f["size"] > 0:
@@ -462,8 +523,17 @@ def _lacks_sibling_files(cand, reference):
 # --- the choice ---------------------------------------------------------------------------------------
 
 
-def order_key(cand):
-    return (cand["step"] if cand["step"] is not None else -1, cand["mtime_ns"], cand["name"])
+def newer(a, b):
+    """> 0 when candidate A is newer than B: by epoch where both name one and they differ (``epoch1_step900``
+    is older than ``epoch2_step100``), else by step (none lowest), then modification time, then name."""
+    if a.get("epoch") is not None and b.get("epoch") is not None and a["epoch"] != b["epoch"]:
+        return a["epoch"] - b["epoch"]
+    ka = (a["step"] if a["step"] is not None else -1, a["mtime_ns"], a["name"])
+    kb = (b["step"] if b["step"] is not None else -1, b["mtime_ns"], b["name"])
+    return (ka > kb) - (ka < kb)
+
+
+order_key = functools.cmp_to_key(newer)
 
 
 def select(ckdir, held=None):
@@ -471,7 +541,7 @@ def select(ckdir, held=None):
     ``rejected`` (every entry left out, newest first, each with ``why``), ``candidates`` (how many were
     considered) and ``open_check`` (None, or why files being written could not all be detected).
 
-    A candidate is {name, is_dir, step, step_source, mtime_ns, first_mtime_ns, files, why, rule}; each file
+    A candidate is {name, is_dir, step, step_source, epoch, mtime_ns, files, why, rule}; each file
     {abs, rel, size, mtime_ns, dev, ino}. Raises Fail(3) when CKDIR is missing, not a directory or a link;
     Fail(4) on unreadable entries."""
     if held is None:
