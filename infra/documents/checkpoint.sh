@@ -49,8 +49,10 @@
 #           4. Uploads the manifest LAST to ManifestKey: it adds "mode", "fresh" and "layout" (file | directory)
 #              to the fields of schema 1. Nothing is deleted on the instance.
 #   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
-#             {"result":"uploaded","manifest":"s3://B/K","files":N,"bytes":B,"trainer":T,"checkpoint":NAME,"step":N,
-#              "fresh":F}
+#             {"result":"uploaded","manifest":"s3://B/K","manifest_version_id":V,"manifest_sha256":H,"files":N,
+#              "bytes":B,"trainer":T,"checkpoint":NAME,"step":N,"fresh":F}
+#             V: the manifest's S3 VersionId (null when the bucket is not versioned: Verify then refuses it); H: the
+#             SHA-256 (hex) of the manifest's bytes. The manifest lists every object's VersionId ("version_id").
 #             T: exited | not_running | pid_file_missing | pid_file_unreadable | not_configured | still_running
 #                (still_running only in Mode interruption)
 #             F: true when the trainer was signalled and the checkpoint's newest mtime is at or after that moment.
@@ -220,9 +222,18 @@ if [[ -n $SSM_PidFile ]]; then
   else
     trainer_start=$PID_START
     if [[ $SSM_Mode == stop && $SSM_SaveOnSignal != true ]]; then
-      # Decide before signalling: a trainer that exits on the signal must leave something to upload.
-      py precheck precheck "$SSM_CheckpointDir"
-      log "before signalling: ${precheck} (a complete checkpoint is on disk, or a save is in progress)"
+      # Decide before signalling: a trainer that exits on the signal must leave something to upload. A save in
+      # progress with nothing complete yet is waited for (up to the grace, at most 120 s), never signalled over.
+      waited=0
+      py precheck precheck "$SSM_CheckpointDir" 0
+      while [[ $precheck == saving ]]; do
+        last=0
+        ((waited + 2 < grace && waited + 2 < 120)) || last=1
+        sleep 2
+        waited=$((waited + 2))
+        py precheck precheck "$SSM_CheckpointDir" "$last"
+      done
+      log "before signalling: a complete checkpoint is on disk (waited ${waited} s for a save in progress)"
     fi
     log "sending SIG${SSM_Signal} to trainer pid ${pid}; waiting up to ${grace} s for it to exit"
     signal_ns=$(date +%s%N 2>/dev/null) || signal_ns=""
@@ -372,7 +383,7 @@ put_object "$WORK/manifest.json" "$SSM_ManifestKey" "$manifest_b64" \
   "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}" --content-type=application/json
 
 # --- 6. Result ------------------------------------------------------------------------------------
-py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer" "$signal_ns"
+py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer" "$signal_ns" "$WORK/resp.json"
 FINAL_PRINTED=1
 printf '%s\n' "$result"
 exit 0

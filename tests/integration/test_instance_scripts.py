@@ -438,6 +438,9 @@ def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base
     prefix, manifest_key = env["SSM_UploadPrefix"], env["SSM_ManifestKey"]
     total = sum(len(d) for d in newest.values())
     rejected = out.pop("rejected")
+    manifest_body = s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
+    assert out.pop("manifest_sha256") == hashlib.sha256(manifest_body).hexdigest()  # what Verify pins
+    assert out.pop("manifest_version_id") is None  # this test bucket is not versioned (the stack's is)
     assert out == {
         "result": "uploaded",
         "manifest": f"s3://{bucket}/{manifest_key}",
@@ -697,8 +700,11 @@ def test_checkpoint_without_a_checkpoint(s3: Any, bucket: str, base_env: dict[st
     assert keys(s3, bucket) == []
     message = out["message"]
     if layout == "no-step-number":  # the newest five, newest first, so that the user can act
-        names = ["latest", "runs", "zero_to_fp32.py", "final.pt", "model.safetensors"]
-        listed = ", ".join(f"{name} (no step number in its name or contents)" for name in names)
+        listed = (
+            "latest (not a checkpoint file type (.pt, .pth, .ckpt, .bin, .safetensors, ...)), runs (no step number in its name), "
+            "zero_to_fp32.py (not a checkpoint file type (.pt, .pth, .ckpt, .bin, .safetensors, ...)), "
+            "final.pt (no step number in its name or contents), model.safetensors (no step number in its name or contents)"
+        )
         assert listed in message and "and 1 more" in message and "config.json" not in message
     elif layout == "only-incomplete":
         assert (

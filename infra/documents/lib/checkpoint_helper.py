@@ -68,19 +68,20 @@ def summary(choice):
     return text[:600]
 
 
-def cmd_precheck(ckdir):
+def cmd_precheck(ckdir, last_try):
     """Before the trainer is signalled (Mode stop): print ``ready`` when a complete checkpoint exists, ``saving``
-    when a save is in progress; Fail(3) when nothing on disk could be uploaded."""
+    when none does but a save is in progress (the caller waits and asks again; LAST_TRY "1": it has waited
+    enough); Fail(3) otherwise. The trainer is only ever signalled after ``ready``."""
     found = select(ckdir)
     if found["chosen"] is not None:
         print("ready")
-    elif saving_now(found):
+    elif saving_now(found) and last_try != "1":
         print("saving")
     else:
         raise Fail(
             3,
-            no_checkpoint(ckdir, found) + ". Nothing was signalled: the trainer keeps training. Save a checkpoint there, "
-            "or tag autostop:save-on-signal=true if the trainer saves one when it is signalled",
+            "Nothing was signalled: the trainer keeps training. Save a checkpoint there, or tag "
+            f"autostop:save-on-signal=true if the trainer saves one when it is signalled. {no_checkpoint(ckdir, found)}",
         )
 
 
@@ -239,15 +240,30 @@ def cmd_complete(parts_path, out):
     print(f"{b64(composite)}-{len(parts)}")
 
 
+def version_id(resp):
+    """The S3 VersionId PutObject/CompleteMultipartUpload returned (None when the bucket is not versioned)."""
+    value = resp.get("VersionId")
+    return value if isinstance(value, str) and value and value != "null" else None
+
+
 def cmd_record(files_path, resp_path, full, rel, key, size, mtime_ns, dev, ino, hexdigest, checksum, parts):
-    same_checksum(response(resp_path), checksum, key)
+    resp = response(resp_path)
+    same_checksum(resp, checksum, key)
     with open(os.devnull, "w") as quiet:
         saved, sys.stdout = sys.stdout, quiet
         try:
             cmd_unchanged(full, size, mtime_ns, dev, ino)
         finally:
             sys.stdout = saved
-    record = {"key": key, "path": rel, "size": int(size), "sha256": hexdigest, "checksum_sha256": checksum, "parts": int(parts)}
+    record = {
+        "key": key,
+        "path": rel,
+        "size": int(size),
+        "sha256": hexdigest,
+        "checksum_sha256": checksum,
+        "parts": int(parts),
+        "version_id": version_id(resp),
+    }
     try:
         with open(files_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -311,13 +327,19 @@ def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucke
     print(b64(hashlib.sha256(data).digest()))
 
 
-def cmd_success(work, bucket, manifest_key, trainer, signal_ns):
+def cmd_success(work, bucket, manifest_key, trainer, signal_ns, manifest_resp):
+    """The result line. It reaches the control plane through SSM from this instance only, so it pins what Verify
+    reads: the manifest's S3 VersionId and SHA-256 (hex), and the file and byte counts of this upload."""
     choice, files = load(work)
+    with open(os.path.join(work, "manifest.json"), "rb") as f:
+        manifest_sha256 = hashlib.sha256(f.read()).hexdigest()
     print(
         json.dumps(
             {
                 "result": "uploaded",
                 "manifest": f"s3://{bucket}/{manifest_key}",
+                "manifest_version_id": version_id(response(manifest_resp)),
+                "manifest_sha256": manifest_sha256,
                 "files": len(files),
                 "bytes": sum(f["size"] for f in files),
                 "trainer": trainer,
