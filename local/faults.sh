@@ -5,11 +5,12 @@
 #                   checksum of the whole file. Real S3 rejects that with BadDigest (the checkpoint
 #                   command fails: CheckpointFailed); moto accepts it without storing a checksum, so the
 #                   verifier must catch it (UploadUnverified).
-#   lose_object     right after the manifest is uploaded, the first checkpoint object it lists is
-#                   deleted, as a cleanup job or lifecycle rule racing the upload would (UploadUnverified).
+#   lose_object     right after the manifest is uploaded, every version of the first checkpoint object it
+#                   lists is deleted, as a lifecycle rule or an administrator would (UploadUnverified).
 # More (local/faults.py documents them): kill_midway and interrupt_upload act on the second checkpoint
 # object's put-object (SIGKILL of the whole command; a lost connection, exit 255); wrong_size,
-# checksum_mismatch, old_checkpoint and manifest_not_json tamper with S3 right after the manifest upload.
+# checksum_mismatch, old_checkpoint and manifest_not_json are a second writer putting other bytes at the same
+# keys right after the manifest upload: new versions, which Verify never reads (it reads the instance's).
 set -euo pipefail
 self_dir=$(cd "$(dirname "$0")" && pwd)
 PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$self_dir" | paste -sd: -)
@@ -53,8 +54,13 @@ if [[ "$faults" == *,corrupt_upload,* && "$key" != *manifests/* && $body_index -
 fi
 aws "${args[@]}"
 if [[ "$faults" == *,lose_object,* && "$key" == *manifests/* ]]; then
+  # Every version of it, as a lifecycle rule or an administrator would (a plain delete only adds a delete marker,
+  # and Verify reads the version the instance wrote).
   first=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["files"][0]["key"])' "$body")
-  aws s3api delete-object --bucket "$bucket" --key "$first" > /dev/null
+  aws s3api list-object-versions --bucket "$bucket" --prefix "$first" --query 'Versions[].VersionId' --output text |
+    tr '\t' '\n' | while read -r version; do
+      [[ -z $version || $version == None ]] || aws s3api delete-object --bucket "$bucket" --key "$first" --version-id "$version" > /dev/null
+    done
 fi
 if [[ "$key" == *manifests/* && "$faults" =~ ,(wrong_size|checksum_mismatch|old_checkpoint|manifest_not_json), ]]; then
   tmp=$(mktemp)

@@ -223,6 +223,8 @@ class ManifestFile(Frozen):
     (base64 of the SHA-256 of the concatenated part digests) followed by ``-<parts>`` for a multipart upload."""
     parts: int = Field(ge=0, le=10000)
     """0 for a single PutObject, else the number of multipart parts."""
+    version_id: str | None = Field(None, min_length=1, max_length=1024)
+    """The S3 VersionId PutObject/CompleteMultipartUpload returned to the instance; Verify reads exactly it."""
 
     @field_validator("key")
     @classmethod

@@ -1,13 +1,18 @@
-"""Verify checkpoint Task state: judge the checkpoint command, then prove the upload from S3 alone.
+"""Verify checkpoint Task state: judge the checkpoint command, then prove the upload from S3 by provenance.
 
-S3 is the source of truth: the manifest named by the Evaluate step is read back and every object it
-lists is checked with HeadObject (ChecksumMode=ENABLED) for presence, size, S3's own SHA-256 checksum
-and a LastModified no older than the decision. The command's stdout is only used to explain failures.
+The command's result line reaches the control plane through SSM from the instance that wrote the checkpoint,
+so it pins what is read: the manifest's S3 VersionId and SHA-256, and the file and byte counts. The manifest
+is read at exactly that version (GetObject/HeadObject with VersionId) and must hash to that SHA-256; every
+object it lists is checked at the VersionId the instance got back from S3 (HeadObject, ChecksumMode=ENABLED)
+for presence, size, S3's own SHA-256 checksum and a LastModified no older than the decision. Anything another
+writer put at the same keys is a different version and is never read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +79,25 @@ def checksum_matches(expected: str, actual: str | None, parts: int) -> bool:
     return not (exp_parts and exp_parts != str(parts))
 
 
+VERSION_ID_RE = re.compile(r"^[A-Za-z0-9._+/=-]{1,1024}$")
+SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def pinned_manifest(line: dict[str, Any]) -> tuple[str, str] | str:
+    """(VersionId, SHA-256 hex) of the manifest that the checkpoint command's result line names, or why not.
+
+    ``line``: the command's final JSON line (``manifest_version_id``, ``manifest_sha256``)."""
+    version, digest = line.get("manifest_version_id"), line.get("manifest_sha256")
+    if not isinstance(version, str) or not VERSION_ID_RE.fullmatch(version):
+        return (
+            "the checkpoint command's result names no S3 VersionId for it, so what it wrote cannot be told from what "
+            "another writer put at the same key; the checkpoint bucket must have S3 Versioning enabled"
+        )
+    if not isinstance(digest, str) or not SHA256_HEX_RE.fullmatch(digest):
+        return "the checkpoint command's result names no SHA-256 for it"
+    return version, digest
+
+
 class Verifier:
     """Reads one manifest and checks its objects. ``s3`` is a boto3 S3 client; ``records`` (optional) gets
     the verified checkpoint as the run record's ``last_checkpoint``."""
@@ -83,9 +107,10 @@ class Verifier:
         self.records = records
         self.max_workers = max_workers
 
-    def _head(self, bucket: str, key: str) -> dict[str, Any] | str:
+    def _head(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, Any] | str:
+        pinned = {"VersionId": version_id} if version_id else {}
         try:
-            return self.s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")  # type: ignore[no-any-return]
+            return self.s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **pinned)  # type: ignore[no-any-return]
         except ClientError as exc:
             if is_transient(exc):
                 raise TransientAwsError(f"HeadObject s3://{bucket}/{key}: {error_code(exc)}") from exc
@@ -93,7 +118,9 @@ class Verifier:
             return "missing" if code in ("404", "NoSuchKey", "NotFound") else f"HeadObject failed ({code})"
 
     def check_file(self, bucket: str, f: ManifestFile, not_before: datetime) -> str | None:
-        head = self._head(bucket, f.key)
+        if not f.version_id:
+            return f"{f.key}: the manifest names no S3 VersionId (the checkpoint bucket must be versioned)"
+        head = self._head(bucket, f.key, f.version_id)
         if isinstance(head, str):
             return f"{f.key}: {head}"
         if head.get("ContentLength") != f.size:
@@ -125,19 +152,26 @@ class Verifier:
         def unverified(reason: str) -> VerifyOutput:
             return VerifyOutput(verified=False, outcome="UploadUnverified", reason=reason, manifest_uri=loc.manifest_uri)
 
-        head = self._head(loc.bucket, loc.manifest_key)
+        line = last_json_line(invocation.get("StandardOutputContent", "") or "") or {}
+        pinned = pinned_manifest(line)
+        if isinstance(pinned, str):
+            return unverified(f"manifest {loc.manifest_uri}: {pinned}")
+        version, digest = pinned
+        head = self._head(loc.bucket, loc.manifest_key, version)
         if isinstance(head, str):
-            return unverified(f"manifest {loc.manifest_uri}: {head}")
+            return unverified(f"manifest {loc.manifest_uri} (version {version}): {head}")
         if head.get("ContentLength", 0) > c.MAX_MANIFEST_BYTES:
             return unverified(f"manifest {loc.manifest_uri} is larger than {c.MAX_MANIFEST_BYTES} bytes")
         if head["LastModified"] < not_before:
             return unverified(f"manifest {loc.manifest_uri} is older than the decision")
         try:
-            body = self.s3.get_object(Bucket=loc.bucket, Key=loc.manifest_key)["Body"].read()
+            body = self.s3.get_object(Bucket=loc.bucket, Key=loc.manifest_key, VersionId=version)["Body"].read()
         except ClientError as exc:
             if is_transient(exc):
                 raise TransientAwsError(f"GetObject {loc.manifest_uri}: {error_code(exc)}") from exc
             return unverified(f"manifest {loc.manifest_uri}: GetObject failed ({error_code(exc)})")
+        if hashlib.sha256(body).hexdigest() != digest:
+            return unverified(f"manifest {loc.manifest_uri} (version {version}) is not what the instance wrote: its SHA-256 differs")
         try:
             manifest = Manifest.model_validate(json.loads(body, object_pairs_hook=_unique_members))
         except ValidationError as exc:  # name the field and the rule, not "1 validation error for Manifest"
@@ -163,6 +197,11 @@ class Verifier:
             return unverified(f"manifest lists {len(outside)} key(s) outside {loc.upload_prefix}, e.g. {outside[0]}")
         if manifest.total_bytes != sum(f.size for f in manifest.files):
             return unverified("manifest total_bytes does not equal the sum of its file sizes")
+        if (line.get("files"), line.get("bytes")) != (len(manifest.files), manifest.total_bytes):
+            return unverified(
+                f"the instance reported {line.get('files')} file(s) and {line.get('bytes')} bytes, "
+                f"the manifest lists {len(manifest.files)} and {manifest.total_bytes}"
+            )
 
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(manifest.files))) as pool:
             problems = [p for p in pool.map(lambda f: self.check_file(loc.bucket, f, not_before), manifest.files) if p]
@@ -171,7 +210,6 @@ class Verifier:
             return unverified(
                 f"{len(problems)} of {len(manifest.files)} objects failed verification: " + "; ".join(problems[:MAX_REASONS]) + more
             )
-        line = last_json_line(invocation.get("StandardOutputContent", "") or "") or {}
         fresh = line.get("fresh") if isinstance(line.get("fresh"), bool) else None
         trainer = str(line["trainer"]) if isinstance(line.get("trainer"), str) else None
         reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums"
@@ -191,7 +229,7 @@ class Verifier:
                     f"already on disk, from {saved}, was uploaded"
                 )
             reason = f"{evaluation.reason}. Checkpoint {manifest.checkpoint.name} (step {manifest.step}): {reason}; {how}"
-        not_recorded = self._record(evaluation, execution, manifest, loc.manifest_uri, fresh)
+        not_recorded = self._record(evaluation, execution, manifest, fresh, pinned)
         if not_recorded:
             reason += f" (run record not written: {not_recorded})"
         return VerifyOutput(
@@ -207,7 +245,9 @@ class Verifier:
             selection=manifest.selection.summary if manifest.selection is not None else None,
         )
 
-    def _record(self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, uri: str, fresh: bool | None) -> str | None:
+    def _record(
+        self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, fresh: bool | None, pinned: tuple[str, str]
+    ) -> str | None:
         """Write the verified checkpoint into the run record (what a later resume restores); None when written,
         else why not (the checkpoint stays verified: a later resume just has nothing to restore).
 
@@ -217,8 +257,13 @@ class Verifier:
         if self.records is None or evaluation.session is None:
             return None
         key = RunKey(evaluation.instance_id, evaluation.run_id, evaluation.session)
+        loc = evaluation.checkpoint
+        assert loc is not None  # verify() returned early without a planned checkpoint
         entry = checkpoint_entry(
-            manifest_uri=uri,
+            manifest_uri=loc.manifest_uri,
+            manifest_version_id=pinned[0],
+            manifest_sha256=pinned[1],
+            upload_prefix=loc.upload_prefix,
             execution=execution,
             files=[f.model_dump() for f in manifest.files],
             total_bytes=manifest.total_bytes,
@@ -228,7 +273,7 @@ class Verifier:
         )
         try:
             self.records.update(
-                key, lambda r: r.update(last_checkpoint=entry), status="checkpoint-verified", execution=execution, detail=uri
+                key, lambda r: r.update(last_checkpoint=entry), status="checkpoint-verified", execution=execution, detail=loc.manifest_uri
             )
         except ClientError as exc:
             if is_transient(exc):

@@ -59,6 +59,7 @@ def shared_world(tmp: Path) -> Iterator[World]:
             content = command_content("test", script, params, step=script.removesuffix(".sh"), timeout=timeout)
             ssm.create_document(Name=name, Content=json.dumps(content), DocumentType="Command", DocumentFormat="JSON")
         aws.client("s3").create_bucket(Bucket=BUCKET)
+        aws.client("s3").put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})  # as the stack's bucket
         create_runs_table(aws.client("dynamodb"))
         aws.client("iam").create_role(RoleName="sfn", AssumeRolePolicyDocument="{}")
         arn = aws.client("stepfunctions").create_state_machine(

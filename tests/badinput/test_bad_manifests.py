@@ -38,6 +38,8 @@ class Planned:
     evaluation: dict[str, Any]
     execution: str
     instance_id: str
+    version_id: str
+    """S3 VersionId of the one checkpoint object the instance "uploaded"."""
 
     @property
     def prefix(self) -> str:
@@ -60,10 +62,10 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Planned]:
         lifecycle = {"instance_id": inst.instance_id, "run_id": "run-v", "reason": "complete"}
         evaluation = lambda_handler({"input": lifecycle, "execution_name": execution}, CTX)
         assert evaluation["decision"] == "complete", evaluation["reason"]
-        world.client("s3").put_object(
+        put = world.client("s3").put_object(
             Bucket=BUCKET, Key=evaluation["checkpoint"]["upload_prefix"] + "step-1/model.bin", Body=BODY, ChecksumAlgorithm="SHA256"
         )
-        yield Planned(world=world, evaluation=evaluation, execution=execution, instance_id=inst.instance_id)
+        yield Planned(world=world, evaluation=evaluation, execution=execution, instance_id=inst.instance_id, version_id=put["VersionId"])
 
 
 def file_entry(p: Planned, name: str = "model.bin", body: bytes = BODY, **changes: Any) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def file_entry(p: Planned, name: str = "model.bin", body: bytes = BODY, **change
         "sha256": hashlib.sha256(body).hexdigest(),
         "checksum_sha256": b64sha(body),
         "parts": 0,
+        "version_id": p.version_id,
     }
     return {**entry, **changes}
 
@@ -105,8 +108,8 @@ def manifest(p: Planned, files: list[dict[str, Any]] | None = None, **changes: A
 def verify(p: Planned, body: bytes, s3: Any = None) -> dict[str, Any]:
     from verify_checkpoint import handler
 
-    p.world.client("s3").put_object(Bucket=BUCKET, Key=p.evaluation["checkpoint"]["manifest_key"], Body=body)
-    event = {"evaluation": p.evaluation, "invocation": SUCCESS, "execution_name": p.execution}
+    put = p.world.client("s3").put_object(Bucket=BUCKET, Key=p.evaluation["checkpoint"]["manifest_key"], Body=body)
+    event = {"evaluation": p.evaluation, "invocation": naming(put["VersionId"], body), "execution_name": p.execution}
     if s3 is None:
         return handler.lambda_handler(event, CTX)  # type: ignore[no-any-return]
     original = handler.client
@@ -115,6 +118,18 @@ def verify(p: Planned, body: bytes, s3: Any = None) -> dict[str, Any]:
         return handler.lambda_handler(event, CTX)  # type: ignore[no-any-return]
     finally:
         handler.client = original  # type: ignore[assignment]
+
+
+def naming(version_id: str, body: bytes) -> dict[str, Any]:
+    """The command's invocation as the instance that wrote BODY (at VERSION_ID) reports it: its result line pins the
+    manifest's version and SHA-256, with the file and byte counts the manifest claims."""
+    try:
+        claimed = json.loads(body)
+        counts = {"files": len(claimed["files"]), "bytes": claimed["total_bytes"]}
+    except Exception:  # not a manifest: the counts are never reached
+        counts = {}
+    line = {"result": "uploaded", "manifest_version_id": version_id, "manifest_sha256": hashlib.sha256(body).hexdigest(), **counts}
+    return {**SUCCESS, "StandardOutputContent": json.dumps(line) + "\n"}
 
 
 def dumps(value: Any) -> bytes:
@@ -209,8 +224,8 @@ class BackendHeads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._s3, name)
 
-    def head_object(self, Bucket: str, Key: str, ChecksumMode: str | None = None) -> dict[str, Any]:  # noqa: N803
-        obj = self._backend.get_object(Bucket, Key)
+    def head_object(self, Bucket: str, Key: str, ChecksumMode: str | None = None, VersionId: str | None = None) -> dict[str, Any]:  # noqa: N803
+        obj = self._backend.get_object(Bucket, Key, version_id=VersionId)
         if obj is None:
             raise ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadObject")
         return {
@@ -232,7 +247,7 @@ def many_files(p: Planned, n: int, tag: str) -> list[dict[str, Any]]:
         k = f"{p.prefix}step-1/{tag}/shard-{i:05d}.bin"
         obj = backend.put_object(BUCKET, k, body, checksum_value=b64sha(body))
         obj.checksum_algorithm = "SHA256"
-        files.append(file_entry(p, name=f"{tag}/shard-{i:05d}.bin", body=body, key=k))
+        files.append(file_entry(p, name=f"{tag}/shard-{i:05d}.bin", body=body, key=k, version_id=obj.version_id))
     return files
 
 
@@ -253,8 +268,9 @@ def test_a_manifest_of_thousands_of_files_passes_only_counts_and_a_reference(pla
         s3 = BackendHeads(planned.world.client("s3"))
         real = planned.world.client("s3")
         for f in files[:: n // 50]:
-            head = real.head_object(Bucket=BUCKET, Key=f["key"], ChecksumMode="ENABLED")
-            assert s3.head_object(Bucket=BUCKET, Key=f["key"]) == {k: head[k] for k in ("ContentLength", "ChecksumSHA256", "LastModified")}
+            head = real.head_object(Bucket=BUCKET, Key=f["key"], ChecksumMode="ENABLED", VersionId=f["version_id"])
+            fields = ("ContentLength", "ChecksumSHA256", "LastModified")
+            assert s3.head_object(Bucket=BUCKET, Key=f["key"], VersionId=f["version_id"]) == {k: head[k] for k in fields}
 
     out = verify(planned, body, s3)
     assert out["verified"] is True, out["reason"]

@@ -148,6 +148,7 @@ def world(tmp_path: Path) -> Iterator[World]:
             content = command_content("test", script, params, step=script.removesuffix(".sh"), timeout=timeout)
             ssm.create_document(Name=name, Content=json.dumps(content), DocumentType="Command", DocumentFormat="JSON")
         aws.client("s3").create_bucket(Bucket=BUCKET)
+        aws.client("s3").put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})  # as the stack's bucket
         create_runs_table(aws.client("dynamodb"))
         os.environ["AUTOSTOP_RUNS_TABLE"] = RUNS_TABLE
         aws.client("iam").create_role(RoleName="sfn", AssumeRolePolicyDocument="{}")

@@ -129,9 +129,29 @@ def read_manifest(world: World, ck: Checkpoint) -> dict[str, Any]:
     return json.loads(world.client("s3").get_object(Bucket=BUCKET, Key=ck.manifest_key)["Body"].read())
 
 
-def put_manifest(world: World, ck: Checkpoint, manifest: dict[str, Any] | bytes) -> None:
+def result_line(invocation: dict[str, Any]) -> dict[str, Any]:
+    line = json.loads(str(invocation["StandardOutputContent"]).strip().splitlines()[-1])
+    assert isinstance(line, dict)
+    return line
+
+
+def naming(ck: Checkpoint, version_id: str | None, body: bytes, **changes: Any) -> dict[str, Any]:
+    """The command's invocation, its result line naming manifest version VERSION_ID with BODY's SHA-256: what the
+    instance would report had it written that manifest (a forged manifest the instance itself would have to name)."""
+    line = {**result_line(ck.invocation), "manifest_version_id": version_id, "manifest_sha256": hashlib.sha256(body).hexdigest(), **changes}
+    return {**ck.invocation, "StandardOutputContent": json.dumps(line) + "\n"}
+
+
+def put_manifest(world: World, ck: Checkpoint, manifest: dict[str, Any] | bytes) -> dict[str, Any]:
+    """Write a new version of the manifest; returns an invocation whose result line names that version."""
     body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-    world.client("s3").put_object(Bucket=BUCKET, Key=ck.manifest_key, Body=body, ChecksumAlgorithm="SHA256")
+    resp = world.client("s3").put_object(Bucket=BUCKET, Key=ck.manifest_key, Body=body, ChecksumAlgorithm="SHA256")
+    return naming(ck, resp["VersionId"], body)
+
+
+def delete_version(world: World, key: str, version_id: str) -> None:
+    """Permanently delete one version (only the bucket's owner can: instances have no DeleteObject*)."""
+    world.client("s3").delete_object(Bucket=BUCKET, Key=key, VersionId=version_id)
 
 
 def assert_unverified(result: dict[str, Any], ck: Checkpoint, *needles: str) -> None:
@@ -173,34 +193,68 @@ def test_uploaded_checkpoint_is_verified_until_its_objects_are_tampered_with(wor
         body = s3.get_object(Bucket=BUCKET, Key=f["key"])["Body"].read()
         assert body == {"model.bin": MODEL, "optim/state.pt": OPTIM}[f["path"]]
         assert (f["sha256"], f["checksum_sha256"], f["parts"]) == (hashlib.sha256(body).hexdigest(), b64sha(body), 0)
-    # Then each tampering with an uploaded object after the upload makes it UploadUnverified, naming the object
-    key = next(f["key"] for f in manifest["files"] if f["path"] == "model.bin")
+    line = result_line(ck.invocation)
+    assert line["manifest_sha256"] == hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=ck.manifest_key)["Body"].read()).hexdigest()
+    assert line["manifest_version_id"] and all(f["version_id"] for f in manifest["files"])
+    entry = next(f for f in manifest["files"] if f["path"] == "model.bin")
+    key = entry["key"]
 
-    def restore() -> None:
-        s3.put_object(Bucket=BUCKET, Key=key, Body=MODEL, ChecksumAlgorithm="SHA256")
-        assert verify(ck)["verified"] is True  # the control: only the tampering made it fail
-
-    # When an uploaded object is deleted, then Verify names it as missing
-    s3.delete_object(Bucket=BUCKET, Key=key)
-    assert_unverified(verify(ck), ck, "1 of 2 objects failed verification", f"{key}: missing")
-    restore()
-
-    # When it is overwritten with other bytes of the same size, then S3's SHA-256 no longer matches
+    # When another writer overwrites the object with other bytes (even with their own valid S3 checksum), Verify
+    # still reads the version the instance wrote: the new version is never looked at
     other = bytes(reversed(MODEL))
-    assert len(other) == len(MODEL) and other != MODEL
     s3.put_object(Bucket=BUCKET, Key=key, Body=other, ChecksumAlgorithm="SHA256")
-    assert_unverified(verify(ck), ck, f"{key}: S3 SHA-256 checksum {b64sha(other)} differs from the instance's {b64sha(MODEL)}")
-    restore()
+    assert verify(ck)["verified"] is True
+    # and when it deletes the key (a delete marker), the instance's version is still there
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    assert verify(ck)["verified"] is True
 
-    # When it is overwritten with a different size, then the size is reported
-    s3.put_object(Bucket=BUCKET, Key=key, Body=MODEL + b"!", ChecksumAlgorithm="SHA256")
-    assert_unverified(verify(ck), ck, f"{key}: size {len(MODEL) + 1} bytes in S3, {len(MODEL)} in the manifest")
-    restore()
+    # When the exact version the instance wrote is gone, Verify names it as missing
+    delete_version(world, key, entry["version_id"])
+    assert_unverified(verify(ck), ck, "1 of 2 objects failed verification", f"{key}: missing")
 
-    # When it is overwritten with the same bytes but without a SHA-256 checksum, then nothing proves it
-    s3.put_object(Bucket=BUCKET, Key=key, Body=MODEL)
-    assert_unverified(verify(ck), ck, f"{key}: S3 SHA-256 checksum none differs")
-    restore()
+
+def test_another_tenant_cannot_forge_what_verify_reads(world: World) -> None:
+    """Finding 1: an opted-in instance overwrites another's objects and rewrites its manifest with its own sizes
+    and checksums right after the victim wrote it. Verify reads the victim's versions; the record lists the
+    victim's checksums."""
+    ck = checkpoint(world, {"step-000005/model.bin": MODEL, "step-000005/optim/state.pt": OPTIM})
+    s3 = world.client("s3")
+    original = read_manifest(world, ck)
+    forged_files = []
+    for f in original["files"]:
+        body = b"forged by the other tenant " + f["path"].encode()
+        resp = s3.put_object(Bucket=BUCKET, Key=f["key"], Body=body, ChecksumAlgorithm="SHA256")
+        forged_files.append(
+            dict(f, size=len(body), sha256=hashlib.sha256(body).hexdigest(), checksum_sha256=b64sha(body), version_id=resp["VersionId"])
+        )
+    forged = dict(original, files=forged_files, total_bytes=sum(f["size"] for f in forged_files))
+    put_manifest(world, ck, forged)  # the attacker's version is now the current one
+
+    result = verify(ck)
+
+    assert result["verified"] is True, result["reason"]
+    assert result["bytes"] == len(MODEL) + len(OPTIM)
+    record = RunRecords(world.client("dynamodb"), RUNS_TABLE).get(RunKey(ck.instance_id, "run-v", ck.evaluation["session"]))
+    assert record is not None
+    last = record["last_checkpoint"]
+    assert last["manifest_version_id"] == result_line(ck.invocation)["manifest_version_id"]
+    assert last["manifest_sha256"] == result_line(ck.invocation)["manifest_sha256"]
+    assert {o["sha256"] for o in last["objects"]} == {hashlib.sha256(MODEL).hexdigest(), hashlib.sha256(OPTIM).hexdigest()}
+
+    # A result line that names the forged manifest's version but the instance's SHA-256 is refused
+    forged_version = s3.head_object(Bucket=BUCKET, Key=ck.manifest_key)["VersionId"]
+    mixed = {**ck.invocation, "StandardOutputContent": json.dumps({**result_line(ck.invocation), "manifest_version_id": forged_version})}
+    assert_unverified(verify(ck, invocation=mixed), ck, "is not what the instance wrote: its SHA-256 differs")
+    # Counts that differ from the instance's own are refused
+    wrong_counts = {**ck.invocation, "StandardOutputContent": json.dumps({**result_line(ck.invocation), "files": 3})}
+    assert_unverified(verify(ck, invocation=wrong_counts), ck, "the instance reported 3 file(s)")
+
+
+def test_a_result_without_a_manifest_version_is_unverified(world: World) -> None:
+    """An unversioned bucket (or an old checkpoint document) gives no VersionId: nothing pins what was written."""
+    ck = checkpoint(world, {"step-000005/model.bin": MODEL})
+    unpinned = {**ck.invocation, "StandardOutputContent": json.dumps({**result_line(ck.invocation), "manifest_version_id": None})}
+    assert_unverified(verify(ck, invocation=unpinned), ck, "names no S3 VersionId", "S3 Versioning")
 
 
 def test_multipart_upload_is_verified_with_its_composite_checksum(world: World) -> None:
@@ -222,7 +276,8 @@ def test_multipart_upload_is_verified_with_its_composite_checksum(world: World) 
 
 
 def test_tampered_manifests_are_unverified(world: World) -> None:
-    # Given a verified checkpoint and its manifest
+    """Manifests the instance's result line would have to name (defence in depth: the line pins the version and
+    SHA-256, so these can only come from the instance itself): each is refused with its reason."""
     ck = checkpoint(world, {"step-000005/model.bin": MODEL, "step-000005/optim/state.pt": OPTIM})
     assert verify(ck)["verified"] is True
     s3 = world.client("s3")
@@ -233,44 +288,55 @@ def test_tampered_manifests_are_unverified(world: World) -> None:
     def tampered(**changes: Any) -> dict[str, Any]:
         return {**json.loads(original), **changes}
 
-    def restore() -> None:
-        s3.put_object(Bucket=BUCKET, Key=ck.manifest_key, Body=original, ChecksumAlgorithm="SHA256")
-        assert verify(ck)["verified"] is True
-
     # Not JSON
-    put_manifest(world, ck, b'{"schema_version": 1, "files": [')
-    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri} is not a valid manifest")
-    restore()
-
+    assert_unverified(verify(ck, invocation=put_manifest(world, ck, b'{"schema_version": 1, "files": [')), ck, "is not a valid manifest")
     # JSON, but not a manifest (no files)
-    put_manifest(world, ck, tampered(files=[], total_bytes=0))
-    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri} is not a valid manifest")
-    restore()
-
-    # Deleted
-    s3.delete_object(Bucket=BUCKET, Key=ck.manifest_key)
-    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri}: missing")
-    restore()
+    assert_unverified(verify(ck, invocation=put_manifest(world, ck, tampered(files=[], total_bytes=0))), ck, "is not a valid manifest")
+    # A version that does not exist
+    assert_unverified(verify(ck, invocation=naming(ck, "no-such-version", original)), ck, f"manifest {ck.manifest_uri} (version")
 
     # A key outside this execution's upload prefix (the object exists, a copy of a verified one)
     outside = f"runs/run-v/checkpoints/elsewhere/{model_key.rsplit('/', 1)[-1]}"
     s3.put_object(Bucket=BUCKET, Key=outside, Body=MODEL, ChecksumAlgorithm="SHA256")
     files = [dict(f, key=outside) if f["key"] == model_key else f for f in manifest["files"]]
-    put_manifest(world, ck, tampered(files=files))
-    assert_unverified(verify(ck), ck, f"outside {ck.upload_prefix}", outside)
-    restore()
+    assert_unverified(verify(ck, invocation=put_manifest(world, ck, tampered(files=files))), ck, f"outside {ck.upload_prefix}", outside)
 
     # Another run's, another instance's, another execution's manifest
     others = {"run_id": "other-run", "instance_id": "i-0aaaaaaaaaaaaaaaa", "execution_name": "someone-else", "bucket": "other-bucket"}
     for field, value in others.items():
-        put_manifest(world, ck, tampered(**{field: value}))
-        assert_unverified(verify(ck), ck, f"manifest {field} is {value!r}, expected {manifest[field]!r}")
-        restore()
+        invocation = put_manifest(world, ck, tampered(**{field: value}))
+        assert_unverified(verify(ck, invocation=invocation), ck, f"manifest {field} is {value!r}, expected {manifest[field]!r}")
 
     # Sizes that do not add up
-    put_manifest(world, ck, tampered(total_bytes=manifest["total_bytes"] + 1))
-    assert_unverified(verify(ck), ck, "total_bytes does not equal the sum of its file sizes")
-    restore()
+    invocation = put_manifest(world, ck, tampered(total_bytes=manifest["total_bytes"] + 1))
+    assert_unverified(verify(ck, invocation=invocation), ck, "total_bytes does not equal the sum of its file sizes")
+
+    # An object whose listed version holds other bytes than the manifest says
+    other = bytes(reversed(MODEL))
+    resp = s3.put_object(Bucket=BUCKET, Key=model_key, Body=other, ChecksumAlgorithm="SHA256")
+    files = [dict(f, version_id=resp["VersionId"]) if f["key"] == model_key else f for f in manifest["files"]]
+    invocation = put_manifest(world, ck, tampered(files=files))
+    assert_unverified(
+        verify(ck, invocation=invocation), ck, f"{model_key}: S3 SHA-256 checksum {b64sha(other)} differs from the instance's"
+    )
+    # ... or no version at all
+    files = [dict(f, version_id=None) if f["key"] == model_key else f for f in manifest["files"]]
+    assert_unverified(
+        verify(ck, invocation=put_manifest(world, ck, tampered(files=files))), ck, f"{model_key}: the manifest names no S3 VersionId"
+    )
+
+    # The instance's own manifest, deleted (its exact version: only the bucket owner can)
+    assert verify(ck)["verified"] is True
+    delete_version(world, ck.manifest_key, result_line(ck.invocation)["manifest_version_id"])
+    assert_unverified(verify(ck), ck, f"manifest {ck.manifest_uri} (version", "missing")
+
+
+def test_a_manifest_older_than_the_decision_is_unverified(world: World) -> None:
+    ck = checkpoint(world, {"step-000005/model.bin": MODEL, "step-000005/optim/state.pt": OPTIM})
+    s3 = world.client("s3")
+    original = s3.get_object(Bucket=BUCKET, Key=ck.manifest_key)["Body"].read()
+    manifest = json.loads(original)
+    model_key = next(f["key"] for f in manifest["files"] if f["path"] == "model.bin")
 
     # A manifest older than the decision (the decision is moved after the upload)
     not_before = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
@@ -280,12 +346,12 @@ def test_tampered_manifests_are_unverified(world: World) -> None:
     # A fresh manifest that answers another decision
     while datetime.now(UTC) < not_before:
         time.sleep(0.05)
-    restore()  # rewrites the same manifest, now newer than the decision, but for the earlier decision
-    assert_unverified(verify(ck, evaluation=later), ck, "manifest answers the decision of")
+    rewritten = put_manifest(world, ck, original)  # the same manifest, now newer than the decision, for the earlier decision
+    assert_unverified(verify(ck, evaluation=later, invocation=rewritten), ck, "manifest answers the decision of")
 
     # A fresh manifest for this decision listing objects older than it (left over from before it)
-    put_manifest(world, ck, tampered(decision_time=not_before.strftime("%Y-%m-%dT%H:%M:%SZ")))
-    result = verify(ck, evaluation=later)
+    invocation = put_manifest(world, ck, {**manifest, "decision_time": not_before.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    result = verify(ck, evaluation=later, invocation=invocation)
     assert_unverified(result, ck, "2 of 2 objects", f"{model_key}: last modified", "is older than the decision")
 
 
@@ -299,7 +365,7 @@ def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
     for i in range(n):
         body = f"shard {i}\n".encode()
         key = f"{prefix}step-000001/shard-{i:05d}.bin"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+        resp = s3.put_object(Bucket=BUCKET, Key=key, Body=body, ChecksumAlgorithm="SHA256")
         files.append(
             {
                 "key": key,
@@ -308,6 +374,7 @@ def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
                 "sha256": hashlib.sha256(body).hexdigest(),
                 "checksum_sha256": b64sha(body),
                 "parts": 0,
+                "version_id": resp["VersionId"],
             }
         )
     manifest = {
@@ -323,8 +390,14 @@ def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
         "files": files,
         "total_bytes": sum(f["size"] for f in files),
     }
-    ck = Checkpoint(evaluation=evaluation, invocation=SUCCESS, execution=execution, instance_id=inst.instance_id)
-    put_manifest(world, ck, manifest)
+    counts = {"files": n, "bytes": manifest["total_bytes"]}
+    ck = Checkpoint(
+        evaluation=evaluation,
+        invocation={**SUCCESS, "StandardOutputContent": json.dumps(counts)},
+        execution=execution,
+        instance_id=inst.instance_id,
+    )
+    ck.invocation = put_manifest(world, ck, manifest)
 
     # When Verify runs, then every object is checked and the result stays small
     result = verify(ck)
@@ -335,9 +408,10 @@ def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
     # And when many listed objects are gone, the reason names the first few and counts the rest, still small
     # (a 300-file manifest: the bound on the reason does not depend on the manifest's size)
     subset = files[:300]
-    put_manifest(world, ck, {**manifest, "files": subset, "total_bytes": sum(f["size"] for f in subset)})
+    ck.invocation = {**ck.invocation, "StandardOutputContent": json.dumps({"files": 300, "bytes": sum(f["size"] for f in subset)})}
+    ck.invocation = put_manifest(world, ck, {**manifest, "files": subset, "total_bytes": sum(f["size"] for f in subset)})
     for f in subset[100:140]:
-        s3.delete_object(Bucket=BUCKET, Key=f["key"])
+        delete_version(world, f["key"], f["version_id"])
     result = verify(ck)
     assert_unverified(result, ck, "40 of 300 objects failed verification", f"{subset[100]['key']}: missing", "(and 35 more)")
     assert subset[105]["key"] not in result["reason"]
@@ -391,9 +465,9 @@ def test_failure_line_after_other_output_and_non_json_failures(world: World) -> 
     assert result["outcome"] == "CheckpointFailed"
     assert result["reason"] == "checkpoint command TimedOut (ExecutionTimedOut), exit code -1; stderr: killed by timeout"
 
-    # A success status with no manifest in S3 is still not a verified checkpoint
+    # A success status with no result line naming a manifest is still not a verified checkpoint
     result = verify(ck)
-    assert_unverified(result, ck, f"manifest {ck.manifest_uri}: missing")
+    assert_unverified(result, ck, f"manifest {ck.manifest_uri}: the checkpoint command's result names no S3 VersionId")
 
 
 def test_command_still_in_progress_is_checkpoint_failed(world: World) -> None:

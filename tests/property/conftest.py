@@ -272,6 +272,8 @@ class Stats:
     proven: Counter[str] = field(default_factory=Counter)
     checkpoint_commands: int = 0
     trainer_signals: int = 0
+    forged_versions: int = 0
+    """Object and manifest versions the second tenant wrote over other runs' keys."""
     violations: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -303,6 +305,7 @@ class Stats:
             "execution_outcomes": dict(sorted(self.outcomes.items())),
             "checkpoint_commands": self.checkpoint_commands,
             "trainer_signal_lines": self.trainer_signals,
+            "second_tenant_forged_versions": self.forged_versions,
             "destructive_actions": {
                 "observed": sum(self.destructive.values()),
                 "by_kind": dict(sorted(self.destructive.items())),

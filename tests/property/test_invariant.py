@@ -17,7 +17,10 @@ waits for every execution (bounded), and then checks, from what the control plan
 2. an instance without the opt-in tag (exact key ``autostop:enabled``, value ``true`` in any case) was never
    stopped or terminated, got no checkpoint command and no tag written;
 3. per (instance, run id, session, reason) at most one checkpoint command was sent, and the trainer
-   acknowledged at most one signal per such command.
+   acknowledged at most one signal per such command;
+4. with a second tenant forging other runs' objects and manifests (``second_tenant``: new versions at the same
+   keys, each the moment the victim's manifest appears), no stop is proven by, and no run record keeps, a
+   version it wrote: the proofs of 1 read exactly the versions the instance's own result line names.
 
 Run longer with ``make property-long`` (200 examples) or ``AUTOSTOP_PROPERTY_EXAMPLES=N``;
 ``AUTOSTOP_PROPERTY_SEED=S`` draws other examples than the default, derandomized ones.
@@ -172,6 +175,7 @@ EVENT_KINDS = weighted(
     ("person_start", 1),
     ("pause", 1),
     ("settle", 2),
+    ("second_tenant", 2),
 )
 NO_INSTANCE = {"sweep", "unknown_marker", "settle"}
 
@@ -248,6 +252,13 @@ EXPLICIT = [
         (("spot_interruption", 0, 120), ("rebalance", 0), ("marker", 0), ("marker", 1), ("marker", 2), ("settle",)),
         (FaultSpec("ssm", "SendCommand", "5xx", ("sfn",), 1, 1, after=True),),
     ),
+    # A second tenant forges each manifest of the first run the moment it appears (objects and manifest, with
+    # their own valid checksums); the run completes, is stopped, started again and resumed.
+    World(
+        (spec(), spec(marker="default")),
+        (("second_tenant", 0), ("second_tenant", 1), ("marker", 0), ("marker", 1), ("settle",), ("person_start", 0), ("settle",)),
+        (),
+    ),
     # The marker before the checkpoint exists, a person stopping the instance mid-way, and a corrupted upload.
     World(
         (spec(checkpoint=False, trainer=None, pid_file=False), spec(trainer=None, faults=("corrupt_upload",))),
@@ -290,6 +301,9 @@ class Example:
     added: list[lf.AwsFault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
+    forged: set[str] = field(default_factory=set)
+    """S3 VersionIds the second tenant wrote over other instances' objects and manifests."""
+    tenants: list[SecondTenant] = field(default_factory=list)
 
     @property
     def cp(self) -> Any:
@@ -411,6 +425,13 @@ class Example:
     def _person_start(self, i: int) -> None:
         self.cp.start_instance(self.launched[i].name)
 
+    def _second_tenant(self, i: int) -> None:
+        """Another opted-in instance (or anyone with the bucket's keys) watches instance ``i``'s manifests and,
+        the moment one appears, overwrites its objects and rewrites the manifest with its own sizes and checksums."""
+        tenant = SecondTenant(self.cp.aws.client("s3"), self.bucket, self.launched[i].run_id, self.forged)
+        tenant.start()
+        self.tenants.append(tenant)
+
     def _pause(self, seconds: float) -> None:
         time.sleep(seconds)
 
@@ -418,6 +439,11 @@ class Example:
         self.cp.wait_executions(timeout=SETTLE_TIMEOUT)
 
     # --- the end -----------------------------------------------------------------------------------------
+
+    def stop_tenants(self) -> None:
+        for tenant in self.tenants:
+            tenant.stop()
+        self.tenants.clear()
 
     def remove_faults(self) -> None:
         for fault in self.added:
@@ -434,6 +460,7 @@ class Example:
         return out
 
     def cleanup(self) -> None:
+        self.stop_tenants()
         self.remove_faults()
         ids = sorted(self.ids())
         if ids:
@@ -445,6 +472,54 @@ class Example:
             self.cp.wait_executions(timeout=SETTLE_TIMEOUT)
         except TimeoutError as exc:
             self.notes.append(f"cleanup: {exc}")
+
+
+class SecondTenant(threading.Thread):
+    """Forges what a victim run's Verify would read, as fast as it can: every new manifest version whose key
+    names the victim's run is answered by new versions of each object it lists (other bytes, with their own valid
+    S3 SHA-256) and a new manifest version listing those. IAM keeps a real instance out of other prefixes; this
+    one writes anyway, so the property checks that Verify and the restore never read what it wrote."""
+
+    def __init__(self, s3: Any, bucket: str, victim_run: str, forged: set[str]) -> None:
+        super().__init__(name=f"second-tenant-{victim_run}", daemon=True)
+        self.s3, self.bucket, self.victim_run, self.forged = s3, bucket, victim_run, forged
+        self.seen: set[str] = set()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.05):
+            try:
+                versions = self.s3.list_object_versions(Bucket=self.bucket).get("Versions", [])
+            except ClientError:
+                continue
+            for v in versions:
+                key, version = v["Key"], v["VersionId"]
+                if self.victim_run in key and "/manifests/" in key and version not in self.seen and version not in self.forged:
+                    self.seen.add(version)
+                    self.forge(key, version)
+
+    def forge(self, key: str, version: str) -> None:
+        try:
+            manifest = json.loads(self.s3.get_object(Bucket=self.bucket, Key=key, VersionId=version)["Body"].read())
+            files = []
+            for f in manifest["files"]:
+                body = f"forged by the second tenant: {f['key']}".encode()
+                put = self.s3.put_object(Bucket=self.bucket, Key=f["key"], Body=body, ChecksumAlgorithm="SHA256")
+                self.forged.add(put["VersionId"])
+                digest = hashlib.sha256(body)
+                checksum = base64.b64encode(digest.digest()).decode()
+                files.append(
+                    dict(f, size=len(body), sha256=digest.hexdigest(), checksum_sha256=checksum, parts=0, version_id=put["VersionId"])
+                )
+            forged = dict(manifest, files=files, total_bytes=sum(f["size"] for f in files))
+            put = self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(forged).encode(), ChecksumAlgorithm="SHA256")
+            self.forged.add(put["VersionId"])
+        except (ClientError, ValueError, KeyError, TypeError):
+            pass  # a manifest it cannot parse or a failed write: nothing forged
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
 
 
 def _launch_time(cp: Any, iid: str) -> datetime | None:
@@ -470,11 +545,27 @@ def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def prove(s3: Any, bucket: str, d: Destroy) -> list[str]:
+def pinned(ssm: Any, commands: list[Any], d: Destroy) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """(the checkpoint command's parameters, its result line) for ``d``'s execution, or why there is none. The
+    result line is the instance's own report (stdout of the command invocation), which pins the manifest."""
+    sent = [c for c in commands if "Checkpoint" in c.document and c.parameters.get("ExecutionName") == d.caller.execution]
+    if not sent:
+        return f"no checkpoint command of execution {d.caller.execution}"
+    c = sent[-1]
+    try:
+        out = ssm.get_command_invocation(CommandId=c.command_id, InstanceId=d.instance_id)["StandardOutputContent"]
+        line = json.loads(out.strip().splitlines()[-1])
+    except (ClientError, ValueError, IndexError) as exc:
+        return f"no result line from checkpoint command {c.command_id}: {exc}"
+    return c.parameters, line
+
+
+def prove(s3: Any, ssm: Any, bucket: str, d: Destroy, commands: list[Any], forged: set[str]) -> list[str]:
     """Why ``d`` is not proven by a verified checkpoint of its own execution (empty when it is).
 
-    Re-reads S3 itself: HeadObject with ChecksumMode=ENABLED for the manifest and every object, and the
-    objects' bytes, hashed here."""
+    Re-reads S3 itself at exactly the versions the instance's result line and its manifest name: GetObject and
+    HeadObject (ChecksumMode=ENABLED) with VersionId for the manifest and every object, their bytes hashed here;
+    no version a second tenant wrote (FORGED) may be among them."""
     what = f"{d.kind} of {d.instance_id} at {d.at.isoformat()}"
     if d.caller.execution is None:
         return [f"{what}: made by {d.caller.origin} outside any Step Functions execution"]
@@ -482,13 +573,21 @@ def prove(s3: Any, bucket: str, d: Destroy) -> list[str]:
         return [f"{what}: the instance was not opted in at the call"]
     run = d.tags.get("autostop:run-id", "")
     execution = d.caller.execution
-    key = f"runs/{run}/manifests/{execution}.json"
+    found = pinned(ssm, commands, d)
+    if isinstance(found, str):
+        return [f"{what}: {found}"]
+    params, line = found
+    key, version = params.get("ManifestKey", ""), line.get("manifest_version_id")
+    if not version or version in forged:
+        return [f"{what} by {execution}: manifest version {version!r} is not one the instance wrote"]
     try:
-        head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        head = s3.head_object(Bucket=bucket, Key=key, VersionId=version, ChecksumMode="ENABLED")
+        body = s3.get_object(Bucket=bucket, Key=key, VersionId=version)["Body"].read()
     except ClientError as exc:
-        return [f"{what} by {execution}: no manifest s3://{bucket}/{key} ({exc.response['Error']['Code']})"]
+        return [f"{what} by {execution}: no manifest s3://{bucket}/{key}@{version} ({exc.response['Error']['Code']})"]
     problems = []
+    if hashlib.sha256(body).hexdigest() != line.get("manifest_sha256"):
+        problems.append(f"{what}: manifest {key}@{version} is not the SHA-256 the instance reported")
     if head["LastModified"] > d.at:
         problems.append(f"{what}: manifest last modified {head['LastModified']} after the call")
     try:
@@ -508,29 +607,39 @@ def prove(s3: Any, bucket: str, d: Destroy) -> list[str]:
         problems.append(f"{what}: manifest last modified {head['LastModified']} before the decision {decision}")
     if not files:
         problems.append(f"{what}: manifest lists no object")
-    prefix = f"runs/{run}/checkpoints/{execution}/"
+    if (line.get("files"), line.get("bytes")) != (len(files), sum(int(f.get("size", -1)) for f in files)):
+        problems.append(f"{what}: the instance reported {line.get('files')} files / {line.get('bytes')} bytes, the manifest differs")
+    prefix = params.get("UploadPrefix", "")
     for f in files:
-        fkey = str(f.get("key"))
-        if not fkey.startswith(prefix):
-            problems.append(f"{what}: {fkey} is not under {prefix}")
-            continue
-        try:
-            h = s3.head_object(Bucket=bucket, Key=fkey, ChecksumMode="ENABLED")
-            data = s3.get_object(Bucket=bucket, Key=fkey)["Body"].read()
-        except ClientError as exc:
-            problems.append(f"{what}: {fkey} missing ({exc.response['Error']['Code']})")
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        if h["ContentLength"] != f.get("size") or len(data) != f.get("size"):
-            problems.append(f"{what}: {fkey} is {h['ContentLength']} bytes, manifest says {f.get('size')}")
-        if sha != f.get("sha256"):
-            problems.append(f"{what}: {fkey} SHA-256 {sha} differs from the manifest's {f.get('sha256')}")
-        s3_sum = str(h.get("ChecksumSHA256") or "").partition("-")[0]
-        expected = base64.b64encode(bytes.fromhex(sha)).decode() if not f.get("parts") else str(f.get("checksum_sha256")).partition("-")[0]
-        if s3_sum != expected:
-            problems.append(f"{what}: {fkey} S3 ChecksumSHA256 {s3_sum or 'none'} is not {expected}")
-        if not decision <= h["LastModified"] <= d.at:
-            problems.append(f"{what}: {fkey} last modified {h['LastModified']} outside [decision {decision}, call {d.at}]")
+        problems += _prove_object(s3, bucket, f, prefix, forged, what, decision, d.at)
+    return problems
+
+
+def _prove_object(
+    s3: Any, bucket: str, f: dict[str, Any], prefix: str, forged: set[str], what: str, decision: datetime, at: datetime
+) -> list[str]:
+    fkey, version = str(f.get("key")), f.get("version_id")
+    if not fkey.startswith(prefix):
+        return [f"{what}: {fkey} is not under {prefix}"]
+    if not version or version in forged:
+        return [f"{what}: {fkey} version {version!r} is not one the instance wrote"]
+    try:
+        h = s3.head_object(Bucket=bucket, Key=fkey, VersionId=version, ChecksumMode="ENABLED")
+        data = s3.get_object(Bucket=bucket, Key=fkey, VersionId=version)["Body"].read()
+    except ClientError as exc:
+        return [f"{what}: {fkey}@{version} missing ({exc.response['Error']['Code']})"]
+    problems = []
+    sha = hashlib.sha256(data).hexdigest()
+    if h["ContentLength"] != f.get("size") or len(data) != f.get("size"):
+        problems.append(f"{what}: {fkey} is {h['ContentLength']} bytes, manifest says {f.get('size')}")
+    if sha != f.get("sha256"):
+        problems.append(f"{what}: {fkey} SHA-256 {sha} differs from the manifest's {f.get('sha256')}")
+    s3_sum = str(h.get("ChecksumSHA256") or "").partition("-")[0]
+    expected = base64.b64encode(bytes.fromhex(sha)).decode() if not f.get("parts") else str(f.get("checksum_sha256")).partition("-")[0]
+    if s3_sum != expected:
+        problems.append(f"{what}: {fkey} S3 ChecksumSHA256 {s3_sum or 'none'} is not {expected}")
+    if not decision <= h["LastModified"] <= at:
+        problems.append(f"{what}: {fkey} last modified {h['LastModified']} outside [decision {decision}, call {at}]")
     return problems
 
 
@@ -545,7 +654,7 @@ class Verdict:
 
 def check(ex: Example) -> Verdict:
     p, cp = ex.plane, ex.cp
-    s3 = cp.aws.client("s3")
+    s3, ssm = cp.aws.client("s3"), cp.aws.client("ssm")
     v = Verdict()
     ids = ex.ids()
     by_id = {x.instance_id: x for x in ex.launched}
@@ -557,7 +666,7 @@ def check(ex: Example) -> Verdict:
     # 1. Every destructive call by the control plane is proven by its own execution's verified checkpoint.
     for d in ours:
         v.destructive[d.kind] += 1
-        problems = prove(s3, ex.bucket, d)
+        problems = prove(s3, ssm, ex.bucket, d, obs.commands, ex.forged)
         if not by_id[d.instance_id].spec.opted_in:
             problems.append(f"{d.kind} of {d.instance_id}, which never opted in ({by_id[d.instance_id].spec})")
         if d.hibernate and not _hibernation_configured(cp, d.instance_id):
@@ -580,6 +689,14 @@ def check(ex: Example) -> Verdict:
             v.violations.append(f"[1] {iid}: {injected_calls[iid]} destructive calls in FaultInjector, {seen_ours} observed")
         if events[iid] > seen_all:
             v.violations.append(f"[1] {iid}: {events[iid]} stopping/shutting-down events, {seen_all} accepted calls observed")
+
+    # 4. No run record keeps, as the checkpoint a resume restores, a version the second tenant wrote.
+    for x in ex.launched:
+        for record in _records(cp, x.instance_id):
+            last = record.get("last_checkpoint") or {}
+            versions = {last.get("manifest_version_id")} | {o.get("version_id") for o in last.get("objects", [])}
+            if versions & ex.forged:
+                v.violations.append(f"[4] run record {x.instance_id} {record.get('run')} keeps a forged version: {versions & ex.forged}")
 
     # 2. Instances that never opted in: no checkpoint command, no tag written (stops are covered above).
     commands = [c for c in obs.commands[ex.marks["commands"] :] if ids & set(c.instance_ids)]
@@ -622,6 +739,15 @@ def check(ex: Example) -> Verdict:
                 f"[3] trainer of {x.instance_id} acknowledged {len(lines)} signals for {allowed} checkpoint command(s): {lines}"
             )
     return v
+
+
+def _records(cp: Any, iid: str) -> list[dict[str, Any]]:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    ddb, plain = cp.aws.client("dynamodb"), TypeDeserializer()
+    table = cp.deployment.table
+    items = ddb.query(TableName=table, KeyConditionExpression="instance_id = :i", ExpressionAttributeValues={":i": {"S": iid}})["Items"]
+    return [{k: plain.deserialize(v) for k, v in item.items()} for item in items]
 
 
 def _hibernation_configured(cp: Any, iid: str) -> bool:
@@ -667,6 +793,7 @@ def test_instances_are_only_destroyed_after_a_verified_checkpoint_of_their_run(p
             ex.cp.wait_executions(timeout=SETTLE_TIMEOUT)
         except TimeoutError as exc:
             verdict.violations.append(f"[bounded time] {exc}")
+        ex.stop_tenants()
         ex.remove_faults()
         checked = check(ex)
         checked.violations[:0] = verdict.violations
@@ -705,6 +832,7 @@ def _account(stats: Stats, ex: Example, verdict: Verdict, seconds: float) -> Non
     stats.destructive.update(verdict.destructive)
     stats.proven.update(verdict.proven)
     stats.checkpoint_commands += verdict.checkpoint_commands
+    stats.forged_versions += len(ex.forged)
     stats.trainer_signals += verdict.signals
     if verdict.violations:
         stats.failed_examples += 1
@@ -721,9 +849,10 @@ def test_the_checker_refuses_a_stop_that_no_verified_checkpoint_of_its_execution
     decision, session = now - timedelta(seconds=5), now - timedelta(minutes=10)
     data = bytes(range(256)) * 8
     key = f"runs/{run}/checkpoints/{execution}/step-000001/model.bin"
-    s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+    put = s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
     sha = hashlib.sha256(data).hexdigest()
     checksum = base64.b64encode(bytes.fromhex(sha)).decode()
+    entry = {"key": key, "size": len(data), "sha256": sha, "checksum_sha256": checksum, "parts": 0, "version_id": put["VersionId"]}
     manifest = {
         "schema_version": 1,
         "run_id": run,
@@ -731,19 +860,45 @@ def test_the_checker_refuses_a_stop_that_no_verified_checkpoint_of_its_execution
         "execution_name": execution,
         "decision_time": decision.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "bucket": bucket,
-        "files": [{"key": key, "size": len(data), "sha256": sha, "checksum_sha256": checksum, "parts": 0}],
+        "files": [entry],
     }
-    s3.put_object(Bucket=bucket, Key=f"runs/{run}/manifests/{execution}.json", Body=json.dumps(manifest).encode())
+    mkey, body = f"runs/{run}/manifests/{execution}.json", json.dumps(manifest).encode()
+    mput = s3.put_object(Bucket=bucket, Key=mkey, Body=body)
+    line = {"manifest_version_id": mput["VersionId"], "manifest_sha256": hashlib.sha256(body).hexdigest(), "files": 1, "bytes": len(data)}
+
+    @dataclass
+    class Sent:  # what the observer records of a SendCommand
+        document: str
+        parameters: dict[str, str]
+        command_id: str = "command-1"
+
+    class Ssm:  # the instance's result line, as GetCommandInvocation returns it
+        def __init__(self, result: dict[str, Any]) -> None:
+            self.result = result
+
+        def get_command_invocation(self, CommandId: str, InstanceId: str) -> dict[str, Any]:  # noqa: N803
+            return {"StandardOutputContent": "checkpoint: ...\n" + json.dumps(self.result) + "\n"}
+
+    parameters = {"ExecutionName": execution, "ManifestKey": mkey, "UploadPrefix": f"runs/{run}/checkpoints/{execution}/"}
+    sent = [Sent("stack-Checkpoint-abc", parameters)]
     tags = {OPT_IN_KEY: "True", "autostop:run-id": run}
     good = Destroy(iid, "StopInstances", False, now + timedelta(seconds=2), Caller("lambda", execution, "Stop instance"), session, tags)
 
-    assert prove(s3, bucket, good) == []
-    assert prove(s3, bucket, replace(good, caller=Caller("other", None, None)))  # not inside an execution
-    assert prove(s3, bucket, replace(good, caller=Caller("lambda", execution + "-2", "Stop instance")))  # another execution's
-    assert prove(s3, bucket, replace(good, tags={**tags, OPT_IN_KEY: "false"}))
-    assert prove(s3, bucket, replace(good, session=now))  # decided in an earlier session
-    assert prove(s3, bucket, replace(good, at=decision - timedelta(seconds=1)))  # before the upload
-    s3.put_object(Bucket=bucket, Key=key, Body=bytes(len(data)))  # same size, other bytes
-    assert any("SHA-256" in p for p in prove(s3, bucket, good))
-    s3.delete_object(Bucket=bucket, Key=key)
-    assert any("missing" in p for p in prove(s3, bucket, good))
+    def proof(d: Destroy = good, result: dict[str, Any] = line, forged: frozenset[str] = frozenset()) -> list[str]:
+        return prove(s3, Ssm(result), bucket, d, sent, set(forged))
+
+    assert proof() == []
+    assert proof(replace(good, caller=Caller("other", None, None)))  # not inside an execution
+    assert proof(replace(good, caller=Caller("lambda", execution + "-2", "Stop instance")))  # another execution's
+    assert proof(replace(good, tags={**tags, OPT_IN_KEY: "false"}))
+    assert proof(replace(good, session=now))  # decided in an earlier session
+    assert proof(replace(good, at=decision - timedelta(seconds=1)))  # before the upload
+    assert proof(result={**line, "manifest_version_id": None})  # the instance named no version
+    assert proof(result={**line, "manifest_sha256": "0" * 64})  # not the manifest the instance wrote
+    assert proof(result={**line, "files": 2})  # counts the instance did not report
+    assert proof(forged=frozenset({put["VersionId"]}))  # an object version the second tenant wrote
+    assert proof(forged=frozenset({mput["VersionId"]}))  # a manifest version the second tenant wrote
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(len(data)))  # a new version, same size, other bytes: never read
+    assert proof() == []
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=put["VersionId"])  # the instance's version is gone
+    assert any("missing" in p for p in proof())
