@@ -96,14 +96,30 @@ class SimulatedInstance:
         """``/var/lib/autostop`` on this machine (``AUTOSTOP_STATE_DIR`` for the scripts)."""
         return self.root / "var" / "lib" / "autostop"
 
+    @property
+    def resume_allowlist(self) -> Path:
+        """``/etc/autostop/resume-commands`` on this machine (``AUTOSTOP_RESUME_ALLOWLIST`` for the scripts): the
+        root-owned list of resume commands root may run (the simulated trainers run as root here)."""
+        return self.root / "etc" / "autostop" / "resume-commands"
+
     def env(self, base: dict[str, str]) -> dict[str, str]:
-        """``base`` plus what every process on this machine sees: its state dir, its boot time, its id."""
+        """``base`` plus what every process on this machine sees: its state dir, its boot time, its id, and where
+        its resume-command allowlist is."""
         return {
             **base,
             "AUTOSTOP_STATE_DIR": str(self.state_dir),
             "AUTOSTOP_BOOT_TIME": str(self.boot_time),
+            "AUTOSTOP_RESUME_ALLOWLIST": str(self.resume_allowlist),
             SIM_MARKER: self.instance_id,
         }
+
+    def allow_resume_command(self, command: str) -> None:
+        """What the machine's administrator does: put COMMAND in the root-owned allowlist (0755 dir, 0644 file)."""
+        self.resume_allowlist.parent.mkdir(parents=True, exist_ok=True)
+        self.resume_allowlist.parent.chmod(0o755)
+        with self.resume_allowlist.open("a") as f:
+            f.write(command + "\n")
+        self.resume_allowlist.chmod(0o644)
 
     def start_process(self, argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
         """Start a process on this instance (its own session, output to ``<root>/.sim/<log_name>``)."""

@@ -164,8 +164,8 @@ check ExecutionName '^[A-Za-z0-9_-]{1,80}$' "1-80 letters, digits, '_' or '-'"
 check CheckpointDir '^/[A-Za-z0-9._/-]{0,254}$' "expected an absolute path of letters, digits and . _ / - (at most 255 characters)"
 check PidFile '^(|/[A-Za-z0-9._/-]{0,254})$' "expected empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"
 check Bucket '^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$' "expected an S3 bucket name"
-check UploadPrefix '^[A-Za-z0-9._/=+-]{1,900}/$' "expected an S3 key prefix of letters, digits and . _ / = + - ending in /"
-check ManifestKey '^[A-Za-z0-9._/=+-]{1,1000}\.json$' "expected an S3 key of letters, digits and . _ / = + - ending in .json"
+check UploadPrefix '^[A-Za-z0-9._/=+:-]{1,900}/$' "expected an S3 key prefix of letters, digits and . _ / = + : - ending in /"
+check ManifestKey '^[A-Za-z0-9._/=+:-]{1,1000}\.json$' "expected an S3 key of letters, digits and . _ / = + : - ending in .json"
 check Signal '^(TERM|INT|HUP|USR1|USR2)$' "expected TERM, INT, HUP, USR1 or USR2"
 check GraceSeconds '^[0-9]{1,5}$' "expected a whole number of seconds (0-99999)"
 check PartSizeBytes '^[0-9]{7,11}$' "expected a whole number of bytes between 5242880 and 5368709120"
@@ -177,6 +177,7 @@ check_segments CheckpointDir path
 check_segments PidFile path
 check_segments UploadPrefix key
 check_segments ManifestKey key
+check_not_system CheckpointDir  # root uploads it: never /etc, /root, /var/log, ...
 
 grace=$((10#$SSM_GraceSeconds))
 part_size=$((10#$SSM_PartSizeBytes))

@@ -5,44 +5,61 @@
 # Contract
 #   Input   The document's parameters as environment variables (interpolationType ENV_VAR, SSM Agent
 #           3.3.2746.0 or later): SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_Bucket
-#           SSM_ManifestKey SSM_PidFile (may be empty) SSM_LogFile (may be empty) SSM_ResumeCommand (may be
-#           empty). Every value is re-validated with the document's regex; this script never contains document
-#           placeholders. Region: AWS_DEFAULT_REGION, else AWS_SSM_REGION_NAME (set by the agent).
-#           AWS_ENDPOINT_URL is honoured by the CLI. From the environment, not the document:
-#           AUTOSTOP_STATE_DIR (default /var/lib/autostop), AUTOSTOP_BOOT_TIME (see lib/pid.sh).
-#   Effect  1. Downloads the manifest (GetObject, ChecksumMode ENABLED); it must be schema 1 and name RunId,
-#              InstanceId and Bucket, else ManifestInvalid.
-#           2. Checks every target CheckpointDir/<checkpoint name>[/<file path>] first: one that exists with
+#           SSM_ManifestKey SSM_ManifestVersionId SSM_ManifestSha256 SSM_UploadPrefix (the verified manifest's S3
+#           VersionId and SHA-256, and the verified upload's key prefix, as the run record holds them) SSM_PidFile
+#           (may be empty) SSM_LogFile (may be empty) SSM_ResumeCommand (may be empty). Every value is re-validated
+#           with the document's regex; CheckpointDir, PidFile and LogFile may not name a system location (the deny
+#           list in lib/params.sh). This script never contains document placeholders. Region: AWS_DEFAULT_REGION,
+#           else AWS_SSM_REGION_NAME (set by the agent). AWS_ENDPOINT_URL is honoured by the CLI. From the
+#           environment, not the document: AUTOSTOP_STATE_DIR (default /var/lib/autostop), AUTOSTOP_BOOT_TIME and
+#           AUTOSTOP_BOOT_ID (see lib/pid.sh, lib/logoffset.sh), AUTOSTOP_RESUME_ALLOWLIST (default
+#           /etc/autostop/resume-commands).
+#   Effect  1. Downloads the manifest's version ManifestVersionId only (GetObject with VersionId, ChecksumMode
+#              ENABLED); its SHA-256 must be ManifestSha256 before anything in it is trusted (ChecksumMismatch).
+#              It must be schema 1, name RunId, InstanceId and Bucket, and list for every file a key starting
+#              with UploadPrefix and its S3 version_id, else ManifestInvalid.
+#           2. CheckpointDir must not be or pass through a symbolic link. When missing it is created only in a
+#              directory owned by root (root owns it then); in another user's directory the restore refuses
+#              (RestoreConflict): the trainer's user must create it. Its owner is the trainer's user.
+#           3. ResumeCommand set: refused (ResumeCommandRefused) before anything is downloaded unless its program
+#              is a regular file owned by the trainer's user or root, not writable by group or others, not
+#              set-user-ID; and, when the trainer's user is root, its exact line is in the allowlist (a file
+#              owned by root, not writable by group or others, in a directory likewise; one command per line,
+#              surrounding whitespace ignored, lines starting with # are comments). PidFile's directory must be
+#              the trainer's user's, PidFile absent or a regular file of that user holding nothing, a dead
+#              process's pid or a pid of that user; LogFile absent or a regular file of that user; neither
+#              reached through a symbolic link.
+#           4. Checks every target CheckpointDir/<checkpoint name>[/<file path>] first: one that exists with
 #              the manifest's size and SHA-256 is kept (not downloaded again); one that exists and differs
 #              (or is a symlink or directory) fails RestoreConflict before anything is downloaded.
-#              CheckpointDir must not be or pass through a symbolic link; it is created when missing.
-#           3. Downloads each missing file (GetObject, ChecksumMode ENABLED) into the root-only staging
-#              directory CheckpointDir/.autostop-restore-<ExecutionName> (through a descriptor: never through
-#              a path a user could swap), checks S3's SHA-256 against the manifest's and then, on the
-#              instance, the size and SHA-256 of the bytes (ChecksumMismatch), before anything is placed.
-#           4. Moves each file into place with link(2), which never replaces an existing name (a file that
+#           5. Downloads each missing file's listed version (GetObject with VersionId, ChecksumMode ENABLED)
+#              into the root-only staging directory CheckpointDir/.autostop-restore-<ExecutionName> (through a
+#              descriptor), checks S3's SHA-256 against the manifest's and then, on the instance, the size and
+#              SHA-256 of the bytes (ChecksumMismatch), before anything is placed.
+#           6. Moves each file into place with link(2), which never replaces an existing name (a file that
 #              appeared meanwhile: RestoreConflict, both kept), owned by CheckpointDir's owner, mode from
-#              CheckpointDir's, mtime = the checkpoint's mtime in the manifest. Nothing is ever deleted or
-#              overwritten on the instance; only the staging directory (autostop's own) is removed.
-#           5. LogFile set: records its current size (0 if missing) in
-#              ${AUTOSTOP_STATE_DIR}/log-offsets/<hex SHA-256 of the LogFile path> (temp + rename); the probe
+#              CheckpointDir's, mtime the download time (never the manifest's: nothing reads it, and a future
+#              one would outrank later saves). Nothing is ever deleted or overwritten on the instance; only the
+#              staging directory (autostop's own) is removed.
+#           LogFile set, before 1: records this boot's log baseline (its size, st_dev, st_ino and the boot id) in
+#              ${AUTOSTOP_STATE_DIR}/log-baselines/<hex SHA-256 of the LogFile path> (temp + rename); the probe
 #              scans only what follows it.
-#           6. ResumeCommand set: unless PidFile names a live trainer of this boot (ResumeCommandFailed), starts
+#           7. ResumeCommand set: unless PidFile names a live trainer of this boot (ResumeCommandFailed), starts
 #              it detached: new session, stdin /dev/null, stdout and stderr appended to LogFile (opened as the
-#              trainer's user) or else ${AUTOSTOP_STATE_DIR}/resume-<RunId>.log, as the owner of CheckpointDir
-#              (uid, gid and groups; root if root owns it), in that user's home directory (/ if none), with
-#              AUTOSTOP_RUN_ID, AUTOSTOP_RESUME_CHECKPOINT (the restored checkpoint's path) and
-#              AUTOSTOP_CHECKPOINT_DIR added to the environment (SSM_* removed). ResumeCommand is split at its
-#              single spaces and executed directly (execve): no shell, no globbing, no variable expansion.
-#              Its pid goes to PidFile (temp + rename, owned by the trainer's user); it must still be alive
-#              2 s later.
+#              trainer's user, without following symbolic links) or else ${AUTOSTOP_STATE_DIR}/resume-<RunId>.log,
+#              as the owner of CheckpointDir (uid, gid and groups; with no_new_privs unless root, so nothing it
+#              starts gains privileges), in that user's home directory (/ if none), with AUTOSTOP_RUN_ID,
+#              AUTOSTOP_RESUME_CHECKPOINT (the restored checkpoint's path) and AUTOSTOP_CHECKPOINT_DIR added to the
+#              environment (SSM_* removed). ResumeCommand is split at its single spaces and executed directly
+#              (execve): no shell, no globbing, no variable expansion. Its pid goes to PidFile (O_EXCL temp +
+#              rename in PidFile's directory, owned by the trainer's user); it must still be alive 2 s later.
 #   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
 #             {"result":"restored","checkpoint":NAME,"files":N,"bytes":B,"step":S|null,
 #              "present":"downloaded"|"already_present","trainer":"started"|"not_configured","pid":P|null}
 #           present: already_present when every file was already in place, else downloaded.
 #           or {"result":"failed","error":E,"message":"..."}.
 #   Exit    0 restored; 64 InvalidParameter; 66 ManifestInvalid; 67 DownloadFailed / ChecksumMismatch;
-#           68 RestoreConflict; 69 ResumeCommandFailed; 70 ScriptFailed (unexpected).
+#           68 RestoreConflict; 69 ResumeCommandFailed / ResumeCommandRefused; 70 ScriptFailed (unexpected).
 #   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 >= 3.6 (stdlib only), AWS CLI v1 or
 #           v2 with --checksum-mode. The manifest goes to a mktemp directory under ${TMPDIR:-/tmp}, removed
 #           on exit; checkpoint files are staged inside CheckpointDir (same file system, no second copy).
@@ -89,15 +106,21 @@ trap 'fail ScriptFailed "restore.sh was interrupted by SIGHUP" 129' HUP
 # --- Python helper (stdlib only). Exit status: 0 ok, 3 ManifestInvalid, 4 DownloadFailed, 5 ChecksumMismatch,
 # 6 RestoreConflict, 7 ResumeCommandFailed, 8 ScriptFailed; on 3-8 the message is its stdout.
 IFS= read -r -d '' PYHELPER <<'PY' || true
-import datetime, errno, hashlib, json, os, pwd, re, select, stat, subprocess, sys, time
+import ctypes, errno, hashlib, json, os, pwd, re, stat, subprocess, sys, time
 
 CHUNK = 8 * 1024 * 1024
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 CHECKSUM_RE = re.compile(r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
 KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+VERSION_RE = re.compile(r"^[A-Za-z0-9._+/=-]{1,1024}$")
 STAGING_PREFIX = ".autostop-restore-"
 ALIVE_CHECK_SECONDS = 2
+ALLOWLIST = "/etc/autostop/resume-commands"
+PR_SET_NO_NEW_PRIVS = 38
+
+
+REFUSED = 9
 
 
 class Fail(Exception):
@@ -130,6 +153,9 @@ def open_dir_nofollow(path, create_owner=None):
                 if create_owner is None:
                     raise
                 parent = os.fstat(fd)
+                if parent.st_uid != 0:
+                    raise Fail(6, "{} does not exist, and root does not create it in a directory of uid {}: the trainer's "
+                                  "user must create it (mkdir -p {}) so that it owns it".format(path, parent.st_uid, path))
                 try:
                     os.mkdir(part, stat.S_IMODE(parent.st_mode), dir_fd=fd)
                 except FileExistsError:
@@ -189,8 +215,13 @@ def run_cli(args, what, cwd_fd=None):
     return out if isinstance(out, dict) else {}
 
 
-def get_object(bucket, key, outfile, what, cwd_fd=None):
-    return run_cli(["s3api", "get-object", "--bucket=" + bucket, "--key=" + key, "--checksum-mode=ENABLED", outfile], what, cwd_fd)
+def get_object(bucket, key, version, outfile, what, cwd_fd=None):
+    """GetObject of exactly VERSION (an S3 VersionId): a newer object written under KEY is never read."""
+    resp = run_cli(["s3api", "get-object", "--bucket=" + bucket, "--key=" + key, "--version-id=" + version,
+                    "--checksum-mode=ENABLED", outfile], what, cwd_fd)
+    if resp.get("VersionId") not in (None, version):
+        raise Fail(5, "{} returned version {}, not the verified version {}".format(what, resp.get("VersionId"), version))
+    return resp
 
 
 def plain_segments(path):
@@ -198,7 +229,7 @@ def plain_segments(path):
     return all(p not in ("", ".", "..") and len(os.fsencode(p)) <= 255 for p in parts)
 
 
-def parse_manifest(path, run_id, instance_id, bucket, manifest_uri):
+def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefix):
     m = load_json(path, "the manifest " + manifest_uri)
 
     def bad(why):
@@ -216,11 +247,6 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri):
     name = ck.get("name") if isinstance(ck, dict) else None
     if not isinstance(name, str) or "/" in name or name.startswith(".") or CONTROL_RE.search(name) or not plain_segments(name):
         bad("has no valid checkpoint name (one path segment, not starting with '.')")
-    mtime = None
-    try:
-        mtime = datetime.datetime.strptime(ck.get("mtime"), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
-    except (TypeError, ValueError):
-        log("the manifest has no checkpoint mtime; restored files keep the download time")
     step = m.get("step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
         bad("has an invalid step")
@@ -238,9 +264,13 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri):
         if not isinstance(f, dict):
             bad("file entry {} is not an object".format(i))
         key, rel, size, digest = f.get("key"), f.get("path"), f.get("size"), f.get("sha256")
-        checksum, parts = f.get("checksum_sha256"), f.get("parts", 0)
+        checksum, parts, version = f.get("checksum_sha256"), f.get("parts", 0), f.get("version_id")
         if not isinstance(key, str) or not KEY_RE.match(key) or not plain_segments(key):
             bad("file entry {} has an invalid key".format(i))
+        if not key.startswith(upload_prefix):
+            bad("file entry {} has key {}, outside the verified upload prefix {}".format(i, key, upload_prefix))
+        if not isinstance(version, str) or not VERSION_RE.match(version):
+            bad("file entry {} has no valid S3 version_id (a manifest written before version pinning cannot be restored)".format(i))
         if not isinstance(rel, str) or rel.startswith("/") or CONTROL_RE.search(rel) or not plain_segments(rel):
             bad("file entry {} has an invalid path (relative, no '.', '..' or empty segments)".format(i))
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -260,8 +290,9 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri):
         if "/".join(target) in targets:
             bad("lists {} twice".format(rel))
         targets.add("/".join(target))
-        entries.append({"key": key, "path": rel, "size": size, "sha256": digest, "checksum": checksum, "target": target})
-    return {"name": name, "step": step, "mtime": mtime, "files": entries}
+        entries.append({"key": key, "version": version, "path": rel, "size": size, "sha256": digest, "checksum": checksum,
+                        "target": target})
+    return {"name": name, "step": step, "files": entries}
 
 
 def same_content(fd, entry):
@@ -353,11 +384,21 @@ def empty_staging(fd):
             log("could not remove {} from the staging directory: {}".format(show(entry), exc.strerror))
 
 
-def cmd_restore(ckdir, bucket, manifest_key, run_id, instance_id, execution_name, work):
+def cmd_restore(ckdir, bucket, manifest_key, manifest_version, manifest_sha256, upload_prefix, run_id, instance_id,
+                execution_name, work, pid_file, log_file, command):
     manifest_uri = "s3://{}/{}".format(bucket, manifest_key)
     manifest_path = os.path.join(work, "manifest.json")
-    get_object(bucket, manifest_key, manifest_path, "downloading the manifest " + manifest_uri)
-    m = parse_manifest(manifest_path, run_id, instance_id, bucket, manifest_uri)
+    get_object(bucket, manifest_key, manifest_version, manifest_path,
+               "downloading the manifest {} (version {})".format(manifest_uri, manifest_version))
+    fd = os.open(manifest_path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        digest = sha256_fd(fd)
+    finally:
+        os.close(fd)
+    if digest != manifest_sha256:
+        raise Fail(5, "the manifest {} (version {}) has SHA-256 {}, the verified one has {}; nothing in it was "
+                      "trusted".format(manifest_uri, manifest_version, digest, manifest_sha256))
+    m = parse_manifest(manifest_path, run_id, instance_id, bucket, manifest_uri, upload_prefix)
     real = os.path.realpath(ckdir)
     if os.path.lexists(ckdir) and real != os.path.normpath(ckdir):
         raise Fail(6, "checkpoint-dir {} is or passes through a symbolic link (to {}); tag the real path".format(ckdir, real))
@@ -368,6 +409,8 @@ def cmd_restore(ckdir, bucket, manifest_key, run_id, instance_id, execution_name
             raise Fail(6, "checkpoint-dir {} is not a directory or passes through a symbolic link".format(ckdir))
         raise Fail(8, "cannot open or create the checkpoint directory {}: {}".format(ckdir, exc.strerror))
     ckstat = os.fstat(ckfd)
+    if command:  # refused now, before anything is downloaded or placed
+        trainer_preflight(ckdir, ckstat.st_uid, pid_file, log_file, command)
     # 2. What is already there.
     todo, conflicts = [], []
     for entry in m["files"]:
@@ -414,7 +457,8 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
         staged = "{:06d}".format(i)
         uri = "s3://{}/{}".format(bucket, entry["key"])
         log("downloading {} ({} bytes) from {}".format("/".join(entry["target"]), entry["size"], uri))
-        resp = get_object(bucket, entry["key"], staged, "downloading " + uri, cwd_fd=sfd)
+        resp = get_object(bucket, entry["key"], entry["version"], staged, "downloading {} (version {})".format(uri, entry["version"]),
+                          cwd_fd=sfd)
         got = resp.get("ChecksumSHA256")
         if isinstance(got, str) and entry["checksum"] and got.split("-")[0] != entry["checksum"].split("-")[0]:
             raise Fail(5, "S3 holds SHA-256 checksum {} for {}, the manifest says {}; the checkpoint object was "
@@ -431,8 +475,6 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
                               "replaced or corrupted".format(uri, digest, entry["sha256"]))
             chown_like(fd, ckstat)
             os.fchmod(fd, stat.S_IMODE(ckstat.st_mode) & 0o666)
-            if m["mtime"] is not None:
-                os.utime(fd, (m["mtime"], m["mtime"]))
         finally:
             os.close(fd)
     # 4. Into place; link(2) never replaces a name.
@@ -455,34 +497,173 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
             os.close(pfd)
 
 
-def cmd_offset(log_file, offset_file):
+def cmd_baseline(log_file, baseline_file, boot):
+    """Records LOG_FILE's size now as this boot's log baseline in BASELINE_FILE (format: lib/logoffset.sh)."""
     try:
-        size = os.stat(log_file).st_size if os.path.exists(log_file) else 0
+        st = os.stat(log_file)
+        dev, ino, size = st.st_dev, st.st_ino, st.st_size
+    except FileNotFoundError:
+        dev = ino = size = 0
     except OSError as exc:
         raise Fail(8, "cannot read the size of the log file {}: {}".format(log_file, exc.strerror))
-    directory = os.path.dirname(offset_file)
-    tmp = "{}.{}.tmp".format(offset_file, os.getpid())
+    directory = os.path.dirname(baseline_file)
+    tmp = "{}.{}.tmp".format(baseline_file, os.getpid())
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, "{}\n".format(size).encode("ascii"))
+            line = json.dumps({"boot": boot, "dev": dev, "ino": ino, "offset": size}, separators=(",", ":")) + "\n"
+            os.write(fd, line.encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, offset_file)
+        os.rename(tmp, baseline_file)
     except OSError as exc:
-        raise Fail(8, "cannot record the log offset in {}: {}; set AUTOSTOP_STATE_DIR to a writable directory".format(
-            offset_file, exc.strerror))
+        raise Fail(8, "cannot record the log baseline in {}: {}; set AUTOSTOP_STATE_DIR to a writable directory".format(
+            baseline_file, exc.strerror))
     print(size)
 
 
+def program_problem(program, uid):
+    """Why PROGRAM may not run as UID (None if it may): it must be a regular file owned by UID or root, not writable by
+    group or others, not set-user-ID or set-group-ID. A missing program fails later, when it is executed."""
+    try:
+        st = os.stat(program)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid not in (uid, 0):
+        return "is owned by uid {}; it must be owned by the trainer's user (uid {}) or root".format(st.st_uid, uid)
+    if st.st_mode & 0o022:
+        return "is writable by group or others (mode {:o}); chmod go-w it".format(stat.S_IMODE(st.st_mode))
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        return "is set-user-ID or set-group-ID"
+    return None
+
+
+def allowlist_problem(path, command):
+    """Why COMMAND may not run as root (None if it may): its exact line must be in the allowlist PATH, a regular
+    file owned by root, not writable by group or others, in a directory likewise (lines starting with # are
+    comments; surrounding whitespace is ignored)."""
+    if not path.startswith("/"):
+        return "the allowlist path {} is not absolute".format(path)
+    try:
+        dst = os.stat(os.path.dirname(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return "{} does not exist".format(path)
+    except OSError as exc:
+        return "{} cannot be read ({})".format(path, exc.strerror)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022 or dst.st_uid != 0 or dst.st_mode & 0o022:
+            return ("{} is not trusted: it and its directory must be owned by root and not writable by group or "
+                    "others".format(path))
+        data = os.read(fd, 1 << 20).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+    if any(line.strip() == command for line in data.splitlines() if not line.lstrip().startswith("#")):
+        return None
+    return "the command is not listed in {}".format(path)
+
+
+def entry_problem(dfd, base, uid, pid_file):
+    """Why the PID file BASE in directory DFD may not be replaced for a trainer of UID (None if it may): it must be
+    absent, or a regular file of UID holding nothing, a dead process's pid or the pid of a process of UID."""
+    try:
+        st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != uid:
+        return "is owned by uid {}, not by the trainer's user (uid {})".format(st.st_uid, uid)
+    fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+    try:
+        data = os.read(fd, 65)
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", "replace").strip()
+    if not text:
+        return None
+    if len(data) > 64 or not re.match(r"^[0-9]{1,10}$", text):
+        return "holds something other than a process id"
+    try:
+        with open("/proc/{}/status".format(int(text))) as f:
+            status = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    owner = re.search(r"^Uid:\s+([0-9]+)", status, re.M)
+    if owner is None or int(owner.group(1)) != uid:
+        return "names pid {}, a live process of uid {}, not of the trainer's user (uid {})".format(
+            int(text), owner.group(1) if owner else "unknown", uid)
+    return None
+
+
+def path_problem(path, uid, pid_file):
+    """Why PATH (the PID file, or with PID_FILE False the log file) is not the trainer's (None if it is)."""
+    directory, base = os.path.split(path)
+    try:
+        dfd = open_dir_nofollow(directory)
+    except OSError as exc:
+        return "cannot be reached: its directory {} does not exist or passes through a symbolic link ({})".format(
+            directory, exc.strerror)
+    try:
+        if pid_file:
+            owner = os.fstat(dfd).st_uid
+            if owner != uid:
+                return "is in {}, a directory of uid {}, not of the trainer's user (uid {})".format(directory, owner, uid)
+            return entry_problem(dfd, base, uid, pid_file)
+        try:
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return "is a symbolic link or not a regular file"
+        if st.st_uid != uid:
+            return "is owned by uid {}, not by the trainer's user (uid {})".format(st.st_uid, uid)
+        return None
+    finally:
+        os.close(dfd)
+
+
+def trainer_preflight(ckdir, uid, pid_file, log_file, command):
+    """Refuses (ResumeCommandRefused) to run COMMAND as UID, the owner of the checkpoint directory, unless: for a
+    user other than root, its program is owned by that user or root and not writable by others; for root, its
+    exact line is in the root-owned allowlist. The PID and log files must be the trainer's (see path_problem)."""
+    program = command.split(" ")[0]
+    why = program_problem(program, uid)
+    if why:
+        raise Fail(REFUSED, "the resume command's program {} {}; it would run as uid {}, the owner of {}. Nothing was "
+                            "downloaded".format(program, why, uid, ckdir))
+    if uid == 0:
+        path = os.environ.get("AUTOSTOP_RESUME_ALLOWLIST") or ALLOWLIST
+        why = allowlist_problem(path, command)
+        if why:
+            raise Fail(REFUSED, "the checkpoint directory {} is owned by root, so the resume command would run as root, "
+                                "which a tag-supplied command may only do when its exact line is in {} ({}). Add that "
+                                "line to {} (owned by root, mode 644), or chown the checkpoint directory to the trainer's "
+                                "user. Nothing was downloaded".format(ckdir, path, why, path))
+    for what, path in (("PID file", pid_file), ("log file", log_file)):
+        why = path_problem(path, uid, what == "PID file") if path else None
+        if why:
+            raise Fail(REFUSED, "the {} {} {}; the restore never writes through a symbolic link, into another user's "
+                                "directory or over another user's file. Nothing was downloaded".format(what, path, why))
+
+
 def write_pid_file(pid_file, pid, uid, gid):
-    """PID into PID_FILE through a temp file in its directory and rename(2), owned by the trainer's user."""
+    """PID into PID_FILE through an O_EXCL temp file in its directory and rename(2), owned by the trainer's user;
+    the directory is reached without following symbolic links and must be the trainer's user's."""
     directory, base = os.path.split(pid_file)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    dfd = open_dir_nofollow(directory)
     tmp = ".{}.autostop-{}".format(base, os.getpid())
     try:
+        why = "is in a directory of another user" if os.fstat(dfd).st_uid != uid else entry_problem(dfd, base, uid, True)
+        if why:
+            raise OSError(errno.EPERM, "it " + why)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
         try:
             os.write(fd, "{}\n".format(pid).encode("ascii"))
@@ -504,14 +685,12 @@ def cmd_launch(run_id, ckpt_path, ckdir, uid, gid, log_file, default_log, pid_fi
         user = pwd.getpwuid(uid)
     except KeyError:
         user = None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSM_") and k != "AUTOSTOP_RESUME_ALLOWLIST"}
     env.update({"AUTOSTOP_RUN_ID": run_id, "AUTOSTOP_RESUME_CHECKPOINT": ckpt_path, "AUTOSTOP_CHECKPOINT_DIR": ckdir})
     home = env.get("HOME", "/")
     if switch:
         home = user.pw_dir if user else "/"
         env.update({"HOME": home, "USER": user.pw_name if user else str(uid), "LOGNAME": user.pw_name if user else str(uid)})
-    if pid_file and not os.path.isdir(os.path.dirname(pid_file)):
-        raise Fail(7, "the directory of the PID file {} does not exist; the resume command was not started".format(pid_file))
     out = log_file or default_log
     if not log_file:
         os.makedirs(os.path.dirname(default_log), mode=0o755, exist_ok=True)
@@ -533,9 +712,15 @@ def cmd_launch(run_id, ckpt_path, ckdir, uid, gid, log_file, default_log, pid_fi
                     os.setgroups([])
                 os.setgid(gid)
                 os.setuid(uid)
-            if log_file:  # the user's log, opened as the user
+            if uid != 0:  # neither it nor anything it starts gains privileges (set-user-ID programs such as sudo)
+                stage = "setting no_new_privs"
+                if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl failed")
+            if log_file:  # the user's log, opened as the user, never through a symbolic link
                 stage = "opening the log file " + log_file
-                lfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | (0 if switch else os.O_NOFOLLOW), 0o644)
+                ldir, lbase = os.path.split(log_file)
+                lfd = os.open(lbase, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | os.O_NOFOLLOW, 0o644,
+                              dir_fd=open_dir_nofollow(ldir))
             stage = "redirecting stdin, stdout and stderr"
             nfd = os.open("/dev/null", os.O_RDONLY)
             os.dup2(nfd, 0)
@@ -626,6 +811,7 @@ py() {
     5) fail ChecksumMismatch "$__out" "$EX_DOWNLOAD" ;;
     6) fail RestoreConflict "$__out" "$EX_CONFLICT" ;;
     7) fail ResumeCommandFailed "$__out" "$EX_RESUME" ;;
+    9) fail ResumeCommandRefused "$__out" "$EX_RESUME" ;;
     8) fail ScriptFailed "$__out" "$EX_SCRIPT" ;;
     *) fail ScriptFailed "the python3 helper '$1' failed (exit status ${__rc})${__out:+: ${__out}}; see stderr" "$EX_SCRIPT" ;;
   esac
@@ -633,7 +819,7 @@ py() {
 
 # --- 1. Parameters --------------------------------------------------------------------------------
 for name in SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_Bucket SSM_ManifestKey \
-  SSM_PidFile SSM_LogFile SSM_ResumeCommand; do
+  SSM_ManifestVersionId SSM_ManifestSha256 SSM_UploadPrefix SSM_PidFile SSM_LogFile SSM_ResumeCommand; do
   if [[ ! -v $name ]]; then
     fail InvalidParameter "${name} is not set: SSM Agent 3.3.2746.0 or later is required (it passes document parameters as SSM_ environment variables); update the agent on this instance" "$EX_INVALID"
   fi
@@ -646,7 +832,10 @@ check InstanceId '^i-[0-9a-f]{8,17}$' "expected an EC2 instance id like i-012345
 check ExecutionName '^[A-Za-z0-9_-]{1,80}$' "1-80 letters, digits, '_' or '-'"
 check CheckpointDir '^/[A-Za-z0-9._/-]{0,254}$' "expected an absolute path of letters, digits and . _ / - (at most 255 characters)"
 check Bucket '^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$' "expected an S3 bucket name"
-check ManifestKey '^[A-Za-z0-9._/=+-]{1,1000}\.json$' "expected an S3 key of letters, digits and . _ / = + - ending in .json"
+check ManifestKey '^[A-Za-z0-9._/=+:-]{1,1000}\.json$' "expected an S3 key of letters, digits and . _ / = + : - ending in .json"
+check ManifestVersionId '^[A-Za-z0-9._+/=-]{1,1024}$' "expected the S3 VersionId of the verified manifest"
+check ManifestSha256 '^[0-9a-f]{64}$' "expected the SHA-256 (64 lowercase hex digits) of the verified manifest"
+check UploadPrefix '^[A-Za-z0-9._/=+:-]{1,900}/$' "expected the verified upload's S3 key prefix, ending with /"
 check PidFile '^(|/[A-Za-z0-9._/-]{0,254})$' "expected empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"
 check LogFile '^(|/[A-Za-z0-9._/-]{0,254})$' "expected empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"
 check ResumeCommand "$RESUME_RE" "expected empty or an absolute program path followed by up to 31 arguments, separated by single spaces, of letters, digits and . _ / = : , + @ % - (no quotes, no shell syntax)"
@@ -654,6 +843,10 @@ check_segments CheckpointDir path
 check_segments PidFile path
 check_segments LogFile path
 check_segments ManifestKey key
+check_segments UploadPrefix key
+check_not_system CheckpointDir
+check_not_system PidFile
+check_not_system LogFile
 program=${SSM_ResumeCommand%% *}
 if [[ -n $program && ($program/ == *//* || $program/ == */./* || $program/ == */../*) ]]; then
   fail InvalidParameter "parameter ResumeCommand: the program path ${program} may not contain '.', '..' or empty segments" "$EX_INVALID"
@@ -661,10 +854,6 @@ fi
 if [[ -n $SSM_PidFile && $SSM_PidFile/ == "$SSM_CheckpointDir"/* ]]; then
   fail InvalidParameter "parameter PidFile may not be inside CheckpointDir" "$EX_INVALID"
 fi
-if [[ ${AUTOSTOP_STATE_DIR:-/var/lib/autostop} != /* ]]; then
-  fail ScriptFailed "AUTOSTOP_STATE_DIR (${AUTOSTOP_STATE_DIR}) must be an absolute path" "$EX_SCRIPT"
-fi
-state_dir=${AUTOSTOP_STATE_DIR:-/var/lib/autostop}
 
 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-${AWS_SSM_REGION_NAME:-}}"
 if [[ -n $AWS_DEFAULT_REGION ]]; then export AWS_DEFAULT_REGION; else unset AWS_DEFAULT_REGION; fi
@@ -695,17 +884,22 @@ refuse_second_trainer() {
 }
 refuse_second_trainer
 
-# --- 3. Log offset, first: whatever happens next, the previous session's lines never count -----------
+# --- 3. Log baseline, first: whatever happens next, the previous session's lines never count ------------
 # @include lib/logoffset.sh
 
+state=""
+[[ -z $SSM_LogFile && -z $SSM_ResumeCommand ]] || state=$(state_dir) ||
+  fail ScriptFailed "the state directory ${AUTOSTOP_STATE_DIR:-/var/lib/autostop} is unusable: it must be an absolute path to a directory owned by root and not writable by group or others" "$EX_SCRIPT"
 if [[ -n $SSM_LogFile ]]; then
-  offset_file=$(log_offset_file "$SSM_LogFile") || fail ScriptFailed "cannot compute the log offset file name (sha256sum)" "$EX_SCRIPT"
-  py offset offset "$SSM_LogFile" "$offset_file"
-  log "recorded log offset ${offset} of ${SSM_LogFile} in ${offset_file}"
+  boot=$(boot_key) || fail ScriptFailed "cannot identify this boot (/proc/sys/kernel/random/boot_id)" "$EX_SCRIPT"
+  baseline_file=$(log_baseline_file "$SSM_LogFile") || fail ScriptFailed "cannot compute the log baseline file name (sha256sum)" "$EX_SCRIPT"
+  py offset baseline "$SSM_LogFile" "$baseline_file" "$boot"
+  log "recorded log baseline ${offset} of ${SSM_LogFile} in ${baseline_file}"
 fi
 
 # --- 4. Manifest, files, verification, placement --------------------------------------------------
-py restored restore "$SSM_CheckpointDir" "$SSM_Bucket" "$SSM_ManifestKey" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$WORK"
+py restored restore "$SSM_CheckpointDir" "$SSM_Bucket" "$SSM_ManifestKey" "$SSM_ManifestVersionId" "$SSM_ManifestSha256" \
+  "$SSM_UploadPrefix" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$WORK" "$SSM_PidFile" "$SSM_LogFile" "$SSM_ResumeCommand"
 py ckpt_path field "$restored" path
 py owner field "$restored" owner
 log "restored ${ckpt_path}"
@@ -716,7 +910,7 @@ pid=""
 if [[ -n $SSM_ResumeCommand ]]; then
   refuse_second_trainer
   py pid launch "$SSM_RunId" "$ckpt_path" "$SSM_CheckpointDir" "${owner% *}" "${owner#* }" "$SSM_LogFile" \
-    "${state_dir}/resume-${SSM_RunId}.log" "$SSM_PidFile" "$SSM_ResumeCommand"
+    "${state}/resume-${SSM_RunId}.log" "$SSM_PidFile" "$SSM_ResumeCommand"
   trainer=started
 fi
 

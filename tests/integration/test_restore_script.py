@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from tests.integration.test_instance_scripts import CHECKPOINT, INSTANCE_ID, PRO
 # The fixtures of the instance-script tests (a moto server per module, a bucket per test, the agent's environment).
 endpoint = scripts.endpoint
 s3 = scripts.s3
-bucket = scripts.bucket
 base_env = scripts.base_env
 children = scripts.children
 
@@ -59,6 +59,23 @@ time.sleep(60)
 """
 )
 RUN_ID = "run-42"
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    """A versioned bucket, as the stack's: the restore reads exact versions."""
+    name = f"ckpt-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def pin(s3: Any, bucket: str, up: dict[str, str], body: bytes) -> dict[str, str]:
+    """Writes BODY as the manifest and returns UP pinned to that version (as Verify records it)."""
+    version = s3.put_object(Bucket=bucket, Key=up["SSM_ManifestKey"], Body=body)["VersionId"]
+    return {**up, "SSM_ManifestVersionId": version, "SSM_ManifestSha256": hashlib.sha256(body).hexdigest()}
+
+
 EXECUTION = "run-42-resume-20260102030405"
 
 
@@ -84,7 +101,7 @@ def uploaded_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path
     proc, out = run(CHECKPOINT, env)
     assert proc.returncode == 0, proc.stderr
     assert out["checkpoint"] == "step-100"
-    return env, files
+    return {**env, "SSM_ManifestVersionId": out["manifest_version_id"], "SSM_ManifestSha256": out["manifest_sha256"]}, files
 
 
 def put_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], dict[str, bytes]]:
@@ -98,9 +115,9 @@ def put_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Pat
     entries = []
     for rel, data in files.items():
         key = f"{env['SSM_UploadPrefix']}step-100/{rel}"
-        s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumSHA256=scripts.b64sha(data))
+        version = s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumSHA256=scripts.b64sha(data))["VersionId"]
         entries.append({"key": key, "path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "checksum_sha256": scripts.b64sha(data), "parts": 0})  # fmt: skip
+                        "checksum_sha256": scripts.b64sha(data), "parts": 0, "version_id": version})  # fmt: skip
     mtime = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((ckdir / "step-100" / "opt" / "optimizer.pt").stat().st_mtime))
     manifest = {
         "schema_version": 1, "run_id": RUN_ID, "instance_id": INSTANCE_ID, "execution_name": "run-42-complete-1",
@@ -108,11 +125,11 @@ def put_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Pat
         "checkpoint": {"name": "step-100", "path": str(ckdir / "step-100"), "mtime": mtime}, "layout": "directory",
         "step": 100, "mode": "stop", "fresh": False, "bucket": bucket, "files": entries, "total_bytes": 4000,
     }  # fmt: skip
-    s3.put_object(Bucket=bucket, Key=env["SSM_ManifestKey"], Body=json.dumps(manifest).encode())
-    return env, files
+    return pin(s3, bucket, env, json.dumps(manifest).encode()), files
 
 
-def restore_env(base_env: dict[str, str], bucket: str, ckdir: Path, manifest_key: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
+def restore_env(base_env: dict[str, str], bucket: str, ckdir: Path, up: dict[str, str], tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """The restore's parameters for the checkpoint UP (its checkpoint env, pinned: SSM_ManifestVersionId, SSM_ManifestSha256)."""
     env = {
         **base_env,
         "AUTOSTOP_STATE_DIR": str(tmp_path / "state"),
@@ -121,17 +138,40 @@ def restore_env(base_env: dict[str, str], bucket: str, ckdir: Path, manifest_key
         "SSM_ExecutionName": EXECUTION,
         "SSM_CheckpointDir": str(ckdir),
         "SSM_Bucket": bucket,
-        "SSM_ManifestKey": manifest_key,
+        "SSM_ManifestKey": up["SSM_ManifestKey"],
+        "SSM_ManifestVersionId": up["SSM_ManifestVersionId"],
+        "SSM_ManifestSha256": up["SSM_ManifestSha256"],
+        "SSM_UploadPrefix": up["SSM_UploadPrefix"],
         "SSM_PidFile": "",
         "SSM_LogFile": "",
         "SSM_ResumeCommand": "",
     }
     env.update({f"SSM_{k}": v for k, v in overrides.items()})
+    # The machine's administrator allowlisted the tagged command (it runs as root: the test's checkpoint
+    # directories are root's); the tests of the refusal point AUTOSTOP_RESUME_ALLOWLIST elsewhere.
+    env["AUTOSTOP_RESUME_ALLOWLIST"] = str(allowlist(tmp_path, env["SSM_ResumeCommand"]))
     return env
 
 
-def offset_file(state: Path, log: Path) -> Path:
-    return state / "log-offsets" / hashlib.sha256(str(log).encode()).hexdigest()
+def allowlist(tmp_path: Path, *commands: str) -> Path:
+    """A root-owned resume-command allowlist (mode 644, in a root-owned 755 directory) listing COMMANDS."""
+    directory = tmp_path / f"etc-autostop-{time.monotonic_ns()}"
+    directory.mkdir(mode=0o755)
+    path = directory / "resume-commands"
+    path.write_text("# one command per line\n" + "".join(f"{c}\n" for c in commands if c))
+    path.chmod(0o644)
+    return path
+
+
+def baseline_file(state: Path, log: Path) -> Path:
+    return state / "log-baselines" / hashlib.sha256(str(log).encode()).hexdigest()
+
+
+def baseline(state: Path, log: Path) -> dict[str, Any]:
+    """The log baseline the scripts recorded: {"boot", "dev", "ino", "offset"}."""
+    value = json.loads(baseline_file(state, log).read_text())
+    assert isinstance(value, dict)
+    return value
 
 
 def assert_restored(ckdir: Path, files: dict[str, bytes]) -> None:
@@ -157,7 +197,7 @@ def test_restore_downloads_verifies_and_starts_the_resume_command_without_a_shel
     info = PROGRAMS / f"info-{os.getpid()}-{time.monotonic_ns()}.json"
     argv = [sys.executable, str(RESUMED), str(info), "--resume=auto", "lr=0.1", "a,b+c@d%e:f", "%HOME%"]
     env = restore_env(
-        base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path,
+        base_env, bucket, ckdir, up, tmp_path,
         PidFile=str(pid_file), LogFile=str(log), ResumeCommand=" ".join(argv),
     )  # fmt: skip
 
@@ -177,9 +217,9 @@ def test_restore_downloads_verifies_and_starts_the_resume_command_without_a_shel
         "pid": pid,
     }
     assert_restored(ckdir, files)
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=up["SSM_ManifestKey"])["Body"].read())
-    mtime = (ckdir / "step-100" / "model.bin").stat().st_mtime
-    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime)) == manifest["checkpoint"]["mtime"]
+    # The restored files keep the time they were placed: the manifest's mtime is never copied (a forged future one
+    # would outrank every later save).
+    assert time.time() - 60 < (ckdir / "step-100" / "model.bin").stat().st_mtime <= time.time()
     # The PID file names the started process, which runs the argv exactly: no shell, no globbing, no expansion.
     assert pid_file.read_text() == f"{pid}\n"
     assert Path(f"/proc/{pid}").exists()
@@ -198,7 +238,8 @@ def test_restore_downloads_verifies_and_starts_the_resume_command_without_a_shel
         "AUTOSTOP_STATE_DIR": env["AUTOSTOP_STATE_DIR"],
     }
     # The log offset is the log's size before the resumed trainer wrote to it; its output is appended.
-    assert offset_file(tmp_path / "state", log).read_text() == f"{old_size}\n"
+    assert baseline(tmp_path / "state", log)["offset"] == old_size
+    assert baseline(tmp_path / "state", log)["ino"] == log.stat().st_ino
     deadline = time.monotonic() + 10
     while "resumed from" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -219,8 +260,10 @@ def test_restore_runs_the_resume_command_as_the_owner_of_the_checkpoint_dir(
     ckdir = tmp_path / "ckpt"
     ckdir.mkdir()
     os.chown(ckdir, 65534, 65534)
-    pid_file = tmp_path / "train.pid"
-    env = restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path, PidFile=str(pid_file), ResumeCommand="/bin/sleep 30")
+    (tmp_path / "run").mkdir()
+    os.chown(tmp_path / "run", 65534, 65534)  # the trainer's own directory
+    pid_file = tmp_path / "run" / "train.pid"
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path, PidFile=str(pid_file), ResumeCommand="/bin/sleep 30")
 
     proc, out = run(RESTORE, env)
 
@@ -242,7 +285,7 @@ def test_restore_keeps_a_checkpoint_already_in_place(s3: Any, bucket: str, base_
     up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
     ckdir = Path(up["SSM_CheckpointDir"])  # the disk survived the stop
     before = {rel: (ckdir / "step-100" / rel).stat() for rel in files}
-    env = restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path)
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path)
 
     proc, out = run(RESTORE, env)
 
@@ -261,7 +304,7 @@ def test_restore_downloads_only_what_is_missing(s3: Any, bucket: str, base_env: 
     (ckdir / "step-100" / "opt" / "optimizer.pt").unlink()
     inode = (ckdir / "step-100" / "model.bin").stat().st_ino
 
-    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path))
+    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up, tmp_path))
 
     assert proc.returncode == 0, proc.stderr
     assert out["present"] == "downloaded"
@@ -273,11 +316,13 @@ def test_restore_single_file_checkpoint(s3: Any, bucket: str, base_env: dict[str
     orig = tmp_path / "orig"
     data = write(orig / "iter_0042.pt", os.urandom(2000))
     up = checkpoint_env(base_env, bucket, orig)
-    assert run(CHECKPOINT, up)[0].returncode == 0
+    proc, out = run(CHECKPOINT, up)
+    assert proc.returncode == 0, proc.stderr
+    up |= {"SSM_ManifestVersionId": out["manifest_version_id"], "SSM_ManifestSha256": out["manifest_sha256"]}
     ckdir = tmp_path / "ckpt"
     ckdir.mkdir()
 
-    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path))
+    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up, tmp_path))
 
     assert proc.returncode == 0, proc.stderr
     assert (out["checkpoint"], out["step"], out["files"]) == ("iter_0042.pt", 42, 1)
@@ -298,26 +343,27 @@ def marker_command(tmp_path: Path) -> tuple[str, Path]:
 def test_restore_missing_object_is_download_failed(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, how: str) -> None:
     up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
     if how == "missing-object":
-        s3.delete_object(Bucket=bucket, Key=f"{up['SSM_UploadPrefix']}step-100/opt/optimizer.pt")
+        key = f"{up['SSM_UploadPrefix']}step-100/opt/optimizer.pt"
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=s3.head_object(Bucket=bucket, Key=key)["VersionId"])
     else:
-        s3.delete_object(Bucket=bucket, Key=up["SSM_ManifestKey"])
+        s3.delete_object(Bucket=bucket, Key=up["SSM_ManifestKey"], VersionId=up["SSM_ManifestVersionId"])
     ckdir = tmp_path / "ckpt"
     command, marker = marker_command(tmp_path)
     log = tmp_path / "train.log"
     previous = "epoch 9\ntraining complete\n"  # the previous session's lines, completion included
     log.write_text(previous)
-    env = restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path, ResumeCommand=command, LogFile=str(log))
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path, ResumeCommand=command, LogFile=str(log))
 
     proc, out = run(RESTORE, env)
 
     assert proc.returncode == 67, proc.stderr
     assert (out["result"], out["error"]) == ("failed", "DownloadFailed")
-    assert "NoSuchKey" in out["message"] or "Not Found" in out["message"] or "404" in out["message"]
+    assert any(s in out["message"] for s in ("NoSuchKey", "NoSuchVersion", "Not Found", "404")), out
     assert not marker.exists(), "the resume command ran"
     assert not (ckdir / "step-100").exists(), "a partial checkpoint was placed"
     # The log offset was recorded before the download: even after a failed restore, the previous session's
     # completion line never counts for this one.
-    assert offset_file(tmp_path / "state", log).read_text() == f"{len(previous)}\n"
+    assert baseline(tmp_path / "state", log)["offset"] == len(previous)
     assert log.read_text() == previous
     probe = {**probe_env(base_env, log_file=str(log), pattern="training complete"), "AUTOSTOP_STATE_DIR": str(tmp_path / "state")}
     assert run(PROBE, probe)[1]["log"] == {"state": "not_matched"}
@@ -332,16 +378,22 @@ def test_restore_corrupted_object_is_checksum_mismatch(s3: Any, bucket: str, bas
     key = f"{up['SSM_UploadPrefix']}step-100/model.bin"
     good = files["model.bin"]
     bad = bytes([good[0] ^ 0xFF]) + good[1:]
-    if how == "different-bytes":  # replaced by an object with the same size (moto then holds no SHA-256)
-        s3.put_object(Bucket=bucket, Key=key, Body=bad)
+    if how == "different-bytes":  # an object with the same size (moto then holds no SHA-256)
+        version = s3.put_object(Bucket=bucket, Key=key, Body=bad)["VersionId"]
     elif how == "lying-checksum":  # moto stores the SHA-256 it was given without checking it (real S3: BadDigest)
-        s3.put_object(Bucket=bucket, Key=key, Body=bad, ChecksumSHA256=scripts.b64sha(good))
+        version = s3.put_object(Bucket=bucket, Key=key, Body=bad, ChecksumSHA256=scripts.b64sha(good))["VersionId"]
     else:
-        s3.put_object(Bucket=bucket, Key=key, Body=good[:-1], ChecksumAlgorithm="SHA256")
+        version = s3.put_object(Bucket=bucket, Key=key, Body=good[:-1], ChecksumAlgorithm="SHA256")["VersionId"]
+    # The verified manifest lists that version (the bytes S3 holds for it differ from what the manifest says).
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=up["SSM_ManifestKey"])["Body"].read())
+    for f in manifest["files"]:
+        if f["key"] == key:
+            f["version_id"] = version
+    up = pin(s3, bucket, up, json.dumps(manifest).encode())
     ckdir = tmp_path / "ckpt"
     ckdir.mkdir()
     command, marker = marker_command(tmp_path)
-    env = restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path, ResumeCommand=command)
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path, ResumeCommand=command)
 
     proc, out = run(RESTORE, env)
 
@@ -366,7 +418,7 @@ def test_restore_never_overwrites_a_different_file(s3: Any, bucket: str, base_en
     else:
         target.mkdir(parents=True)
     command, marker = marker_command(tmp_path)
-    env = restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path, ResumeCommand=command)
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path, ResumeCommand=command)
 
     proc, out = run(RESTORE, env)
 
@@ -385,7 +437,7 @@ def test_restore_refuses_a_symlinked_checkpoint_dir(s3: Any, bucket: str, base_e
     up, _ = put_checkpoint(s3, bucket, base_env, tmp_path)
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    proc, out = run(RESTORE, restore_env(base_env, bucket, tmp_path / "link" / "ckpt", up["SSM_ManifestKey"], tmp_path))
+    proc, out = run(RESTORE, restore_env(base_env, bucket, tmp_path / "link" / "ckpt", up, tmp_path))
     assert proc.returncode == 68, proc.stderr
     assert out["error"] == "RestoreConflict" and "symbolic link" in out["message"]
     assert list((tmp_path / "real").iterdir()) == []
@@ -412,10 +464,12 @@ def test_restore_rejects_an_invalid_manifest(
     up, _ = put_checkpoint(s3, bucket, base_env, tmp_path)
     key = up["SSM_ManifestKey"]
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    for f in (change or {}).get("files", []):
+        f.update(key=up["SSM_UploadPrefix"] + f["key"], version_id=f.get("version_id", "v1"))
     body = b"{not json" if change is None else json.dumps({**manifest, **change}).encode()
-    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    up = pin(s3, bucket, up, body)  # pinned: what is tested is the manifest's content
     ckdir = tmp_path / "ckpt"
-    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, key, tmp_path))
+    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up, tmp_path))
     assert proc.returncode == 66, proc.stderr
     assert out["error"] == "ManifestInvalid" and why in out["message"], out
     assert not ckdir.exists()
@@ -447,7 +501,13 @@ def test_restore_rejects_invalid_parameters_and_never_runs_them(
 ) -> None:
     pwned = tmp_path / "pwned"
     ckdir = tmp_path / "ckpt"
-    env = restore_env(base_env, bucket, ckdir, "runs/run-42/manifests/x.json", tmp_path)
+    up = {
+        "SSM_ManifestKey": "runs/run-42/manifests/x.json",
+        "SSM_ManifestVersionId": "3HL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY",
+        "SSM_ManifestSha256": "0" * 64,
+        "SSM_UploadPrefix": "runs/run-42/checkpoints/x/",
+    }
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path)
     env.update({f"SSM_{k}": v.format(pwned=pwned) for k, v in override.items()})
 
     proc, out = run(RESTORE, env)
@@ -474,7 +534,7 @@ def test_restore_refuses_to_start_a_second_trainer(
     pid_file = tmp_path / "train.pid"
     pid_file.write_text(f"{trainer.pid}\n")  # written this boot by a live trainer
     command, marker = marker_command(tmp_path)
-    env = restore_env(base_env, bucket, tmp_path / "ckpt", up["SSM_ManifestKey"], tmp_path, PidFile=str(pid_file), ResumeCommand=command)
+    env = restore_env(base_env, bucket, tmp_path / "ckpt", up, tmp_path, PidFile=str(pid_file), ResumeCommand=command)
 
     proc, out = run(RESTORE, env)
 
@@ -493,9 +553,7 @@ def test_restore_starts_the_trainer_over_a_stale_pid_file(
     children.append(other)
     pid_file = tmp_path / "train.pid"
     pid_file.write_text(f"{other.pid}\n")
-    env = restore_env(
-        base_env, bucket, tmp_path / "ckpt", up["SSM_ManifestKey"], tmp_path, PidFile=str(pid_file), ResumeCommand="/bin/sleep 30"
-    )
+    env = restore_env(base_env, bucket, tmp_path / "ckpt", up, tmp_path, PidFile=str(pid_file), ResumeCommand="/bin/sleep 30")
     env["AUTOSTOP_BOOT_TIME"] = str(int(time.time()) + 5)  # the PID file was written before this "boot"
 
     proc, out = run(RESTORE, env)
@@ -516,7 +574,7 @@ def test_restore_resume_command_that_does_not_keep_running(
 ) -> None:
     up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
     ckdir = tmp_path / "ckpt"
-    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up["SSM_ManifestKey"], tmp_path, ResumeCommand=command))
+    proc, out = run(RESTORE, restore_env(base_env, bucket, ckdir, up, tmp_path, ResumeCommand=command))
     assert proc.returncode == 69, proc.stderr
     assert out["error"] == "ResumeCommandFailed" and why in out["message"], out
     assert_restored(ckdir, files)  # the checkpoint stays in place
@@ -559,54 +617,74 @@ def test_checkpoint_does_not_signal_the_pid_of_a_stale_pid_file(
     assert not counter.exists() and trainer.poll() is None, "the process of a stale PID file was signalled"
 
 
-# --- probe: log offset ---------------------------------------------------------------------------------
+# --- probe: this boot's log baseline ---------------------------------------------------------------------
+
+BOOT = "test-boot-1"
+
+
+def write_baseline(state: Path, log: Path, offset: int, boot: str = BOOT, same_file: bool = True) -> None:
+    record = baseline_file(state, log)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    for d in (state, record.parent):
+        d.chmod(0o755)  # the state directory may not be writable by group or others
+    st = log.stat()
+    dev, ino = (st.st_dev, st.st_ino) if same_file else (st.st_dev, st.st_ino + 1)
+    record.write_text(json.dumps({"boot": boot, "dev": dev, "ino": ino, "offset": offset}, separators=(",", ":")) + "\n")
+
+
+def probe_log(base_env: dict[str, str], state: Path, log: Path, pattern: str = "training complete", boot: str = BOOT) -> str:
+    env = {**probe_env(base_env, log_file=str(log), pattern=pattern), "AUTOSTOP_STATE_DIR": str(state), "AUTOSTOP_BOOT_ID": boot}
+    proc, out = run(PROBE, env)
+    assert proc.returncode == 0, proc.stderr
+    assert out["pid"] == {"state": "not_configured", "pid": None}
+    print(proc.stderr)  # the reason, shown when a test fails
+    return str(out["log"]["state"])
 
 
 @pytest.mark.parametrize(
-    ("log_text", "offset", "state"),
+    ("log_text", "record", "state"),
     [
-        ("training complete\n", "len", "not_matched"),  # only the previous run's line
+        ("training complete\n", "len", "not_matched"),  # only the previous session's line
         ("training complete\n", "len-then-new", "matched"),  # the resumed run finished too
-        ("old\n" * 10, "beyond", "matched"),  # rotated: shorter than the offset, so all of it
+        ("old\n" * 10, "truncated", "matched"),  # truncated after the baseline: all of it is this boot's
+        ("training complete\n", "other-inode", "matched"),  # replaced after the baseline: all of it is this boot's
         ("training complete\n", "garbage", "unreadable"),  # never fall back to the old lines
-        ("training complete\n", "none", "matched"),  # never restored
+        ("training complete\n", "none", "matched"),  # never probed or restored, written this boot
     ],
 )
-def test_probe_scans_only_after_the_log_offset(base_env: dict[str, str], tmp_path: Path, log_text: str, offset: str, state: str) -> None:
+def test_probe_scans_only_after_this_boots_baseline(
+    base_env: dict[str, str], tmp_path: Path, log_text: str, record: str, state: str
+) -> None:
     log = tmp_path / "train.log"
     log.write_text(log_text)
     state_dir = tmp_path / "state"
-    record = offset_file(state_dir, log)
-    record.parent.mkdir(parents=True)
-    if offset in ("len", "len-then-new"):
-        record.write_text(f"{len(log_text)}\n")
-    elif offset == "beyond":
-        record.write_text("999999\n")
+    if record in ("len", "len-then-new"):
+        write_baseline(state_dir, log, len(log_text))
+    elif record == "truncated":
+        write_baseline(state_dir, log, 999999)
         log.write_text("epoch 1\ntraining complete\n")
-    elif offset == "garbage":
-        record.write_text("twelve\n")
-    if offset == "len-then-new":
+    elif record == "other-inode":
+        write_baseline(state_dir, log, len(log_text), same_file=False)
+    elif record == "garbage":
+        baseline_file(state_dir, log).parent.mkdir(parents=True)
+        state_dir.chmod(0o755)
+        baseline_file(state_dir, log).write_text("twelve\n")
+    if record == "len-then-new":
         with log.open("a") as f:
             f.write("step 5\ntraining complete\n")
-    env = {**probe_env(base_env, log_file=str(log), pattern="training complete"), "AUTOSTOP_STATE_DIR": str(state_dir)}
-    proc, out = run(PROBE, env)
-    assert proc.returncode == 0
-    assert out == {"probe": 1, "pid": {"state": "not_configured", "pid": None}, "log": {"state": state}}
+    assert probe_log(base_env, state_dir, log) == state
 
 
-def test_probe_offset_check_at_the_boundary(base_env: dict[str, str], tmp_path: Path) -> None:
-    """A match that starts right at the offset counts; one that ends right before it does not."""
+def test_probe_baseline_check_at_the_boundary(base_env: dict[str, str], tmp_path: Path) -> None:
+    """A match that starts right at the baseline counts; one that ends right before it does not."""
     log = tmp_path / "train.log"
     old = "DONE\n"
     log.write_text(old + "DONE\n")
     state_dir = tmp_path / "state"
-    record = offset_file(state_dir, log)
-    record.parent.mkdir(parents=True)
-    record.write_text(str(len(old)))
-    env = {**probe_env(base_env, log_file=str(log), pattern="^DONE$"), "AUTOSTOP_STATE_DIR": str(state_dir)}
-    assert run(PROBE, env)[1]["log"] == {"state": "matched"}
+    write_baseline(state_dir, log, len(old))
+    assert probe_log(base_env, state_dir, log, pattern="^DONE$") == "matched"
     log.write_text(old)
-    assert run(PROBE, env)[1]["log"] == {"state": "not_matched"}
+    assert probe_log(base_env, state_dir, log, pattern="^DONE$") == "not_matched"
 
 
 def test_restore_is_plain_bash() -> None:
