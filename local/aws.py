@@ -26,6 +26,23 @@ What is patched, and why:
   ``SpotInstanceRequestId`` and DescribeSpotInstanceRequests its ``Type``. Its state follows the
   instance (stopped: disabled; started: active; terminated: closed). StopInstances on an instance of a
   one-time request fails with ``UnsupportedOperation``, as on EC2.
+* Step Functions status-change events: moto emits none. When an execution ends (SUCCEEDED, FAILED,
+  TIMED_OUT, ABORTED) a "Step Functions Execution Status Change" event shaped as Step Functions' (source
+  ``aws.states``, detail executionArn, stateMachineArn, name, status, startDate/stopDate in epoch ms, input,
+  output, error, cause) is put on the default bus, so the execution-ended rule is tested end to end. (On AWS
+  these events are delivered on a best-effort basis.)
+* JSONPath: moto returns ``$.Reservations[0].Instances[0].LaunchTime`` (a field right after an array index)
+  as a one-element list, a workaround of its own for moto issue 7825; Step Functions returns the value (as it
+  does for ``...Instances[0].State.Name``). Here a single match of a path that does not end in an index,
+  slice or wildcard is returned as the value.
+* SDK-integration timestamps: moto's ``aws-sdk:*`` Tasks put boto3's response into the state as it is, so a
+  timestamp such as DescribeInstances' ``LaunchTime`` is a Python ``datetime``, which no Choice operator takes
+  for a timestamp (``IsTimestamp`` is false, ``TimestampEquals*`` never match; the history shows it as
+  ``...+00:00`` only because it is serialized). Step Functions' result is JSON, its timestamps ISO 8601
+  strings in UTC (``2026-01-01T00:00:00Z``, fractional seconds when there are any); here they are made so.
+* Choice timestamps: moto's ``IsTimestamp`` and ``Timestamp*`` operators parse only ``YYYY-MM-DDTHH:MM:SSZ``,
+  while the ASL takes any RFC 3339 timestamp (fractional seconds, a numeric offset) and compares instants.
+  Here every RFC 3339 timestamp parses, to an aware UTC datetime.
 * EventBridge ``time``: moto passes PutEvents' ``Time`` through as an epoch number (and adds a field
   of its own, ``ingestion-time``); events delivered to Lambda carry AWS's ``YYYY-MM-DDTHH:MM:SSZ`` string
   and no ``ingestion-time``. Targets moto delivers itself (SQS, logs) keep moto's shape, which its input
@@ -38,6 +55,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -56,6 +74,8 @@ REPO = Path(__file__).resolve().parents[1]
 LAMBDAS = REPO / "lambdas"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+"""An ASL timestamp: RFC 3339, an uppercase ``T``, and ``Z`` or a numeric offset."""
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -168,6 +188,9 @@ class LocalAws:
         self._patch_events()
         self._patch_time()
         self._patch_ec2()
+        self._patch_execution_ends()
+        self._patch_json_path()
+        self._patch_timestamps()
         stack.callback(self.lambdas.pool.shutdown, wait=True, cancel_futures=True)
         return self
 
@@ -314,6 +337,109 @@ class LocalAws:
         self._stack.enter_context(mock.patch.object(InstanceBackend, "terminate_instances", terminate_instances))
         self._stack.enter_context(mock.patch.object(InstanceResponse, "run_instances", run_instances_response))
 
+    def _patch_json_path(self) -> None:
+        from moto.stepfunctions.parser.asl.utils import json_path
+
+        for user in (
+            "component.common.string.string_expression",
+            "component.intrinsic.argument.argument",
+            "component.state.choice.comparison.operator.implementations.timestamp_operators",
+            "component.state.choice.comparison.operator.implementations.boolean_equals",
+            "component.state.choice.comparison.operator.implementations.numeric",
+            "component.state.choice.comparison.operator.implementations.string_operators",
+            "eval.states",
+        ):
+            importlib.import_module(f"moto.stepfunctions.parser.asl.{user}")
+        original, index = json_path.extract_json, json_path.Index
+
+        def extract_json(path: str, data: Any) -> Any:
+            value = original(path, data)
+            if isinstance(value, list) and len(value) == 1 and not path.rstrip().endswith("]"):
+                matches = json_path.parse(path).find(data)
+                if len(matches) == 1 and not isinstance(matches[0].path, index):
+                    return matches[0].value
+            return value
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith("moto.stepfunctions.parser") and getattr(module, "extract_json", None) is original:
+                self._stack.enter_context(mock.patch.object(module, "extract_json", extract_json))
+
+    def _patch_timestamps(self) -> None:
+        from moto.stepfunctions.parser.asl.component.state.choice.comparison.operator.implementations.is_operator import IsTimestamp
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk import (
+            StateTaskServiceAwsSdk,
+        )
+
+        original_task = StateTaskServiceAwsSdk._eval_service_task
+
+        def _eval_service_task(task: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+            original_task(task, env, *args, **kwargs)
+            env.stack[-1] = sdk_json(env.stack[-1])
+
+        def string_to_timestamp(string: str) -> datetime | None:
+            match = RFC3339.fullmatch(string) if isinstance(string, str) else None
+            if match is None:
+                return None
+            date, fraction, zone = match.groups()
+            try:
+                when = datetime.fromisoformat(date + (fraction or "")[:7] + ("+00:00" if zone == "Z" else zone))
+            except ValueError:
+                return None
+            return when.astimezone(UTC)
+
+        self._stack.enter_context(mock.patch.object(IsTimestamp, "string_to_timestamp", staticmethod(string_to_timestamp)))
+        self._stack.enter_context(mock.patch.object(StateTaskServiceAwsSdk, "_eval_service_task", _eval_service_task))
+
+    def _patch_execution_ends(self) -> None:
+        from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+
+        original = BaseExecutionWorkerCommunication.terminated
+        aws = self
+
+        def terminated(comm: Any) -> None:
+            # Count the event as in flight before the status leaves RUNNING, so that waiting for "no delivery in
+            # flight and no execution running" cannot slip between the two.
+            ready = threading.Event()
+            aws.lambdas.submit(lambda: (ready.wait(30), aws._put_execution_status(comm.execution)))
+            try:
+                original(comm)
+            finally:
+                ready.set()
+
+        self._stack.enter_context(mock.patch.object(BaseExecutionWorkerCommunication, "terminated", terminated))
+
+    def _put_execution_status(self, execution: Any) -> None:
+        def millis(when: Any) -> int | None:
+            return int(when.timestamp() * 1000) if isinstance(when, datetime) else None
+
+        status = execution.exec_status.value if execution.exec_status is not None else "RUNNING"
+        output = json.dumps(execution.output, separators=(",", ":")) if status == "SUCCEEDED" else None
+        detail = {
+            "executionArn": execution.exec_arn,
+            "stateMachineArn": execution.state_machine_arn,
+            "name": execution.name,
+            "status": status,
+            "startDate": millis(execution.start_date),
+            "stopDate": millis(execution.stop_date),
+            "input": json.dumps(execution.input_data, separators=(",", ":")),
+            "inputDetails": {"included": True},
+            "output": output,
+            "outputDetails": {"included": True} if output is not None else None,
+            "error": execution.error,
+            "cause": execution.cause,
+        }
+        try:
+            self.put_event(
+                "aws.states",
+                "Step Functions Execution Status Change",
+                detail,
+                resources=[execution.exec_arn],
+                account=execution.account_id,
+                region=execution.region_name,
+            )
+        except Exception as exc:  # a lost event is what "best effort" allows; say so in the errors
+            self.lambdas.errors.append(f"execution status event for {execution.name}: {type(exc).__name__}: {exc}")
+
     @staticmethod
     def _notify(listeners: list[Callable[[list[str]], None]], ids: list[str]) -> None:
         if ids:
@@ -406,6 +532,25 @@ def aws_event_shape(event: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(when, datetime):
         out["time"] = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
+
+
+def sdk_json(value: Any) -> Any:
+    """An SDK response as a Step Functions ``aws-sdk`` Task returns it: JSON, timestamps as UTC ISO 8601 strings."""
+    if isinstance(value, dict):
+        return {k: sdk_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [sdk_json(v) for v in value]
+    if isinstance(value, datetime):
+        when = value.astimezone(UTC) if value.tzinfo else value
+        fraction = (
+            ""
+            if not when.microsecond
+            else f".{when.microsecond // 1000:03d}"
+            if not when.microsecond % 1000
+            else f".{when.microsecond:06d}"
+        )
+        return when.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+    return value
 
 
 def _spot_request(instance: Any) -> Any:

@@ -286,15 +286,16 @@ def _install_botocore(aws: LocalAws, injector: FaultInjector) -> None:
         if fault is not None and not fault.after:
             return _inject(fault, request, service, operation, origin)
         result = original_get(endpoint, request, operation_model, context)
-        if fault is not None:
-            return _inject(fault, request, service, operation, origin)
         if service == "ec2" and operation in DESTRUCTIVE_OPERATIONS and origin != "other":
+            # An ``after`` fault loses the answer of a call EC2 accepted: the call still counts as made.
             response, exc = result
             if exc is None and response is not None and response[0].status_code < 300:
                 with injector._lock:
                     injector.destructive_calls.append(
                         {"operation": operation, "instance_ids": list(params.get("InstanceIds") or []), "origin": origin}
                     )
+        if fault is not None:
+            return _inject(fault, request, service, operation, origin)
         return result
 
     def _inject(fault: AwsFault, request: Any, service: str, operation: str, origin: str) -> Any:

@@ -15,6 +15,10 @@ from constructs import Construct
 from infra.nag import acknowledge
 from lambdas.shared import constants as c
 
+EXECUTION_STATUS_CHANGE = "Step Functions Execution Status Change"
+LAST_ATTEMPT = 20
+"""shared/executions.py MAX_ATTEMPTS (tests/infra/test_stack.py checks they agree)."""
+
 
 class Triggers(Construct):
     """``Schedule`` runs the sweep every ``schedule_minutes``; ``MarkerCreated`` sends Object Created events of
@@ -32,6 +36,8 @@ class Triggers(Construct):
         on_marker: lambda_.IFunction,
         on_instance: lambda_.IFunction,
         bucket: s3.IBucket,
+        on_execution_ended: lambda_.IFunction | None = None,
+        state_machine_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.undelivered = sqs.Queue(
@@ -47,7 +53,7 @@ class Triggers(Construct):
             "This queue is itself the dead-letter queue of the EventBridge targets; it needs no DLQ of its own.",
         )
         delivery = {"dead_letter_queue": self.undelivered, "retry_attempts": 4, "max_event_age": Duration.hours(2)}
-        for fn in (sweep, on_marker, on_instance):
+        for fn in (sweep, on_marker, on_instance, *([on_execution_ended] if on_execution_ended else [])):
             # EventBridge invokes asynchronously: an invocation that fails after Lambda's retries is kept, not lost.
             fn.configure_async_invoke(on_failure=destinations.SqsDestination(self.undelivered))
             acknowledge(
@@ -93,3 +99,35 @@ class Triggers(Construct):
             event_pattern=events.EventPattern(source=["aws.ec2"], detail_type=[c.STATE_CHANGE], detail={"state": ["running"]}),
             targets=[targets.LambdaFunction(on_instance, **delivery)],
         )
+        if on_execution_ended is not None and state_machine_arn is not None:
+            # Executions that end without their own Notify: the state machine's timeout, StopExecution, a failure
+            # no Catch handles (the Lambda ignores FAILED executions whose error is one of the failure outcomes:
+            # those were notified). Step Functions sends these events to the default bus on a best-effort basis.
+            self.execution_ended = events.Rule(
+                self,
+                "ExecutionEnded",
+                description="autostop: a lifecycle execution timed out, was aborted or failed",
+                event_pattern=events.EventPattern(
+                    source=["aws.states"],
+                    detail_type=[EXECUTION_STATUS_CHANGE],
+                    detail={"stateMachineArn": [state_machine_arn], "status": ["TIMED_OUT", "ABORTED", "FAILED"]},
+                ),
+                targets=[targets.LambdaFunction(on_execution_ended, **delivery)],
+            )
+            # The last attempt a trigger may start (shared/executions.py MAX_ATTEMPTS, named ...-<MAX_ATTEMPTS>) ended
+            # before anything was done: no trigger starts another one, so say so.
+            self.attempts_exhausted = events.Rule(
+                self,
+                "LastAttemptEnded",
+                description="autostop: the last attempt of a run ended; the Lambda notifies when it did nothing",
+                event_pattern=events.EventPattern(
+                    source=["aws.states"],
+                    detail_type=[EXECUTION_STATUS_CHANGE],
+                    detail={
+                        "stateMachineArn": [state_machine_arn],
+                        "status": ["SUCCEEDED"],
+                        "name": events.Match.suffix(f"-{LAST_ATTEMPT}"),
+                    },
+                ),
+                targets=[targets.LambdaFunction(on_execution_ended, **delivery)],
+            )

@@ -31,6 +31,19 @@ def tag_value(text: str) -> str:
     return clean if len(clean) <= c.TAG_VALUE_MAX else clean[: c.TAG_VALUE_MAX - 3] + "..."
 
 
+TRAINER_GONE = ("exited", "not_running")
+"""What the checkpoint script reports when no trainer process is left on the instance (Verify's ``trainer``)."""
+
+
+def trainer_left(verification: dict[str, Any]) -> bool:
+    """True when the checkpoint command left no trainer in memory: it exited on the signal (or was not running),
+    or it saved a fresh checkpoint after the signal and is not reported as still running."""
+    if not verification.get("verified"):
+        return False
+    trainer = verification.get("trainer")
+    return trainer in TRAINER_GONE or (verification.get("fresh") is True and trainer != "still_running")
+
+
 def record_outcome(state: dict[str, Any], execution: str, *, records: RunRecords, ec2: Any, tag_prefix: str) -> RecordOutput:
     """Write ``state["result"]`` into the run record and the instance tags.
 
@@ -66,11 +79,19 @@ def record_outcome(state: dict[str, Any], execution: str, *, records: RunRecords
         # checkpoint, never cleared by a later failure in the same session.
         if outcome in c.RESUMABLE_OUTCOMES and record.get("last_checkpoint"):
             record["resumable"] = True
-        # A Spot warning's hibernate action happens whatever this execution's outcome: the trainer comes back
-        # from memory, so no older session's checkpoint may be restored under it.
+        # A Spot warning's hibernate action happens whatever this execution's outcome: a trainer still in memory
+        # comes back with it, so no older session's checkpoint may be restored under it. But a trainer that this
+        # execution signalled and that exited (saved and left, as the trainer contract asks) is gone from memory:
+        # the session then resumes from its verified checkpoint like a stopped one.
         spot_action = (state.get("trigger") or {}).get("action")
-        if outcome == c.OUTCOME_HIBERNATED or spot_action == "hibernate":
+        if outcome == c.OUTCOME_HIBERNATED:
             record["hibernated"] = True
+        elif spot_action == "hibernate":
+            if trainer_left(verification) and record.get("last_checkpoint"):
+                record["resumable"] = True
+                record.pop("hibernated", None)
+            else:
+                record["hibernated"] = True
         if record.get("active") == execution:
             record.pop("active")
             record.pop("active_until", None)

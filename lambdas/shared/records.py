@@ -17,6 +17,9 @@ Item attributes::
     last_checkpoint {manifest_uri, execution, files, bytes, step, fresh, verified_at,
                      objects: [{key, size, sha256}] (first OBJECTS_MAX), objects_truncated}
     auto_stopped bool                      autostop stopped the instance at the end of this session
+    stop_requested {execution, action, at} written (conditional UpdateItem) right BEFORE StopInstances /
+                                           TerminateInstances / hibernate; removed when EC2 refused the call. A
+                                           session carrying it is resumable even if the call's answer was lost
     version      int                       optimistic lock of every read-modify-write
 
 Every write is conditional: :meth:`RunRecords.claim` succeeds for one execution per (record, reason), and
@@ -219,16 +222,27 @@ class RunRecords:
     ) -> dict[str, Any]:
         """Read, apply ``change`` to the record (a dict, in place), append a history entry, write back.
 
-        The write is conditional on the version read, retried on a concurrent change. Returns the record
-        written. Raises :class:`RecordConflict` after MAX_CONFLICT_RETRIES lost races.
+        The write is conditional on the version read, retried on a concurrent change. ``last_checkpoint`` only
+        moves forward: a change that would replace it with an older one (:func:`checkpoint_is_newer`) keeps the
+        recorded one, whichever writer came last. Returns the record written. Raises :class:`RecordConflict`
+        after MAX_CONFLICT_RETRIES lost races.
         """
         self.ensure(key)
         for attempt in range(MAX_CONFLICT_RETRIES):
             record = self.get(key) or {}
             version = int(record.get("version", 0))
+            before = record.get("last_checkpoint")
             change(record)
+            after = record.get("last_checkpoint")
+            if before and after is not before and not checkpoint_is_newer(after, before):
+                # last_checkpoint only moves forward (by step, then verified_at): a Verify that finishes after a
+                # newer one (a rebalance upload overtaken by the completion checkpoint) must not replace it.
+                record["last_checkpoint"] = before
+                note = f"{detail} (older than the recorded checkpoint {before.get('manifest_uri')}; kept that one)"
+            else:
+                note = detail
             history = list(record.get("history") or [])
-            history.append({"at": self.clock(), "status": status, "execution": execution, "detail": detail[:500]})
+            history.append({"at": self.clock(), "status": status, "execution": execution, "detail": note[:500]})
             record.update(history=history[-HISTORY_MAX:], status=status, version=version + 1, updated_at=self.clock())
             try:
                 self.dynamodb.put_item(
@@ -245,6 +259,79 @@ class RunRecords:
                 self.sleep(0.05 * (attempt + 1))
         raise RecordConflict(f"run record {key.instance_id} {key.sort_key} kept changing; gave up after {MAX_CONFLICT_RETRIES} attempts")
 
+    def mark_stop_requested(self, key: RunKey, execution: str, action: str) -> str | None:
+        """Record that ``execution`` is about to call StopInstances/TerminateInstances (``action``): one conditional
+        UpdateItem, written BEFORE the call, so that a call whose answer is lost (timeout, 5xx after EC2 accepted
+        it) still leaves the session resumable. Only the execution holding the record's ``complete`` lock may
+        write it; idempotent for that execution. Returns None when written, else why not (then nothing is called).
+
+        Raises:
+            botocore ClientError: any error but the condition failing (the caller retries transient ones).
+        """
+        names = {"#locks": "locks", "#c": "complete", "#stop": "stop_requested", "#x": "execution", "#history": "history", "#v": "version"}
+        names["#status"] = "status"
+        mark = {"execution": execution, "action": action, "at": self.clock()}
+        values: dict[str, Any] = {
+            ":e": {"S": execution},
+            ":m": _ser.serialize(mark),
+            ":h": {"L": [_ser.serialize({"at": mark["at"], "status": "stop-requested", "execution": execution, "detail": action})]},
+            ":s": {"S": "stop-requested"},
+            ":one": {"N": "1"},
+        }
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table,
+                Key=key.item_key(),
+                UpdateExpression="SET #stop = :m, #history = list_append(#history, :h), #status = :s ADD #v :one",
+                ConditionExpression="#locks.#c = :e AND (attribute_not_exists(#stop) OR #stop.#x = :e)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            record = self.get(key) or {}
+            holder = (record.get("locks") or {}).get("complete")
+            if holder != execution:
+                return f"the run record's complete lock is held by {holder or 'no execution'}, not {execution}"
+            other = (record.get("stop_requested") or {}).get("execution")
+            return f"execution {other} already asked EC2 to stop this session"
+        return None
+
+    def clear_stop_request(self, key: RunKey, execution: str, why: str) -> None:
+        """Remove ``execution``'s stop mark after EC2 refused the call outright (nothing was stopped)."""
+
+        def change(record: dict[str, Any]) -> None:
+            if (record.get("stop_requested") or {}).get("execution") == execution:
+                record.pop("stop_requested")
+
+        self.update(key, change, status="stop-refused", execution=execution, detail=why)
+
+
+def checkpoint_is_newer(candidate: dict[str, Any] | None, current: dict[str, Any] | None) -> bool:
+    """True when the ``last_checkpoint`` value ``candidate`` may replace ``current``: a higher trainer step, or the
+    same step verified later (a None step counts lowest; the same entry again counts as newer, so a retried
+    Verify rewrites its own entry)."""
+    if not candidate:
+        return False
+    if not current:
+        return True
+
+    def rank(entry: dict[str, Any]) -> tuple[int, int]:
+        step = entry.get("step")
+        return (0, 0) if step is None else (1, int(step))
+
+    new, old = rank(candidate), rank(current)
+    if new != old:
+        return new > old
+    return str(candidate.get("verified_at") or "") >= str(current.get("verified_at") or "")
+
+
+def stop_was_requested(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's stop mark (see :meth:`RunRecords.mark_stop_requested`), or None."""
+    mark = record.get("stop_requested")
+    return mark if isinstance(mark, dict) and mark.get("execution") else None
+
 
 def resume_source(earlier: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
     """Which earlier session of a run a resume restores from, or None and why not.
@@ -257,9 +344,13 @@ def resume_source(earlier: list[dict[str, Any]]) -> tuple[dict[str, Any] | None,
     if not earlier:
         return None, "the run has no earlier session on this instance"
     for record in earlier:
-        if record.get("hibernated"):
+        mark = stop_was_requested(record) or {}
+        if record.get("hibernated") or mark.get("action") == "hibernate":
             return None, f"session {record.get('session')} was hibernated: the trainer comes back from memory, nothing to restore"
-        if record.get("resumable") and (record.get("last_checkpoint") or {}).get("manifest_uri"):
+        # A stop mark counts as soon as it is written (before StopInstances): a start right after autostop's stop
+        # (before the execution recorded Stopped), or a stop whose answer was lost, still resumes.
+        stopped = record.get("resumable") or mark.get("action") == "stop"
+        if stopped and (record.get("last_checkpoint") or {}).get("manifest_uri"):
             return record, ""
     last = earlier[0]
     has = "a verified checkpoint" if (last.get("last_checkpoint") or {}).get("manifest_uri") else "no verified checkpoint"
@@ -276,11 +367,19 @@ def checkpoint_entry(
     step: int | None,
     fresh: bool | None,
     verified_at: str,
+    manifest_version_id: str | None = None,
+    manifest_sha256: str | None = None,
+    upload_prefix: str | None = None,
 ) -> dict[str, Any]:
-    """The ``last_checkpoint`` value of a record: the manifest's URI and its first OBJECTS_MAX objects."""
-    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"]} for f in files[:OBJECTS_MAX]]
+    """The ``last_checkpoint`` value of a record: the manifest's URI, the S3 VersionId and SHA-256 (hex) of the
+    manifest Verify read (the restore reads exactly that version), the upload prefix every object key must start
+    with, and the first OBJECTS_MAX objects (key, size, SHA-256, VersionId)."""
+    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"], "version_id": f.get("version_id")} for f in files[:OBJECTS_MAX]]
     return {
         "manifest_uri": manifest_uri,
+        "manifest_version_id": manifest_version_id,
+        "manifest_sha256": manifest_sha256,
+        "upload_prefix": upload_prefix,
         "execution": execution,
         "files": len(files),
         "bytes": total_bytes,

@@ -183,6 +183,77 @@ def test_a_later_failure_in_the_session_keeps_it_resumable(world: World) -> None
     assert resume_source([stored]) == (stored, "")
 
 
+@pytest.mark.parametrize(
+    ("trainer", "fresh", "restores", "hibernated"),
+    [
+        ("exited", True, True, False),  # saved on the signal and exited: nothing comes back from memory
+        ("exited", False, True, False),  # exited without a newer save: its last verified checkpoint is its state
+        ("not_running", None, True, False),  # no trainer process was left to hibernate
+        ("still_running", False, False, True),  # ignored the signal: it comes back from memory
+        ("not_configured", None, False, True),  # nothing was signalled: it comes back from memory
+    ],
+)
+def test_a_hibernate_interruption_whose_trainer_exited_is_resumable_not_hibernated(
+    world: World, trainer: str, fresh: bool | None, restores: bool, hibernated: bool
+) -> None:
+    """F12: the interruption execution signalled the trainer, which saved and exited as the contract asks;
+    hibernation keeps memory, but the trainer is gone from it: the next start must restore and restart it."""
+    inst = world.instance("a", run_tags())
+    key = RunKey(inst.instance_id, "run-a", SESSION)
+    verified_checkpoint(world, key)
+    st = state(
+        inst.instance_id,
+        "spot_checkpoint",
+        "SpotCheckpointSaved",
+        "saved",
+        verified=True,
+        manifest=MANIFEST,
+        trigger={"source": "EC2 Spot Instance Interruption Warning", "action": "hibernate"},
+    )
+    st["verification"].update(trainer=trainer, fresh=fresh)
+
+    out = record(st, "exec-1")
+
+    assert out["recorded"] is True, out["detail"]
+    stored = records(world).get(key)
+    assert stored is not None
+    assert stored.get("hibernated", False) is hibernated
+    assert stored.get("resumable", False) is True  # a saved Spot checkpoint; "hibernated" decides below
+    source, why = resume_source([stored])
+    assert (source is not None) is restores, why
+
+
+def test_last_checkpoint_only_moves_forward_by_step_then_time(world: World) -> None:
+    """F11: a rebalance Verify (older step) finishing after the completion Verify must not replace its checkpoint."""
+    inst = world.instance("a", run_tags())
+    key = RunKey(inst.instance_id, "run-a", SESSION)
+    recs = records(world)
+
+    def verify(execution: str, step: int | None, at: str) -> None:
+        entry = checkpoint_entry(
+            manifest_uri=f"s3://{BUCKET}/runs/run-a/manifests/{execution}.json",
+            execution=execution,
+            files=[],
+            total_bytes=0,
+            step=step,
+            fresh=None,
+            verified_at=at,
+        )
+        recs.update(key, lambda r: r.update(last_checkpoint=entry), status="checkpoint-verified", execution=execution)
+
+    verify("complete-exec", 300, "2026-11-30T04:00:00Z")
+    verify("rebalance-exec", 200, "2026-11-30T04:00:05Z")  # finished later, but an older step
+    assert records(world).get(key)["last_checkpoint"]["execution"] == "complete-exec"  # type: ignore[index]
+    verify("unknown-step", None, "2026-11-30T04:00:09Z")  # a None step counts lowest
+    assert records(world).get(key)["last_checkpoint"]["execution"] == "complete-exec"  # type: ignore[index]
+    verify("same-step-later", 300, "2026-11-30T04:01:00Z")  # same step, verified later: newer
+    stored = records(world).get(key)
+    assert stored is not None and stored["last_checkpoint"]["execution"] == "same-step-later"
+    assert "kept that one" in stored["history"][-2]["detail"]
+    verify("next-step", 301, "2026-11-30T03:00:00Z")  # a higher step wins whatever its time
+    assert records(world).get(key)["last_checkpoint"]["execution"] == "next-step"  # type: ignore[index]
+
+
 def test_a_long_manifest_uri_tag_is_cut_to_the_ec2_limit(world: World) -> None:
     inst = world.instance("a", run_tags())
     manifest = f"s3://{BUCKET}/" + "deep/" * 80 + "m.json"

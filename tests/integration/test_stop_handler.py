@@ -43,7 +43,7 @@ def decide(world: World, inst: SimulatedInstance, run: str) -> dict[str, Any]:
     from evaluate_completion.handler import lambda_handler
     from shared.naming import execution_name
 
-    world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{run}/_SUCCESS", Body=b"done")
+    world.client("s3").put_object(Bucket=BUCKET, Key=world.run_key(run, f"runs/{run}/_SUCCESS"), Body=b"done")
     name = execution_name(inst.instance_id, run, "complete")
     lifecycle = {"instance_id": inst.instance_id, "run_id": run, "reason": "complete"}
     evaluation = lambda_handler({"input": lifecycle, "execution_name": name}, CTX)

@@ -296,7 +296,8 @@ def test_checkpoint_entry_lists_at_most_objects_max(count: int, truncated: bool)
     assert entry["files"] == count
     assert entry["objects_truncated"] is truncated
     assert len(entry["objects"]) == min(count, OBJECTS_MAX)
-    assert entry["objects"] == [{"key": f["key"], "size": f["size"], "sha256": f["sha256"]} for f in files(count)[:OBJECTS_MAX]]
+    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"], "version_id": None} for f in files(count)[:OBJECTS_MAX]]
+    assert entry["objects"] == objects
     assert (entry["manifest_uri"], entry["execution"], entry["bytes"], entry["step"], entry["fresh"]) == (
         "s3://b/runs/run-a/manifests/e.json",
         EXEC_A,

@@ -1,0 +1,32 @@
+"""Lambda entry point of the execution-ended rule (Step Functions Execution Status Change of the lifecycle machine)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from on_execution_ended.logic import ENV_TOPIC_ARN, handle_ended
+from shared.clients import client
+from shared.observability import logger, metrics, tracer
+from shared.records import RunRecords
+from shared.settings import settings
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    config = settings()
+    result = handle_ended(
+        event,
+        records=RunRecords(client("dynamodb"), config.runs_table) if config.runs_table else None,
+        sns=client("sns"),
+        topic_arn=os.environ[ENV_TOPIC_ARN],
+        state_machine_arn=config.state_machine_arn,
+    )
+    if result.ignored:
+        logger.info("event ignored", extra=result.model_dump())
+    metrics.add_metric(name="SilentEndingsNotified", unit="Count", value=int(result.notified))
+    return result.model_dump(mode="json")
