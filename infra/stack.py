@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Duration, Stack, Token
+from aws_cdk import Aws, CfnOutput, Duration, Stack, Token
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -39,6 +39,8 @@ class AutostopStack(Stack):
             environment={
                 c.ENV_TAG_PREFIX: config.tag_prefix,
                 c.ENV_CHECKPOINT_BUCKET: storage.bucket.bucket_name,
+                # What IAM puts in ${ec2:SourceInstanceARN} minus the instance id: the instances' own key prefixes.
+                c.ENV_INSTANCE_ARN_PREFIX: f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/",
                 c.ENV_DEFAULT_ACTION: config.default_action,
                 c.ENV_DEFAULT_GRACE_SECONDS: str(config.default_grace_seconds),
                 c.ENV_MAX_GRACE_SECONDS: str(config.max_grace_seconds),
@@ -83,6 +85,12 @@ class AutostopStack(Stack):
             description="autostop Task state: write the outcome into the run record and the instance's informational tags",
             timeout=Duration.minutes(1),
         )
+        find_command = functions.function(
+            "FindCommand",
+            handler_package="find_command",
+            description="autostop Task state: after an ambiguous SendCommand failure, find the command by its comment (never re-send)",
+            timeout=Duration.seconds(30),
+        )
 
         workflow = LifecycleStateMachine(
             self,
@@ -93,6 +101,7 @@ class AutostopStack(Stack):
             stop=stop,
             confirm_resume=confirm_resume,
             record=record,
+            find_command=find_command,
             checkpoint_document_arn=documents.arn(documents.checkpoint),
             restore_document_arn=documents.arn(documents.restore),
             topic=notifications.topic,
@@ -122,6 +131,13 @@ class AutostopStack(Stack):
             timeout=Duration.minutes(1),
             extra_environment=trigger_env,
         )
+        ended = functions.function(
+            "ExecutionEnded",
+            handler_package="on_execution_ended",
+            description="autostop: record and notify executions that timed out, were aborted or failed without their own Notify",
+            timeout=Duration.minutes(1),
+            extra_environment={**trigger_env, "AUTOSTOP_OUTCOME_TOPIC_ARN": notifications.topic.topic_arn},
+        )
         Triggers(
             self,
             "Triggers",
@@ -130,6 +146,8 @@ class AutostopStack(Stack):
             on_marker=on_marker,
             on_instance=on_instance,
             bucket=storage.bucket,
+            on_execution_ended=ended,
+            state_machine_arn=state_machine.state_machine_arn,
         )
 
         # --- grants, where producer and consumer meet ----------------------------------------------------
@@ -171,6 +189,11 @@ class AutostopStack(Stack):
         )
         for statement in self._read_checkpoints(storage):
             verify.add_to_role_policy(statement)
+        # Verify reads exactly the versions the instance wrote (GetObject/HeadObject with VersionId): S3 authorizes a
+        # read of a named version with s3:GetObjectVersion. Only Verify reads versions.
+        verify.add_to_role_policy(
+            iam.PolicyStatement(sid="ReadPinnedVersions", actions=["s3:GetObjectVersion"], resources=[storage.bucket.arn_for_objects("*")])
+        )
         stop.add_to_role_policy(iam.PolicyStatement(sid="DescribeInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
         stop.add_to_role_policy(
             iam.PolicyStatement(
@@ -180,12 +203,42 @@ class AutostopStack(Stack):
                 conditions=opted_in,
             )
         )
+        # The stop mark (shared/records.py mark_stop_requested), written right before StopInstances.
+        stop.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="StopMarkInRunRecords",
+                actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                resources=[runs.table_arn],
+            )
+        )
+        # ListCommands lists no resource type in the Service Authorization Reference (AWS Systems Manager): '*'.
+        find_command.add_to_role_policy(iam.PolicyStatement(sid="FindOwnCommand", actions=["ssm:ListCommands"], resources=["*"]))
+        ended.add_to_role_policy(
+            iam.PolicyStatement(sid="RecordEndings", actions=["dynamodb:GetItem", "dynamodb:PutItem"], resources=[runs.table_arn])
+        )
+        notifications.topic.grant_publish(ended)
         self._acknowledge(functions, workflow, storage)
 
-        CfnOutput(self, "CheckpointBucket", value=storage.bucket.bucket_name, description="Checkpoints: runs/<run-id>/")
+        CfnOutput(
+            self,
+            "CheckpointBucket",
+            value=storage.bucket.bucket_name,
+            description="Checkpoints: instances/<instance ARN>/runs/<run-id>/; pipeline markers: markers/<run-id>/_SUCCESS",
+        )
         CfnOutput(self, "StateMachineArn", value=state_machine.state_machine_arn, description="Watch executions here")
         CfnOutput(self, "OutcomeTopicArn", value=notifications.topic.topic_arn, description="Subscribe for outcomes")
-        CfnOutput(self, "InstancePolicyArn", value=storage.instance_policy.managed_policy_arn, description="Attach to instance roles")
+        CfnOutput(
+            self,
+            "InstancePolicyArn",
+            value=storage.instance_policy.managed_policy_arn,
+            description="Attach to instance roles: write and read instances/<own instance ARN>/ only",
+        )
+        CfnOutput(
+            self,
+            "PipelineMarkerPolicyArn",
+            value=storage.pipeline_marker_policy.managed_policy_arn,
+            description="Attach to a pipeline role that puts completion markers: markers/* only",
+        )
         CfnOutput(self, "ProbeDocument", value=documents.probe.ref)
         CfnOutput(self, "CheckpointDocument", value=documents.checkpoint.ref)
         CfnOutput(self, "RestoreDocument", value=documents.restore.ref)
@@ -210,6 +263,13 @@ class AutostopStack(Stack):
         fn.add_to_role_policy(
             iam.PolicyStatement(sid="ProbeOptedInInstances", actions=["ssm:SendCommand"], resources=[instances_arn], conditions=opted_in)
         )
+        # '*' because AWS allows nothing narrower: in the Service Authorization Reference, "Actions, resources, and
+        # condition keys for AWS Systems Manager" (https://docs.aws.amazon.com/service-authorization/latest/reference/
+        # list_awssystemsmanager.html), CancelCommand, ListCommandInvocations and DescribeInstanceInformation list no
+        # resource type and no condition key, and "If there is no value for this column, you must specify all
+        # resources ("*")". So CancelCommand cannot carry the opt-in tag condition SendCommand has (SendCommand lists
+        # the instance and document resource types). These three stay with the roles that send the probe, which
+        # cancel only the probe commands they sent; a cancelled command can only make a run wait (never a stop).
         fn.add_to_role_policy(
             iam.PolicyStatement(
                 sid="ReadProbeResults",
@@ -239,15 +299,34 @@ class AutostopStack(Stack):
 
     def _acknowledge(self, functions: ControlPlaneFunctions, workflow: LifecycleStateMachine, storage: CheckpointStorage) -> None:
         """Each wildcard and managed policy cdk-nag reports, with the reason it is needed."""
-        bucket_objects = f"Resource::<{self._logical(storage.bucket.node.default_child)}.Arn>/*"
-        for scope in (functions, storage):
-            acknowledge(
-                scope,
-                "AwsSolutions-IAM5",
-                "Objects of the checkpoint bucket only: runs choose their own prefixes by tag (default runs/<run-id>/), "
-                "so readers of markers/manifests and the instance role need the bucket's objects, nothing outside it.",
-                finding=bucket_objects,
-            )
+        # As cdk-nag prints the bucket's ARN: the created bucket's GetAtt, or an existing bucket's literal ARN.
+        if storage.created:
+            bucket_arn = f"<{self._logical(storage.bucket.node.default_child)}.Arn>"
+        else:
+            bucket_arn = f"arn:<AWS::Partition>:s3:::{self.config.checkpoint_bucket}"
+        acknowledge(
+            functions,
+            "AwsSolutions-IAM5",
+            "Read-only access to objects of the checkpoint bucket: markers and manifests sit under every instance's "
+            "prefix and under markers/, so their readers need the bucket's objects, nothing outside it.",
+            finding=f"Resource::{bucket_arn}/*",
+        )
+        # cdk-nag prints the policy variable ${ec2:SourceInstanceARN} as <ec2:SourceInstanceARN>.
+        acknowledge(
+            storage.instance_policy,
+            "AwsSolutions-IAM5",
+            "One instance's own prefix: ${ec2:SourceInstanceARN} is the ARN of the instance whose instance-profile "
+            "credentials sign the request, so each instance reaches instances/<its ARN>/* only (and, without the key, "
+            "nothing); the trailing * is the keys it writes there.",
+            finding=f"Resource::{bucket_arn}/instances/<ec2:SourceInstanceARN>/*",
+        )
+        acknowledge(
+            storage.pipeline_marker_policy,
+            "AwsSolutions-IAM5",
+            "PutObject of completion markers only, under markers/ (markers/<run-id>/_SUCCESS): run ids are chosen by "
+            "the user, so the pipeline role needs the prefix, nothing else in the bucket.",
+            finding=f"Resource::{bucket_arn}/markers/*",
+        )
         for scope in (functions, workflow):
             acknowledge(
                 scope,
@@ -273,7 +352,7 @@ class AutostopStack(Stack):
             "before starting a new attempt).",
             finding="Resource::" + self._nag_arn("states", f'execution:{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{machine}"}}]}}]}}:*'),
         )
-        for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance", "ConfirmResume", "RecordOutcome"):
+        for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance", "ConfirmResume", "RecordOutcome", "FindCommand"):
             fn = functions.node.find_child(fn_id).node.default_child
             acknowledge(
                 workflow,

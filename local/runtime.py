@@ -31,12 +31,15 @@ TRAINER = Path(__file__).resolve().parent / "trainer.py"
 
 @dataclass
 class Placeholders:
-    """Values a scenario can refer to as ``{root}``, ``{bucket}``, ``{name}``, and ``{trainer}``: the toy
-    trainer as an absolute command (this Python and local/trainer.py), for an ``autostop:resume-command`` tag."""
+    """Values a scenario can refer to as ``{root}``, ``{bucket}``, ``{name}``, ``{trainer}`` (the toy trainer as
+    an absolute command: this Python and local/trainer.py, for an ``autostop:resume-command`` tag) and, once the
+    instance exists, ``{prefix}``: its own key prefix ``instances/<instance ARN>/`` (where its trainer puts the
+    completion marker, e.g. ``s3://{bucket}/{prefix}runs/<run-id>/_SUCCESS``)."""
 
     root: Path
     bucket: str
     name: str
+    prefix: str = "{prefix}"
 
     def expand(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -46,6 +49,7 @@ class Placeholders:
                 .replace("{bucket}", self.bucket)
                 .replace("{name}", self.name)
                 .replace("{trainer}", trainer)
+                .replace("{prefix}", self.prefix)
             )
         if isinstance(value, list):
             return [self.expand(v) for v in value]
@@ -137,7 +141,23 @@ class LocalControlPlane:
     # --- instances -------------------------------------------------------------------------------------
 
     def placeholders(self, name: str) -> Placeholders:
-        return Placeholders(root=self.workdir / "instances" / name, bucket=self.deployment.bucket, name=name)
+        inst = self.by_name.get(name)
+        prefix = self.instance_prefix(inst.instance_id) if inst else "{prefix}"
+        return Placeholders(root=self.workdir / "instances" / name, bucket=self.deployment.bucket, name=name, prefix=prefix)
+
+    def instance_prefix(self, instance_id: str) -> str:
+        """``instances/<instance ARN>/``: the keys this instance may write and read (the stack's instance policy)."""
+        return f"instances/{self.deployment.environment['AUTOSTOP_INSTANCE_ARN_PREFIX']}{instance_id}/"
+
+    def run_uri(self, run_id: str, key: str) -> str:
+        """``s3://<bucket>/instances/<ARN of the instance tagged with RUN_ID>/<KEY>``: where that instance's trainer
+        puts objects of the run, such as its completion marker (``runs/<run-id>/_SUCCESS``)."""
+        ec2 = self.aws.client("ec2")
+        found = ec2.describe_instances(Filters=[{"Name": "tag:autostop:run-id", "Values": [run_id]}])["Reservations"]
+        ids = sorted(i["InstanceId"] for r in found for i in r["Instances"])
+        if len(ids) != 1:
+            raise LookupError(f"{len(ids)} instances are tagged autostop:run-id={run_id}: {ids}")
+        return f"s3://{self.deployment.bucket}/{self.instance_prefix(ids[0])}{key}"
 
     def launch_instance(
         self,
@@ -174,7 +194,8 @@ class LocalControlPlane:
             "TagSpecifications": [
                 {
                     "ResourceType": "instance",
-                    "Tags": [{"Key": "Name", "Value": name}] + [{"Key": k, "Value": ph.expand(v)} for k, v in tags.items()],
+                    "Tags": [{"Key": "Name", "Value": name}]
+                    + [{"Key": k, "Value": ph.expand(v)} for k, v in tags.items() if "{prefix}" not in v],
                 }
             ],
         }
@@ -191,7 +212,15 @@ class LocalControlPlane:
         inst = SimulatedInstance(instance_id=iid, name=name, root=ph.root, agent_online=agent == "online", faults=tuple(faults or ()))
         self.fleet.add(inst)
         self.by_name[name] = inst
+        later = {k: v for k, v in tags.items() if "{prefix}" in v}  # tagged once the instance (its ARN) exists
+        if later:
+            ph = self.placeholders(name)
+            ec2.create_tags(Resources=[iid], Tags=[{"Key": k, "Value": ph.expand(v)} for k, v in later.items()])
+        resume = tags.get("autostop:resume-command")
+        if resume:  # the simulated trainers run as root: only an allowlisted command may be resumed as root
+            inst.allow_resume_command(self.placeholders(name).expand(resume))
         if trainer is not None:
+            ph = self.placeholders(name)  # now with {prefix}
             argv = [sys.executable, str(TRAINER), *[str(a) for a in ph.expand(trainer)]]
             inst.trainer = inst.start_process(argv, self.aws.subprocess_env(), "trainer.out")
         return iid

@@ -8,11 +8,11 @@ Format (JSON)::
         {"name": "trainer-1", "market": "on-demand", "agent": "online", "faults": [],
          "tags": {"autostop:enabled": "true", "autostop:run-id": "demo-run",
                   "autostop:checkpoint-dir": "{root}/checkpoints", "autostop:pid-file": "{root}/trainer.pid"},
-         "trainer": {"steps": 10, "step_seconds": 0.05, "marker_uri": "s3://{bucket}/runs/demo-run/_SUCCESS"}}
+         "trainer": {"steps": 10, "step_seconds": 0.05, "marker_uri": "s3://{bucket}/{prefix}runs/demo-run/_SUCCESS"}}
       ],
       "steps": [
         {"step": "wait_for_trainer_exit", "instance": "trainer-1"},
-        {"step": "put_object", "uri": "s3://{bucket}/runs/demo-run/_SUCCESS", "body": "done"},
+        {"step": "put_object", "instance": "trainer-1", "uri": "s3://{bucket}/{prefix}runs/demo-run/_SUCCESS", "body": "done"},
         {"step": "schedule_tick"},
         {"step": "sleep", "seconds": 1},
         {"step": "wait_executions", "timeout": 120}
@@ -20,7 +20,9 @@ Format (JSON)::
     }
 
 ``{root}`` is the instance's sandbox folder (its disk), ``{bucket}`` the checkpoint bucket, ``{name}``
-the instance name. ``spot`` (``one-time`` | ``persistent``) makes a spot instance of that request type.
+the instance name, ``{prefix}`` its own key prefix ``instances/<instance ARN>/`` (the only keys the instance may
+write: its trainer's completion marker goes there; a ``put_object`` step names the ``instance`` it acts as).
+``spot`` (``one-time`` | ``persistent``) makes a spot instance of that request type.
 Steps that act on one instance: ``spot_interruption`` {instance, seconds_left (0..120, default 120: the
 notice is on time; fewer: it is 120 - seconds_left s old), action (terminate | stop | hibernate)},
 ``rebalance_recommendation`` {instance}, ``stop_instance`` / ``start_instance`` {instance} (what a person
@@ -100,6 +102,8 @@ class PutObject(Model):
     step: Literal["put_object"]
     uri: str
     body: str = ""
+    instance: str | None = None
+    """The instance (or its trainer) that puts it: expands ``{prefix}`` and ``{root}``."""
 
 
 class ScheduleTick(Model):
@@ -203,7 +207,7 @@ def run_steps(cp: LocalControlPlane, scenario: Scenario, log: Any = print) -> li
             cp.wait_for_trainer_exit(step.instance, timeout=step.timeout)
             record["instance"] = step.instance or "all"
         elif isinstance(step, PutObject):
-            uri = cp.placeholders("-").expand(step.uri)
+            uri = cp.placeholders(step.instance or "-").expand(step.uri)
             cp.put_object(uri, step.body)
             record["uri"] = uri
         elif isinstance(step, ScheduleTick):

@@ -39,6 +39,7 @@ def function_env(**overrides: Any) -> dict[str, str]:
     env = {
         "AUTOSTOP_TAG_PREFIX": "autostop",
         "AUTOSTOP_CHECKPOINT_BUCKET": "ckpt-bucket",
+        "AUTOSTOP_INSTANCE_ARN_PREFIX": "arn:aws:ec2:us-east-1:123456789012:instance/",
         "AUTOSTOP_PROBE_DOCUMENT": "Autostop-Probe",
         "AUTOSTOP_CHECKPOINT_DOCUMENT": "Autostop-Checkpoint",
         "AUTOSTOP_POLL_SECONDS": "0.05",

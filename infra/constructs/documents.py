@@ -9,10 +9,12 @@ the environment variable ``SSM_<Name>``, so no tag value is ever pasted into she
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import Stack, Token
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
@@ -24,7 +26,11 @@ INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
 EXECUTION_NAME = r"^[A-Za-z0-9_-]{1,80}$"
 CHECKPOINT_DIR = r"^/[A-Za-z0-9._/-]{0,254}$"
 BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-MANIFEST_KEY = r"^[A-Za-z0-9._/=+-]{1,1000}\.json$"
+MANIFEST_KEY = r"^[A-Za-z0-9._/=+:-]{1,1000}\.json$"
+"""':' for the instance ARN in ``instances/arn:aws:ec2:<region>:<account>:instance/<id>/...``."""
+UPLOAD_PREFIX = r"^[A-Za-z0-9._/=+:-]{1,900}/$"
+MANIFEST_VERSION_ID = r"^[A-Za-z0-9._+/=-]{1,1024}$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
 RESUME_COMMAND = r"^(|/[A-Za-z0-9._/-]{1,254}( [A-Za-z0-9._/=:,+@%-]{1,255}){0,31})$"
 """An absolute program path, then up to 31 arguments separated by single spaces: no quotes, no shell syntax."""
 PROBE_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -33,6 +39,11 @@ PROBE_PARAMETERS: dict[str, dict[str, Any]] = {
     "LogPattern": {
         "description": "Extended regular expression that marks completion, or empty",
         "allowedPattern": r"^[ -~]{0,200}$",
+        "default": "",
+    },
+    "CheckpointDir": {
+        "description": "Checkpoint directory (absolute path) or empty: the log is read only when its owner owns it",
+        "allowedPattern": ABS_PATH_OR_EMPTY,
         "default": "",
     },
 }
@@ -49,7 +60,7 @@ CHECKPOINT_PARAMETERS: dict[str, dict[str, Any]] = {
         "default": "300",
     },
     "Bucket": {"description": "Checkpoint bucket", "allowedPattern": BUCKET},
-    "UploadPrefix": {"description": "Key prefix of this upload (ends with /)", "allowedPattern": r"^[A-Za-z0-9._/=+-]{1,900}/$"},
+    "UploadPrefix": {"description": "Key prefix of this upload (ends with /)", "allowedPattern": UPLOAD_PREFIX},
     "ManifestKey": {"description": "Key of the manifest, written last", "allowedPattern": MANIFEST_KEY},
     "PartSizeBytes": {"description": "Multipart part size in bytes (>= 5 MiB)", "allowedPattern": r"^[0-9]{7,11}$", "default": "536870912"},
     "DecisionTime": {
@@ -76,6 +87,12 @@ RESTORE_PARAMETERS: dict[str, dict[str, Any]] = {
     "CheckpointDir": {"description": "Checkpoint directory to restore into (absolute path)", "allowedPattern": CHECKPOINT_DIR},
     "Bucket": {"description": "Checkpoint bucket", "allowedPattern": BUCKET},
     "ManifestKey": {"description": "Key of the verified checkpoint's manifest", "allowedPattern": MANIFEST_KEY},
+    "ManifestVersionId": {"description": "S3 VersionId of the verified manifest (only it is read)", "allowedPattern": MANIFEST_VERSION_ID},
+    "ManifestSha256": {"description": "SHA-256 (hex) of the verified manifest's bytes", "allowedPattern": SHA256_HEX},
+    "UploadPrefix": {
+        "description": "Key prefix of the verified upload: every object key must start with it",
+        "allowedPattern": UPLOAD_PREFIX,
+    },
     "PidFile": {"description": "Trainer PID file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
     "LogFile": {"description": "Trainer log file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
     "ResumeCommand": {
@@ -85,6 +102,34 @@ RESTORE_PARAMETERS: dict[str, dict[str, Any]] = {
         "default": "",
     },
 }
+
+
+PINNED_DOCUMENT_VERSION = "1"
+"""The ``DocumentVersion`` every SendCommand names. Without it SSM runs the document's ``$DEFAULT`` version, which
+whoever holds ssm:UpdateDocument + ssm:UpdateDocumentDefaultVersion on the document can point at content of their
+own, run as root on every opted-in instance. Each document is named after a hash of its content
+(:func:`content_name`), so a change of content is a new document (CloudFormation: ``Name`` is create-only, a new
+name replaces the resource), created with version 1, and version 1 of that name is always the content this
+template holds: a later UpdateDocument only adds version 2, 3, ... and moving the default changes nothing.
+CloudFormation exposes no version number of an ``AWS::SSM::Document`` (its resource schema has no read-only
+properties, so no Fn::GetAtt), which rules out pinning "the latest version" from the template.
+SendCommand API reference (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_SendCommand.html),
+DocumentVersion: "The SSM document version to use in the request. You can specify $DEFAULT, $LATEST, or a specific
+version number."
+"""
+
+
+def content_name(stack_name: str, document: ssm.CfnDocument) -> str:
+    """``<stack>-<id>-<first 20 hex of the SHA-256 of type, format and content>``: a new name for every content, so
+    that each content is version 1 of its own document (see PINNED_DOCUMENT_VERSION). SSM names: 3-128 of
+    ``A-Z a-z 0-9 _ - .``, not starting with aws/amazon/amzn."""
+    digest = hashlib.sha256(
+        json.dumps([document.document_type, document.document_format, document.content], sort_keys=True).encode()
+    ).hexdigest()[:20]
+    stack = "autostop" if Token.is_unresolved(stack_name) else "".join(ch for ch in stack_name if ch.isalnum() or ch in "_-.")[:80]
+    if stack.lower().startswith(("aws", "amazon", "amzn")):
+        stack = f"autostop-{stack}"
+    return f"{stack}-{document.node.id}-{digest}"
 
 
 INCLUDE = "# @include "
@@ -210,6 +255,9 @@ class InstanceDocuments(Construct):
                 timeout="{{ executionTimeout }}",
             ),
         )
+
+        for document in (self.probe, self.checkpoint, self.restore):
+            document.name = content_name(Stack.of(self).stack_name, document)
 
     def arn(self, document: ssm.CfnDocument) -> str:
         stack = Stack.of(self)

@@ -1,4 +1,32 @@
-"""The checkpoint bucket, its access-log bucket, and the policy training instances need to write to it."""
+"""The checkpoint bucket, its access-log bucket, and the policies that let training instances and external
+pipelines write to it: each instance only under a prefix bound to its own identity, pipelines only markers.
+
+Why ``instances/${ec2:SourceInstanceARN}/*`` names exactly one instance's objects (IAM User Guide, "IAM policy
+elements: Variables and tags", https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html):
+
+* "You can use a policy variable in the ``Resource`` element, but only in the resource portion of the ARN. This
+  portion of the ARN appears after the fifth colon (:)." The variable sits in the S3 key part, after ``:::``.
+* Section "Request information that you can use for policy variables" lists ``ec2:SourceInstanceARN``: "This is
+  the Amazon Resource Name (ARN) of the Amazon EC2 instance from which the request is made. This key is present
+  only when the request comes from an Amazon EC2 instance using an IAM role associated with an EC2 instance
+  profile." (awsdocs/iam-user-guide, doc_source/reference_policies_variables.md)
+* Section "Policy variables with no value": "If a variable that has no value in the authorization context is used
+  as part of the ``Resource`` or ``NotResource`` element of a policy, the resource that includes a policy variable
+  with no value will not match any resource." So credentials that are not an instance profile's (a user, another
+  role, a session assumed from the instance role by ``AssumeRole``) match nothing here. No default value
+  (``${ec2:SourceInstanceARN, '...'}``) and no ``...IfExists`` operator may widen that; the statement also
+  requires the key (``Null`` = false), which says the same thing twice.
+* EC2 User Guide, "Condition keys for Amazon EC2" (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+  iam-policies-for-amazon-ec2.html): "Use ec2:SourceInstanceARN to specify the ARN of the instance from which a
+  request is made. This is an AWS global condition key, which means that you can use it with services other than
+  Amazon EC2."
+* The IAM page's table "Principal key values" gives, for a "Role assigned to an Amazon EC2 instance",
+  ``aws:userid`` = ``role-id:ec2-instance-id``: the documented alternative, should ``ec2:SourceInstanceARN`` ever
+  not resolve in an S3 request (``instances/${aws:userid}/*`` binds the prefix to role and instance).
+
+The value is ``arn:<partition>:ec2:<region>:<account>:instance/<instance-id>``: keys under it contain ``:``, which
+S3 allows (one of the characters its key naming guide says "might require special handling").
+"""
 
 from __future__ import annotations
 
@@ -10,7 +38,17 @@ from constructs import Construct
 from infra.config import AutostopConfig
 from infra.nag import acknowledge
 
-RUNS_PREFIX = "runs/"
+INSTANCES_PREFIX = "instances/"
+"""Every key an instance writes or reads: ``instances/<its instance ARN>/...``."""
+SOURCE_INSTANCE_ARN = "${ec2:SourceInstanceARN}"
+"""The IAM policy variable the instance policy's Resource is bound to (see the module docstring)."""
+INSTANCE_OBJECTS = f"{INSTANCES_PREFIX}{SOURCE_INSTANCE_ARN}/*"
+INSTANCE_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+"""Upload (PutObject also authorizes Create/UploadPart/CompleteMultipartUpload), read back for a restore (GetObject,
+and GetObjectVersion: the restore reads the verified versions only), abort or list its own multipart uploads.
+No ListBucket, no delete, nothing on the bucket itself."""
+MARKERS_PREFIX = "markers/"
+"""Completion markers written by pipelines outside the instance: ``markers/<run-id>/_SUCCESS``."""
 
 
 class CheckpointStorage(Construct):
@@ -101,13 +139,30 @@ class CheckpointStorage(Construct):
         self.instance_policy = iam.ManagedPolicy(
             self,
             "InstancePolicy",
-            description="Attach to the instance role of opted-in training instances: lets the checkpoint document "
-            "upload checkpoints and manifests and read them back for resume.",
+            description="Attach to the instance role of opted-in training instances: each instance may upload and read "
+            "back objects only under instances/<its own instance ARN>/ of the checkpoint bucket.",
             statements=[
                 iam.PolicyStatement(
-                    sid="WriteAndReadCheckpoints",
-                    actions=["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-                    resources=[self.bucket.arn_for_objects("*")],
+                    sid="OwnPrefixOnly",
+                    actions=INSTANCE_ACTIONS,
+                    resources=[self.bucket.arn_for_objects(INSTANCE_OBJECTS)],
+                    # Present only in requests signed with an instance profile's credentials; without it the
+                    # Resource above already matches nothing ("Policy variables with no value").
+                    conditions={"Null": {"ec2:SourceInstanceARN": "false"}},
+                ),
+            ],
+        )
+        self.pipeline_marker_policy = iam.ManagedPolicy(
+            self,
+            "PipelineMarkerPolicy",
+            description="Attach to the role of a pipeline outside the training instance that signals completion: it may "
+            "put objects under markers/ of the checkpoint bucket (tag autostop:completion-marker = "
+            "s3://<bucket>/markers/<run-id>/_SUCCESS), nothing else.",
+            statements=[
+                iam.PolicyStatement(
+                    sid="PutCompletionMarkers",
+                    actions=["s3:PutObject"],
+                    resources=[self.bucket.arn_for_objects(f"{MARKERS_PREFIX}*")],
                 ),
             ],
         )

@@ -22,6 +22,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra.config import AutostopConfig
+from infra.constructs.documents import PINNED_DOCUMENT_VERSION
 from infra.nag import acknowledge
 from lambdas.shared import constants as c
 
@@ -56,6 +57,7 @@ class LifecycleStateMachine(Construct):
         stop: lambda_.IFunction,
         confirm_resume: lambda_.IFunction,
         record: lambda_.IFunction,
+        find_command: lambda_.IFunction,
         checkpoint_document_arn: str,
         restore_document_arn: str,
         topic: sns.ITopic,
@@ -63,6 +65,7 @@ class LifecycleStateMachine(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self._config = config
+        self._find_command = find_command
         self._finish = self._build_finish(record, topic)
         stop_entry = self._build_stop(stop)
         verify_entry = self._build_verify(verify, stop_entry)
@@ -252,16 +255,35 @@ class LifecycleStateMachine(Construct):
             ],
             parameters={
                 "DocumentName.$": "$.evaluation.command.document",
+                # Never the document's $DEFAULT version: the version this stack created (see PINNED_DOCUMENT_VERSION).
+                "DocumentVersion": PINNED_DOCUMENT_VERSION,
                 "InstanceIds.$": "States.Array($.evaluation.instance_id)",
                 "Parameters.$": "$.evaluation.command.parameters",
                 "TimeoutSeconds.$": "$.evaluation.command.delivery_timeout_seconds",
-                "Comment": comment,
+                # The execution's name, so that after an ambiguous failure Find command can tell its command apart.
+                "Comment.$": "States.Format('autostop {}', $$.Execution.Name)",
             },
             result_selector={"CommandId.$": "$.Command.CommandId"},
             result_path="$.command",
         )
         send.add_retry(errors=SSM_THROTTLED, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
-        self._on_error(send, f"{what.capitalize()} command not sent", failed_outcome, "SendCommand failed")
+        # Any other failure may have come back after SSM accepted the command (a 5xx, a timeout): never re-send
+        # (the trainer is signalled at most once); look for this execution's command and follow it if it exists.
+        find = self._lambda(
+            f"Find {what} command",
+            self._find_command,
+            {"evaluation.$": "$.evaluation", "error.$": "$.send_error", "execution_name.$": "$$.Execution.Name"},
+            "$.lookup",
+        )
+        send.add_catch(find, errors=["States.ALL"], result_path="$.send_error")
+        self._on_error(find, f"{what.capitalize()} command not sent", failed_outcome, "SendCommand failed and the command lookup failed")
+        follow = sfn.Pass(self, f"Follow the {what} command", parameters={"CommandId.$": "$.lookup.command_id"}, result_path="$.command")
+        found = (
+            sfn.Choice(self, f"{what.capitalize()} command found?")
+            .when(sfn.Condition.boolean_equals("$.lookup.found", True), follow)
+            .otherwise(self._outcome(f"{what.capitalize()} command not found", failed_outcome, "$.lookup.reason"))
+        )
+        find.next(found)
         get = tasks.CallAwsService(
             self,
             f"Get {what} command invocation",
@@ -286,6 +308,36 @@ class LifecycleStateMachine(Construct):
             f"GetCommandInvocation failed, so the {what} is not known to be done",
         )
 
+        # When the poll bound runs out with the command still running, look once more (one more interval, one
+        # more GetCommandInvocation) before the verify step judges it: an upload that finished meanwhile is then
+        # verified from S3 instead of failing.
+        seconds = interval or self._config.poll_interval_seconds
+        last_wait = sfn.Wait(self, f"Last wait for {what} command", time=sfn.WaitTime.duration(Duration.seconds(seconds)))
+        last_get = tasks.CallAwsService(
+            self,
+            f"Get {what} command invocation once more",
+            service="ssm",
+            action="getCommandInvocation",
+            iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
+            parameters={"CommandId.$": "$.command.CommandId", "InstanceId.$": "$.evaluation.instance_id"},
+            result_selector={
+                "Status.$": "$.Status",
+                "StatusDetails.$": "$.StatusDetails",
+                "ResponseCode.$": "$.ResponseCode",
+                "StandardOutputContent.$": "$.StandardOutputContent",
+                "StandardErrorContent.$": "$.StandardErrorContent",
+            },
+            result_path="$.invocation",
+        )
+        self._retry_read_only(last_get)
+        self._on_error(
+            last_get,
+            f"{what.capitalize()} status unknown at the end",
+            failed_outcome,
+            f"GetCommandInvocation failed, so the {what} is not known to be done",
+        )
+        last_wait.next(last_get).next(on_finished)
+
         def finished(wait: sfn.Wait, counter: str) -> sfn.Choice:
             still_running = sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", st) for st in PENDING_COMMAND])
             below = (
@@ -296,10 +348,13 @@ class LifecycleStateMachine(Construct):
             return (
                 sfn.Choice(self, f"{what.capitalize()} command finished?")
                 .when(sfn.Condition.and_(still_running, below), wait)
+                .when(still_running, last_wait)
                 .otherwise(on_finished)
             )
 
-        return send.next(self._poll_loop(what, f"Wait for {what} command", get, finished, interval=interval))
+        polls = self._poll_loop(what, f"Wait for {what} command", get, finished, interval=interval)
+        follow.next(polls)
+        return send.next(polls)
 
     def _build_checkpoint(self, document_arn: str, on_finished: sfn.IChainable) -> sfn.IChainable:
         return self._send_and_poll(
@@ -420,7 +475,12 @@ class LifecycleStateMachine(Construct):
 
     def _build_stop(self, stop: lambda_.IFunction) -> sfn.IChainable:
         config = self._config
-        task = self._lambda("Stop instance", stop, {"evaluation.$": "$.evaluation", "verification.$": "$.verification"}, "$.stop")
+        task = self._lambda(
+            "Stop instance",
+            stop,
+            {"evaluation.$": "$.evaluation", "verification.$": "$.verification", "execution_name.$": "$$.Execution.Name"},
+            "$.stop",
+        )
         self._on_error(task, "Stop error", c.OUTCOME_STOP_FAILED, "Stop instance failed")
         describe = tasks.CallAwsService(
             self,
@@ -429,7 +489,10 @@ class LifecycleStateMachine(Construct):
             action="describeInstances",
             iam_resources=["*"],  # DescribeInstances has no resource-level permissions
             parameters={"InstanceIds.$": "States.Array($.evaluation.instance_id)"},
-            result_selector={"state.$": "$.Reservations[0].Instances[0].State.Name"},
+            result_selector={
+                "state.$": "$.Reservations[0].Instances[0].State.Name",
+                "launch_time.$": "$.Reservations[0].Instances[0].LaunchTime",
+            },
             result_path="$.instance",
         )
         self._retry_read_only(describe)
@@ -448,11 +511,29 @@ class LifecycleStateMachine(Construct):
             )
         which.otherwise(self._outcome("Unexpected stop result", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
 
+        # Started again while we waited (a new LaunchTime: a new session): our call was accepted and the instance
+        # stopped; the new session resumes (the run record's stop mark made this one resumable before the call).
+        restarted = sfn.Condition.and_(
+            sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", st) for st in ("pending", "running")]),
+            sfn.Condition.is_timestamp("$.instance.launch_time"),
+            sfn.Condition.is_timestamp("$.evaluation.session"),
+            sfn.Condition.not_(sfn.Condition.timestamp_equals_json_path("$.instance.launch_time", "$.evaluation.session")),
+            sfn.Condition.not_(sfn.Condition.string_equals("$.stop.expected_state", "terminated")),
+        )
+        started_again = self._outcome(
+            "Started again after the stop",
+            "$.stop.outcome",
+            "States.Format('{}; the instance was then started again (LaunchTime {}), a new session that resumes from this "
+            "checkpoint', $.stop.reason, $.instance.launch_time)",
+            checkpoint=True,
+        )
+
         def final(wait: sfn.Wait, counter: str) -> sfn.Choice:
             on_the_way = sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", st) for st in ON_THE_WAY])
             return (
                 sfn.Choice(self, "Instance in final state?")
                 .when(sfn.Condition.string_equals_json_path("$.instance.state", "$.stop.expected_state"), which)
+                .when(restarted, started_again)
                 .when(sfn.Condition.and_(on_the_way, sfn.Condition.number_less_than(f"{counter}.n", config.stop_poll_limit)), wait)
                 .otherwise(
                     self._outcome(

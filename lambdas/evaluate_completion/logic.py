@@ -302,6 +302,22 @@ def _resume(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> Evaluat
     checkpoint = last["last_checkpoint"]
     if not settings.restore_document:
         return plan.output("refused", "no restore document is configured (AUTOSTOP_RESTORE_DOCUMENT)", outcome=c.OUTCOME_RESUME_FAILED)
+    pinned = {
+        "ManifestVersionId": checkpoint.get("manifest_version_id"),
+        "ManifestSha256": checkpoint.get("manifest_sha256"),
+        "UploadPrefix": checkpoint.get("upload_prefix"),
+    }
+    missing = [name for name, value in pinned.items() if not isinstance(value, str) or not value]
+    if missing:
+        # A record written before version pinning: restoring the manifest's current version could restore what
+        # another writer put there since, so nothing is restored.
+        return plan.output(
+            "refused",
+            f"the run record of session {last.get('session')} names checkpoint {checkpoint.get('manifest_uri')} without the "
+            f"verified manifest's {', '.join(missing)} (written by an older autostop): only an exactly pinned checkpoint is "
+            "restored. Restore it by hand, or let the run save and verify a new checkpoint",
+            outcome=c.OUTCOME_RESUME_FAILED,
+        )
     claim = records.claim(
         plan.key, c.REASON_RESUME, plan.execution, lease_seconds=lease_seconds(settings), detail=f"restore {checkpoint['manifest_uri']}"
     )
@@ -315,6 +331,7 @@ def _resume(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> Evaluat
         "CheckpointDir": config.checkpoint_dir,
         "Bucket": manifest.bucket,
         "ManifestKey": manifest.key,
+        **pinned,
         "PidFile": config.pid_file or "",
         "LogFile": config.log_file or "",
         "ResumeCommand": config.resume_command or "",

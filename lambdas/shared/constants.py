@@ -54,7 +54,15 @@ KNOWN_TAGS: Final = (
     *INFO_TAGS,
 )
 
+PINNED_DOCUMENT_VERSION: Final = "1"
+"""SendCommand's DocumentVersion: each document content is version 1 of a document named by its content hash
+(infra/constructs/documents.py), so a command never runs whatever $DEFAULT version someone made."""
+
 DEFAULT_TAG_PREFIX: Final = "autostop"
+INSTANCES_PREFIX: Final = "instances/"
+"""Every key an instance writes or reads is under ``instances/<instance ARN>/`` (IAM: ``${ec2:SourceInstanceARN}``)."""
+PIPELINE_MARKERS_PREFIX: Final = "markers/"
+"""Completion markers that pipelines outside the instance put (the stack's PipelineMarkerPolicy)."""
 DEFAULT_MARKER_NAME: Final = "_SUCCESS"
 """Object name of the default completion marker, ``<checkpoint-s3-uri>/_SUCCESS``."""
 
@@ -120,6 +128,7 @@ min(spot-grace-seconds, time left - this)."""
 # --- Environment variables (set by infra/constructs/functions.py, read by shared/settings.py) ------
 ENV_TAG_PREFIX: Final = "AUTOSTOP_TAG_PREFIX"
 ENV_CHECKPOINT_BUCKET: Final = "AUTOSTOP_CHECKPOINT_BUCKET"
+ENV_INSTANCE_ARN_PREFIX: Final = "AUTOSTOP_INSTANCE_ARN_PREFIX"
 ENV_DEFAULT_ACTION: Final = "AUTOSTOP_DEFAULT_ACTION"
 ENV_DEFAULT_GRACE_SECONDS: Final = "AUTOSTOP_DEFAULT_GRACE_SECONDS"
 ENV_MAX_GRACE_SECONDS: Final = "AUTOSTOP_MAX_GRACE_SECONDS"

@@ -30,6 +30,7 @@ def tag_policy(settings: Settings) -> TagPolicy:
     return TagPolicy(
         prefix=settings.tag_prefix,
         checkpoint_bucket=settings.checkpoint_bucket,
+        instance_arn_prefix=settings.instance_arn_prefix,
         default_action=settings.default_action,
         default_grace_seconds=settings.default_grace_seconds,
         max_grace_seconds=settings.max_grace_seconds,

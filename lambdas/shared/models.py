@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-S3_KEY_RE = re.compile(r"^[A-Za-z0-9._/=+-]{0,900}$")
+S3_KEY_RE = re.compile(r"^[A-Za-z0-9._/=+:-]{0,900}$")
+"""Also ':' for the instance ARN in ``instances/arn:aws:ec2:<region>:<account>:instance/<id>/...``."""
 
 
 class Frozen(BaseModel):
@@ -44,7 +45,7 @@ class S3Uri(Frozen):
         if not S3_BUCKET_RE.fullmatch(bucket) or ".." in bucket:
             raise ValueError(f"{uri!r} has an invalid bucket name {bucket!r}")
         if not S3_KEY_RE.fullmatch(key):
-            raise ValueError(f"{uri!r}: keys may only use letters, digits and . _ / = + -")
+            raise ValueError(f"{uri!r}: keys may only use letters, digits and . _ / = + : -")
         if "//" in key or any(part in (".", "..") for part in key.split("/")):
             raise ValueError(f"{uri!r}: keys may not contain empty, '.' or '..' segments")
         return cls(bucket=bucket, key=key)
@@ -131,6 +132,7 @@ class InstanceConfig(Frozen):
             "PidFile": [self.pid_file if self.pid_is_completion_signal and self.pid_file else ""],
             "LogFile": [self.log_file or ""],
             "LogPattern": [self.log_pattern or ""],
+            "CheckpointDir": [self.checkpoint_dir],
         }
 
 

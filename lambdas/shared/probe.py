@@ -114,6 +114,7 @@ def probe_instances(
                 resp = ssm.send_command(
                     InstanceIds=batch,
                     DocumentName=document,
+                    DocumentVersion=c.PINNED_DOCUMENT_VERSION,
                     Parameters=json.loads(key),
                     TimeoutSeconds=max(30, int(timeout_seconds)),
                     Comment="autostop completion probe",

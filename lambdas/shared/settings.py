@@ -28,6 +28,9 @@ class Settings(BaseModel):
 
     tag_prefix: str = Field(c.DEFAULT_TAG_PREFIX, alias=c.ENV_TAG_PREFIX, pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
     checkpoint_bucket: str = Field(alias=c.ENV_CHECKPOINT_BUCKET, min_length=3, max_length=63)
+    instance_arn_prefix: str = Field(alias=c.ENV_INSTANCE_ARN_PREFIX, pattern=r"^arn:[a-z-]+:ec2:[a-z0-9-]+:[0-9]{12}:instance/$")
+    """``arn:<partition>:ec2:<region>:<account>:instance/``: with an instance id, the ARN IAM puts in
+    ``${ec2:SourceInstanceARN}``, so the instance's own key prefix."""
     default_action: Action = Field(Action.STOP, alias=c.ENV_DEFAULT_ACTION)
     default_grace_seconds: int = Field(300, alias=c.ENV_DEFAULT_GRACE_SECONDS, ge=0, le=c.HARD_MAX_GRACE_SECONDS)
     max_grace_seconds: int = Field(1800, alias=c.ENV_MAX_GRACE_SECONDS, ge=0, le=c.HARD_MAX_GRACE_SECONDS)

@@ -45,12 +45,19 @@ class TagPolicy:
 
     prefix: str
     checkpoint_bucket: str
+    instance_arn_prefix: str = "arn:aws:ec2:us-east-1:123456789012:instance/"
+    """``arn:<partition>:ec2:<region>:<account>:instance/`` of the deployment (settings); the default is the
+    local runtime's (moto's account and region)."""
     default_action: Action = Action.STOP
     default_grace_seconds: int = 300
     max_grace_seconds: int = 1800
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"
+
+    def instance_prefix(self, instance_id: str) -> str:
+        """``instances/<instance ARN>/``: the only keys that instance may write or read (the instance policy)."""
+        return f"{c.INSTANCES_PREFIX}{self.instance_arn_prefix}{instance_id}/"
 
 
 def is_opted_in(tags: Mapping[str, str], prefix: str) -> bool:
@@ -144,11 +151,12 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
             problems.append(f"{p}:{c.TAG_CHECKPOINT_DIR} may not be '/'")
             checkpoint_dir = None
 
+    own = policy.instance_prefix(instance_id)
     prefix_uri: S3Uri | None = None
     raw_uri = get(c.TAG_CHECKPOINT_S3_URI)
     if raw_uri is None:
         if run_id is not None and RUN_ID_RE.fullmatch(run_id):
-            prefix_uri = S3Uri(bucket=policy.checkpoint_bucket, key=f"runs/{run_id}/")
+            prefix_uri = S3Uri(bucket=policy.checkpoint_bucket, key=f"{own}runs/{run_id}/")
     else:
         prefix_uri = _bucket_uri(raw_uri, f"{p}:{c.TAG_CHECKPOINT_S3_URI}", policy, problems)
         if prefix_uri is not None:
@@ -156,6 +164,21 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
             if not prefix_uri.key:
                 problems.append(f"{p}:{c.TAG_CHECKPOINT_S3_URI} needs a key prefix, not the bucket root")
                 prefix_uri = None
+            elif prefix_uri.key.startswith((c.INSTANCES_PREFIX, c.PIPELINE_MARKERS_PREFIX)):
+                problems.append(
+                    f"{p}:{c.TAG_CHECKPOINT_S3_URI}={raw_uri!r}: give the prefix below the instance's own "
+                    f"(s3://{policy.checkpoint_bucket}/{own}), e.g. s3://{policy.checkpoint_bucket}/team/{run_id}/"
+                )
+                prefix_uri = None
+            elif run_id is not None and not names_run(prefix_uri.key, run_id):
+                problems.append(
+                    f"{p}:{c.TAG_CHECKPOINT_S3_URI}={raw_uri!r} must contain the run id {run_id!r} (e.g. "
+                    f"s3://{policy.checkpoint_bucket}/team/{run_id}/): two runs sharing one upload prefix would share "
+                    "its default completion marker, and one run's completion would end the other"
+                )
+                prefix_uri = None
+            else:
+                prefix_uri = S3Uri(bucket=prefix_uri.bucket, key=own + prefix_uri.key)
 
     pid_file = None
     if (raw := get(c.TAG_PID_FILE)) is not None:
@@ -188,6 +211,12 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         if marker is not None and (not marker.key or marker.key.endswith("/")):
             problems.append(f"{p}:{c.TAG_COMPLETION_MARKER} must name an object, not a prefix")
             marker = None
+        elif marker is not None and marker.key.startswith(c.INSTANCES_PREFIX):
+            problems.append(
+                f"{p}:{c.TAG_COMPLETION_MARKER}={raw_marker!r}: give the key below the instance's own prefix "
+                f"(s3://{policy.checkpoint_bucket}/runs/{run_id}/_SUCCESS), or under {c.PIPELINE_MARKERS_PREFIX} for a pipeline"
+            )
+            marker = None
         elif marker is not None and run_id is not None and not names_run(marker.key, run_id):
             problems.append(
                 f"{p}:{c.TAG_COMPLETION_MARKER}={raw_marker!r} must contain the run id {run_id!r} in its key "
@@ -195,6 +224,8 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
                 "would mark a new run complete"
             )
             marker = None
+        if marker is not None and not marker.key.startswith(c.PIPELINE_MARKERS_PREFIX):
+            marker = S3Uri(bucket=marker.bucket, key=own + marker.key)  # the instance's (or its trainer's) own marker
     elif get(c.TAG_PID_FILE) is None and get(c.TAG_LOG_FILE) is None and prefix_uri is not None:
         marker = prefix_uri.child(c.DEFAULT_MARKER_NAME)
 

@@ -369,7 +369,8 @@ def _set(d: dict[str, Any], value: Any, *path: str) -> dict[str, Any]:
     return d
 
 
-CONTROL_MARKER = "runs/ctl-run/_SUCCESS"
+CONTROL_MARKER = f"instances/arn:aws:ec2:us-east-1:123456789012:instance/{CONTROL_ID}/runs/ctl-run/_SUCCESS"
+"""The control run's default marker, below its instance's own prefix (CONTROL_ID is filled in per world)."""
 EVENT_CASES: list[Case] = [
     # schedule
     Case("schedule: valid tick (control)", "event:schedule", scheduled(), "", accepted=True),

@@ -40,7 +40,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Events]:
     with shared_world(tmp_path_factory.mktemp("bad-events")) as world:
         s3 = world.client("s3")
         control = world.instance("control", {**base_tags(), key("run-id"): "ctl-run"})
-        s3.put_object(Bucket=BUCKET, Key=CONTROL_MARKER, Body=b"done")
+        s3.put_object(Bucket=BUCKET, Key=CONTROL_MARKER.replace(CONTROL_ID, control.instance_id), Body=b"done")
         world.instance("exp10", {**base_tags(), key("run-id"): "exp10"}, state="stopped")
         exp1 = world.instance(
             "exp1", {**base_tags(), key("run-id"): "exp1", key("completion-marker"): f"s3://{BUCKET}/runs/exp10/_SUCCESS"}

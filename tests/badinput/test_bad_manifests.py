@@ -57,7 +57,7 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Planned]:
 
     with shared_world(tmp_path_factory.mktemp("bad-manifests")) as world:
         inst = world.instance("verify", {**base_tags(), key("run-id"): "run-v"})
-        world.client("s3").put_object(Bucket=BUCKET, Key="runs/run-v/_SUCCESS", Body=b"done")
+        world.client("s3").put_object(Bucket=BUCKET, Key=world.run_key("run-v", "runs/run-v/_SUCCESS"), Body=b"done")
         execution = execution_name(inst.instance_id, "run-v", "complete")
         lifecycle = {"instance_id": inst.instance_id, "run_id": "run-v", "reason": "complete"}
         evaluation = lambda_handler({"input": lifecycle, "execution_name": execution}, CTX)

@@ -62,13 +62,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, logs: LogLines) -> Iterator[
 
     with shared_world(tmp_path_factory.mktemp("bad-tags")) as world:
         control = world.instance("control", {**base_tags(), key("run-id"): CONTROL_RUN})
-        world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{CONTROL_RUN}/_SUCCESS", Body=b"done")
+        world.client("s3").put_object(Bucket=BUCKET, Key=world.run_key(CONTROL_RUN, f"runs/{CONTROL_RUN}/_SUCCESS"), Body=b"done")
         ids = {case.id: world.instance(f"t{n:03d}", tags_of(case)).instance_id for n, case in enumerate(TAG_CASES)}
         roots = {}
         for n, (cid, pattern) in enumerate(PROBE_PATTERNS.items()):
-            tags = {**base_tags(), key("log-file"): f"{{root}}/{RUN}.log", key("log-pattern"): pattern}
+            tags = {**base_tags(), key("checkpoint-dir"): "{root}/ckpt", key("log-file"): f"{{root}}/{RUN}.log", key("log-pattern"): pattern}
             inst = world.instance(f"probe{n}", tags)
             (inst.root / f"{RUN}.log").write_text("step 1\nstep 2\n")
+            (inst.root / "ckpt").mkdir(exist_ok=True)  # the trainer's checkpoint dir: the probe reads its user's log only
             ids[cid], roots[cid] = inst.instance_id, inst.root
         mark = logs.mark()
         summary = lambda_handler(scheduled(), CTX)
@@ -186,8 +187,13 @@ def planned_parameters(config: Any) -> dict[tuple[str, str], str]:
         "PidFile": config.pid_file or "",
         "LogFile": config.log_file or "",
         "ResumeCommand": config.resume_command or "",
+        # From the run record (Verify's pins), not from tags: the planned upload prefix and a real S3 VersionId.
+        "UploadPrefix": command.parameters["UploadPrefix"][0],
+        "ManifestVersionId": "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY",
+        "ManifestSha256": "ab" * 32,
     }
     out |= {("restore", k): v for k, v in restore.items()}
+    out[("probe", "CheckpointDir")] = config.checkpoint_dir  # the probe checks the log's owner against it
     return out
 
 

@@ -94,7 +94,7 @@ def launch_done(cp: LocalControlPlane, name: str, run: str, *, tags: dict[str, s
     """A finished run: a checkpoint on disk and its completion marker in S3."""
     iid = cp.launch_instance(name, tags={**marker_tags(cp, run), **(tags or {})}, **launch)
     write_checkpoint(cp.by_name[name].root, 5)
-    cp.put_object(f"s3://{cp.deployment.bucket}/runs/{run}/DONE", "done")
+    cp.put_object(cp.run_uri(run, f"runs/{run}/DONE"), "done")  # the trainer writes it under its instance's prefix
     return iid
 
 

@@ -7,14 +7,20 @@ session's reliability table (build/reliability/faults.json).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from local import faults as lf
 from shared.executions import start_lifecycle_execution
+from tests import checkpoint_layouts as layouts
 from tests.faults.conftest import Collector, Plane, Row, launch_done, marker_tags, observe
 from tests.workflow.conftest import checkpoint_commands, keys, session_of, start_and_wait, wait_closed
 
@@ -48,6 +54,8 @@ class Case:
     notified: bool = True
     setup: Callable[[Plane, str, str], None] | None = None
     """Called after launch with (plane, name, instance id); may add faults that need the name."""
+    on_disk: bool = False
+    """The setup is the fault itself (entries it writes on the instance's disk), injected once it ran."""
 
 
 def someone_else(action: str) -> Callable[[Plane, str, str], None]:
@@ -127,6 +135,22 @@ CASES = [
         final_state="stopped",
     ),
     Case(
+        "StopInstances accepted, its answer lost (read timeout on every attempt)",
+        "lambda ec2:StopInstances",
+        "Stopped",
+        [dict(service="ec2", operation="StopInstances", kind="timeout", after=True, origins=("lambda",), **FOREVER)],
+        final_state="stopped",
+        reason_has="this execution's own stop call",
+    ),
+    Case(
+        "StopInstances accepted, its answer lost (5xx on every attempt)",
+        "lambda ec2:StopInstances",
+        "Stopped",
+        [dict(service="ec2", operation="StopInstances", kind="5xx", after=True, origins=("lambda",), **FOREVER)],
+        final_state="stopped",
+        reason_has="this execution's own stop call",
+    ),
+    Case(
         "access denied StopInstances",
         "lambda ec2:StopInstances",
         "StopFailed",
@@ -199,17 +223,18 @@ CASES = [
         "disk full while writing the manifest", "instance", "CheckpointFailed", instance=["disk_full_manifest"], reason_has="ManifestFailed"
     ),
     # --- S3 after the upload ----------------------------------------------------------------------------
-    Case("object missing", "s3", "UploadUnverified", instance=["lose_object"], reason_has="missing"),
-    Case("object wrong size", "s3", "UploadUnverified", instance=["wrong_size"], reason_has="size"),
-    Case("checksum mismatch", "s3", "UploadUnverified", instance=["checksum_mismatch"], reason_has="checksum"),
-    Case(
-        "old checkpoint only (manifest of an earlier decision)",
-        "s3",
-        "UploadUnverified",
-        instance=["old_checkpoint"],
-        reason_has="decision",
+    Case("object's version deleted after the upload", "s3", "UploadUnverified", instance=["lose_object"], reason_has="missing"),
+    # A second writer puts other bytes at the same keys right after the upload: new versions, never read. Verify
+    # reads the versions the instance's result line names, so the instance is stopped on its own checkpoint.
+    *(
+        Case(f"second writer: {what}", "s3", "Stopped", instance=[fault], reason_has="verified against S3", final_state="stopped")
+        for what, fault in (
+            ("object replaced with one byte more", "wrong_size"),
+            ("object replaced with other bytes and their own checksum", "checksum_mismatch"),
+            ("manifest replaced with one of an earlier decision", "old_checkpoint"),
+            ("manifest replaced with invalid JSON", "manifest_not_json"),
+        )
     ),
-    Case("manifest not valid JSON", "s3", "UploadUnverified", instance=["manifest_not_json"], reason_has="not a valid manifest"),
     # --- at the stop --------------------------------------------------------------------------------------
     Case(
         "instance stopped by someone else before the stop",
@@ -253,6 +278,91 @@ CASES = [
 ]
 
 
+# --- the checkpoint on the instance's disk (the real frameworks' layouts: tests/frameworks) -------------------
+def on_disk(make: Callable[[Path], object]) -> Callable[[Plane, str, str], None]:
+    """After the finished run's complete step-000005/ was written: MAKE(checkpoint dir) adds newer entries."""
+
+    def setup(p: Plane, name: str, iid: str) -> None:
+        make(p.cp.by_name[name].root / "ckpt")
+
+    return setup
+
+
+def _truncated_torch_save(ck: Path) -> None:
+    whole = layouts.torch_zip({"step": 9}, payload=b"w" * 65536)
+    layouts.write(ck / "step-000009.pt", whole[: len(whole) // 2])
+
+
+def _lightning_last(ck: Path) -> None:
+    layouts.write(ck / "epoch=0-step=7-train_loss=0.0120.ckpt", layouts.lightning_ckpt(7))
+    layouts.write(ck / "last.ckpt", layouts.lightning_ckpt(12, epoch=1))
+
+
+def _evaluation_into_the_older(ck: Path) -> None:
+    layouts.write(ck / "step-000009" / "model.bin", bytes(range(256)) * 8)
+    layouts.write(ck / "step-000009" / "meta.json", b'{"step": 9}')
+    layouts.write(ck / "step-000005" / "eval_results.json", b'{"loss": 0.1}')  # written after step 9 was saved
+
+
+def _shards_and_logs(ck: Path) -> None:
+    for i in (1, 2):
+        layouts.write(ck / f"model-0000{i}-of-00002.safetensors", layouts.safetensors())
+    layouts.write(ck / "train_2026.log", b"loss 0.1\n")
+
+
+def _symlink_inside(ck: Path) -> None:
+    layouts.write(ck / "step-000009" / "config.json", b"{}")
+    (ck / "step-000009" / "model.bin").symlink_to(ck / "step-000005" / "model.bin")
+
+
+def _held_open_for_writing(ck: Path) -> None:
+    target = ck / "step-000009.pt"
+    code = "import sys, time; f = open(sys.argv[1], 'wb'); f.write(b'PK'); f.flush(); time.sleep(60)"
+    subprocess.Popen([sys.executable, "-c", code, str(target)], start_new_session=True)  # a save in progress
+    deadline = time.monotonic() + 10
+    while not target.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _missing_shard(ck: Path) -> None:
+    layouts.write(ck / "step-000009" / "model-00001-of-00002.safetensors", layouts.safetensors())
+
+
+def _nested_dcp(ck: Path) -> None:
+    layouts.write(ck / "step-000009" / "optim" / "__0_0.distcp", b"x" * 64)
+
+
+SELECTION_CASES = [
+    Case(f"newest checkpoint on disk: {what}", "disk", expected, setup=on_disk(make), on_disk=True, reason_has=has, final_state=final)
+    for what, make, expected, has, final in (
+        ("a torch.save cut short (no zip central directory)", _truncated_torch_save, "Stopped", "rejected step-000009.pt", "stopped"),
+        ("a Hugging Face Trainer directory without trainer_state.json", lambda ck: layouts.hf_checkpoint(ck, 9, 0, finished=False),
+         "Stopped", "rejected checkpoint-9 (no trainer_state.json", "stopped"),
+        ("a DCP directory without .metadata", lambda ck: layouts.dcp_checkpoint(ck, 9, 0, finished=False), "Stopped",
+         "rejected step-9 (no .metadata", "stopped"),
+        ("an Accelerate directory without its random states", lambda ck: layouts.accelerate_checkpoint(ck, 9, 0, finished=False),
+         "Stopped", "rejected checkpoint_9 (no random_states", "stopped"),
+        ("a step directory of empty files", lambda ck: layouts.write(ck / "step-000009" / "model.bin", b""), "Stopped",
+         "rejected step-000009", "stopped"),
+        ("Lightning's last.ckpt holds the newest step", _lightning_last, "Stopped", "chose last.ckpt (step 12", "stopped"),
+        ("an evaluation job writes into the older directory", _evaluation_into_the_older, "Stopped", "chose step-000009", "stopped"),
+        ("top-level shards and a log with a year in its name", _shards_and_logs, "Stopped", "chose step-000005", "stopped"),
+        ("a directory holding a symbolic link", _symlink_inside, "Stopped", "rejected step-000009 (it contains a symbolic link", "stopped"),
+        ("a file still open for writing (a save in progress)", _held_open_for_writing, "Stopped",
+         "rejected step-000009.pt (step-000009.pt is open for writing", "stopped"),
+        ("a dated name, no step anywhere", lambda ck: layouts.write(ck / "ckpt-2026-12-05_13-45-30.pt", layouts.torch_zip({"x": 1})),
+         "Stopped", "chose step-000005", "stopped"),
+        ("a safetensors file cut short", lambda ck: layouts.write(ck / "step-000009" / "model.safetensors", layouts.safetensors()[:-5]),
+         "Stopped", "rejected step-000009 (model.safetensors: its safetensors tensors end", "stopped"),
+        ("a sharded save missing a shard", _missing_shard, "Stopped", "rejected step-000009 (shard 2 of 2", "stopped"),
+        ("a nested DCP save without .metadata", _nested_dcp, "Stopped", "rejected step-000009 (optim/ holds", "stopped"),
+        ("nothing complete and no save in progress (the trainer is not signalled)",
+         lambda ck: shutil.rmtree(ck / "step-000005"), "CheckpointFailed", "NoCheckpoint", "running"),
+    )
+]  # fmt: skip
+CASES += SELECTION_CASES
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_fault(fp: Plane, reliability: Collector, case: Case) -> None:
     cp = fp.cp
@@ -270,7 +380,7 @@ def test_fault(fp: Plane, reliability: Collector, case: Case) -> None:
         for fault in added:
             fp.faults.remove(fault)
     seen = observe(fp, name, iid, run)
-    injected = len(fp.faults.log) - before
+    injected = len(fp.faults.log) - before + int(case.on_disk)
     ok = (
         seen["observed"] == case.expected
         and case.reason_has in run.reason
@@ -312,8 +422,9 @@ def test_auto_scaling_group_member_is_not_stopped(fp: Plane, reliability: Collec
 # --- re-sending a checkpoint command never signals a trainer twice ------------------------------------------
 
 AMBIGUOUS = [
-    ("SendCommand 5xx after delivery", {"kind": "5xx", "after": True}, "CheckpointFailed"),
-    ("SendCommand timeout after delivery", {"kind": "timeout", "after": True}, "CheckpointFailed"),
+    # SSM accepted the command and it ran: Find command follows it by its comment (never a second SendCommand).
+    ("SendCommand 5xx after delivery", {"kind": "5xx", "after": True}, "Stopped"),
+    ("SendCommand timeout after delivery", {"kind": "timeout", "after": True}, "Stopped"),
     ("SendCommand throttled (rejected) once", {"kind": "throttle"}, "Stopped"),
 ]
 
@@ -331,7 +442,7 @@ def test_trainer_is_signalled_at_most_once_per_run(
     iid = cp.launch_instance(name, tags=tags, trainer=trainer)
     root = cp.by_name[name].root
     _wait_for(lambda: (root / "train.pid").exists() and any((root / "ckpt").glob("step-*")))
-    cp.put_object(f"s3://{cp.deployment.bucket}/runs/{run_id}/DONE", "done")
+    cp.put_object(cp.run_uri(run_id, f"runs/{run_id}/DONE"), "done")
     before = len(fp.faults.log)
     with fp.faults.aws("ssm", "SendCommand", origins=("sfn",), **fault):
         run = start_and_wait(cp, iid, run_id)
@@ -392,3 +503,80 @@ def test_partial_upload_leaves_no_manifest(fp: Plane) -> None:
     assert run.outcome == "CheckpointFailed"
     assert len(keys(cp, f"runs/{run_id}/checkpoints/{run.name}/")) == 1
     assert keys(cp, f"runs/{run_id}/manifests/") == []
+
+
+def test_started_right_after_the_stop_ends_stopped_and_resumes(fp: Plane, reliability: Collector) -> None:
+    """F9: someone starts the instance right after autostop's stop, before the wait saw it stopped. The stop
+    mark made the session resumable before the call, so the start resumes; the execution sees a new LaunchTime
+    and ends Stopped, not StopFailed after polling a running instance."""
+    from shared.records import RunKey, RunRecords
+
+    cp = fp.cp
+    name, run_id = "restart-after-stop", "run-restart-after-stop"
+    iid = launch_done(cp, name, run_id)
+    session = session_of(cp, iid)
+    restarted: list[dict[str, Any]] = []
+
+    def start_again() -> None:
+        if not restarted:
+            restarted.append(cp.start_instance(name))
+
+    def this_instance(params: dict[str, Any]) -> bool:
+        return iid in (params.get("InstanceIds") or [])
+
+    added = fp.faults.add("ec2", "DescribeInstances", "call", origins=("sfn",), when=this_instance, before=start_again)
+    try:
+        run = start_and_wait(cp, iid, run_id, timeout=90)
+    finally:
+        fp.faults.remove(added)
+    cp.wait_executions()
+    resumes = [e for e in cp.executions() if e["name"].startswith(f"{iid}-") and "-resume-" in e["name"]]
+    resumed = wait_closed(cp, resumes[0]["executionArn"]) if resumes else None
+    record = RunRecords(cp.aws.client("dynamodb"), cp.deployment.table).get(RunKey(iid, run_id, str(session)))
+    seen = observe(fp, name, iid, run)
+    ok = run.outcome == "Stopped" and resumed is not None and resumed.outcome == "Resumed"
+    reliability.add(Row("started right after autostop's stop", "stop", "Stopped, then Resumed", injected=1, passed=ok, **seen))
+    assert restarted, "the instance was never started again"
+    assert run.outcome == "Stopped", f"{run.states}: {run.reason}"
+    assert "Started again after the stop" in run.states and "started again" in run.reason
+    assert resumed is not None and resumed.outcome == "Resumed", resumed and resumed.reason
+    assert record is not None and record["resumable"] is True and record["stop_requested"]["execution"] == run.name
+    assert seen["destroyed"] and seen["verified_checkpoint"]
+    cp.stop_instance(name)
+
+
+def test_an_aborted_execution_is_recorded_notified_and_releases_the_trainer(fp: Plane, reliability: Collector) -> None:
+    """F10: an execution that is aborted (StopExecution) publishes nothing of its own; the execution-ended rule
+    records the ending in the run record (releasing its claim on the trainer) and notifies."""
+    import time
+
+    from shared.records import RunKey, RunRecords
+
+    cp = fp.cp
+    name, run_id = "aborted", "run-aborted"
+    iid = launch_done(cp, name, run_id, faults=["stuck_in_progress"])
+    session = session_of(cp, iid)
+    sfn = cp.aws.client("stepfunctions")
+    started = start_lifecycle_execution(
+        sfn, cp.deployment.state_machine_arn, instance_id=iid, run_id=run_id, reason="complete", trigger={"source": "test"}, session=session
+    )
+    table = RunRecords(cp.aws.client("dynamodb"), cp.deployment.table)
+    key = RunKey(iid, run_id, str(session))
+    _wait_for(lambda: (table.get(key) or {}).get("active") == started.name and bool(checkpoint_commands(cp, iid)))
+    time.sleep(1)
+    sfn.stop_execution(executionArn=started.execution_arn, error="Operator", cause="stopped by hand")
+    run = wait_closed(cp, started.execution_arn)
+    cp.wait_executions()
+    _wait_for(lambda: (table.get(key) or {}).get("outcome") == "ExecutionAborted", timeout=20)
+    record = table.get(key) or {}
+    notes = [n for n in cp.notifications() if n.get("execution") == run.name]
+    ok = run.status == "ABORTED" and [n["outcome"] for n in notes] == ["ExecutionAborted"] and "active" not in record
+    seen = observe(fp, name, iid, run)
+    seen["notified"] = bool(notes)
+    reliability.add(Row("execution aborted (StopExecution)", "sfn", "ExecutionAborted", injected=1, passed=ok, **seen))
+    assert run.status == "ABORTED"
+    assert [n["outcome"] for n in notes] == ["ExecutionAborted"], notes
+    assert notes[0]["instance_id"] == iid and "was aborted" in notes[0]["reason"]
+    assert record["outcome"] == "ExecutionAborted" and "active" not in record
+    assert not seen["destroyed"] and seen["final_state"] == "running"
+    cp.stop_instance(name)

@@ -32,10 +32,12 @@ CONTEXT: dict[str, Any] = json.loads((REPO / "cdk.json").read_text())["context"]
 TAG_PREFIX: str = CONTEXT["tag_prefix"]
 OPT_IN = {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{TAG_PREFIX}:{c.TAG_ENABLED}": "true"}}
 INSTANCES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
-TASK_HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "confirm_resume", "record_outcome")
+TASK_HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "confirm_resume", "record_outcome", "find_command")
 """Functions of the state machine's Task states."""
 TRIGGER_HANDLERS = ("on_schedule_tick", "on_object_created", "on_instance_event")
-HANDLERS = TASK_HANDLERS + TRIGGER_HANDLERS
+OBSERVER_HANDLERS = ("on_execution_ended",)
+"""Functions that react to the state machine's own events (Step Functions Execution Status Change)."""
+HANDLERS = TASK_HANDLERS + TRIGGER_HANDLERS + OBSERVER_HANDLERS
 CDK_NOTIFICATIONS_HANDLER = "BucketNotificationsHandler"
 """Logical-id prefix of CDK's own singleton function behind Custom::S3BucketNotifications."""
 
@@ -264,7 +266,10 @@ def test_function_roles_only_read_objects_of_the_checkpoint_bucket(model: Model)
             for forbidden in ("s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutBucketPolicy", "s3:PutObjectAcl"):
                 assert not allows(list(s.actions), forbidden), f"{package}: {forbidden} via {s.actions}"
             if s.resources == (model.bucket_objects,):
-                assert s.actions == ("s3:getobject",), f"{package}: {s.actions} on the checkpoint objects"
+                # GetObject for every reader; GetObjectVersion (reads of the exact versions the instance wrote)
+                # for Verify only.
+                allowed = {("s3:getobject",)} | ({("s3:getobjectversion",)} if package == "verify_checkpoint" else set())
+                assert s.actions in allowed, f"{package}: {s.actions} on the checkpoint objects"
                 readers.add(package)
             else:
                 # The only other shape: s3:ListBucket on the bucket itself (so a missing key reads as 404).
@@ -283,17 +288,26 @@ def test_marker_readers_can_tell_a_missing_key_from_a_forbidden_one(model: Model
         )
 
 
-def test_instance_policy_only_has_object_actions_on_the_checkpoint_bucket(model: Model) -> None:
-    (policy,) = of_type(model.raw, "AWS::IAM::ManagedPolicy")
-    statements = [s for s in model.statements if s.policy == policy]
+def test_instance_policy_only_has_object_actions_on_the_instances_own_prefix(model: Model) -> None:
+    policies = of_type(model.raw, "AWS::IAM::ManagedPolicy")
+    instance = ref(model.raw["Outputs"]["InstancePolicyArn"]["Value"])
+    pipeline = ref(model.raw["Outputs"]["PipelineMarkerPolicyArn"]["Value"])
+    assert set(policies) == {instance, pipeline}
+    own_prefix = "${%s.Arn}/instances/${ec2:SourceInstanceARN}/*" % model.bucket
+    object_actions = {"s3:putobject", "s3:getobject", "s3:getobjectversion", "s3:abortmultipartupload", "s3:listmultipartuploadparts"}
+    statements = [s for s in model.statements if s.policy == instance]
     assert statements
-    object_actions = {"s3:putobject", "s3:getobject", "s3:abortmultipartupload", "s3:listmultipartuploadparts"}
     for s in statements:
         assert s.effect == "Allow"
-        assert s.resources == (model.bucket_objects,), s.resources
+        assert s.resources == (own_prefix,), s.resources
         assert set(s.actions) <= object_actions, f"not an object upload/read action: {set(s.actions) - object_actions}"
         assert not any("*" in a for a in s.actions)
         assert not allows(list(s.actions), "s3:DeleteObject")
+    assert {a for s in statements for a in s.actions} == object_actions
+    markers = [s for s in model.statements if s.policy == pipeline]
+    assert [(s.effect, s.actions, s.resources) for s in markers] == [("Allow", ("s3:putobject",), ("${%s.Arn}/markers/*" % model.bucket,))]
+    for policy in (instance, pipeline):  # for users to attach to their own roles: attached to nothing of this stack
+        assert not any(policies[policy]["Properties"].get(k) for k in ("Roles", "Users", "Groups"))
 
 
 # Resource "*", the opt-in condition in general, S3/DynamoDB scope and wildcards: tests/infra/test_least_privilege.py.
@@ -327,6 +341,9 @@ def test_state_machine_invokes_only_its_task_functions(model: Model) -> None:
 FREE_TEXT_PARAMETERS = {"LogPattern"}
 """An extended regular expression: printable ASCII by design (it legitimately contains ``$ ( ) | ;``). It is
 safe only because it reaches the script as an environment variable (asserted below) that probe.sh quotes."""
+OPAQUE_TOKENS = {"ManifestVersionId"}
+"""An S3 VersionId, as S3 issued it (it may hold ``/ + = .``): restore.sh passes it as the one argument of
+``--version-id`` and never as a path; its pattern still refuses every shell metacharacter."""
 ARGV_PARAMETERS = {"ResumeCommand"}
 """An absolute program path and plain arguments separated by single spaces: a space is legitimate there, every
 shell metacharacter is not (restore.sh word-splits it with globbing off and runs the argv without a shell)."""
@@ -461,7 +478,7 @@ def test_hostile_values_fail_every_path_id_and_bucket_pattern(synthesized: Any, 
     checked = 0
     for logical, props in _documents(synthesized.raw).items():
         for name, spec in props["Content"]["parameters"].items():
-            if name in FREE_TEXT_PARAMETERS:
+            if name in FREE_TEXT_PARAMETERS or (name in OPAQUE_TOKENS and not re.search(r"[^A-Za-z0-9._+/=-]", value)):
                 continue
             if value == "" and "default" in spec and spec["default"] == "":
                 continue  # optional parameters (PidFile, LogFile) are empty by design
@@ -630,6 +647,10 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
             assert catch["Next"] == st["Next"] == "Notify"
             assert catch["ResultPath"] == "$.record_error"
             continue
+        if name.startswith("Send ") and name.endswith(" command"):
+            # An ambiguous SendCommand failure: look the command up (never re-send); the lookup ends in an outcome.
+            assert catch["Next"] == "Find " + name.removeprefix("Send "), f"{name}: catch goes to {catch['Next']}"
+            continue
         assert catch["Next"] in outcomes, f"{name}: catch goes to {catch['Next']}, not an outcome"
         assert catch["ResultPath"] == "$.error"
         outcome = outcomes[catch["Next"]]
@@ -644,6 +665,9 @@ def test_lambda_tasks_have_exactly_one_lambda_service_retry(asl: dict[str, Any])
         "Evaluate completion",
         "Verify checkpoint",
         "Verify emergency checkpoint",
+        "Find checkpoint command",
+        "Find emergency checkpoint command",
+        "Find restore command",
         "Stop instance",
         "Confirm resume",
         "Record outcome",
@@ -749,7 +773,7 @@ def test_marker_rule_sends_success_markers_of_the_checkpoint_bucket(synthesized:
 
 def test_every_rule_dead_letters_to_a_queue_that_accepts_them(model: Model) -> None:
     rules = of_type(model.raw, "AWS::Events::Rule")
-    assert len(rules) == 4
+    assert len(rules) == 6
     queues = {ref(t["DeadLetterConfig"]["Arn"]) for r in rules.values() for t in r["Properties"]["Targets"]}
     (queue,) = queues
     assert model.raw["Resources"][queue]["Type"] == "AWS::SQS::Queue"
@@ -768,7 +792,7 @@ def test_failed_trigger_invocations_go_to_the_undelivered_queue(model: Model) ->
     # EventBridge invokes the trigger functions asynchronously: what still fails after Lambda's retries is kept.
     (queue,) = of_type(model.raw, "AWS::SQS::Queue")
     configs = {ref(p["Properties"]["FunctionName"]): p["Properties"] for p in of_type(model.raw, "AWS::Lambda::EventInvokeConfig").values()}
-    assert set(configs) == {model.functions[h] for h in TRIGGER_HANDLERS}
+    assert set(configs) == {model.functions[h] for h in TRIGGER_HANDLERS + OBSERVER_HANDLERS}
     for props in configs.values():
         assert ref(props["DestinationConfig"]["OnFailure"]["Destination"]) == queue
 
@@ -1129,7 +1153,10 @@ def test_only_the_writers_of_run_records_may_write_them(model: Model) -> None:
             a.startswith("dynamodb:") and a.split(":")[1].startswith(("put", "update", "delete", "batchwrite")) for a in s.actions
         ):
             writers.update(s.roles)
-    assert writers == {model.roles[h] for h in ("evaluate_completion", "verify_checkpoint", "record_outcome")}
+    # stop_instance: the stop mark right before the call; on_execution_ended: the ending of an execution that
+    # recorded nothing (timed out, aborted).
+    writers_ok = ("evaluate_completion", "verify_checkpoint", "record_outcome", "stop_instance", "on_execution_ended")
+    assert writers == {model.roles[h] for h in writers_ok}
 
 
 RUN_RECORD_READS = {"dynamodb:getitem", "dynamodb:query"}
@@ -1141,6 +1168,8 @@ def test_run_record_grants_are_exactly_the_calls_shared_records_makes(model: Mod
     expected = {
         "on_instance_event": RUN_RECORD_READS,
         **dict.fromkeys(("evaluate_completion", "verify_checkpoint", "record_outcome"), RUN_RECORD_WRITES),
+        "stop_instance": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:updateitem"},  # the stop mark
+        "on_execution_ended": {"dynamodb:getitem", "dynamodb:putitem"},  # RunRecords.get / update (versioned PutItem)
     }
     for package, role in {**model.roles, "state machine": model.state_machine_role}.items():
         grants = [s for s in model.of_role(role) if any(a.startswith("dynamodb:") or a == "*" for a in s.actions)]
@@ -1193,3 +1222,59 @@ def test_spot_and_resume_paths_never_reach_the_stop_task(asl: dict[str, Any]) ->
         reachable = _reachable(asl, entries[decision])
         assert "Stop instance" not in reachable, decision
         assert not {n for n, o in _outcome_states(asl).items() if o in c.DESTRUCTIVE_OUTCOMES} & reachable, decision
+
+
+# --- executions that end without their own Notify ------------------------------------------------------------
+
+
+def _states_rules(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    rules = [r["Properties"] for r in of_type(raw, "AWS::Events::Rule").values()]
+    return [r for r in rules if r.get("EventPattern", {}).get("source") == ["aws.states"]]
+
+
+def test_execution_ended_rules_match_only_this_state_machines_silent_endings(model: Model) -> None:
+    from infra.constructs.triggers import LAST_ATTEMPT
+    from shared.executions import MAX_ATTEMPTS
+
+    rules = _states_rules(model.raw)
+    assert len(rules) == 2
+    by_status = {tuple(r["EventPattern"]["detail"]["status"]): r for r in rules}
+    assert set(by_status) == {("TIMED_OUT", "ABORTED", "FAILED"), ("SUCCEEDED",)}
+    for rule in rules:
+        pattern = rule["EventPattern"]
+        assert pattern["detail-type"] == ["Step Functions Execution Status Change"]
+        assert pattern["detail"]["stateMachineArn"] == [{"Ref": model.state_machine}]
+        (target,) = rule["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": [model.functions["on_execution_ended"], "Arn"]}
+        assert "DeadLetterConfig" in target
+    # Only the last attempt's success is sent (to say "attempts exhausted" when it did nothing).
+    assert by_status[("SUCCEEDED",)]["EventPattern"]["detail"]["name"] == [{"suffix": f"-{MAX_ATTEMPTS}"}]
+    assert LAST_ATTEMPT == MAX_ATTEMPTS
+
+
+def test_execution_ended_function_publishes_to_the_outcome_topic_and_writes_only_run_records(model: Model) -> None:
+    statements = model.of_role(model.roles["on_execution_ended"])
+    actions = {a for s in statements for a in s.actions}
+    assert "sns:publish" in actions
+    assert not any(a.startswith(("ec2:", "ssm:", "s3:", "states:")) for a in actions), sorted(actions)
+    assert {a for a in actions if a.startswith("dynamodb:")} == {"dynamodb:getitem", "dynamodb:putitem"}
+    env = model.raw["Resources"][model.functions["on_execution_ended"]]["Properties"]["Environment"]["Variables"]
+    assert "AUTOSTOP_OUTCOME_TOPIC_ARN" in env
+
+
+def test_an_ambiguous_send_command_failure_is_looked_up_never_resent(asl: dict[str, Any]) -> None:
+    for what in ("checkpoint", "emergency checkpoint", "restore"):
+        send = asl["States"][f"Send {what} command"]
+        assert send["Parameters"]["Comment.$"] == "States.Format('autostop {}', $$.Execution.Name)"
+        (catch,) = send["Catch"]
+        assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == f"Find {what} command"
+        found = asl["States"][f"{what.capitalize()} command found?"]
+        assert found["Choices"][0]["Next"] == f"Follow the {what} command"
+        assert asl["States"][f"Follow the {what} command"]["Next"] == f"Start {what} polls"
+
+
+def test_the_stop_wait_ends_stopped_when_the_instance_was_started_again(asl: dict[str, Any]) -> None:
+    final = asl["States"]["Instance in final state?"]
+    assert any(ch.get("Next") == "Started again after the stop" for ch in final["Choices"])
+    assert asl["States"]["Started again after the stop"]["Parameters"]["outcome.$"] == "$.stop.outcome"
+    assert asl["States"]["Stop instance"]["Parameters"]["execution_name.$"] == "$$.Execution.Name"

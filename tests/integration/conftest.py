@@ -39,6 +39,17 @@ class World:
     def client(self, service: str) -> Any:
         return self.aws.client(service)
 
+    @staticmethod
+    def own(instance_id: str) -> str:
+        """``instances/<instance ARN>/``: the instance's own key prefix (the stack's instance policy)."""
+        return f"instances/arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}/"
+
+    def run_key(self, run: str, key: str) -> str:
+        """KEY of run RUN as stored: below the own prefix of the one instance tagged with that run id."""
+        found = self.client("ec2").describe_instances(Filters=[{"Name": "tag:autostop:run-id", "Values": [run]}])["Reservations"]
+        (iid,) = {i["InstanceId"] for r in found for i in r["Instances"]}
+        return self.own(iid) + key
+
     def instance(self, name: str, tags: dict[str, str], *, agent: str = "online", state: str = "running") -> SimulatedInstance:
         root = self.tmp / name
         root.mkdir(parents=True, exist_ok=True)

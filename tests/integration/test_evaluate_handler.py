@@ -45,7 +45,7 @@ def evaluate(instance_id: str, run: str = "run-a", *, execution: str | None = No
 
 
 def put_marker(world: World, run: str) -> None:
-    world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{run}/_SUCCESS", Body=b"done")
+    world.client("s3").put_object(Bucket=BUCKET, Key=world.run_key(run, f"runs/{run}/_SUCCESS"), Body=b"done")
 
 
 def ec2_state(world: World, instance_id: str) -> str:
@@ -68,7 +68,7 @@ def test_marker_after_launch_is_complete_and_plans_a_valid_checkpoint_command(wo
     # Then the run is complete and nothing ends the execution yet
     assert out["decision"] == "complete"
     assert out["outcome"] is None
-    assert "completion marker s3://ckpt-bucket/runs/run-a/_SUCCESS exists" in out["reason"]
+    assert f"completion marker s3://ckpt-bucket/{world.own(inst.instance_id)}runs/run-a/_SUCCESS exists" in out["reason"]
     assert (out["instance_id"], out["run_id"], out["action"], out["dry_run"]) == (inst.instance_id, "run-a", "stop", False)
     decided_at = datetime.fromisoformat(out["decided_at"])
     assert before - timedelta(seconds=1) <= decided_at <= datetime.now(UTC)
@@ -76,9 +76,10 @@ def test_marker_after_launch_is_complete_and_plans_a_valid_checkpoint_command(wo
     # and the checkpoint goes to this execution's own prefix and manifest key in the stack's bucket
     loc = out["checkpoint"]
     assert loc["bucket"] == BUCKET
-    assert loc["upload_prefix"] == f"runs/run-a/checkpoints/{execution}/"
-    assert loc["manifest_key"] == f"runs/run-a/manifests/{execution}.json"
-    assert loc["manifest_uri"] == f"s3://{BUCKET}/runs/run-a/manifests/{execution}.json"
+    own = world.own(inst.instance_id)  # instances/<instance ARN>/: the only keys the instance may write
+    assert loc["upload_prefix"] == f"{own}runs/run-a/checkpoints/{execution}/"
+    assert loc["manifest_key"] == f"{own}runs/run-a/manifests/{execution}.json"
+    assert loc["manifest_uri"] == f"s3://{BUCKET}/{own}runs/run-a/manifests/{execution}.json"
 
     # and the command fills every parameter of the checkpoint document with one string matching its allowedPattern
     command = out["command"]
@@ -104,17 +105,18 @@ def test_marker_after_launch_is_complete_and_plans_a_valid_checkpoint_command(wo
 
 
 def test_checkpoint_prefix_tag_moves_upload_and_manifest(world: World) -> None:
-    extra = {"autostop:checkpoint-s3-uri": f"s3://{BUCKET}/teams/vision", "autostop:action": "terminate"}
+    extra = {"autostop:checkpoint-s3-uri": f"s3://{BUCKET}/teams/vision/run-p", "autostop:action": "terminate"}
     inst = world.instance("p", marker_tags("run-p", **extra))
-    world.client("s3").put_object(Bucket=BUCKET, Key="teams/vision/_SUCCESS", Body=b"done")
+    world.client("s3").put_object(Bucket=BUCKET, Key=world.own(inst.instance_id) + "teams/vision/run-p/_SUCCESS", Body=b"done")
     execution = execution_for(inst.instance_id, "run-p")
 
     out = evaluate(inst.instance_id, "run-p", execution=execution)
 
     assert out["decision"] == "complete", out["reason"]
     assert out["action"] == "terminate"
-    assert out["checkpoint"]["upload_prefix"] == f"teams/vision/checkpoints/{execution}/"
-    assert out["checkpoint"]["manifest_key"] == f"teams/vision/manifests/{execution}.json"
+    own = world.own(inst.instance_id)  # the tagged prefix is below the instance's own
+    assert out["checkpoint"]["upload_prefix"] == f"{own}teams/vision/run-p/checkpoints/{execution}/"
+    assert out["checkpoint"]["manifest_key"] == f"{own}teams/vision/run-p/manifests/{execution}.json"
 
 
 # --- not complete --------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def test_marker_absent_is_not_complete(world: World) -> None:
     out = evaluate(inst.instance_id, "run-a")
 
     assert (out["decision"], out["outcome"]) == ("not_complete", "NotComplete")
-    assert "no completion marker at s3://ckpt-bucket/runs/run-a/_SUCCESS" in out["reason"]
+    assert f"no completion marker at s3://ckpt-bucket/{world.own(inst.instance_id)}runs/run-a/_SUCCESS" in out["reason"]
     assert out["checkpoint"] is None and out["command"] is None
     assert world.fleet.sent == []
 
@@ -241,7 +243,7 @@ def test_run_id_changed_since_the_trigger_is_skipped(world: World) -> None:
     # Given an instance that has moved on to run-b, whose marker exists, while the execution is for run-a
     inst = world.instance("a", marker_tags("run-b"))
     put_marker(world, "run-b")
-    put_marker(world, "run-a")
+    world.client("s3").put_object(Bucket=BUCKET, Key=world.own(inst.instance_id) + "runs/run-a/_SUCCESS", Body=b"done")
 
     out = evaluate(inst.instance_id, "run-a")
 

@@ -107,7 +107,7 @@ def test_interruption_plans_an_interruption_mode_checkpoint_bounded_by_the_deadl
         assert datetime.fromisoformat(out["deadline"]) == deadline
         assert f"({left} s left); trainer grace {grace} s" in out["reason"]
         execution = params["ExecutionName"]
-        assert out["checkpoint"]["manifest_key"] == f"runs/run-a/manifests/{execution}.json"
+        assert out["checkpoint"]["manifest_key"] == f"{world.own(inst.instance_id)}runs/run-a/manifests/{execution}.json"
         # the run record now names this execution for the reason, and as the one acting on the trainer
         record = records(world).get(RunKey(inst.instance_id, "run-a", out["session"]))
         assert record is not None and record["locks"] == {"interruption": execution} and record["active"] == execution
@@ -247,14 +247,25 @@ EARLIER = "2026-01-01T00:00:00Z"
 
 
 def earlier_session(
-    world: World, instance_id: str, outcome: str, *, checkpoint: bool = True, session: str = EARLIER, action: str | None = None
+    world: World,
+    instance_id: str,
+    outcome: str,
+    *,
+    checkpoint: bool = True,
+    session: str = EARLIER,
+    action: str | None = None,
+    pinned: bool = True,
 ) -> dict[str, Any]:
     """An earlier session that ended ``outcome``, recorded by the real Record outcome step (after Verify
     checkpoint wrote its checkpoint entry, if ``checkpoint``)."""
+    own = world.own(instance_id)
     entry = checkpoint_entry(
-        manifest_uri=f"s3://{BUCKET}/runs/run-a/manifests/old-exec.json",
+        manifest_uri=f"s3://{BUCKET}/{own}runs/run-a/manifests/old-exec.json",
+        manifest_version_id="manifest-version-1" if pinned else None,
+        manifest_sha256="cd" * 32 if pinned else None,
+        upload_prefix=f"{own}runs/run-a/checkpoints/old-exec/" if pinned else None,
         execution="old-exec",
-        files=[{"key": "runs/run-a/checkpoints/old-exec/step_700/w.bin", "size": 1234, "sha256": "ab" * 32}] * 3,
+        files=[{"key": f"{own}runs/run-a/checkpoints/old-exec/step_700/w.bin", "size": 1234, "sha256": "ab" * 32}] * 3,
         total_bytes=3702,
         step=700,
         fresh=True,
@@ -286,14 +297,17 @@ def test_resume_after_an_auto_stop_plans_the_restore_of_the_last_checkpoint(worl
         "ExecutionName": execution,
         "CheckpointDir": str(inst.root / "ckpt"),
         "Bucket": BUCKET,
-        "ManifestKey": "runs/run-a/manifests/old-exec.json",
+        "ManifestKey": f"{world.own(inst.instance_id)}runs/run-a/manifests/old-exec.json",
+        "ManifestVersionId": "manifest-version-1",
+        "ManifestSha256": "cd" * 32,
+        "UploadPrefix": f"{world.own(inst.instance_id)}runs/run-a/checkpoints/old-exec/",
         "PidFile": str(inst.root / "train.pid"),
         "LogFile": str(inst.root / "run-a.log"),
         "ResumeCommand": RESUME_COMMAND,
         "executionTimeout": "3600",
     }
     assert out["restore"] == {
-        "manifest_uri": f"s3://{BUCKET}/runs/run-a/manifests/old-exec.json",
+        "manifest_uri": f"s3://{BUCKET}/{world.own(inst.instance_id)}runs/run-a/manifests/old-exec.json",
         "from_session": EARLIER,
         "files": 3,
         "bytes": 3702,
@@ -463,7 +477,10 @@ def spot_instance(world: World, name: str, spot_type: str, tags: dict[str, str])
 
 
 def put_marker(world: World, run: str = "run-a") -> None:
-    world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{run}/_SUCCESS", Body=b"done")
+    """The run's default marker on every instance tagged with it (each below its own prefix)."""
+    found = world.client("ec2").describe_instances(Filters=[{"Name": "tag:autostop:run-id", "Values": [run]}])["Reservations"]
+    for iid in {i["InstanceId"] for r in found for i in r["Instances"]}:
+        world.client("s3").put_object(Bucket=BUCKET, Key=f"{world.own(iid)}runs/{run}/_SUCCESS", Body=b"done")
 
 
 def test_one_time_spot_with_action_stop_is_refused_before_anything_is_done(world: World) -> None:

@@ -17,7 +17,8 @@ def object_created(key: str) -> dict[str, Any]:
 
 
 def pid_tags(run: str, pid_file: str = "{root}/train.pid") -> dict[str, str]:
-    return {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", "autostop:pid-file": pid_file}
+    # One checkpoint-dir path for the whole fleet, as on a real one (the probe's parameters include it).
+    return {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "/srv/ckpt", "autostop:pid-file": pid_file}
 
 
 def sweep() -> dict[str, Any]:
@@ -94,9 +95,10 @@ def test_duplicate_marker_events_start_one_execution(world: World) -> None:
     from on_object_created.handler import lambda_handler
 
     inst = world.instance("m", {"autostop:enabled": "true", "autostop:run-id": "run-m", "autostop:checkpoint-dir": "/ckpt"})
-    world.client("s3").put_object(Bucket=BUCKET, Key="runs/run-m/_SUCCESS", Body=b"ok")
-    first = lambda_handler(object_created("runs/run-m/_SUCCESS"), CTX)
-    second = lambda_handler(object_created("runs/run-m/_SUCCESS"), CTX)
+    marker = world.own(inst.instance_id) + "runs/run-m/_SUCCESS"
+    world.client("s3").put_object(Bucket=BUCKET, Key=marker, Body=b"ok")
+    first = lambda_handler(object_created(marker), CTX)
+    second = lambda_handler(object_created(marker), CTX)
     also_sweep = sweep()
     assert [e["status"] for e in first["executions"]] == ["started"]
     # An identical StartExecution while the first runs is answered with that same execution ("started"),

@@ -73,7 +73,7 @@ def plan(world: World, name: str, run: str, files: dict[str, bytes], **tags: str
     inst = world.instance(name, {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": "{root}/ckpt", **tags})
     for rel, data in files.items():
         write(inst.root / "ckpt" / rel, data)
-    world.client("s3").put_object(Bucket=BUCKET, Key=f"runs/{run}/_SUCCESS", Body=b"done")
+    world.client("s3").put_object(Bucket=BUCKET, Key=world.run_key(run, f"runs/{run}/_SUCCESS"), Body=b"done")
     execution = execution_name(inst.instance_id, run, "complete")
     lifecycle = {"instance_id": inst.instance_id, "run_id": run, "reason": "complete"}
     evaluation = lambda_handler({"input": lifecycle, "execution_name": execution}, CTX)
@@ -436,8 +436,9 @@ def test_failed_command_is_checkpoint_failed_with_the_scripts_error(world: World
     assert result["reason"].startswith("NoCheckpoint: no complete checkpoint in " + str(inst.root / "ckpt")), result["reason"]
     assert result["manifest_uri"] == ck.manifest_uri
     # nothing was uploaded for this execution
-    listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/run-f/").get("Contents", [])
-    assert [o["Key"] for o in listed] == ["runs/run-f/_SUCCESS"]
+    own = world.own(inst.instance_id)
+    listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=own).get("Contents", [])
+    assert [o["Key"] for o in listed] == [f"{own}runs/run-f/_SUCCESS"]
 
 
 def test_failure_line_after_other_output_and_non_json_failures(world: World) -> None:
@@ -498,7 +499,7 @@ def test_command_still_in_progress_is_checkpoint_failed(world: World) -> None:
     # Then the checkpoint failed, and nothing was written
     assert (result["verified"], result["outcome"]) == (False, "CheckpointFailed")
     assert result["reason"] == "checkpoint command still InProgress when the state machine stopped waiting"
-    listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="runs/run-p/checkpoints/").get("Contents", [])
+    listed = world.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=world.run_key("run-p", "runs/run-p/checkpoints/")).get("Contents", [])
     assert listed == []
 
 

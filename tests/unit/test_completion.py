@@ -33,7 +33,7 @@ def probe(pid: str = "not_configured", log: str = "not_configured") -> ProbeResu
 def test_marker_present_after_launch_is_complete() -> None:
     d = decide_completion(config(), CompletionFacts(marker=marker("present"), launch_time=LAUNCH))
     assert d.verdict == "complete"
-    assert "s3://ckpt-bucket/runs/r1/_SUCCESS exists" in d.reason
+    assert "/runs/r1/_SUCCESS exists" in d.reason and "s3://ckpt-bucket/instances/arn:aws:ec2:" in d.reason
 
 
 @pytest.mark.parametrize("state,verdict", [("absent", "not_complete"), ("error", "inconclusive")])

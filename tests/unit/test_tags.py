@@ -40,8 +40,9 @@ def test_opt_in_key_is_exact() -> None:
 def test_defaults_stop_default_marker_and_bucket_prefix() -> None:
     config = parse_instance_config(IID, tags(), POLICY)
     assert config.action is Action.STOP
-    assert config.checkpoint_prefix == S3Uri(bucket="ckpt-bucket", key="runs/run-1/")
-    assert str(config.completion_marker) == "s3://ckpt-bucket/runs/run-1/_SUCCESS"
+    own = f"instances/arn:aws:ec2:us-east-1:123456789012:instance/{IID}/"  # the only keys the instance may write
+    assert config.checkpoint_prefix == S3Uri(bucket="ckpt-bucket", key=f"{own}runs/run-1/")
+    assert str(config.completion_marker) == f"s3://ckpt-bucket/{own}runs/run-1/_SUCCESS"
     assert (config.signal, config.grace_seconds, config.dry_run) == ("TERM", 300, False)
     assert not config.probe_needed
 
@@ -52,7 +53,12 @@ def test_explicit_on_instance_signals_replace_the_default_marker() -> None:
     )
     assert config.completion_marker is None
     assert config.probe_needed
-    assert config.probe_parameters() == {"PidFile": [""], "LogFile": ["/var/log/run-1/t.log"], "LogPattern": ["done|finished"]}
+    assert config.probe_parameters() == {
+        "PidFile": [""],
+        "LogFile": ["/var/log/run-1/t.log"],
+        "LogPattern": ["done|finished"],
+        "CheckpointDir": ["/data/ckpt"],  # the probe reads the log only when the trainer (this dir's owner) owns it
+    }
     alone = parse_instance_config(IID, tags(pid_file="/run/train.pid"), POLICY)
     assert alone.pid_is_completion_signal
     assert alone.probe_parameters()["PidFile"] == ["/run/train.pid"]
@@ -149,3 +155,22 @@ def test_a_trailing_newline_is_not_a_valid_value(field: str) -> None:
 
 def test_a_pathological_regex_is_an_invalid_tag_not_a_crash() -> None:
     assert "not a valid regular expression" in problems(tags(log_file="/l/run-1.log", log_pattern="a{99999999999}"))
+
+
+def test_a_tagged_prefix_lies_below_the_instances_own_and_names_the_run() -> None:
+    own = f"instances/arn:aws:ec2:us-east-1:123456789012:instance/{IID}/"
+    config = parse_instance_config(IID, tags(checkpoint_s3_uri="s3://ckpt-bucket/team/run-1/"), POLICY)
+    assert config.checkpoint_prefix == S3Uri(bucket="ckpt-bucket", key=f"{own}team/run-1/")
+    assert str(config.completion_marker) == f"s3://ckpt-bucket/{own}team/run-1/_SUCCESS"
+    # Finding 4: two runs sharing one prefix would share its default marker; the prefix must name the run.
+    assert "must contain the run id 'run-1'" in problems(tags(checkpoint_s3_uri="s3://ckpt-bucket/team/shared/"))
+    assert "below the instance's own" in problems(tags(checkpoint_s3_uri=f"s3://ckpt-bucket/{own}runs/run-1/"))
+
+
+def test_a_tagged_marker_is_the_instances_own_unless_a_pipeline_writes_it_under_markers() -> None:
+    own = f"instances/arn:aws:ec2:us-east-1:123456789012:instance/{IID}/"
+    mine = parse_instance_config(IID, tags(completion_marker="s3://ckpt-bucket/runs/run-1/DONE"), POLICY)
+    assert str(mine.completion_marker) == f"s3://ckpt-bucket/{own}runs/run-1/DONE"
+    pipeline = parse_instance_config(IID, tags(completion_marker="s3://ckpt-bucket/markers/run-1/_SUCCESS"), POLICY)
+    assert str(pipeline.completion_marker) == "s3://ckpt-bucket/markers/run-1/_SUCCESS"
+    assert "below the instance's own prefix" in problems(tags(completion_marker=f"s3://ckpt-bucket/{own}runs/run-1/DONE"))

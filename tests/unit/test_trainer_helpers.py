@@ -465,3 +465,18 @@ def test_accelerate_resume_continues_the_save_counter(monkeypatch: pytest.Monkey
     manual = FakeAccelerator(automatic=False)
     at_accelerate.resume_state(manual, "/elsewhere/checkpoint_9")
     assert manual.project_configuration.iteration == 0
+
+
+def test_the_default_marker_is_under_the_instances_own_prefix() -> None:
+    from autostop_trainer import default_marker_uri, instance_prefix
+
+    doc = {"instanceId": "i-0123456789abcdef0", "region": "eu-west-1", "accountId": "111122223333"}
+    assert instance_prefix(doc) == "instances/arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0/"
+    assert instance_prefix({**doc, "region": "cn-north-1"}).startswith("instances/arn:aws-cn:ec2:cn-north-1:")
+    uri = default_marker_uri("ckpt", "run-7", identity=doc)
+    assert uri == "s3://ckpt/instances/arn:aws:ec2:eu-west-1:111122223333:instance/i-0123456789abcdef0/runs/run-7/_SUCCESS"
+    # the very key the control plane expects (shared.tags, the stack's default region and account aside)
+    from shared.tags import TagPolicy
+
+    policy = TagPolicy(prefix="autostop", checkpoint_bucket="ckpt", instance_arn_prefix="arn:aws:ec2:eu-west-1:111122223333:instance/")
+    assert uri == f"s3://ckpt/{policy.instance_prefix('i-0123456789abcdef0')}runs/run-7/_SUCCESS"

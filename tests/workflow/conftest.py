@@ -7,6 +7,7 @@ instances, so tests do not see each other's runs.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,6 +108,12 @@ def checkpoint_commands(cp: LocalControlPlane, instance_id: str) -> list[dict[st
     return [c for c in cp.fleet.sent if instance_id in c["instance_ids"] and "Checkpoint" in c["document"]]
 
 
+def run_key(cp: LocalControlPlane, key: str) -> str:
+    """KEY of a run (``runs/<run-id>/...``) as stored: under the own prefix of the instance tagged with that run."""
+    match = re.match(r"runs/([^/]+)/", key)
+    return cp.run_uri(match.group(1), key).split("/", 3)[3] if match else key
+
+
 def keys(cp: LocalControlPlane, prefix: str) -> list[str]:
-    resp = cp.aws.client("s3").list_objects_v2(Bucket=cp.deployment.bucket, Prefix=prefix)
+    resp = cp.aws.client("s3").list_objects_v2(Bucket=cp.deployment.bucket, Prefix=run_key(cp, prefix))
     return [o["Key"] for o in resp.get("Contents", [])]

@@ -7,7 +7,7 @@ import json
 
 from local.runtime import LocalControlPlane
 from shared.naming import execution_name
-from tests.workflow.conftest import base_tags, checkpoint_commands, keys, session_of, start_and_wait, write_checkpoint
+from tests.workflow.conftest import base_tags, checkpoint_commands, keys, run_key, session_of, start_and_wait, write_checkpoint
 
 TAIL_OK = ["Record outcome", "Notify", "Outcome is a failure?", "Done"]
 TAIL_FAILED = ["Record outcome", "Notify", "Outcome is a failure?", "Failed"]
@@ -19,7 +19,8 @@ def trainer_args(*options: str) -> list[str]:
 
 
 def marker(cp: LocalControlPlane, run: str) -> None:
-    cp.put_object(f"s3://{cp.deployment.bucket}/runs/{run}/_SUCCESS", "done")
+    """The run's default completion marker, where its trainer puts it: under its instance's own prefix."""
+    cp.put_object(cp.run_uri(run, f"runs/{run}/_SUCCESS"), "done")
 
 
 def launch_finished(cp: LocalControlPlane, name: str, run: str, **tags: str) -> str:
@@ -37,7 +38,7 @@ def test_happy_path_stops_only_after_the_checkpoint_is_verified(cp: LocalControl
     assert run.states.index("Verify checkpoint") < run.states.index("Stop instance") < run.states.index("Stopped")
     assert run.states[-4:] == TAIL_OK
     assert cp.instance_state("happy") == "stopped"
-    manifest_key = f"runs/run-happy/manifests/{run.name}.json"
+    manifest_key = run_key(cp, f"runs/run-happy/manifests/{run.name}.json")
     assert run.output and run.output["manifest_uri"] == f"s3://{cp.deployment.bucket}/{manifest_key}"
     manifest = json.loads(cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=manifest_key)["Body"].read())
     assert manifest["step"] == 10 and manifest["instance_id"] == iid
@@ -109,7 +110,7 @@ def test_trainer_that_does_not_exit_in_time_blocks_the_stop(cp: LocalControlPlan
         "--hold-seconds",
         "60",
         "--marker-uri",
-        "s3://{bucket}/runs/run-stubborn/_SUCCESS",
+        "s3://{bucket}/{prefix}runs/run-stubborn/_SUCCESS",
     )
     iid = cp.launch_instance("stubborn", tags=tags, trainer=trainer)
     _wait_for_key(cp, "runs/run-stubborn/_SUCCESS")
@@ -147,9 +148,8 @@ def test_cooperative_trainer_is_signalled_and_its_final_checkpoint_uploaded(cp: 
     marker(cp, "run-coop")  # e.g. a job scheduler declares the run finished while the trainer still runs
     run = start_and_wait(cp, iid, "run-coop")
     assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped"), run.reason
-    manifest = json.loads(
-        cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=f"runs/run-coop/manifests/{run.name}.json")["Body"].read()
-    )
+    key = run_key(cp, f"runs/run-coop/manifests/{run.name}.json")
+    manifest = json.loads(cp.aws.client("s3").get_object(Bucket=cp.deployment.bucket, Key=key)["Body"].read())
     assert manifest["step"] > 0  # the checkpoint saved on SIGTERM, not an older one
     assert cp.by_name["coop"].trainer.returncode == 0
 
@@ -219,7 +219,54 @@ def _wait_for_key(cp: LocalControlPlane, key: str, timeout: float = 30) -> None:
 
     s3 = cp.aws.client("s3")
     deadline = time.monotonic() + timeout
-    while not s3.list_objects_v2(Bucket=cp.deployment.bucket, Prefix=key).get("KeyCount"):
+    while not s3.list_objects_v2(Bucket=cp.deployment.bucket, Prefix=run_key(cp, key)).get("KeyCount"):
         if time.monotonic() > deadline:
             raise TimeoutError(key)
         time.sleep(0.1)
+
+
+# --- endings without their own Notify (the execution-ended rule) ------------------------------------------------
+
+
+def _wait_notes(cp: LocalControlPlane, execution: str, timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
+    import time
+
+    deadline = time.monotonic() + timeout
+    seen: list[dict] = []  # type: ignore[type-arg]
+    while time.monotonic() < deadline:
+        cp.wait_executions()
+        seen += [n for n in cp.notifications() if n.get("execution") == execution]
+        if seen:
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def test_the_last_attempt_ending_before_acting_is_notified_as_attempts_exhausted(cp: LocalControlPlane) -> None:
+    """F10: "attempts exhausted" was only a log line of the next trigger; the last attempt's end now says so."""
+    from shared.executions import MAX_ATTEMPTS
+
+    iid = launch_finished(cp, "exhausted", "run-exhausted")  # no marker: NotComplete
+    session = session_of(cp, iid)
+    name = execution_name(iid, "run-exhausted", "complete", MAX_ATTEMPTS, session)
+    payload = {"instance_id": iid, "run_id": "run-exhausted", "reason": "complete", "attempt": MAX_ATTEMPTS, "trigger": {}}
+    payload["session"] = session
+    sfn = cp.aws.client("stepfunctions")
+    sfn.start_execution(stateMachineArn=cp.deployment.state_machine_arn, name=name, input=json.dumps(payload))
+    notes = _wait_notes(cp, name)
+    outcomes = sorted(n["outcome"] for n in notes)
+    assert outcomes == ["AttemptsExhausted", "NotComplete"], notes
+    exhausted = next(n for n in notes if n["outcome"] == "AttemptsExhausted")
+    assert exhausted["instance_id"] == iid and f"attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS} ended NotComplete" in exhausted["reason"]
+    assert cp.instance_state("exhausted") == "running"
+
+
+def test_a_failure_outside_the_outcome_states_is_notified(cp: LocalControlPlane) -> None:
+    """F10: input that is not a JSON object fails in States.Runtime before any outcome state: notified as ExecutionFailed."""
+    sfn = cp.aws.client("stepfunctions")
+    started = sfn.start_execution(stateMachineArn=cp.deployment.state_machine_arn, name="by-hand-not-an-object", input='"oops"')
+    notes = _wait_notes(cp, "by-hand-not-an-object")
+    status = sfn.describe_execution(executionArn=started["executionArn"])["status"]
+    assert status == "FAILED"
+    assert [n["outcome"] for n in notes] == ["ExecutionFailed"], notes
+    assert "failed outside its outcome states" in notes[0]["reason"]

@@ -109,7 +109,8 @@ def test_interruption_with_a_cooperative_trainer_saves_a_fresh_checkpoint_and_ne
     (record,) = records(cp, iid)
     assert record["outcome"] == "SpotCheckpointSaved" and record["locks"] == {"interruption": run.name}
     assert record["last_checkpoint"]["manifest_uri"] == run.output["manifest_uri"]  # type: ignore[index]
-    assert record["last_checkpoint"]["objects"] == [{"key": f["key"], "size": f["size"], "sha256": f["sha256"]} for f in saved["files"]]
+    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"], "version_id": f["version_id"]} for f in saved["files"]]
+    assert record["last_checkpoint"]["objects"] == objects
     assert "active" not in record
     tags = tags_of(cp, iid)
     assert tags["autostop:state"] == "SpotCheckpointSaved"
@@ -205,7 +206,7 @@ def test_one_time_spot_with_action_stop_is_refused_before_the_trainer_is_signall
     iid = cp.launch_instance("one-time", tags=base_tags("run-once"), spot="one-time")
     (cp.by_name["one-time"].root / "ckpt" / "step-000001").mkdir(parents=True)
     (cp.by_name["one-time"].root / "ckpt" / "step-000001" / "w.bin").write_bytes(b"w")
-    cp.put_object(f"s3://{cp.deployment.bucket}/runs/run-once/_SUCCESS", "done")
+    cp.put_object(cp.run_uri("run-once", "runs/run-once/_SUCCESS"), "done")
     run = only_run(cp, iid, "complete")
     assert (run.status, run.error) == ("FAILED", "StopFailed")
     assert "its Spot request is one-time" in run.reason and "autostop:action=terminate" in run.reason
@@ -215,7 +216,7 @@ def test_one_time_spot_with_action_stop_is_refused_before_the_trainer_is_signall
     iid2 = cp.launch_instance("one-time-term", tags=base_tags("run-once-t", action="terminate"), spot="one-time")
     (cp.by_name["one-time-term"].root / "ckpt" / "step-000001").mkdir(parents=True)
     (cp.by_name["one-time-term"].root / "ckpt" / "step-000001" / "w.bin").write_bytes(b"w")
-    cp.put_object(f"s3://{cp.deployment.bucket}/runs/run-once-t/_SUCCESS", "done")
+    cp.put_object(cp.run_uri("run-once-t", "runs/run-once-t/_SUCCESS"), "done")
     assert only_run(cp, iid2, "complete").outcome == "Terminated"
     assert cp.instance_state("one-time-term") == "terminated"
     cp.stop_instance("one-time")  # fails (one-time); terminate it to free the machine
@@ -232,7 +233,7 @@ def resume_tags(run: str, steps: int, evidence: str = "marker") -> dict[str, str
     command = (
         f"{{trainer}} --checkpoint-dir {{root}}/ckpt --pid-file {{root}}/train.pid --log-file {log} "
         f"--steps {steps} --step-seconds 0.2 --checkpoint-every 5 --keep 100 --resume"
-        + (f" --marker-uri {marker}" if evidence == "marker" else "")
+        + (f" --marker-uri s3://{{bucket}}/{{prefix}}runs/{run}/_SUCCESS" if evidence == "marker" else "")
     )
     evidence_tags = {"completion_marker": marker} if evidence == "marker" else {"log_file": log, "log_pattern": "Training complete"}
     return base_tags(run, pid_file="{root}/train.pid", resume_command=command, **evidence_tags)
@@ -243,7 +244,7 @@ def finish_first_session(cp: LocalControlPlane, name: str, run: str, evidence: s
     auto-stopped with a verified checkpoint."""
     options = ["--steps", "10", "--step-seconds", "0.02", "--checkpoint-every", "5"]
     if evidence == "marker":
-        options += ["--marker-uri", f"s3://{{bucket}}/runs/{run}/_SUCCESS"]
+        options += ["--marker-uri", f"s3://{{bucket}}/{{prefix}}runs/{run}/_SUCCESS"]
     iid = cp.launch_instance(
         name,
         tags=resume_tags(run, steps=30, evidence=evidence),
@@ -293,7 +294,7 @@ def test_stop_start_resume_train_complete_stop_again(cp: LocalControlPlane) -> N
     assert old["locks"] == {"complete": first.name} and old["auto_stopped"] is True
     assert new["locks"] == {"resume": resumed.name, "complete": second[1].name} and new["auto_stopped"] is True
     assert new["last_checkpoint"]["step"] == 30
-    assert [h["status"] for h in new["history"]][-2:] == ["checkpoint-verified", "Stopped"]
+    assert [h["status"] for h in new["history"]][-3:] == ["checkpoint-verified", "stop-requested", "Stopped"]
     assert tags_of(cp, iid)["autostop:state"] == "Stopped"
 
 
@@ -307,11 +308,15 @@ def test_resume_with_a_missing_or_corrupted_object_fails_and_leaves_the_instance
         for p in (root / "ckpt").iterdir():
             p.rename(root / f"lost-{p.name}")
         files = manifest(cp, first.output["manifest_uri"])["files"]  # type: ignore[index]
-        target = next(f["key"] for f in files if f["key"].endswith("model.bin"))
-        if damage == "delete":
-            s3.delete_object(Bucket=bucket, Key=target)
-        else:
-            s3.put_object(Bucket=bucket, Key=target, Body=b"not the checkpoint")
+        target = next(f for f in files if f["key"].endswith("model.bin"))
+        if damage == "delete":  # the verified version itself is gone (an administrator or a lifecycle rule)
+            s3.delete_object(Bucket=bucket, Key=target["key"], VersionId=target["version_id"])
+        else:  # S3 hands back other bytes for that very version (no API does this: moto's storage is edited)
+            from moto.s3.models import s3_backends
+
+            stored = s3_backends["123456789012"]["aws"].get_object(bucket, target["key"], version_id=target["version_id"])
+            assert stored is not None
+            stored.value = bytes(reversed(stored.value))
 
         cp.start_instance(name)
         run = only_run(cp, iid, "resume")

@@ -429,8 +429,46 @@ def _put_with_cli(bucket: str, key: str, body: bytes, aws: str = "aws") -> None:
         raise RuntimeError(f"aws s3api put-object s3://{bucket}/{key} failed ({done.returncode}): {why}")
 
 
+IMDS = "http://169.254.169.254"
+
+
+def instance_identity(timeout: float = 2.0) -> dict:
+    """This EC2 instance's identity document from the instance metadata service (IMDSv2: a session token first).
+
+    Returns its JSON (``instanceId``, ``region``, ``accountId``, ...). Raises OSError when there is no IMDS
+    (not on EC2, or metadata turned off). Units: ``timeout`` in seconds per request."""
+    import urllib.request
+
+    token_request = urllib.request.Request(f"{IMDS}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    with urllib.request.urlopen(token_request, timeout=timeout) as resp:
+        token = resp.read().decode()
+    document = urllib.request.Request(f"{IMDS}/latest/dynamic/instance-identity/document", headers={"X-aws-ec2-metadata-token": token})
+    with urllib.request.urlopen(document, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def instance_prefix(identity: dict | None = None) -> str:
+    """``instances/<instance ARN>/``: the only keys this instance may write in autostop's bucket (the stack's
+    instance policy grants ``instances/${ec2:SourceInstanceARN}/*``). IDENTITY defaults to the instance's
+    identity document (:func:`instance_identity`)."""
+    doc = identity if identity is not None else instance_identity()
+    region = doc["region"]
+    partition = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+    return f"instances/arn:{partition}:ec2:{region}:{doc['accountId']}:instance/{doc['instanceId']}/"
+
+
+def default_marker_uri(bucket: str, run_id: str | None = None, identity: dict | None = None) -> str:
+    """The run's default completion marker, ``s3://<bucket>/instances/<instance ARN>/runs/<run-id>/_SUCCESS``.
+    RUN_ID defaults to ``$AUTOSTOP_RUN_ID``; raises ValueError when there is none."""
+    run = run_id or os.environ.get("AUTOSTOP_RUN_ID")
+    if not run:
+        raise ValueError("no run id: pass run_id or set AUTOSTOP_RUN_ID")
+    return f"s3://{bucket}/{instance_prefix(identity)}runs/{run}/_SUCCESS"
+
+
 def put_completion_marker(uri: str, payload: dict | None = None, client: str = "auto") -> str:
-    """Put the run's completion marker: a small JSON object at ``uri`` (``s3://<bucket>/runs/<run-id>/_SUCCESS``).
+    """Put the run's completion marker: a small JSON object at ``uri`` (by default
+    :func:`default_marker_uri`: ``s3://<bucket>/instances/<instance ARN>/runs/<run-id>/_SUCCESS``).
 
     Put it as the very last thing, from one process only (rank 0), after the final checkpoint is written,
     and never after a stop requested by autostop's signal: a marker says "the run is finished". autostop

@@ -26,7 +26,7 @@ started (e.g. during the sanity check) is honoured the same way, after which Lig
     trainer = pl.Trainer(callbacks=[pl.callbacks.ModelCheckpoint(dirpath=CKPT_DIR, every_n_train_steps=500), autostop])
     trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint())   # never ckpt_path="last"
     if not autostop.stopped and trainer.is_global_zero:
-        put_completion_marker(f"s3://{BUCKET}/runs/{RUN_ID}/_SUCCESS")
+        put_completion_marker(default_marker_uri(BUCKET, RUN_ID))
 
 Caveats: ``should_stop`` is ignored until ``min_steps`` / ``min_epochs`` are met (do not set them, or the
 run trains on after saving); Lightning runs validation once more when stopping early, which must fit in

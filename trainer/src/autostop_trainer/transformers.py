@@ -31,7 +31,7 @@ enabled, this callback's handler replaces the JIT one while training runs (one s
                       train_dataset=ds, callbacks=[autostop])
     trainer.train(resume_from_checkpoint=resume_checkpoint())   # None: a fresh run
     if not autostop.stopped and trainer.is_world_process_zero():
-        put_completion_marker(f"s3://{BUCKET}/runs/{RUN_ID}/_SUCCESS")
+        put_completion_marker(default_marker_uri(BUCKET, RUN_ID))
 
 Do not pass ``resume_from_checkpoint=True``: it picks the highest ``checkpoint-*`` in ``output_dir`` and
 raises when there is none; ``$AUTOSTOP_RESUME_CHECKPOINT`` is the one autostop verified and restored.
