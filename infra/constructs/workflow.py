@@ -135,6 +135,25 @@ class LifecycleStateMachine(Construct):
         state.next(self._finish)
         return state
 
+    def _get_invocation(self, name: str) -> tasks.CallAwsService:
+        """GetCommandInvocation of ``$.command.CommandId`` on the instance, its status and output into ``$.invocation``."""
+        return tasks.CallAwsService(
+            self,
+            name,
+            service="ssm",
+            action="getCommandInvocation",
+            iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
+            parameters={"CommandId.$": "$.command.CommandId", "InstanceId.$": "$.evaluation.instance_id"},
+            result_selector={
+                "Status.$": "$.Status",
+                "StatusDetails.$": "$.StatusDetails",
+                "ResponseCode.$": "$.ResponseCode",
+                "StandardOutputContent.$": "$.StandardOutputContent",
+                "StandardErrorContent.$": "$.StandardErrorContent",
+            },
+            result_path="$.invocation",
+        )
+
     @staticmethod
     def _retry_read_only(task: sfn.TaskStateBase) -> None:
         """A read-only AWS call may be retried on any failure: repeating it changes nothing."""
@@ -284,22 +303,7 @@ class LifecycleStateMachine(Construct):
             .otherwise(self._outcome(f"{what.capitalize()} command not found", failed_outcome, "$.lookup.reason"))
         )
         find.next(found)
-        get = tasks.CallAwsService(
-            self,
-            f"Get {what} command invocation",
-            service="ssm",
-            action="getCommandInvocation",
-            iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
-            parameters={"CommandId.$": "$.command.CommandId", "InstanceId.$": "$.evaluation.instance_id"},
-            result_selector={
-                "Status.$": "$.Status",
-                "StatusDetails.$": "$.StatusDetails",
-                "ResponseCode.$": "$.ResponseCode",
-                "StandardOutputContent.$": "$.StandardOutputContent",
-                "StandardErrorContent.$": "$.StandardErrorContent",
-            },
-            result_path="$.invocation",
-        )
+        get = self._get_invocation(f"Get {what} command invocation")
         self._retry_read_only(get)  # InvocationDoesNotExist is normal for a few seconds after SendCommand
         self._on_error(
             get,
@@ -313,22 +317,7 @@ class LifecycleStateMachine(Construct):
         # verified from S3 instead of failing.
         seconds = interval or self._config.poll_interval_seconds
         last_wait = sfn.Wait(self, f"Last wait for {what} command", time=sfn.WaitTime.duration(Duration.seconds(seconds)))
-        last_get = tasks.CallAwsService(
-            self,
-            f"Get {what} command invocation once more",
-            service="ssm",
-            action="getCommandInvocation",
-            iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
-            parameters={"CommandId.$": "$.command.CommandId", "InstanceId.$": "$.evaluation.instance_id"},
-            result_selector={
-                "Status.$": "$.Status",
-                "StatusDetails.$": "$.StatusDetails",
-                "ResponseCode.$": "$.ResponseCode",
-                "StandardOutputContent.$": "$.StandardOutputContent",
-                "StandardErrorContent.$": "$.StandardErrorContent",
-            },
-            result_path="$.invocation",
-        )
+        last_get = self._get_invocation(f"Get {what} command invocation once more")
         self._retry_read_only(last_get)
         self._on_error(
             last_get,
