@@ -11,6 +11,7 @@ import the frameworks, every test here fails (never skips).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ RESTORE = restore_tests.RESTORE
 # The fixtures of the instance-script tests: a moto server per module, a bucket per test, the agent's environment.
 endpoint = scripts.endpoint
 s3 = scripts.s3
-bucket = scripts.bucket
+bucket = restore_tests.bucket  # versioned, as the stack's: the restore reads the pinned manifest version
 base_env = scripts.base_env
 children = scripts.children
 
@@ -173,14 +174,19 @@ def checkpoint_params(base_env: dict[str, str], bucket: str, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def run_restore(base_env: dict[str, str], bucket: str, tmp_path: Path) -> Callable[..., Result]:
+def run_restore(base_env: dict[str, str], bucket: str, s3: Any, tmp_path: Path) -> Callable[..., Result]:
     """run_restore(ckdir) restores the manifest run_checkpoint wrote (default key) into ckdir, a fresh
-    "instance" directory; SSM_<param> overrides as keywords (ManifestKey, ResumeCommand, PidFile, ...)."""
-    default_key = scripts.checkpoint_env(base_env, bucket, tmp_path)["SSM_ManifestKey"]
+    "instance" directory, pinned to the manifest's version as Verify records it (the current one: nothing else
+    writes these keys here); SSM_<param> overrides as keywords (ManifestKey, ResumeCommand, PidFile, ...)."""
+    up = scripts.checkpoint_env(base_env, bucket, tmp_path)
 
     def run_(ckdir: Path, timeout: float = 180, **params: str) -> Result:
-        key = params.pop("ManifestKey", default_key)
-        env = restore_tests.restore_env(base_env, bucket, ckdir, key, ckdir.parent / f"{ckdir.name}-state", **params)
+        key = params.pop("ManifestKey", up["SSM_ManifestKey"])
+        got = s3.get_object(Bucket=bucket, Key=key)
+        body = got["Body"].read()
+        digest = hashlib.sha256(body).hexdigest()
+        pinned = {**up, "SSM_ManifestKey": key, "SSM_ManifestVersionId": got["VersionId"], "SSM_ManifestSha256": digest}
+        env = restore_tests.restore_env(base_env, bucket, ckdir, pinned, ckdir.parent / f"{ckdir.name}-state", **params)
         return run_script(RESTORE, env, timeout)
 
     return run_
