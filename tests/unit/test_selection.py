@@ -224,3 +224,16 @@ def test_malformed_files_are_rejected_not_crashed_on(tmp_path: Path) -> None:
     assert name == "step-3"  # an index naming nothing is whole
     assert why["step-1"] == why["step-2"] == "model.safetensors: its safetensors header does not parse"
     assert why["broken.pt"] == "no step number in its name or contents"
+
+
+def test_small_step_numbers_do_not_hide_or_invent_missing_files(tmp_path: Path) -> None:
+    """checkpoint_0's custom_checkpoint_0.pkl is the same file as checkpoint_1's (Accelerate numbers its
+    registered objects, not its steps)."""
+    t0 = time.time() - 100
+    for i in (0, 1):
+        d = tmp_path / f"checkpoint_{i}"
+        for name in ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"):
+            write(d / name, safetensors() if name.endswith(".safetensors") else torch_zip({"i": i}), t0 + i)
+    assert chosen(tmp_path) == ("checkpoint_1", {})
+    (tmp_path / "checkpoint_1" / "custom_checkpoint_0.pkl").unlink()
+    assert chosen(tmp_path)[1]["checkpoint_1"].startswith("it lacks custom_checkpoint_0.pkl")

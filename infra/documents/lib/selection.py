@@ -508,11 +508,12 @@ def _lacks_sibling_files(cand, reference):
     names are compared with each one's own step number replaced (``model_step100.pt`` ~ ``model_step200.pt``)."""
     if reference is None:
         return None
-    mine = {_norm(f["rel"], cand["step"]): f for f in cand["files"]}
+    exact = {f["rel"]: f for f in cand["files"]}
+    normed = {_norm(f["rel"], cand["step"]): f for f in cand["files"]}
     for f in reference["files"]:
         if not f["rel"].lower().endswith(DATA_SUFFIXES) or f["mtime_ns"] >= cand["mtime_ns"]:
             continue  # not data, or added to the sibling after this checkpoint was written
-        own = mine.get(_norm(f["rel"], reference["step"]))
+        own = exact.get(f["rel"]) or normed.get(_norm(f["rel"], reference["step"]))
         if own is None:
             return f"it lacks {f['rel']}, which {reference['name']} has: the save did not finish"
         if own["size"] == 0 and f["size"] > 0:
