@@ -66,7 +66,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, logs: LogLines) -> Iterator[
         ids = {case.id: world.instance(f"t{n:03d}", tags_of(case)).instance_id for n, case in enumerate(TAG_CASES)}
         roots = {}
         for n, (cid, pattern) in enumerate(PROBE_PATTERNS.items()):
-            tags = {**base_tags(), key("checkpoint-dir"): "{root}/ckpt", key("log-file"): f"{{root}}/{RUN}.log", key("log-pattern"): pattern}
+            tags = {**base_tags(), key("checkpoint-dir"): "{root}/ckpt", key("log-file"): f"{{root}}/{RUN}.log"}
+            tags[key("log-pattern")] = pattern
             inst = world.instance(f"probe{n}", tags)
             (inst.root / f"{RUN}.log").write_text("step 1\nstep 2\n")
             (inst.root / "ckpt").mkdir(exist_ok=True)  # the trainer's checkpoint dir: the probe reads its user's log only

@@ -186,7 +186,9 @@ def run_restore(base_env: dict[str, str], bucket: str, s3: Any, tmp_path: Path) 
         body = got["Body"].read()
         digest = hashlib.sha256(body).hexdigest()
         pinned = {**up, "SSM_ManifestKey": key, "SSM_ManifestVersionId": got["VersionId"], "SSM_ManifestSha256": digest}
-        env = restore_tests.restore_env(base_env, bucket, ckdir, pinned, ckdir.parent / f"{ckdir.name}-state", **params)
+        state = ckdir.parent / f"{ckdir.name}-state"
+        state.mkdir(parents=True, exist_ok=True)
+        env = restore_tests.restore_env(base_env, bucket, ckdir, pinned, state, **params)
         return run_script(RESTORE, env, timeout)
 
     return run_
