@@ -148,7 +148,10 @@ def render(folder: Path) -> str:
     lines.append(
         f"{examples} examples (`make property-long` runs 200). Each example launches fresh instances, "
         "draws events and faults, runs them to the end and checks: every stop/termination followed a checkpoint that "
-        "S3 verified, newer than the decision; no instance without the opt-in tag was touched; no run was acted on twice."
+        "S3 verified, newer than the decision, read at exactly the versions the instance's own result line names; no "
+        "instance without the opt-in tag was touched; no run was acted on twice; no proof and no run record uses a "
+        f"version the second tenant wrote ({prop.get('second_tenant_forged_versions', 0)} forged object and manifest "
+        "versions in this run)."
     )
     for title, counts in (
         ("Instances drawn", drawn.get("instances") or {}),

@@ -7,6 +7,7 @@ session's reliability table (build/reliability/faults.json).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -224,6 +225,15 @@ CASES = [
     ),
     # --- S3 after the upload ----------------------------------------------------------------------------
     Case("object's version deleted after the upload", "s3", "UploadUnverified", instance=["lose_object"], reason_has="missing"),
+    Case(
+        "checkpoint-dir tag names a system location (/var/log)",
+        "tags",
+        "CheckpointFailed",
+        tags={"autostop:checkpoint-dir": "/var/log"},
+        reason_has="system location",
+        setup=lambda p, name, iid: None,
+        on_disk=True,
+    ),
     # A second writer puts other bytes at the same keys right after the upload: new versions, never read. Verify
     # reads the versions the instance's result line names, so the instance is stopped on its own checkpoint.
     *(
@@ -332,6 +342,24 @@ def _nested_dcp(ck: Path) -> None:
     layouts.write(ck / "step-000009" / "optim" / "__0_0.distcp", b"x" * 64)
 
 
+def _orbax_uncommitted(ck: Path) -> None:
+    layouts.write(ck / "step-000007" / "_CHECKPOINT_METADATA", b"{}")
+    layouts.write(ck / "step-000007" / "commit_success.txt", b"committed")
+    layouts.write(ck / "step-000007" / "default" / "state.msgpack", b"s" * 64)
+    layouts.write(ck / "step-000009" / "_CHECKPOINT_METADATA", b"{}")
+    layouts.write(ck / "step-000009" / "default" / "state.msgpack", b"s" * 64)
+
+
+def _per_epoch_steps(ck: Path) -> None:
+    layouts.write(ck / "epoch1_step900.pt", layouts.torch_zip({"x": 1}))
+    layouts.write(ck / "epoch2_step100.pt", layouts.torch_zip({"x": 2}))
+
+
+def _not_utf8(ck: Path) -> None:
+    os.mkdir(os.path.join(os.fsencode(ck), b"step-000009\xff"))
+    layouts.write(Path(os.fsdecode(os.path.join(os.fsencode(ck), b"step-000009\xff"))) / "model.bin", b"w" * 64)
+
+
 SELECTION_CASES = [
     Case(f"newest checkpoint on disk: {what}", "disk", expected, setup=on_disk(make), on_disk=True, reason_has=has, final_state=final)
     for what, make, expected, has, final in (
@@ -356,6 +384,13 @@ SELECTION_CASES = [
          "Stopped", "rejected step-000009 (model.safetensors: its safetensors tensors end", "stopped"),
         ("a sharded save missing a shard", _missing_shard, "Stopped", "rejected step-000009 (shard 2 of 2", "stopped"),
         ("a nested DCP save without .metadata", _nested_dcp, "Stopped", "rejected step-000009 (optim/ holds", "stopped"),
+        ("a Hugging Face just-in-time save still in progress (its sentinel file)",
+         lambda ck: layouts.write(layouts.hf_checkpoint(ck, 9, 0) / "checkpoint-is-incomplete.txt", b""), "Stopped",
+         "rejected checkpoint-9 (it contains checkpoint-9/checkpoint-is-incomplete.txt", "stopped"),
+        ("an orbax directory without commit_success.txt", _orbax_uncommitted, "Stopped",
+         "rejected step-000009 (no commit_success.txt", "stopped"),
+        ("steps counted within each epoch", _per_epoch_steps, "Stopped", "chose epoch2_step100.pt", "stopped"),
+        ("a name that is not UTF-8", _not_utf8, "Stopped", "chose step-000005", "stopped"),
         ("nothing complete and no save in progress (the trainer is not signalled)",
          lambda ck: shutil.rmtree(ck / "step-000005"), "CheckpointFailed", "NoCheckpoint", "running"),
     )

@@ -358,7 +358,9 @@ class Example:
             root = self.cp.by_name[name].root
             if spec.checkpoint:
                 write_checkpoint(root, 1)
-            launched = Launched(spec, name, run_id, iid, f"s3://{self.bucket}/{marker_key[spec.marker]}", self._tags(iid), None)
+            # The trainer puts its marker below its instance's own prefix (tagged keys are relative to it).
+            marker_uri = f"s3://{self.bucket}/{self.cp.instance_prefix(iid)}{marker_key[spec.marker]}"
+            launched = Launched(spec, name, run_id, iid, marker_uri, self._tags(iid), None)
             launched.first_session = _launch_time(self.cp, iid)
             self.launched.append(launched)
         for x in self.launched:
