@@ -158,6 +158,7 @@ def test_spot_launches_and_interruption_warnings(cp: LocalControlPlane) -> None:
 
 def test_stop_and_start_as_a_person_would(cp: LocalControlPlane) -> None:
     iid = cp.launch_instance("od-b", tags={"autostop:enabled": "true"}, trainer=None)
+    cp.by_name["od-b"].agent_boot_seconds = 3  # long enough to see it offline right after the start, even on a busy machine
     launched = cp.aws.client("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["LaunchTime"]
     assert cp.stop_instance("od-b") == {"instance": "od-b", "id": iid, "previous_state": "running", "state": "stopped"}
     started = cp.start_instance("od-b")
@@ -167,7 +168,9 @@ def test_stop_and_start_as_a_person_would(cp: LocalControlPlane) -> None:
     assert sorted(states) == sorted(["pending", "running", "stopping", "stopped", "pending", "running"])
     inst = cp.by_name["od-b"]
     assert inst.boots == 2 and not inst.agent_online
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not inst.agent_online and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert inst.agent_online
 
 
