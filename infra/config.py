@@ -5,7 +5,7 @@ Context keys (all optional; defaults in brackets):
 terminate: terminate is only ever taken from an instance's own tag], ``default_grace_seconds`` [300],
 ``max_grace_seconds`` [1800], ``checkpoint_bucket`` ["create": a new bucket; else an existing bucket's
 name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint command],
-``part_size_bytes`` [536870912], ``log_retention_days`` [30], ``notification_emails`` [[]],
+``part_size_bytes`` [67108864], ``log_retention_days`` [30], ``notification_emails`` [[]],
 ``stack_name`` [Autostop].
 """
 
@@ -55,7 +55,7 @@ class AutostopConfig:
     max_grace_seconds: int = 1800
     checkpoint_bucket: str = "create"
     checkpoint_timeout_seconds: int = 3600
-    part_size_bytes: int = 512 * 1024 * 1024
+    part_size_bytes: int = 64 * 1024 * 1024
     log_retention_days: int = 30
     notification_emails: tuple[str, ...] = field(default_factory=tuple)
     poll_interval_seconds: int = 10

@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -472,4 +473,14 @@ class AgentFleet:
         shim = bin_dir / "aws"
         shim.write_text((Path(__file__).parent / "faults.sh").read_text())
         shim.chmod(0o755)
+        sdk_python_shim(bin_dir)
         return bin_dir
+
+
+def sdk_python_shim(bin_dir: Path) -> Path:
+    """``BIN_DIR/python3``: this interpreter running local/sdk_faults.py, so the documents' one-process data path
+    meets the same faults as the AWS CLI (AUTOSTOP_SIM_FAULTS, AUTOSTOP_SDK_FAULT)."""
+    shim = bin_dir / "python3"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "sdk_faults.py"}" "$@"\n')
+    shim.chmod(0o755)
+    return shim

@@ -393,11 +393,13 @@ def _install_agent(aws: LocalAws, injector: FaultInjector) -> None:
         shim = bin_dir / "python3"
         real = _real_python3(bin_dir)
         # The documents run their helpers as ``python3 -I -c CODE`` (isolated: no PYTHONPATH), so the
-        # faults' prelude is put in front of CODE; other invocations get it as sitecustomize.
+        # faults' prelude is put in front of CODE, run by local/sdk_faults.py (the same faults at botocore's
+        # calls as local/faults.sh applies to the AWS CLI's); other invocations get it as sitecustomize.
+        sdk_faults = Path(__file__).parent / "sdk_faults.py"
         shim.write_text(
             "#!/bin/bash\n"
             'if [[ "$1" == -I && "$2" == -c ]]; then\n'
-            f'  code=$3; shift 3; exec "{real}" -I -c "$(cat "{site}/sitecustomize.py")"$\'\\n\'"$code" "$@"\n'
+            f'  code=$3; shift 3; exec "{real}" "{sdk_faults}" -I -c "$(cat "{site}/sitecustomize.py")"$\'\\n\'"$code" "$@"\n'
             "fi\n"
             f'PYTHONPATH="{site}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{real}" "$@"\n'
         )

@@ -62,7 +62,7 @@ CHECKPOINT_PARAMETERS: dict[str, dict[str, Any]] = {
     "Bucket": {"description": "Checkpoint bucket", "allowedPattern": BUCKET},
     "UploadPrefix": {"description": "Key prefix of this upload (ends with /)", "allowedPattern": UPLOAD_PREFIX},
     "ManifestKey": {"description": "Key of the manifest, written last", "allowedPattern": MANIFEST_KEY},
-    "PartSizeBytes": {"description": "Multipart part size in bytes (>= 5 MiB)", "allowedPattern": r"^[0-9]{7,11}$", "default": "536870912"},
+    "PartSizeBytes": {"description": "Multipart part size in bytes (>= 5 MiB)", "allowedPattern": r"^[0-9]{7,11}$", "default": "67108864"},
     "DecisionTime": {
         "description": "When the state machine decided (UTC)",
         "allowedPattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",

@@ -126,6 +126,7 @@ trap 'fail ScriptFailed "checkpoint.sh was interrupted by SIGHUP" 129' HUP
 # checkpoint; on 3-6 the message is its stdout. Anything else is a bug (ScriptFailed).
 IFS= read -r -d '' PYHELPER <<'PY' || true
 # @include lib/selection.py
+# @include lib/transfer.py
 # @include lib/checkpoint_helper.py
 PY
 
@@ -350,6 +351,10 @@ upload_file() {
 
 # Where the trainer keeps running (Mode interruption: a Spot notice or a rebalance), it may rotate the chosen
 # checkpoint away while it is uploaded: choose again, once. Otherwise a changed file fails the checkpoint.
+# One python3 process uploads everything, parts and files in parallel (lib/transfer.py), when it can import
+# botocore; otherwise the AWS CLI, one process per call (TRANSFER=cli).
+py TRANSFER transfer
+log "transfer: ${TRANSFER}"
 reselect=0
 if [[ $SSM_Mode == interruption ]]; then reselect=1; fi
 CHOSEN=()
@@ -359,7 +364,11 @@ for attempt in 1 2; do
   : >"$WORK/files.jsonl" || fail ManifestFailed "cannot write in ${WORK}; free disk space in the temp directory" "$EX_MANIFEST"
   CHANGED_MSG=""
   nfiles=0
-  while IFS= read -r -d '' -u 3 abs && IFS= read -r -d '' -u 3 rel && IFS= read -r -d '' -u 3 key &&
+  if [[ $TRANSFER == sdk ]]; then
+    py nfiles upload "$WORK" "$SSM_Bucket" "$part_size" || nfiles=0
+    [[ -n $CHANGED_MSG ]] || break
+  fi
+  while [[ $TRANSFER == cli ]] && IFS= read -r -d '' -u 3 abs && IFS= read -r -d '' -u 3 rel && IFS= read -r -d '' -u 3 key &&
     IFS= read -r -d '' -u 3 size && IFS= read -r -d '' -u 3 mtime_ns && IFS= read -r -d '' -u 3 dev &&
     IFS= read -r -d '' -u 3 ino; do
     upload_file "$abs" "$rel" "$key" "$size" "$mtime_ns" "$dev" "$ino" || break

@@ -107,6 +107,7 @@ trap 'fail ScriptFailed "restore.sh was interrupted by SIGHUP" 129' HUP
 # 6 RestoreConflict, 7 ResumeCommandFailed, 8 ScriptFailed; on 3-8 the message is its stdout.
 IFS= read -r -d '' PYHELPER <<'PY' || true
 import ctypes, errno, hashlib, json, os, pwd, re, stat, subprocess, sys, time
+# @include lib/transfer.py
 
 CHUNK = 8 * 1024 * 1024
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -275,12 +276,19 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
             bad("file entry {} has an invalid path (relative, no '.', '..' or empty segments)".format(i))
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             bad("file entry {} has an invalid size".format(i))
-        if not isinstance(digest, str) or not HEX64_RE.match(digest):
-            bad("file entry {} has an invalid sha256".format(i))
         if checksum is not None and (not isinstance(checksum, str) or not CHECKSUM_RE.match(checksum)):
             bad("file entry {} has an invalid checksum_sha256".format(i))
         if not isinstance(parts, int) or isinstance(parts, bool) or parts < 0:
             bad("file entry {} has an invalid parts count".format(i))
+        part_size = f.get("part_size")
+        if part_size is not None and (not isinstance(part_size, int) or isinstance(part_size, bool) or
+                                      not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE or not parts or
+                                      len(part_ranges(size, part_size)) != parts or checksum is None):
+            bad("file entry {} has an invalid part_size for {} parts".format(i, parts))
+        if digest is None and part_size is None:
+            bad("file entry {} has no sha256 (only a multipart object with a part_size may go without)".format(i))
+        if digest is not None and (not isinstance(digest, str) or not HEX64_RE.match(digest)):
+            bad("file entry {} has an invalid sha256".format(i))
         if layout == "file":
             if len(files) != 1 or rel != name:
                 bad("describes a single-file checkpoint whose file is not named like the checkpoint")
@@ -291,13 +299,22 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
             bad("lists {} twice".format(rel))
         targets.add("/".join(target))
         entries.append({"key": key, "version": version, "path": rel, "size": size, "sha256": digest, "checksum": checksum,
-                        "target": target})
+                        "parts": parts if part_size else 0, "part_size": part_size, "target": target})
     return {"name": name, "step": step, "files": entries}
 
 
 def same_content(fd, entry):
     st = os.fstat(fd)
-    return stat.S_ISREG(st.st_mode) and st.st_size == entry["size"] and sha256_fd(fd) == entry["sha256"]
+    return stat.S_ISREG(st.st_mode) and st.st_size == entry["size"] and content_matches(fd, entry)
+
+
+def content_matches(fd, entry):
+    """Does FD hold the entry's bytes: its whole-file SHA-256, or (a multipart object uploaded in parallel) the
+    composite of SHA-256 digests of its part_size-byte parts?"""
+    if entry["sha256"]:
+        return sha256_fd(fd) == entry["sha256"]
+    digests = [hashlib.sha256(pread_exact(fd, length, off)).digest() for _, off, length in part_ranges(entry["size"], entry["part_size"])]
+    return composite(digests) == entry["checksum"]
 
 
 def existing(ckfd, entry):
@@ -451,9 +468,39 @@ def cmd_restore(ckdir, bucket, manifest_key, manifest_version, manifest_sha256, 
     }))
 
 
+def download_parallel(bucket, todo, sfd, mods):
+    """Every file of TODO into the staging directory SFD as 000000, 000001, ... in one process (lib/transfer.py),
+    then checked: the whole-file SHA-256, or the composite of its parts' digests, computed while writing."""
+    n = pool_size(64 * 1024 * 1024)
+    log("downloading {} file(s), {} bytes, {} at a time".format(len(todo), sum(e["size"] for e in todo), n))
+
+    def open_target(i):
+        return os.open("{:06d}".format(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=sfd)
+
+    try:
+        got = Download(client(mods, n), n, mods[2]).run(bucket, todo, open_target)
+    except SizeMismatch as exc:
+        raise Fail(5, "{}; the checkpoint object was replaced or corrupted".format(exc))
+    except DownloadError as exc:
+        raise Fail(4, "{}. Check that the object exists and that the instance profile may read it".format(exc))
+    for entry, sums in zip(todo, got):
+        uri = "s3://{}/{}".format(bucket, entry["key"])
+        if entry["sha256"] and sums["sha256"] != entry["sha256"]:
+            raise Fail(5, "{} has SHA-256 {} on the instance, the manifest says {}; the checkpoint object was "
+                          "replaced or corrupted".format(uri, sums["sha256"], entry["sha256"]))
+        if not entry["sha256"] and sums["checksum"] != entry["checksum"]:
+            raise Fail(5, "{} has composite SHA-256 {} on the instance, the manifest says {}; the checkpoint object "
+                          "was replaced or corrupted".format(uri, sums["checksum"], entry["checksum"]))
+
+
 def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
     # 3. Download and verify everything before anything is placed.
+    mods = sdk()
+    if mods is not None:
+        download_parallel(bucket, todo, sfd, mods)
     for i, entry in enumerate(todo):
+        if mods is not None:
+            break
         staged = "{:06d}".format(i)
         uri = "s3://{}/{}".format(bucket, entry["key"])
         log("downloading {} ({} bytes) from {}".format("/".join(entry["target"]), entry["size"], uri))
@@ -469,10 +516,14 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
             if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"]:
                 raise Fail(5, "{} has {} bytes on the instance, the manifest says {}; the checkpoint object was replaced "
                               "or corrupted".format(uri, st.st_size, entry["size"]))
-            digest = sha256_fd(fd)
-            if digest != entry["sha256"]:
-                raise Fail(5, "{} has SHA-256 {} on the instance, the manifest says {}; the checkpoint object was "
-                              "replaced or corrupted".format(uri, digest, entry["sha256"]))
+            if not content_matches(fd, entry):
+                raise Fail(5, "{} has other bytes on the instance than the manifest's SHA-256 {}; the checkpoint "
+                              "object was replaced or corrupted".format(uri, entry["sha256"] or entry["checksum"]))
+        finally:
+            os.close(fd)
+    for i, _ in enumerate(todo):
+        fd = os.open("{:06d}".format(i), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=sfd)
+        try:
             chown_like(fd, ckstat)
             os.fchmod(fd, stat.S_IMODE(ckstat.st_mode) & 0o666)
         finally:

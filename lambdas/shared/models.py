@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 S3_KEY_RE = re.compile(r"^[A-Za-z0-9._/=+:-]{0,900}$")
@@ -218,15 +218,24 @@ class ManifestFile(Frozen):
     """Path relative to the checkpoint (the file name for a single-file checkpoint)."""
     size: int = Field(ge=0)
     """Bytes."""
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    """Hex SHA-256 of the whole file, computed on the instance."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256 of the whole file, computed on the instance; None for a multipart object uploaded in parallel
+    (its parts' SHA-256 digests, ``checksum_sha256`` with ``part_size``, stand for it)."""
     checksum_sha256: str = Field(pattern=r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
     """The value S3 stores as ``ChecksumSHA256``: base64 of the SHA-256 for a single PUT, or the composite
     (base64 of the SHA-256 of the concatenated part digests) followed by ``-<parts>`` for a multipart upload."""
     parts: int = Field(ge=0, le=10000)
     """0 for a single PutObject, else the number of multipart parts."""
+    part_size: int | None = Field(None, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    """Bytes per part (all but the last) of a multipart object: with it the restore checks the composite checksum."""
     version_id: str | None = Field(None, min_length=1, max_length=1024)
     """The S3 VersionId PutObject/CompleteMultipartUpload returned to the instance; Verify reads exactly it."""
+
+    @model_validator(mode="after")
+    def _some_digest(self) -> ManifestFile:
+        if self.sha256 is None and not (self.parts and self.part_size):
+            raise ValueError(f"{self.key}: no sha256, and not a multipart object with a part_size")
+        return self
 
     @field_validator("key")
     @classmethod

@@ -38,7 +38,7 @@ class Settings(BaseModel):
     probe_document: str = Field(alias=c.ENV_PROBE_DOCUMENT)
     checkpoint_document: str = Field(alias=c.ENV_CHECKPOINT_DOCUMENT)
     checkpoint_timeout_seconds: int = Field(3600, alias=c.ENV_CHECKPOINT_TIMEOUT_SECONDS, ge=60, le=172800)
-    part_size_bytes: int = Field(512 * 1024 * 1024, alias=c.ENV_PART_SIZE_BYTES, ge=c.MIN_PART_SIZE_BYTES, le=c.MAX_SINGLE_PUT_BYTES)
+    part_size_bytes: int = Field(64 * 1024 * 1024, alias=c.ENV_PART_SIZE_BYTES, ge=c.MIN_PART_SIZE_BYTES, le=c.MAX_SINGLE_PUT_BYTES)
     probe_timeout_seconds: int = Field(60, alias=c.ENV_PROBE_TIMEOUT_SECONDS, ge=5, le=600)
     poll_seconds: float = Field(2.0, alias=c.ENV_POLL_SECONDS, ge=0, le=60)
     runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)

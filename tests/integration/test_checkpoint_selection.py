@@ -10,6 +10,7 @@ checkpoint-selection issue: each chose the wrong checkpoint, or signalled a trai
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from local.agent import sdk_python_shim
 from tests.checkpoint_layouts import accelerate_checkpoint, dcp_checkpoint, hf_checkpoint, lightning_ckpt, safetensors, torch_zip, write
 from tests.integration.test_instance_scripts import (  # noqa: F401  (fixtures among them)
     CHECKPOINT,
@@ -218,40 +220,51 @@ def test_a_clock_stepped_back_does_not_reorder_checkpoints(s3: Any, bucket: str,
 # --- 7. rotation during the upload -------------------------------------------------------------------------------
 
 
-def test_rotated_away_during_a_stop_upload_says_changed(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+def during_upload(tmp_path: Path, env: dict[str, str], transfer: str, key_suffix: str, command: str) -> dict[str, str]:
+    """ENV that runs COMMAND once during the upload of the object whose key ends with KEY_SUFFIX: before the AWS
+    CLI call on it (cli), or before botocore's first call on it, its bytes read (sdk: local/sdk_faults.py)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir(exist_ok=True)
+    if transfer == "cli":
+        write_shim(fake_bin, "aws", str(VENV_BIN / "aws"), f'[[ " $* " == *"{key_suffix} "* ]]', command)
+    else:
+        sdk_python_shim(fake_bin)
+        env = env | {"AUTOSTOP_SDK_HOOK": f"{key_suffix}\t{command}"}
+    return env | {"AUTOSTOP_TRANSFER": transfer, "PATH": os.pathsep.join([str(fake_bin), env["PATH"]])}
+
+
+@pytest.mark.parametrize("transfer", ["sdk", "cli"])
+def test_rotated_away_during_a_stop_upload_says_changed(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, transfer: str
+) -> None:
     ckdir = tmp_path / "ck"
     write(ckdir / "step-100" / "a.bin", b"a" * 100, T0)
     write(ckdir / "step-100" / "b.bin", b"b" * 100, T0)
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    # b.bin was hashed; before the CLI opens it, the trainer's save_total_limit removes the whole checkpoint.
-    shim = fake_bin / "aws"
-    shim.write_text(
-        f'#!/usr/bin/env bash\nif [[ " $* " == *"/b.bin "* ]]; then rm -rf "{ckdir}/step-100"; fi\nexec "{VENV_BIN / "aws"}" "$@"\n'
-    )
-    shim.chmod(0o755)
-    env = checkpoint_env(base_env, bucket, ckdir)
-    env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
+    # b.bin was chosen; during its upload, the trainer's save_total_limit removes the whole checkpoint.
+    env = during_upload(tmp_path, checkpoint_env(base_env, bucket, ckdir), transfer, "/b.bin", f'rm -rf "{ckdir}/step-100"')
 
     proc, out = run(CHECKPOINT, env)
 
     assert proc.returncode == 67, proc.stderr
     assert out["error"] == "UploadFailed"
-    assert "b.bin changed during the checkpoint (it disappeared while it was being uploaded" in out["message"]
+    # In one process a.bin, uploaded beside b.bin, may be the first found gone.
+    assert re.search(
+        r"step-100/[ab]\.bin changed during the checkpoint \(it (disappeared while it was being uploaded|is gone)", out["message"]
+    )
     assert "Blob values" not in out["message"]
     assert env["SSM_ManifestKey"] not in keys(s3, bucket)
 
 
-def test_rotated_away_during_an_interruption_upload_chooses_again(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("transfer", ["sdk", "cli"])
+def test_rotated_away_during_an_interruption_upload_chooses_again(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, transfer: str
+) -> None:
     ckdir = tmp_path / "ck"
     write(ckdir / "step-200" / "a.bin", b"a" * 100, T0)
     write(ckdir / "step-200" / "b.bin", b"b" * 100, T0)
-    fake_bin = tmp_path / "bin"
     # The trainer keeps training: it saves step-300 and rotates step-200 away while step-200 is uploaded.
     rotate = f'mkdir -p "{ckdir}/step-300" && printf new > "{ckdir}/step-300/a.bin" && rm -rf "{ckdir}/step-200"'
-    write_shim(fake_bin, "aws", str(VENV_BIN / "aws"), '[[ " $* " == *"step-200/a.bin "* ]]', rotate)
-    env = checkpoint_env(base_env, bucket, ckdir, Mode="interruption")
-    env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
+    env = during_upload(tmp_path, checkpoint_env(base_env, bucket, ckdir, Mode="interruption"), transfer, "step-200/a.bin", rotate)
 
     proc, out = run(CHECKPOINT, env)
 

@@ -96,7 +96,7 @@ def test_marker_after_launch_is_complete_and_plans_a_valid_checkpoint_command(wo
     assert flat["CheckpointDir"] == str(inst.root / "ckpt")
     assert (flat["Bucket"], flat["UploadPrefix"], flat["ManifestKey"]) == (BUCKET, loc["upload_prefix"], loc["manifest_key"])
     assert (flat["PidFile"], flat["Signal"], flat["GraceSeconds"]) == ("", "TERM", "300")
-    assert flat["PartSizeBytes"] == str(512 * 1024 * 1024)
+    assert flat["PartSizeBytes"] == str(64 * 1024 * 1024)
     assert flat["DecisionTime"] == decided_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert flat["executionTimeout"] == str(300 + 3600)
 

@@ -27,6 +27,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from infra.constructs.documents import render_script
+from local.agent import sdk_python_shim
 
 ROOT = Path(__file__).resolve().parents[2]
 # The scripts as the SSM documents carry them (shared lib/ code pasted in at "# @include" lines).
@@ -528,21 +529,28 @@ def test_checkpoint_manifest_matches_the_project_model(s3: Any, bucket: str, bas
         assert checksum_matches(f.checksum_sha256, head.get("ChecksumSHA256"), f.parts)
 
 
-def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("transfer", ["sdk", "cli"])
+def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, transfer: str) -> None:
+    """In one process through botocore (sdk: parts in parallel, one SHA-256 per part, no whole-file hash) or
+    through the AWS CLI (cli: one process per part); S3 holds the same composite checksum either way."""
     ckdir = tmp_path / "ck"
     data = write(ckdir / "model_step_0007.pt", os.urandom(12 * MIB))
     write(ckdir / "model_step_0006.pt", b"older", time.time() - 600)
-    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB)) | {"AUTOSTOP_TRANSFER": transfer}
 
     proc, out = run(CHECKPOINT, env)
 
     assert proc.returncode == 0, proc.stderr
+    assert f"transfer: {transfer}" in proc.stderr
     assert (out["checkpoint"], out["step"], out["files"], out["bytes"]) == ("model_step_0007.pt", 7, 1, len(data))
     key = f"{env['SSM_UploadPrefix']}model_step_0007.pt"
     assert keys(s3, bucket) == sorted([key, env["SSM_ManifestKey"]])
     (entry,) = read_manifest(s3, bucket, env)["files"]
     assert (entry["key"], entry["path"], entry["size"], entry["parts"]) == (key, "model_step_0007.pt", len(data), 3)
-    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    if transfer == "sdk":
+        assert (entry["sha256"], entry["part_size"]) == (None, 5 * MIB)
+    else:
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
     part_digests = b"".join(hashlib.sha256(data[i : i + 5 * MIB]).digest() for i in range(0, len(data), 5 * MIB))
     composite = base64.b64encode(hashlib.sha256(part_digests).digest()).decode()
     assert entry["checksum_sha256"] == f"{composite}-3"
@@ -791,13 +799,18 @@ def write_shim(fake_bin: Path, name: str, real: str, condition: str, action: str
     shim.chmod(0o755)
 
 
+@pytest.mark.parametrize("transfer", ["sdk", "cli"])
 @pytest.mark.parametrize(
     "swap", ["file-to-symlink", "dir-to-symlink", "file-replaced", "multipart-file-to-symlink", "replaced-during-upload"]
 )
 def test_checkpoint_refuses_files_swapped_after_selection(
-    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, swap: str
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, swap: str, transfer: str
 ) -> None:
-    """A file (or directory) of the chosen checkpoint replaced after the choice is not uploaded through the swap."""
+    """A file (or directory) of the chosen checkpoint replaced after the choice is not uploaded through the swap.
+
+    The AWS CLI path is swapped at its seams (after the hash, after a put-object); the one-process path right
+    after the selection (its descriptors are opened and checked when a file's upload starts, and every file
+    is checked again after its last call)."""
     ckdir = tmp_path / "ck"
     step = ckdir / "step-100"
     write(step / "model.bin", b"weights")  # uploaded first: "model.bin" < "sub/extra.bin"
@@ -819,7 +832,7 @@ def test_checkpoint_refuses_files_swapped_after_selection(
     elif swap == "multipart-file-to-symlink":  # after hashing, before the first part is read
         write(step / "model.bin", os.urandom(6 * MIB))
         write(secrets / "model.bin", b"SECRET" * MIB)
-        after_hash = "[[ ${4:-} == hash && $rc == 0 ]]"
+        after_hash = "[[ ${4:-} == hash && $rc == 0 ]]" if transfer == "cli" else after_select
         swap_action = f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"'
         write_shim(fake_bin, "python3", real_python, after_hash, swap_action)
     elif swap == "dir-to-symlink":
@@ -832,11 +845,15 @@ def test_checkpoint_refuses_files_swapped_after_selection(
             after_select,
             f'cp "{secrets}/model.bin" "{step}/w.new" && mv -f "{step}/w.new" "{step}/model.bin"',
         )
-    else:  # after its upload, model.bin is a different file with the same size and mtime
+    else:  # after its upload (cli) or its selection (sdk), model.bin is a different file with the same size and mtime
         put_weights = '[[ " $* " == *" put-object "* && " $* " == *"/model.bin "* ]]'
         same_size_and_mtime = f'cp "{secrets}/model.bin" "{step}/w.new" && touch -r "{step}/model.bin" "{step}/w.new"'
-        write_shim(fake_bin, "aws", str(VENV_BIN / "aws"), put_weights, f'{same_size_and_mtime} && mv -f "{step}/w.new" "{step}/model.bin"')
-    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+        action = f'{same_size_and_mtime} && mv -f "{step}/w.new" "{step}/model.bin"'
+        if transfer == "cli":
+            write_shim(fake_bin, "aws", str(VENV_BIN / "aws"), put_weights, action)
+        else:
+            write_shim(fake_bin, "python3", real_python, after_select, action)
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB)) | {"AUTOSTOP_TRANSFER": transfer}
     env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
 
     proc, out = run(CHECKPOINT, env)
@@ -915,7 +932,8 @@ def test_checkpoint_bucket_does_not_exist(base_env: dict[str, str], tmp_path: Pa
     assert_no_temp_left(env)
 
 
-def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("transfer", ["sdk", "cli"])
+def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, transfer: str) -> None:
     """A part that fails to upload aborts the multipart upload, and no manifest is written."""
     ckdir = tmp_path / "ck"
     write(ckdir / "step-3.bin", os.urandom(6 * MIB))
@@ -929,14 +947,16 @@ def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_
         f'exec "{real_aws}" "$@"\n'
     )
     (fake_bin / "aws").chmod(0o755)
-    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+    sdk_python_shim(fake_bin)  # the one-process path: botocore's UploadPart fails the same way
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB)) | {"AUTOSTOP_TRANSFER": transfer}
     env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
+    env["AUTOSTOP_SDK_FAULT"] = "UploadPart=InternalError"
 
     proc, out = run(CHECKPOINT, env)
 
     assert proc.returncode == 67
     assert out["error"] == "UploadFailed"
-    assert "InternalError" in out["message"] and "part 1 of 2" in out["message"]
+    assert "InternalError" in out["message"] and re.search(r"part [12] of 2 of ", out["message"])
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert keys(s3, bucket) == []
     assert_no_temp_left(env)

@@ -14,9 +14,12 @@ import json
 import os
 import stat
 import sys
+import threading
 
 if "select" not in globals():  # run on its own (tests, linters); the document pastes lib/selection.py above
     from selection import CONTROL_CHARS_RE, Fail, describe_rejected, listing, saving_now, select, show
+if "Pool" not in globals():  # likewise lib/transfer.py
+    from transfer import MAX_OBJECT_SIZE, Pool, client, composite, file_part_size, part_ranges, pool_size, pread_exact, sdk
 
 CHUNK = 8 * 1024 * 1024
 
@@ -198,6 +201,206 @@ def cmd_part(path, size, mtime_ns, dev, ino, offset, length, out):
                 "free space in the temp directory (TMPDIR) or lower the part size",
             )
     print(h.hexdigest(), b64(h.digest()))
+
+
+def cmd_transfer():
+    """Print ``sdk`` when this python3 can upload in-process (lib/transfer.py), else ``cli``."""
+    print("sdk" if sdk() is not None else "cli")
+
+
+class Upload:
+    """The chosen checkpoint's files to S3 in one process: parts and files concurrently, each byte read once.
+
+    Per file, through ``open_chosen`` (the very file selection saw): up to PART_SIZE bytes one PutObject, above
+    that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the SHA-256
+    of its bytes, which S3 verifies. After its last call a file must still be the file chosen. ``run`` returns
+    the manifest's file records in plan order. Failures: Fail(6) a file changed (or vanished); Fail(4) S3 refused
+    (botocore's message, e.g. AccessDenied); every multipart upload that was started and not completed is
+    aborted first."""
+
+    def __init__(self, s3, errors, bucket, part_size, pool):
+        self.s3, self.errors, self.bucket, self.part_size = s3, errors, bucket, part_size
+        self.pool = Pool(pool)
+        self.open_uploads = {}
+        self.lock = threading.Lock()
+
+    def run(self, plan):
+        records = [None] * len(plan)
+        try:
+            for i, f in enumerate(plan):
+                if self.pool.failed.is_set():
+                    break
+                if f["size"] <= self.part_size:
+                    self.pool.submit(self.put, f, records, i)
+                else:
+                    self.start_multipart(f, records, i)
+            self.pool.wait()
+        except BaseException:
+            self.pool.failed.set()
+            self.pool.executor.shutdown(wait=True)
+            self.abort_all()
+            raise
+        return records
+
+    def call(self, f, what, op, **params):
+        try:
+            return getattr(self.s3, op)(Bucket=self.bucket, **params)
+        except (self.errors.BotoCoreError, self.errors.ClientError) as exc:
+            check_unchanged(f)
+            raise Fail(4, f"{what} failed: {exc}. Check that the bucket exists and that the instance profile may write to it")
+
+    def put(self, f, records, i):
+        target = f"s3://{self.bucket}/{f['key']}"
+        with open_chosen(f["abs"], f["size"], f["mtime_ns"], f["dev"], f["ino"]) as fh:
+            data = pread_exact(fh.fileno(), f["size"], 0)
+        if len(data) != f["size"]:
+            raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
+        digest = hashlib.sha256(data).digest()
+        resp = self.call(
+            f,
+            f"uploading {f['abs']} to {target}",
+            "put_object",
+            Key=f["key"],
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64(digest),
+        )
+        del data
+        same_checksum(resp, b64(digest), f["key"])
+        check_unchanged(f)
+        records[i] = file_record(f, digest.hex(), b64(digest), 0, None, resp)
+
+    def start_multipart(self, f, records, i):
+        if f["size"] > MAX_OBJECT_SIZE:
+            raise Fail(4, f"{show(f['abs'])} is {f['size']} bytes, more than the 5 TiB S3 object limit")
+        part = file_part_size(f["size"], self.part_size)
+        ranges = part_ranges(f["size"], part)
+        target = f"s3://{self.bucket}/{f['key']}"
+        log(f"uploading {f['rel']} ({f['size']} bytes) to {target} in {len(ranges)} parts of {part} bytes")
+        fh = open_chosen(f["abs"], f["size"], f["mtime_ns"], f["dev"], f["ino"])
+        try:
+            resp = self.call(
+                f,
+                f"starting the multipart upload of {f['abs']} to {target}",
+                "create_multipart_upload",
+                Key=f["key"],
+                ChecksumAlgorithm="SHA256",
+            )
+        except BaseException:
+            fh.close()
+            raise
+        state = {"fh": fh, "upload_id": resp["UploadId"], "part": part, "parts": [None] * len(ranges), "left": len(ranges)}
+        with self.lock:
+            self.open_uploads[f["key"]] = state
+        for number, offset, length in ranges:
+            self.pool.submit(self.upload_part, f, state, number, offset, length, records, i)
+
+    def upload_part(self, f, state, number, offset, length, records, i):
+        data = pread_exact(state["fh"].fileno(), length, offset)
+        if len(data) != length:
+            raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
+        digest = hashlib.sha256(data).digest()
+        what = f"uploading part {number} of {len(state['parts'])} of {f['abs']} to s3://{self.bucket}/{f['key']}"
+        resp = self.call(
+            f,
+            what,
+            "upload_part",
+            Key=f["key"],
+            UploadId=state["upload_id"],
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64(digest),
+        )
+        del data
+        same_checksum(resp, b64(digest), f"part {number}")
+        with self.lock:
+            state["parts"][number - 1] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": b64(digest), "digest": digest}
+            state["left"] -= 1
+            last = state["left"] == 0
+        if last:
+            self.complete(f, state, records, i)
+
+    def complete(self, f, state, records, i):
+        checksum = composite([p.pop("digest") for p in state["parts"]])
+        what = f"completing the multipart upload of {f['abs']} to s3://{self.bucket}/{f['key']}"
+        resp = self.call(
+            f, what, "complete_multipart_upload", Key=f["key"], UploadId=state["upload_id"], MultipartUpload={"Parts": state["parts"]}
+        )
+        with self.lock:
+            self.open_uploads.pop(f["key"], None)
+        state["fh"].close()
+        same_checksum(resp, checksum, f["key"])
+        check_unchanged(f)
+        records[i] = file_record(f, None, checksum, len(state["parts"]), state["part"], resp)
+
+    def abort_all(self):
+        for key, state in list(self.open_uploads.items()):
+            state["fh"].close()
+            log(f"aborting multipart upload of s3://{self.bucket}/{key}")
+            try:
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=state["upload_id"])
+            except (self.errors.BotoCoreError, self.errors.ClientError) as exc:
+                log(f"could not abort the multipart upload ({exc}); S3 lifecycle rules will remove it")
+        self.open_uploads.clear()
+
+
+def check_unchanged(f):
+    """Fail(6) when the file F of the plan is gone or no longer the file chosen."""
+    try:
+        st = os.lstat(f["abs"])
+    except OSError as exc:
+        raise Fail(6, changed(f["abs"], f"it disappeared while it was being uploaded: {exc.strerror}")) from None
+    if identity(st) != (f["dev"], f["ino"], f["size"], f["mtime_ns"]):
+        raise Fail(6, changed(f["abs"], "it was modified or replaced while it was being uploaded"))
+
+
+def file_record(f, hexdigest, checksum, parts, part_size, resp):
+    """The manifest's entry for file F. ``sha256``: the whole file's (single-part objects only; a multipart
+    object is checked by its composite ``checksum_sha256`` and ``part_size``)."""
+    record = {"key": f["key"], "path": f["rel"], "size": f["size"], "sha256": hexdigest, "checksum_sha256": checksum, "parts": parts}
+    if part_size:
+        record["part_size"] = part_size
+    record["version_id"] = version_id(resp)
+    return record
+
+
+def read_plan(work):
+    """The plan ``cmd_select`` wrote: [{abs, rel, key, size, mtime_ns, dev, ino}]."""
+    with open(os.path.join(work, "plan"), "rb") as f:
+        fields = f.read().split(b"\0")[:-1]
+    out = []
+    for n in range(0, len(fields), 7):
+        abs_, rel, key, size, mtime_ns, dev, ino = fields[n : n + 7]
+        out.append(
+            {
+                "abs": os.fsdecode(abs_),
+                "rel": os.fsdecode(rel),
+                "key": os.fsdecode(key),
+                "size": int(size),
+                "mtime_ns": int(mtime_ns),
+                "dev": int(dev),
+                "ino": int(ino),
+            }
+        )
+    return out
+
+
+def cmd_upload(work, bucket, part_size):
+    """Upload the plan in WORK in one process (``Upload``); writes WORK/files.jsonl; prints the file count."""
+    mods = sdk()
+    part_size = int(part_size)
+    plan = read_plan(work)
+    n = pool_size(part_size)
+    total = sum(f["size"] for f in plan)
+    log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes)")
+    records = Upload(client(mods, n), mods[2], bucket, part_size, n).run(plan)
+    try:
+        with open(os.path.join(work, "files.jsonl"), "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(r) + "\n" for r in records)
+    except OSError as exc:
+        raise Fail(5, f"cannot record the uploaded files for the manifest: {exc.strerror}")
+    print(len(records))
 
 
 def response(path):

@@ -1,0 +1,280 @@
+"""autostop on-instance data path: parallel, single-pass transfers between the instance and S3.
+
+Pasted into the checkpoint and restore documents' python3 helpers at synth time (before the helper that uses
+it) and imported directly by the tests and the benchmark. Stdlib plus the S3 client the instance already has:
+botocore, imported from the python3 that runs this (AWS CLI v1, boto3) or as ``awscli.botocore`` (the AWS CLI v2
+as Debian, Ubuntu and Amazon Linux package it). ``sdk()`` is None without either (the AWS CLI v2 from AWS's own
+installer is a frozen program whose Python nobody else can import): the documents then use the AWS CLI, one
+process per call (``AUTOSTOP_TRANSFER=cli`` in the instance's environment forces that path).
+
+Why this is fast and still safe:
+
+- Each byte is read from disk once: a part is read into memory with ``os.pread`` from a descriptor opened
+  without following symbolic links and checked to be the very file chosen (device, inode, size, mtime), hashed
+  (SHA-256) from that buffer and sent from that buffer. S3 verifies every part and every single-part object
+  against the ``x-amz-checksum-sha256`` computed here and refuses a mismatch (BadDigest).
+- Parts of one file and many files are sent concurrently by one pool of threads (``pool_size``: from the CPU
+  count, at most 64, and never more part buffers in flight than a quarter of the available memory).
+- SHA-256 per part, not per file: a multipart object's checksum is S3's composite (SHA-256 of the part
+  digests, ``<base64>-<parts>``), computed part by part in parallel; a whole-file SHA-256 would be one core's
+  sequential pass over the file (about 1 GB/s). It is enough because objects are pinned: Verify and the restore
+  read exactly the S3 VersionId that this upload returned, so the checksum only has to catch corruption of
+  bytes in transit or at rest, and a SHA-256 per part does; CRC64NVME would be faster but needs awscrt, which
+  the instance's python3 does not have.
+- Restores are ranged GetObject calls of the pinned VersionId in parallel, written with ``os.pwrite`` into a
+  new file and hashed in the same pass, then checked against the manifest's size and checksum.
+"""
+
+import base64
+import concurrent.futures
+import hashlib
+import importlib
+import os
+import threading
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3: every part but the last
+MAX_PART_SIZE = 5 * 1024 * MIB  # S3: the largest part and the largest PutObject
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB  # S3: the largest object
+MAX_PARTS = 10000
+MAX_POOL = 64
+READ_CHUNK = MIB  # bytes read from a GetObject body per call
+PREAD_MAX = 1024 * MIB  # Linux returns at most ~2 GiB per read(2)
+
+
+def sdk():
+    """The botocore modules ``(session, config, exceptions)`` this python3 can import, or None.
+
+    ``botocore`` (AWS CLI v1, boto3) first, then ``awscli.botocore`` (AWS CLI v2 installed as a Python package).
+    None also when ``AUTOSTOP_TRANSFER=cli``."""
+    if os.environ.get("AUTOSTOP_TRANSFER", "auto") == "cli":
+        return None
+    for base in ("botocore", "awscli.botocore"):
+        try:
+            return tuple(importlib.import_module(base + "." + name) for name in ("session", "config", "exceptions"))
+        except ImportError:
+            continue
+    return None
+
+
+def mem_available():
+    """MemAvailable from /proc/meminfo in bytes, or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def pool_size(part_size, cpus=None, memory=None):
+    """Threads (and connections) for transfers of PART_SIZE-byte parts: 8 per CPU, 4 to 64, and at most as many
+    part buffers as fit into a quarter of MEMORY (bytes; default MemAvailable, else 2 GiB)."""
+    cpus = cpus or os.cpu_count() or 2
+    memory = memory or mem_available() or 2 * 1024 * MIB
+    return max(4, min(MAX_POOL, 8 * cpus, memory // 4 // max(part_size, MIN_PART_SIZE)))
+
+
+def file_part_size(size, part_size):
+    """The part size for a SIZE-byte object: PART_SIZE, raised (in whole MiB) so that it needs at most 10,000
+    parts. A file of at most PART_SIZE bytes is one PutObject (the function then returns SIZE)."""
+    if size <= part_size:
+        return size
+    need = -(-size // MAX_PARTS)
+    need = -(-need // MIB) * MIB
+    return max(part_size, need)
+
+
+def part_ranges(size, part):
+    """[(number, offset, length)] of a SIZE-byte object cut into PART-byte parts (numbers from 1)."""
+    return [(n + 1, off, min(part, size - off)) for n, off in enumerate(range(0, size, part))] or [(1, 0, 0)]
+
+
+def b64(digest):
+    return base64.b64encode(digest).decode("ascii")
+
+
+def composite(digests):
+    """S3's composite SHA-256 checksum of a multipart object from its parts' raw digests: ``<base64>-<parts>``."""
+    return "{}-{}".format(b64(hashlib.sha256(b"".join(digests)).digest()), len(digests))
+
+
+def pread_exact(fd, length, offset):
+    """LENGTH bytes of FD from OFFSET, or fewer when the file ended early (the caller treats that as a change)."""
+    chunks, got = [], 0
+    while got < length:
+        chunk = os.pread(fd, min(length - got, PREAD_MAX), offset + got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def client(mods, pool):
+    """A botocore S3 client for POOL concurrent calls. Region: AWS_DEFAULT_REGION or AWS_REGION; endpoint:
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL when set (older botocore does not read them itself). Checksums are
+    the caller's: the client computes none of its own (``when_required``) where the botocore knows the option."""
+    session_mod, config_mod, _ = mods
+    options = {
+        # The body's SHA-256 goes in x-amz-checksum-sha256, which S3 verifies; signing it too would hash every byte
+        # a second time (botocore does so whenever the caller supplies the checksum header).
+        "s3": {"payload_signing_enabled": False},
+        "max_pool_connections": pool + 4,
+        "retries": {"max_attempts": 6, "mode": "standard"},
+        "connect_timeout": 10,
+        "read_timeout": 120,
+    }
+    for name, value in (
+        ("request_checksum_calculation", "when_required"),
+        ("response_checksum_validation", "when_required"),
+        ("tcp_keepalive", True),
+    ):
+        try:
+            config_mod.Config(**{name: value})
+            options[name] = value
+        except TypeError:
+            pass
+    session = session_mod.Session()
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return session.create_client("s3", region_name=region, endpoint_url=endpoint, config=config_mod.Config(**options))
+
+
+class Pool:
+    """Runs callables on POOL threads; the first exception stops what has not started and is re-raised by
+    ``wait``. ``submit`` blocks while 2 x POOL calls are queued, so a caller never runs far ahead."""
+
+    def __init__(self, size):
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=size)
+        self.slots = threading.BoundedSemaphore(2 * size)
+        self.failed = threading.Event()
+        self.error = None
+        self.lock = threading.Lock()
+        self.futures = []
+
+    def submit(self, fn, *args):
+        if self.failed.is_set():
+            return
+        self.slots.acquire()
+        self.futures.append(self.executor.submit(self._run, fn, args))
+
+    def _run(self, fn, args):
+        try:
+            if not self.failed.is_set():
+                fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+            with self.lock:
+                if self.error is None:
+                    self.error = exc
+            self.failed.set()
+        finally:
+            self.slots.release()
+
+    def wait(self):
+        concurrent.futures.wait(self.futures)
+        self.executor.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
+
+
+class Download:
+    """Parallel ranged GetObject of pinned S3 versions into new files, hashed as they are written.
+
+    ``entries``: dicts with key, version, size, and either part_size (> 0, with parts) for a multipart object
+    whose composite checksum the manifest gives, or none (one GetObject, one SHA-256 of the whole object).
+    ``run(bucket, entries, open_target)`` writes entry i into the descriptor ``open_target(i)`` returns and gives
+    back, per entry, ``{"sha256": hex or None, "checksum": composite or None}``; errors raise ``DownloadError``
+    with a message naming the object (botocore's text)."""
+
+    def __init__(self, s3, pool, errors_mod, range_size=64 * MIB):
+        self.s3, self.pool_n, self.errors, self.range_size = s3, pool, errors_mod, range_size
+
+    def run(self, bucket, entries, open_target):
+        pool = Pool(self.pool_n)
+        results = [None] * len(entries)
+        fds = []
+        try:
+            for i, e in enumerate(entries):
+                fd = open_target(i)
+                fds.append(fd)
+                os.ftruncate(fd, e["size"])
+                parts = e.get("part_size") and e.get("parts")
+                if parts:
+                    state = {"digests": [None] * e["parts"], "left": e["parts"]}
+                    results[i] = state
+                    for number, off, length in part_ranges(e["size"], e["part_size"]):
+                        pool.submit(self._range, bucket, e, fd, number, off, length, state)
+                else:
+                    state = {"sha256": None}
+                    results[i] = state
+                    pool.submit(self._whole, bucket, e, fd, state)
+            pool.wait()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        out = []
+        for e, state in zip(entries, results):
+            if "digests" in state:
+                if len(state["digests"]) != e["parts"] or None in state["digests"]:
+                    raise DownloadError("{} has not {} parts of {} bytes".format(e["key"], e["parts"], e["part_size"]))
+                out.append({"sha256": None, "checksum": composite(state["digests"])})
+            else:
+                out.append({"sha256": state["sha256"], "checksum": None})
+        return out
+
+    def _get(self, bucket, e, byte_range=None):
+        extra = {"Range": "bytes={}-{}".format(*byte_range)} if byte_range else {}
+        try:
+            resp = self.s3.get_object(Bucket=bucket, Key=e["key"], VersionId=e["version"], **extra)
+        except (self.errors.BotoCoreError, self.errors.ClientError) as exc:
+            raise DownloadError("downloading s3://{}/{} (version {}) failed: {}".format(bucket, e["key"], e["version"], exc))
+        if resp.get("VersionId") not in (None, e["version"]):
+            raise DownloadError(
+                "s3://{}/{} returned version {}, not the verified version {}".format(bucket, e["key"], resp.get("VersionId"), e["version"])
+            )
+        return resp
+
+    def _copy(self, bucket, e, resp, fd, offset, length, h):
+        body, done = resp["Body"], 0
+        try:
+            while True:
+                try:
+                    chunk = body.read(READ_CHUNK)
+                except self.errors.BotoCoreError as exc:
+                    raise DownloadError("downloading s3://{}/{} failed: {}".format(bucket, e["key"], exc))
+                if not chunk:
+                    break
+                if done + len(chunk) > length:
+                    raise SizeMismatch("s3://{}/{} is longer than the manifest's {} bytes".format(bucket, e["key"], e["size"]))
+                h.update(chunk)
+                try:
+                    os.pwrite(fd, chunk, offset + done)
+                except OSError as exc:
+                    raise DownloadError("cannot write the restored file: {}; free disk space".format(exc.strerror))
+                done += len(chunk)
+        finally:
+            body.close()
+        if done != length:
+            raise SizeMismatch("s3://{}/{} has fewer bytes than the manifest's {}".format(bucket, e["key"], e["size"]))
+
+    def _whole(self, bucket, e, fd, state):
+        h = hashlib.sha256()
+        self._copy(bucket, e, self._get(bucket, e), fd, 0, e["size"], h)
+        state["sha256"] = h.hexdigest()
+
+    def _range(self, bucket, e, fd, number, offset, length, state):
+        h = hashlib.sha256()
+        resp = self._get(bucket, e, (offset, offset + length - 1))
+        self._copy(bucket, e, resp, fd, offset, length, h)
+        state["digests"][number - 1] = h.digest()
+
+
+class DownloadError(Exception):
+    """A download that failed; the message names the object and the cause."""
+
+
+class SizeMismatch(DownloadError):
+    """The object (the pinned version) has another size than the manifest says: replaced or corrupted."""

@@ -1,0 +1,91 @@
+"""Local runtime and tests only: the on-instance python3 with faults injected at the botocore boundary.
+
+The documents' one-process data path (``infra/documents/lib/transfer.py``) calls S3 through botocore, so the
+faults that ``local/faults.sh`` applies to ``aws s3api put-object`` are applied here to the same calls: a
+``python3`` shim on the simulated instance's PATH runs ``python sdk_faults.py [-I] -c CODE ARGS...``, which
+registers a ``before-call.s3`` handler on every botocore client and then runs CODE as ``python3 -c`` would.
+
+Faults, from the environment:
+
+``AUTOSTOP_SIM_FAULTS`` (comma-separated, the scenario's ``faults``), on PutObject/UploadPart of checkpoint
+objects (not manifests):
+  corrupt_upload    the body loses its last byte, the checksum header stays (real S3: BadDigest; moto stores it)
+  kill_midway       SIGKILL of the whole process group at the second such call
+  interrupt_upload  the second such call loses its connection (botocore ConnectionClosedError)
+``AUTOSTOP_SDK_FAULT`` ``Operation=ErrorCode`` (e.g. ``UploadPart=InternalError``): every call of that
+operation fails with that S3 error code (botocore ClientError, message "boom").
+``AUTOSTOP_SDK_HOOK`` ``<key suffix><TAB><shell command>``: the command runs once, before the first S3 call on
+a key ending so (the bytes of a PutObject or UploadPart have been read by then), as a shim around the AWS CLI
+runs one before the CLI opens the file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+_calls = 0
+_hooked = False
+_lock = threading.Lock()
+
+
+def _handler(model: Any, params: dict[str, Any], **_: Any) -> None:
+    from botocore.exceptions import ClientError, ConnectionClosedError
+
+    global _calls, _hooked
+    op = model.name
+    suffix, _, command = os.environ.get("AUTOSTOP_SDK_HOOK", "").partition("\t")
+    with _lock:
+        run_hook = bool(command) and not _hooked and params.get("url_path", "").split("?")[0].endswith(suffix)
+        _hooked = _hooked or run_hook
+    if run_hook:
+        subprocess.run(["bash", "-c", command], check=True)
+    wanted = os.environ.get("AUTOSTOP_SDK_FAULT", "")
+    if wanted.partition("=")[0] == op:
+        raise ClientError({"Error": {"Code": wanted.partition("=")[2], "Message": "boom"}}, op)
+    faults = set(os.environ.get("AUTOSTOP_SIM_FAULTS", "").split(","))
+    if op not in ("PutObject", "UploadPart") or "/manifests/" in params.get("url_path", ""):
+        return
+    with _lock:
+        _calls += 1
+        n = _calls
+    if n >= 2 and "kill_midway" in faults:
+        os.killpg(0, signal.SIGKILL)
+    if n >= 2 and "interrupt_upload" in faults:
+        raise ConnectionClosedError(endpoint_url=params.get("url", "s3"))
+    if "corrupt_upload" in faults and params.get("body"):
+        params["body"] = params["body"][:-1]
+
+
+def install() -> None:
+    """Register the handler on every botocore client created from now on."""
+    try:
+        import botocore.session
+    except ImportError:
+        return
+    create = botocore.session.Session.create_client
+
+    def create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
+        made = create(self, *args, **kwargs)
+        made.meta.events.register("before-call.s3", _handler)
+        return made
+
+    botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+
+
+def main(argv: list[str]) -> None:
+    args = [a for a in argv if a != "-I"]
+    if len(args) >= 2 and args[0] == "-c":
+        install()
+        sys.argv = ["-c", *args[2:]]
+        exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102
+        return
+    os.execv(sys.executable, [sys.executable, *argv])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
