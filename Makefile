@@ -81,8 +81,15 @@ reliability: $(STAMP) $(NODE_STAMP)
 	AUTOSTOP_PROPERTY_EXAMPLES=$(RELIABILITY_EXAMPLES) $(PY) -m pytest tests/faults tests/badinput tests/property
 	$(PY) -m local.reliability build/reliability docs/RELIABILITY.md
 
-## Print timing and memory figures (demo wall time, peak memory, synth time).
-bench: install
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+## Print figures: the checkpoint data path's throughput beside aws s3 cp, boto3 and s5cmd, and the Spot budget
+## (benchmarks/throughput.py; AUTOSTOP_BENCH_SCALE=0.25 for a quick look), then demo and synth time and memory.
+bench: install $(BENCH_STAMP)
+	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/run.py
 
 clean:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -140,19 +142,62 @@ def render_script(script: str) -> str:
 
     Each ``# @include <file>`` line is replaced by that file (a document runs one script, so code shared by the
     scripts, ``lib/``, is pasted in at synth time); then, to fit SSM's 64 KB document content limit, comment-only
-    and blank lines are dropped and the docstrings of included ``.py`` files removed (the files in the repository
-    keep them). The tests run this same rendered text.
+    and blank lines are dropped, and included ``.py`` files lose their docstrings and comments and are indented
+    one space per level (the files in the repository keep all that; a test proves the code is the same). The tests run this same rendered text.
     """
     lines = []
     for line in (SCRIPTS / script).read_text().splitlines():
         if line.startswith(INCLUDE):
             name = line.removeprefix(INCLUDE).strip()
             text = (SCRIPTS / name).read_text()
-            lines.extend((without_docstrings(text) if name.endswith(".py") else text).splitlines())
+            lines.extend((narrow_indents(without_comments(without_docstrings(text))) if name.endswith(".py") else text).splitlines())
         else:
             lines.append(line)
     kept = [line for i, line in enumerate(lines) if i == 0 or (line.strip() and not line.lstrip().startswith("#"))]
     return "\n".join(kept) + "\n"
+
+
+def narrow_indents(source: str) -> str:
+    """SOURCE (Python) indented by one space per block level instead of four, found by the tokenizer: the lines of a
+    multi-line string stay as they are, continuation lines get one space more than their block."""
+    lines = source.splitlines()
+    fixed: set[int] = set()  # rows (1-based) inside a multi-line string, after its first
+    indent: dict[int, int] = {}
+    depth, string_start = 0, 0
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        row = token.start[0]
+        if token.type == tokenize.INDENT:
+            depth += 1
+        elif token.type == tokenize.DEDENT:
+            depth -= 1
+        elif token.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER):
+            continue
+        if token.type == getattr(tokenize, "FSTRING_START", None):
+            string_start = row
+        ends = token.type == tokenize.STRING or token.type == getattr(tokenize, "FSTRING_END", None)
+        if ends and (string_start or row) < token.end[0]:
+            fixed.update(range((string_start or row) + 1, token.end[0] + 1))
+        if ends:
+            string_start = 0
+        if token.type not in (tokenize.INDENT, tokenize.DEDENT) and row not in indent:
+            indent[row] = depth
+    out = []
+    for row, line in enumerate(lines, start=1):
+        if row in fixed or not line.strip():
+            out.append(line)
+        else:
+            out.append(" " * indent.get(row, depth + 1) + line.lstrip())
+    return "\n".join(out) + "\n"
+
+
+def without_comments(source: str) -> str:
+    """SOURCE (Python) without its comments, found by the tokenizer (never a ``#`` inside a string)."""
+    lines = source.splitlines()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row, col = token.start
+            lines[row - 1] = lines[row - 1][:col].rstrip()
+    return "\n".join(lines) + "\n"
 
 
 def without_docstrings(source: str) -> str:

@@ -75,13 +75,9 @@ umask 077
 readonly EX_INVALID=64 EX_TRAINER=65 EX_NOCKPT=66 EX_UPLOAD=67 EX_MANIFEST=68 EX_SCRIPT=70
 readonly MIN_PART_SIZE=5242880         # S3 minimum part size (all parts but the last)
 readonly MAX_PART_SIZE=5368709120      # S3 maximum part size and PutObject size (5 GiB)
-readonly MAX_OBJECT_SIZE=5497558138880 # S3 maximum object size (5 TiB)
-readonly MAX_PARTS=10000
 
 FINAL_PRINTED=0 # set once the single final JSON line is on stdout
 WORK=""         # mktemp directory
-MPU_KEY=""      # multipart upload in progress (aborted by the EXIT trap)
-MPU_ID=""
 PYHELPER=""
 SOFT_CHANGED=0  # 1 while uploading: py returns 6 (CHANGED_MSG) for a file changed during the checkpoint
 CHANGED_MSG=""
@@ -94,20 +90,11 @@ on_err() {
   fail ScriptFailed "unexpected failure (exit status $1) at line $2 of checkpoint.sh: ${3:0:300}" "$EX_SCRIPT"
 }
 
-abort_multipart() {
-  [[ -n $MPU_ID ]] || return 0
-  log "aborting multipart upload of s3://${SSM_Bucket}/${MPU_KEY}"
-  aws s3api abort-multipart-upload --bucket="$SSM_Bucket" --key="$MPU_KEY" --upload-id="$MPU_ID" \
-    </dev/null >/dev/null 2>&2 || log "could not abort the multipart upload; S3 lifecycle rules will remove it"
-  MPU_ID=""
-}
-
 on_exit() {
   local rc=$?
   trap - ERR
   set +e
   [[ $BASHPID == "$$" ]] || return 0
-  abort_multipart
   [[ -z $WORK ]] || rm -rf -- "$WORK"
   if ((FINAL_PRINTED == 0)); then
     ((rc != 0)) || rc=$EX_SCRIPT
@@ -272,16 +259,13 @@ if [[ -n $SSM_PidFile ]]; then
 fi
 
 # --- 3, 4. Choose the checkpoint and upload it ----------------------------------------------------
-# aws_s3 OUTFILE DESCRIPTION S3API_ARGS...: run one s3api call; on failure report the CLI's last stderr line,
-# or, when the file being uploaded (CHOSEN) is gone or changed, return 6 with CHANGED_MSG set.
+# aws_s3 OUTFILE DESCRIPTION S3API_ARGS...: run one s3api call (the manifest's); on failure report the CLI's last
+# stderr line.
 aws_s3() {
   local out="$1" what="$2" last="" line
   shift 2
   if ! aws --output json s3api "$@" </dev/null >"$out" 2>"$WORK/aws.err"; then
     cat "$WORK/aws.err" >&2 || true
-    if ((${#CHOSEN[@]})); then
-      py unchanged_out unchanged "${CHOSEN[@]}" || return 6
-    fi
     while IFS= read -r line || [[ -n $line ]]; do
       if [[ -n ${line//[[:space:]]/} ]]; then last=$line; fi
     done <"$WORK/aws.err"
@@ -296,87 +280,21 @@ put_object() { # put_object FILE KEY BASE64_SHA256 DESCRIPTION [EXTRA ARGS...]
     --checksum-algorithm=SHA256 --checksum-sha256="$checksum" "$@"
 }
 
-# upload_file ABS REL KEY SIZE MTIME_NS DEV INO: one file of the plan (PutObject, or multipart above the part
-# size); appends its record to files.jsonl. Returns 6 (CHANGED_MSG) when the file changed while it was read.
-upload_file() {
-  local abs="$1" rel="$2" key="$3" size="$4" target="s3://${SSM_Bucket}/$3" sums sha256_hex checksum parts
-  local this_part nparts upload_id part_number offset length part_sums py_out
-  CHOSEN=("$abs" "$size" "$5" "$6" "$7") # the file as selection saw it (lstat)
-  py sums hash "${CHOSEN[@]}" || return 6
-  sha256_hex=${sums%% *}
-  if ((size <= part_size)); then
-    log "uploading ${rel} (${size} bytes) to ${target}"
-    put_object "$abs" "$key" "${sums#* }" "uploading ${abs} to ${target}" || return 6
-    checksum=${sums#* }
-    parts=0
-  else
-    if ((size > MAX_OBJECT_SIZE)); then
-      fail UploadFailed "${abs} is ${size} bytes, more than the 5 TiB S3 object limit" "$EX_UPLOAD"
-    fi
-    this_part=$(((size + MAX_PARTS - 1) / MAX_PARTS))
-    this_part=$(((this_part + 1048575) / 1048576 * 1048576))
-    ((this_part >= part_size)) || this_part=$part_size
-    nparts=$(((size + this_part - 1) / this_part))
-    log "uploading ${rel} (${size} bytes) to ${target} in ${nparts} parts of ${this_part} bytes"
-    aws_s3 "$WORK/resp.json" "starting the multipart upload of ${abs} to ${target}" \
-      create-multipart-upload --bucket="$SSM_Bucket" --key="$key" --checksum-algorithm=SHA256 || return 6
-    py upload_id field "$WORK/resp.json" UploadId
-    MPU_KEY=$key
-    MPU_ID=$upload_id
-    : >"$WORK/parts.jsonl"
-    part_number=1
-    offset=0
-    while ((offset < size)); do
-      length=$((size - offset))
-      ((length <= this_part)) || length=$this_part
-      py part_sums part "${CHOSEN[@]}" "$offset" "$length" "$WORK/part" || return 6
-      aws_s3 "$WORK/resp.json" "uploading part ${part_number} of ${nparts} of ${abs} to ${target}" \
-        upload-part --bucket="$SSM_Bucket" --key="$key" --upload-id="$MPU_ID" --part-number="$part_number" \
-        --body="$WORK/part" --checksum-algorithm=SHA256 --checksum-sha256="${part_sums#* }" || return 6
-      rm -f -- "$WORK/part"
-      py py_out addpart "$WORK/resp.json" "$WORK/parts.jsonl" "$part_number" "${part_sums#* }" "${part_sums%% *}"
-      offset=$((offset + length))
-      part_number=$((part_number + 1))
-    done
-    py checksum complete "$WORK/parts.jsonl" "$WORK/complete.json"
-    aws_s3 "$WORK/resp.json" "completing the multipart upload of ${abs} to ${target}" \
-      complete-multipart-upload --bucket="$SSM_Bucket" --key="$key" --upload-id="$MPU_ID" \
-      --multipart-upload="file://${WORK}/complete.json" || return 6
-    MPU_ID=""
-    parts=$nparts
-  fi
-  py py_out record "$WORK/files.jsonl" "$WORK/resp.json" "$abs" "$rel" "$key" "$size" "$5" "$6" "$7" "$sha256_hex" "$checksum" "$parts" || return 6
-  CHOSEN=()
-}
-
-# Where the trainer keeps running (Mode interruption: a Spot notice or a rebalance), it may rotate the chosen
-# checkpoint away while it is uploaded: choose again, once. Otherwise a changed file fails the checkpoint.
-# One python3 process uploads everything, parts and files in parallel (lib/transfer.py), when it can import
-# botocore; otherwise the AWS CLI, one process per call (TRANSFER=cli).
+# One python3 process uploads the chosen files, parts and files in parallel (lib/checkpoint_helper.py Upload):
+# through botocore when this python3 can import it (lib/transfer.py), else through the AWS CLI, one process per
+# call (TRANSFER=cli). Where the trainer keeps running (Mode interruption: a Spot notice or a rebalance), it may
+# rotate the chosen checkpoint away while it is uploaded: choose again, once. Otherwise a changed file fails.
 py TRANSFER transfer
 log "transfer: ${TRANSFER}"
 reselect=0
 if [[ $SSM_Mode == interruption ]]; then reselect=1; fi
-CHOSEN=()
 SOFT_CHANGED=1
 for attempt in 1 2; do
   py py_out select "$SSM_CheckpointDir" "$SSM_UploadPrefix" "$SSM_ManifestKey" "$WORK"
-  : >"$WORK/files.jsonl" || fail ManifestFailed "cannot write in ${WORK}; free disk space in the temp directory" "$EX_MANIFEST"
   CHANGED_MSG=""
   nfiles=0
-  if [[ $TRANSFER == sdk ]]; then
-    py nfiles upload "$WORK" "$SSM_Bucket" "$part_size" || nfiles=0
-    [[ -n $CHANGED_MSG ]] || break
-  fi
-  while [[ $TRANSFER == cli ]] && IFS= read -r -d '' -u 3 abs && IFS= read -r -d '' -u 3 rel && IFS= read -r -d '' -u 3 key &&
-    IFS= read -r -d '' -u 3 size && IFS= read -r -d '' -u 3 mtime_ns && IFS= read -r -d '' -u 3 dev &&
-    IFS= read -r -d '' -u 3 ino; do
-    upload_file "$abs" "$rel" "$key" "$size" "$mtime_ns" "$dev" "$ino" || break
-    nfiles=$((nfiles + 1))
-  done 3<"$WORK/plan"
+  py nfiles upload "$WORK" "$SSM_Bucket" "$part_size" "$TRANSFER" || nfiles=0
   [[ -n $CHANGED_MSG ]] || break
-  abort_multipart
-  CHOSEN=()
   if ((attempt == 1 && reselect)); then
     log "${CHANGED_MSG}; the trainer is still running, so choosing the newest complete checkpoint again"
     continue

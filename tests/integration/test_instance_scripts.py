@@ -531,8 +531,8 @@ def test_checkpoint_manifest_matches_the_project_model(s3: Any, bucket: str, bas
 
 @pytest.mark.parametrize("transfer", ["sdk", "cli"])
 def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, transfer: str) -> None:
-    """In one process through botocore (sdk: parts in parallel, one SHA-256 per part, no whole-file hash) or
-    through the AWS CLI (cli: one process per part); S3 holds the same composite checksum either way."""
+    """Parts in parallel, one SHA-256 per part and no whole-file hash, through botocore (sdk) or the AWS CLI, one
+    process per part (cli); S3 holds the same composite checksum either way."""
     ckdir = tmp_path / "ck"
     data = write(ckdir / "model_step_0007.pt", os.urandom(12 * MIB))
     write(ckdir / "model_step_0006.pt", b"older", time.time() - 600)
@@ -547,10 +547,7 @@ def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str
     assert keys(s3, bucket) == sorted([key, env["SSM_ManifestKey"]])
     (entry,) = read_manifest(s3, bucket, env)["files"]
     assert (entry["key"], entry["path"], entry["size"], entry["parts"]) == (key, "model_step_0007.pt", len(data), 3)
-    if transfer == "sdk":
-        assert (entry["sha256"], entry["part_size"]) == (None, 5 * MIB)
-    else:
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (entry["sha256"], entry["part_size"]) == (None, 5 * MIB)  # no whole-file pass: the parts' digests stand for it
     part_digests = b"".join(hashlib.sha256(data[i : i + 5 * MIB]).digest() for i in range(0, len(data), 5 * MIB))
     composite = base64.b64encode(hashlib.sha256(part_digests).digest()).decode()
     assert entry["checksum_sha256"] == f"{composite}-3"
@@ -808,9 +805,8 @@ def test_checkpoint_refuses_files_swapped_after_selection(
 ) -> None:
     """A file (or directory) of the chosen checkpoint replaced after the choice is not uploaded through the swap.
 
-    The AWS CLI path is swapped at its seams (after the hash, after a put-object); the one-process path right
-    after the selection (its descriptors are opened and checked when a file's upload starts, and every file
-    is checked again after its last call)."""
+    Swapped right after the selection (descriptors are opened and checked when a file's upload starts, and every
+    file is checked again after its last call), or, through the AWS CLI, right after the put-object."""
     ckdir = tmp_path / "ck"
     step = ckdir / "step-100"
     write(step / "model.bin", b"weights")  # uploaded first: "model.bin" < "sub/extra.bin"
@@ -829,10 +825,10 @@ def test_checkpoint_refuses_files_swapped_after_selection(
             after_select,
             f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"',
         )
-    elif swap == "multipart-file-to-symlink":  # after hashing, before the first part is read
+    elif swap == "multipart-file-to-symlink":  # before the first part is read
         write(step / "model.bin", os.urandom(6 * MIB))
         write(secrets / "model.bin", b"SECRET" * MIB)
-        after_hash = "[[ ${4:-} == hash && $rc == 0 ]]" if transfer == "cli" else after_select
+        after_hash = after_select  # before its descriptor is opened
         swap_action = f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"'
         write_shim(fake_bin, "python3", real_python, after_hash, swap_action)
     elif swap == "dir-to-symlink":

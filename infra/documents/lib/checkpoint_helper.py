@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import sys
 import threading
 
@@ -138,17 +139,6 @@ def plan_key(f, prefix, chosen, manifest_key):
     return key
 
 
-def cmd_unchanged(path, size, mtime_ns, dev, ino):
-    """Exit 6 (changed during the checkpoint) when PATH is gone or no longer the file chosen; else print ok."""
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise Fail(6, changed(path, f"it disappeared while it was being uploaded: {exc.strerror}")) from None
-    if identity(st) != (int(dev), int(ino), int(size), int(mtime_ns)):
-        raise Fail(6, changed(path, "it was modified or replaced while it was being uploaded"))
-    print("ok")
-
-
 def open_chosen(path, size, mtime_ns, dev, ino):
     """Open the file chosen at PATH, without following a symbolic link, and make sure that it is still the very
     file that was chosen: same device, inode, size and mtime."""
@@ -168,41 +158,6 @@ def open_chosen(path, size, mtime_ns, dev, ino):
     return os.fdopen(fd, "rb")
 
 
-def cmd_hash(path, size, mtime_ns, dev, ino):
-    h = hashlib.sha256()
-    with open_chosen(path, size, mtime_ns, dev, ino) as f:
-        try:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-        except OSError as exc:
-            raise Fail(4, f"cannot read {show(path)}: {exc.strerror}")
-    print(h.hexdigest(), b64(h.digest()))
-
-
-def cmd_part(path, size, mtime_ns, dev, ino, offset, length, out):
-    offset, length = int(offset), int(length)
-    h = hashlib.sha256()
-    with open_chosen(path, size, mtime_ns, dev, ino) as src:
-        src.seek(offset)
-        try:
-            with open(out, "wb") as dst:
-                left = length
-                while left:
-                    chunk = src.read(min(CHUNK, left))
-                    if not chunk:
-                        raise Fail(6, changed(path, "it shrank while it was being uploaded"))
-                    h.update(chunk)
-                    dst.write(chunk)
-                    left -= len(chunk)
-        except OSError as exc:
-            raise Fail(
-                4,
-                f"cannot write a {length}-byte upload part to {out}: {exc.strerror}; "
-                "free space in the temp directory (TMPDIR) or lower the part size",
-            )
-    print(h.hexdigest(), b64(h.digest()))
-
-
 def cmd_transfer():
     """Print ``sdk`` when this python3 can upload in-process (lib/transfer.py), else ``cli``."""
     print("sdk" if sdk() is not None else "cli")
@@ -215,11 +170,12 @@ class Upload:
     that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the SHA-256
     of its bytes, which S3 verifies. After its last call a file must still be the file chosen. ``run`` returns
     the manifest's file records in plan order. Failures: Fail(6) a file changed (or vanished); Fail(4) S3 refused
-    (botocore's message, e.g. AccessDenied); every multipart upload that was started and not completed is
-    aborted first."""
+    (botocore's or the CLI's message, e.g. AccessDenied); every multipart upload that was started and not
+    completed is aborted first. ``s3``: a botocore client, or ``CliS3`` (bodies are then files: the chosen file
+    itself for a PutObject, which the CLI opens, a temp file in WORK per part)."""
 
-    def __init__(self, s3, errors, bucket, part_size, pool):
-        self.s3, self.errors, self.bucket, self.part_size = s3, errors, bucket, part_size
+    def __init__(self, s3, errors, bucket, part_size, pool, work=None):
+        self.s3, self.errors, self.bucket, self.part_size, self.work = s3, errors, bucket, part_size, work
         self.pool = Pool(pool)
         self.open_uploads = {}
         self.lock = threading.Lock()
@@ -261,7 +217,7 @@ class Upload:
             f"uploading {f['abs']} to {target}",
             "put_object",
             Key=f["key"],
-            Body=data,
+            Body=f["abs"] if self.work else data,
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=b64(digest),
         )
@@ -301,18 +257,23 @@ class Upload:
             raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
         digest = hashlib.sha256(data).digest()
         what = f"uploading part {number} of {len(state['parts'])} of {f['abs']} to s3://{self.bucket}/{f['key']}"
-        resp = self.call(
-            f,
-            what,
-            "upload_part",
-            Key=f["key"],
-            UploadId=state["upload_id"],
-            PartNumber=number,
-            Body=data,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=b64(digest),
-        )
+        body = self.part_file(data, state["upload_id"], number) if self.work else data
         del data
+        try:
+            resp = self.call(
+                f,
+                what,
+                "upload_part",
+                Key=f["key"],
+                UploadId=state["upload_id"],
+                PartNumber=number,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=b64(digest),
+            )
+        finally:
+            if self.work:
+                os.unlink(body)
         same_checksum(resp, b64(digest), f"part {number}")
         with self.lock:
             state["parts"][number - 1] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": b64(digest), "digest": digest}
@@ -320,6 +281,17 @@ class Upload:
             last = state["left"] == 0
         if last:
             self.complete(f, state, records, i)
+
+    def part_file(self, data, upload_id, number):
+        """DATA in a new temp file in WORK (the AWS CLI reads a part's body from a file); its path."""
+        path = os.path.join(self.work, f"part-{upload_id[:16]}-{number}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except OSError as exc:
+            raise Fail(4, f"cannot write a {len(data)}-byte upload part to {path}: {exc.strerror}; free space in TMPDIR")
+        return path
 
     def complete(self, f, state, records, i):
         checksum = composite([p.pop("digest") for p in state["parts"]])
@@ -386,15 +358,67 @@ def read_plan(work):
     return out
 
 
-def cmd_upload(work, bucket, part_size):
-    """Upload the plan in WORK in one process (``Upload``); writes WORK/files.jsonl; prints the file count."""
-    mods = sdk()
+class CliError(Exception):
+    """An AWS CLI call that failed; the message is the CLI's last stderr line."""
+
+
+class CliS3:
+    """The S3 calls ``Upload`` makes, through the AWS CLI, one process per call: the fallback when python3
+    cannot import botocore. Same keyword arguments as botocore's client; ``Body`` is a file path."""
+
+    BotoCoreError = ClientError = CliError  # what Upload catches
+    FLAGS = {
+        "Bucket": "bucket",
+        "Key": "key",
+        "UploadId": "upload-id",
+        "PartNumber": "part-number",
+        "Body": "body",
+        "ChecksumAlgorithm": "checksum-algorithm",
+        "ChecksumSHA256": "checksum-sha256",
+        "MultipartUpload": "multipart-upload",
+    }
+
+    def __init__(self, work):
+        self.work = work
+
+    def __getattr__(self, op):
+        return lambda **params: self.run(op, params)
+
+    def run(self, op, params):
+        """``aws s3api OP --flag=value ...``: its JSON output, or CliError."""
+        if "MultipartUpload" in params:  # the CLI reads the part list from a file
+            path = os.path.join(self.work, f"complete-{params['UploadId'][:16]}.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(params["MultipartUpload"], f)
+            params = dict(params, MultipartUpload=f"file://{path}")
+        args = ["aws", "--output", "json", "s3api", op.replace("_", "-")] + [f"--{self.FLAGS[k]}={v}" for k, v in params.items()]
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        err = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            sys.stderr.write(err)
+            lines = [line for line in err.splitlines() if line.strip()]
+            raise CliError(lines[-1] if lines else "the AWS CLI exited with an error")
+        try:
+            out = json.loads(proc.stdout.decode("utf-8") or "{}")
+        except ValueError:
+            raise CliError("the AWS CLI printed an unreadable response")
+        return out if isinstance(out, dict) else {}
+
+
+def cmd_upload(work, bucket, part_size, transfer):
+    """Upload the plan in WORK in one process (``Upload``; TRANSFER sdk: botocore, cli: the AWS CLI); writes
+    WORK/files.jsonl; prints the file count."""
     part_size = int(part_size)
     plan = read_plan(work)
-    n = pool_size(part_size)
+    n = pool_size(part_size) if transfer == "sdk" else min(pool_size(part_size), 4 * (os.cpu_count() or 2), 16)
     total = sum(f["size"] for f in plan)
     log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes)")
-    records = Upload(client(mods, n), mods[2], bucket, part_size, n).run(plan)
+    if transfer == "sdk":
+        mods = sdk()
+        upload = Upload(client(mods, n), mods[2], bucket, part_size, n)
+    else:
+        upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work)
+    records = upload.run(plan)
     try:
         with open(os.path.join(work, "files.jsonl"), "w", encoding="utf-8") as out:
             out.writelines(json.dumps(r) + "\n" for r in records)
@@ -417,61 +441,10 @@ def same_checksum(resp, expected, what):
         raise Fail(4, f"S3 reported SHA-256 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
 
 
-def cmd_field(path, name):
-    value = response(path).get(name)
-    if not isinstance(value, str) or not value or "\n" in value:
-        raise Fail(4, f"the AWS CLI response has no {name}")
-    print(value)
-
-
-def cmd_addpart(resp_path, parts_path, number, checksum, hexdigest):
-    resp = response(resp_path)
-    etag = resp.get("ETag")
-    if not isinstance(etag, str) or not etag:
-        raise Fail(4, f"UploadPart returned no ETag for part {number}")
-    same_checksum(resp, checksum, f"part {number}")
-    with open(parts_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"PartNumber": int(number), "ETag": etag, "ChecksumSHA256": checksum, "hex": hexdigest}) + "\n")
-
-
-def cmd_complete(parts_path, out):
-    with open(parts_path, encoding="utf-8") as f:
-        parts = [json.loads(line) for line in f if line.strip()]
-    composite = hashlib.sha256(b"".join(bytes.fromhex(p.pop("hex")) for p in parts)).digest()
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump({"Parts": parts}, f)
-    print(f"{b64(composite)}-{len(parts)}")
-
-
 def version_id(resp):
     """The S3 VersionId PutObject/CompleteMultipartUpload returned (None when the bucket is not versioned)."""
     value = resp.get("VersionId")
     return value if isinstance(value, str) and value and value != "null" else None
-
-
-def cmd_record(files_path, resp_path, full, rel, key, size, mtime_ns, dev, ino, hexdigest, checksum, parts):
-    resp = response(resp_path)
-    same_checksum(resp, checksum, key)
-    with open(os.devnull, "w") as quiet:
-        saved, sys.stdout = sys.stdout, quiet
-        try:
-            cmd_unchanged(full, size, mtime_ns, dev, ino)
-        finally:
-            sys.stdout = saved
-    record = {
-        "key": key,
-        "path": rel,
-        "size": int(size),
-        "sha256": hexdigest,
-        "checksum_sha256": checksum,
-        "parts": int(parts),
-        "version_id": version_id(resp),
-    }
-    try:
-        with open(files_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as exc:
-        raise Fail(5, f"cannot record {key} for the manifest: {exc.strerror}")
 
 
 def load(work):

@@ -1,0 +1,111 @@
+"""autostop on-instance restore data path: parallel ranged GetObject of pinned versions, hashed as written.
+
+Pasted into the restore document after ``lib/transfer.py`` (whose docstring says why it is built this way) and
+imported directly by the tests.
+"""
+
+import hashlib
+import os
+
+if "Pool" not in globals():  # run on its own (tests); the document pastes lib/transfer.py above
+    from transfer import READ_CHUNK, Pool, composite, part_ranges
+
+
+class Download:
+    """Parallel ranged GetObject of pinned S3 versions into new files, hashed as they are written.
+
+    ``entries``: dicts with key, version, size, and either part_size (> 0, with parts) for a multipart object
+    whose composite checksum the manifest gives, or none (one GetObject, one SHA-256 of the whole object).
+    ``run(bucket, entries, open_target)`` writes entry i into the descriptor ``open_target(i)`` returns and gives
+    back, per entry, ``{"sha256": hex or None, "checksum": composite or None}``; errors raise ``DownloadError``
+    with a message naming the object (botocore's text)."""
+
+    def __init__(self, s3, pool, errors_mod):
+        self.s3, self.pool_n, self.errors = s3, pool, errors_mod
+
+    def run(self, bucket, entries, open_target):
+        pool = Pool(self.pool_n)
+        results = [None] * len(entries)
+        fds = []
+        try:
+            for i, e in enumerate(entries):
+                fd = open_target(i)
+                fds.append(fd)
+                os.ftruncate(fd, e["size"])
+                parts = e.get("part_size") and e.get("parts")
+                if parts:
+                    state = {"digests": [None] * e["parts"], "left": e["parts"]}
+                    results[i] = state
+                    for number, off, length in part_ranges(e["size"], e["part_size"]):
+                        pool.submit(self._range, bucket, e, fd, number, off, length, state)
+                else:
+                    state = {"sha256": None}
+                    results[i] = state
+                    pool.submit(self._whole, bucket, e, fd, state)
+            pool.wait()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        out = []
+        for e, state in zip(entries, results):
+            if "digests" in state:
+                if len(state["digests"]) != e["parts"] or None in state["digests"]:
+                    raise DownloadError("{} has not {} parts of {} bytes".format(e["key"], e["parts"], e["part_size"]))
+                out.append({"sha256": None, "checksum": composite(state["digests"])})
+            else:
+                out.append({"sha256": state["sha256"], "checksum": None})
+        return out
+
+    def _get(self, bucket, e, byte_range=None):
+        extra = {"Range": "bytes={}-{}".format(*byte_range)} if byte_range else {}
+        try:
+            resp = self.s3.get_object(Bucket=bucket, Key=e["key"], VersionId=e["version"], **extra)
+        except (self.errors.BotoCoreError, self.errors.ClientError) as exc:
+            raise DownloadError("downloading s3://{}/{} (version {}) failed: {}".format(bucket, e["key"], e["version"], exc))
+        if resp.get("VersionId") not in (None, e["version"]):
+            raise DownloadError(
+                "s3://{}/{} returned version {}, not the verified version {}".format(bucket, e["key"], resp.get("VersionId"), e["version"])
+            )
+        return resp
+
+    def _copy(self, bucket, e, resp, fd, offset, length, h):
+        body, done = resp["Body"], 0
+        try:
+            while True:
+                try:
+                    chunk = body.read(READ_CHUNK)
+                except self.errors.BotoCoreError as exc:
+                    raise DownloadError("downloading s3://{}/{} failed: {}".format(bucket, e["key"], exc))
+                if not chunk:
+                    break
+                if done + len(chunk) > length:
+                    raise SizeMismatch("s3://{}/{} is longer than the manifest's {} bytes".format(bucket, e["key"], e["size"]))
+                h.update(chunk)
+                try:
+                    os.pwrite(fd, chunk, offset + done)
+                except OSError as exc:
+                    raise DownloadError("cannot write the restored file: {}; free disk space".format(exc.strerror))
+                done += len(chunk)
+        finally:
+            body.close()
+        if done != length:
+            raise SizeMismatch("s3://{}/{} has fewer bytes than the manifest's {}".format(bucket, e["key"], e["size"]))
+
+    def _whole(self, bucket, e, fd, state):
+        h = hashlib.sha256()
+        self._copy(bucket, e, self._get(bucket, e), fd, 0, e["size"], h)
+        state["sha256"] = h.hexdigest()
+
+    def _range(self, bucket, e, fd, number, offset, length, state):
+        h = hashlib.sha256()
+        resp = self._get(bucket, e, (offset, offset + length - 1))
+        self._copy(bucket, e, resp, fd, offset, length, h)
+        state["digests"][number - 1] = h.digest()
+
+
+class DownloadError(Exception):
+    """A download that failed; the message names the object and the cause."""
+
+
+class SizeMismatch(DownloadError):
+    """The object (the pinned version) has another size than the manifest says: replaced or corrupted."""

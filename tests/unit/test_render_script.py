@@ -1,0 +1,41 @@
+"""The documents carry the on-instance Python minified (no docstrings, comments, four-space indents): the same code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from infra.constructs.documents import narrow_indents, render_script, without_comments, without_docstrings
+
+LIB = Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in LIB.glob("*.py")))
+def test_minified_python_is_the_same_program(name: str) -> None:
+    source = (LIB / name).read_text()
+    minified = narrow_indents(without_comments(without_docstrings(source)))
+
+    assert ast.dump(ast.parse(minified)) == ast.dump(ast.parse(without_docstrings(source)))
+    assert len(minified) < 0.8 * len(source)
+    assert not any(line.lstrip().startswith("#") for line in minified.splitlines())
+
+
+def test_multi_line_strings_keep_their_lines() -> None:
+    source = 'def f():\n    x = """a\n        b\n    c"""\n    if x:\n        return (1,\n                2)  # two\n    return f"""{x}\n  y"""\n'
+
+    out = narrow_indents(without_comments(source))
+
+    assert out == 'def f():\n x = """a\n        b\n    c"""\n if x:\n  return (1,\n  2)\n return f"""{x}\n  y"""\n'
+    namespace: dict[str, object] = {}
+    exec(compile(out, "<minified>", "exec"), namespace)  # noqa: S102 - the test's own source
+    assert namespace["f"]() == (1, 2)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("script", ["checkpoint.sh", "restore.sh"])
+def test_rendered_helpers_compile(script: str) -> None:
+    """The python3 program between PYHELPER's heredoc markers compiles as pasted."""
+    text = render_script(script)
+    body = text.split("<<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
+    compile(body, script, "exec")
