@@ -69,7 +69,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, code: int, s3_code: str, message: str) -> None:
-        self._reply(code, f"<Error><Code>{s3_code}</Code><Message>{escape(message)}</Message></Error>".encode(), {"Content-Type": "application/xml"})
+        self._reply(
+            code, f"<Error><Code>{s3_code}</Code><Message>{escape(message)}</Message></Error>".encode(), {"Content-Type": "application/xml"}
+        )
 
     # --- uploads ----------------------------------------------------------------------------------------------
 
@@ -96,7 +98,9 @@ class Handler(BaseHTTPRequestHandler):
             if keep:
                 kept.append(data)
 
-        if "aws-chunked" in self.headers.get("Content-Encoding", "") or self.headers.get("x-amz-content-sha256", "").startswith("STREAMING"):
+        if "aws-chunked" in self.headers.get("Content-Encoding", "") or self.headers.get("x-amz-content-sha256", "").startswith(
+            "STREAMING"
+        ):
             while True:
                 line = self.rfile.readline().strip()
                 n = int(line.split(b";")[0], 16)
@@ -170,7 +174,10 @@ class Handler(BaseHTTPRequestHandler):
             upload_id = uuid.uuid4().hex
             with LOCK:
                 UPLOADS[upload_id] = {}
-            xml = f"<InitiateMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{escape(key)}</Key><UploadId>{upload_id}</UploadId></InitiateMultipartUploadResult>"
+            xml = (
+                f"<InitiateMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{escape(key)}</Key>"
+                f"<UploadId>{upload_id}</UploadId></InitiateMultipartUploadResult>"
+            )
             self._reply(200, xml.encode(), {"Content-Type": "application/xml"})
             return
         upload_id = q["uploadId"][0]
@@ -190,7 +197,10 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             STORE[key] = {"size": sum(parts[n]["size"] for n in numbers), "version": version, "checksums": sums, "body": None}
         extra = "".join(f"<Checksum{a.upper()}>{v}</Checksum{a.upper()}>" for a, v in sums.items())
-        xml = f'<CompleteMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{escape(key)}</Key><ETag>"{uuid.uuid4().hex}-{len(numbers)}"</ETag>{extra}</CompleteMultipartUploadResult>'
+        xml = (
+            f"<CompleteMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{escape(key)}</Key>"
+            f'<ETag>"{uuid.uuid4().hex}-{len(numbers)}"</ETag>{extra}</CompleteMultipartUploadResult>'
+        )
         self._reply(200, xml.encode(), {"Content-Type": "application/xml", "x-amz-version-id": version})
 
     def do_DELETE(self) -> None:
@@ -221,7 +231,12 @@ class Handler(BaseHTTPRequestHandler):
         ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if ranged:
             start, end = int(ranged.group(1)), min(int(ranged.group(2) or size - 1), size - 1)
-        headers = {"ETag": '"x"', "x-amz-version-id": entry["version"], "Last-Modified": "Sat, 05 Dec 2026 00:00:00 GMT", "Accept-Ranges": "bytes"}
+        headers = {
+            "ETag": '"x"',
+            "x-amz-version-id": entry["version"],
+            "Last-Modified": "Sat, 05 Dec 2026 00:00:00 GMT",
+            "Accept-Ranges": "bytes",
+        }
         if self.headers.get("x-amz-checksum-mode") == "ENABLED" and not ranged:
             headers |= {f"x-amz-checksum-{a}": v for a, v in entry["checksums"].items()}
         self.send_response(206 if ranged else 200)
@@ -250,7 +265,7 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             keys = sorted(k for k, e in STORE.items() if k.startswith(prefix) and (e.get("path") or e.get("body") is not None))
         contents = "".join(
-            f"<Contents><Key>{escape(k)}</Key><Size>{STORE[k]['size']}</Size><ETag>\"x\"</ETag>"
+            f'<Contents><Key>{escape(k)}</Key><Size>{STORE[k]["size"]}</Size><ETag>"x"</ETag>'
             f"<LastModified>2026-12-05T00:00:00.000Z</LastModified><StorageClass>STANDARD</StorageClass></Contents>"
             for k in keys
         )

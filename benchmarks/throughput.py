@@ -264,7 +264,9 @@ def report(results: dict[tuple[str, str, str], list[tuple[float, float]]]) -> di
     for case, sizes in CASES.items():
         gb = sum(sizes) / 1e9
         for direction in ("upload", "restore"):
-            med = {t: statistics.median(r[0] for r in results[(case, direction, t)]) / 1e6 for t in TOOLS if (case, direction, t) in results}
+            med = {
+                t: statistics.median(r[0] for r in results[(case, direction, t)]) / 1e6 for t in TOOLS if (case, direction, t) in results
+            }
             cpu = {t: statistics.median(r[1] for r in results[(case, direction, t)]) / gb for t in med}
             best = max(med.values())
             cells = [f"{med[t]:.0f} MB/s ({med[t] / best:.2f}), {cpu[t]:.1f} CPU-s/GB" if t in med else "-" for t in TOOLS]

@@ -143,7 +143,8 @@ def render_script(script: str) -> str:
     Each ``# @include <file>`` line is replaced by that file (a document runs one script, so code shared by the
     scripts, ``lib/``, is pasted in at synth time); then, to fit SSM's 64 KB document content limit, comment-only
     and blank lines are dropped, and included ``.py`` files lose their docstrings and comments and are indented
-    one space per level (the files in the repository keep all that; a test proves the code is the same). The tests run this same rendered text.
+    one space per level (the files in the repository keep all that; a test proves the code is the same). The tests
+    run this same rendered text.
     """
     lines = []
     for line in (SCRIPTS / script).read_text().splitlines():

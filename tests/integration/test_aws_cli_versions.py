@@ -21,20 +21,22 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_instance_scripts import (
+from tests.integration.test_instance_scripts import (  # noqa: F401  (fixtures among them)
     CHECKPOINT,
     MIB,
     VENV_BIN,
+    base_env,
     checkpoint_env,
+    endpoint,
     keys,
     read_manifest,
     run,
+    s3,
     safetensors_bytes,
     write,
 )
 from tests.integration.test_restore_script import RESTORE, restore_env
 from tests.integration.test_restore_script import bucket as versioned_bucket  # noqa: F401  (fixture)
-from tests.integration.test_instance_scripts import base_env, endpoint, s3  # noqa: F401  (fixtures)
 
 SYSTEM_AWS = Path("/usr/bin/aws")
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -51,7 +53,7 @@ def cli_v2_problem() -> str | None:
     return None if probe.returncode == 0 else "/usr/bin/python3 cannot import awscli.botocore"
 
 
-def cli_bin(tmp_path: Path, version: str, endpoint: str) -> Path:
+def cli_bin(tmp_path: Path, version: str, url: str) -> Path:
     """A directory to put first on PATH: ``aws`` and ``python3`` of CLI VERSION."""
     bin_dir = tmp_path / f"cli-{version}"
     bin_dir.mkdir()
@@ -59,7 +61,7 @@ def cli_bin(tmp_path: Path, version: str, endpoint: str) -> Path:
         (bin_dir / "aws").symlink_to(VENV_BIN / "aws")
         (bin_dir / "python3").symlink_to(VENV_BIN / "python3")
     else:
-        (bin_dir / "aws").write_text(f'#!/bin/sh\nexec {SYSTEM_AWS} --endpoint-url "{endpoint}" "$@"\n')
+        (bin_dir / "aws").write_text(f'#!/bin/sh\nexec {SYSTEM_AWS} --endpoint-url "{url}" "$@"\n')
         (bin_dir / "aws").chmod(0o755)
         (bin_dir / "python3").symlink_to(SYSTEM_PYTHON)
     return bin_dir
@@ -68,7 +70,13 @@ def cli_bin(tmp_path: Path, version: str, endpoint: str) -> Path:
 @pytest.mark.parametrize("transfer", ["sdk", "cli"])
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_checkpoint_and_restore_round_trip(
-    s3: Any, versioned_bucket: str, base_env: dict[str, str], endpoint: str, tmp_path: Path, version: str, transfer: str
+    s3: Any,  # noqa: F811
+    versioned_bucket: str,  # noqa: F811
+    base_env: dict[str, str],  # noqa: F811
+    endpoint: str,  # noqa: F811
+    tmp_path: Path,
+    version: str,
+    transfer: str,
 ) -> None:
     if version == "v2" and (why := cli_v2_problem()):
         pytest.skip(why)

@@ -23,7 +23,10 @@ def test_minified_python_is_the_same_program(name: str) -> None:
 
 
 def test_multi_line_strings_keep_their_lines() -> None:
-    source = 'def f():\n    x = """a\n        b\n    c"""\n    if x:\n        return (1,\n                2)  # two\n    return f"""{x}\n  y"""\n'
+    source = (
+        'def f():\n    x = """a\n        b\n    c"""\n    if x:\n'
+        '        return (1,\n                2)  # two\n    return f"""{x}\n  y"""\n'
+    )
 
     out = narrow_indents(without_comments(source))
 
