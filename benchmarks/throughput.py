@@ -138,7 +138,11 @@ class Bench:
 
     # --- uploads ----------------------------------------------------------------------------------------------
 
-    def up_autostop(self, ckdir: Path, files: list[Path]) -> tuple[float, float]:
+    def up_autostop_cli(self, ckdir: Path, files: list[Path]) -> tuple[float, float]:
+        """The same document on an instance whose python3 cannot import botocore: the AWS CLI, one process per call."""
+        return self.up_autostop(ckdir, files, transfer="cli")
+
+    def up_autostop(self, ckdir: Path, files: list[Path], transfer: str = "auto") -> tuple[float, float]:
         prefix = self.prefix("autostop")
         env = self.env | {
             "SSM_RunId": "bench",
@@ -154,6 +158,7 @@ class Bench:
             "SSM_PartSizeBytes": str(PART_SIZE),
             "SSM_DecisionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "SSM_Mode": "interruption",
+            "AUTOSTOP_TRANSFER": transfer,
         }
         wall, cpu, out = run(["bash", str(self.checkpoint)], env)
         result = json.loads(out.strip().splitlines()[-1])
@@ -234,6 +239,7 @@ class Bench:
 
 
 TOOLS = ("autostop", "aws_cli", "boto3", "s5cmd")
+UPLOAD_ONLY = ("autostop_cli",)
 
 
 def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
@@ -243,7 +249,7 @@ def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]
         files = sorted(p for p in ckdir.rglob("*.bin"))
         total = sum(sizes)
         for _ in range(REPEAT):
-            for tool in TOOLS:
+            for tool in TOOLS + UPLOAD_ONLY:
                 if tool != "s5cmd" or shutil.which("s5cmd", path=bench.env["PATH"]):
                     wall, cpu = getattr(bench, f"up_{tool}")(ckdir, files)
                     results.setdefault((case, "upload", tool), []).append((total / wall, cpu))
@@ -258,8 +264,9 @@ def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]
 
 def report(results: dict[tuple[str, str, str], list[tuple[float, float]]]) -> dict[str, float]:
     print(f"\nThroughput (medians of {REPEAT}; MB = 10^6 bytes; CPU-s/GB: the tool's processes, not the endpoint's)")
-    print(f"| case | direction | {' | '.join(TOOLS)} |")
-    print("|---|---|" + "---|" * len(TOOLS))
+    columns = TOOLS + UPLOAD_ONLY
+    print(f"| case | direction | {' | '.join(columns)} |")
+    print("|---|---|" + "---|" * len(columns))
     ours: dict[str, float] = {}
     for case, sizes in CASES.items():
         gb = sum(sizes) / 1e9
@@ -297,6 +304,22 @@ def spot_table(ours: dict[str, float], fixed: float) -> None:
     print(f"At 1 GB/s with 8 cores: {at_1gbs:.0f} GB fits (a 20 GB checkpoint {'fits' if at_1gbs >= 20 else 'does not fit'}).")
 
 
+def many_files(bench: Bench, count: int = 3000, size: int = 64 * 1024) -> None:
+    """Seconds to checkpoint COUNT small files: what per-file costs add up to (one process per file used to cost ~1 s)."""
+    ckdir = WORK / "data" / f"{count}-files" / "ckpt"
+    step = ckdir / "step-1"
+    if len(list(step.glob("*.bin"))) != count:
+        step.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (step / f"shard{i:05d}.bin").write_bytes(os.urandom(size))
+    files = sorted(step.glob("*.bin"))
+    cells = []
+    for tool in ("autostop", "aws_cli", "boto3"):
+        wall, cpu = getattr(bench, f"up_{tool}")(ckdir, files)
+        cells.append(f"{tool} {wall:.1f} s ({cpu:.1f} CPU-s)")
+    print(f"\n{count} files x {size // 1024} KiB, upload: " + "; ".join(cells))
+
+
 def fixed_cost(bench: Bench) -> float:
     """Seconds the checkpoint document takes for a 1-byte checkpoint (median of 3)."""
     ckdir = WORK / "data" / "tiny" / "ckpt"
@@ -316,6 +339,7 @@ def main() -> None:
         ours = report(measure(bench))
         single, many = ours["1 file x 2 GiB/upload"], ours["200 files x 20 MiB/upload"]
         print(f"\nautostop: 200 files x 20 MiB uploads at {many / single:.2f} x the single-file MB/s; fixed cost {fixed:.2f} s")
+        many_files(bench)
         spot_table(ours, fixed)
     finally:
         sink.terminate()

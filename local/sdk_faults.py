@@ -10,7 +10,7 @@ Faults, from the environment:
 ``AUTOSTOP_SIM_FAULTS`` (comma-separated, the scenario's ``faults``), on PutObject/UploadPart of checkpoint
 objects (not manifests):
   corrupt_upload    the body loses its last byte, the checksum header stays (real S3: BadDigest; moto stores it)
-  kill_midway       SIGKILL of the whole process group at the second such call
+  kill_midway       SIGKILL of the whole process group at the second such call, once the first has completed
   interrupt_upload  the second such call loses its connection (botocore ConnectionClosedError)
 ``AUTOSTOP_SDK_FAULT`` ``Operation=ErrorCode`` (e.g. ``UploadPart=InternalError``): every call of that
 operation fails with that S3 error code (botocore ClientError, message "boom").
@@ -26,9 +26,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 _calls = 0
+_done = 0
 _hooked = False
 _lock = threading.Lock()
 
@@ -54,11 +56,23 @@ def _handler(model: Any, params: dict[str, Any], **_: Any) -> None:
         _calls += 1
         n = _calls
     if n >= 2 and "kill_midway" in faults:
+        # As with the AWS CLI, one call at a time: the first object is in S3 when the second one's call dies.
+        deadline = time.monotonic() + 10
+        while not _done and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.killpg(0, signal.SIGKILL)
     if n >= 2 and "interrupt_upload" in faults:
         raise ConnectionClosedError(endpoint_url=params.get("url", "s3"))
-    if "corrupt_upload" in faults and params.get("body"):
-        params["body"] = params["body"][:-1]
+    body = params.get("body")
+    if "corrupt_upload" in faults and body:
+        params["body"] = (body.getvalue() if hasattr(body, "getvalue") else bytes(body))[:-1]
+
+
+def _after(model: Any, **_: Any) -> None:
+    global _done
+    if model.name in ("PutObject", "UploadPart"):
+        with _lock:
+            _done += 1
 
 
 def install() -> None:
@@ -72,6 +86,7 @@ def install() -> None:
     def create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
         made = create(self, *args, **kwargs)
         made.meta.events.register("before-call.s3", _handler)
+        made.meta.events.register("after-call.s3", _after)
         return made
 
     botocore.session.Session.create_client = create_client  # type: ignore[method-assign]

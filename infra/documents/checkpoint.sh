@@ -38,14 +38,14 @@
 #              Mode stop with a live trainer and SaveOnSignal false: this is decided BEFORE the trainer is
 #              signalled; with nothing complete on disk and no save in progress, NoCheckpoint, and the trainer
 #              is not signalled and keeps training. SaveOnSignal true (tag save-on-signal): it is signalled.
-#           3. Uploads it below UploadPrefix with SHA-256 checksums that S3 verifies (PutObject up to
-#              PartSizeBytes, multipart above; a failed multipart upload is aborted). Each file is read
-#              through O_NOFOLLOW and must still be the very file chosen (st_dev, st_ino, size, mtime from
-#              lstat at selection), before it is hashed and after it is uploaded, and when the CLI fails;
-#              otherwise UploadFailed ("file P changed during the checkpoint"). Mode interruption (the trainer
-#              keeps running and may rotate checkpoints away): the choice is made once more, then it fails.
-#              The CLI opens the path itself for PutObject: S3 rejects bytes that do not match the checksum
-#              computed from the verified file.
+#           3. Uploads it below UploadPrefix from one python3 process, files and parts in parallel (lib/transfer.py:
+#              botocore when python3 can import it, else the AWS CLI, one process per call): PutObject up to
+#              PartSizeBytes, multipart above (a failed multipart upload is aborted), each call with the SHA-256 of
+#              its bytes, which S3 verifies. Each file is opened through O_NOFOLLOW and must be the very file
+#              chosen (st_dev, st_ino, size, mtime from lstat at selection) when it is opened and after its last
+#              call, and when a call fails; otherwise UploadFailed ("file P changed during the checkpoint").
+#              Mode interruption (the trainer keeps running and may rotate checkpoints away): the choice is made
+#              once more, then it fails.
 #           4. Uploads the manifest LAST to ManifestKey: it adds "mode", "fresh" and "layout" (file | directory)
 #              to the fields of schema 1. Nothing is deleted on the instance.
 #   Output  Diagnostics on stderr. The LAST stdout line is exactly one JSON object:
@@ -62,8 +62,8 @@
 #           or {"result":"failed","error":E,"message":"..."}.
 #   Exit    0 uploaded; 64 InvalidParameter; 65 TrainerDidNotExit / TrainerUnverified; 66 NoCheckpoint; 67 UploadFailed;
 #           68 ManifestFailed; 70 ScriptFailed (unexpected).
-#   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 (stdlib only), AWS CLI v1 or
-#           v2. Temp files (one multipart part at a time) go to a mktemp directory under ${TMPDIR:-/tmp},
+#   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 (stdlib; botocore if it has it), AWS CLI v1
+#           or v2. Temp files (the AWS CLI path's parts) go to a mktemp directory under ${TMPDIR:-/tmp},
 #           removed on exit.
 # shellcheck disable=SC2154,SC2329 # SSM_* come from the agent; py() assigns via printf -v; traps call functions
 [ -n "${BASH_VERSION:-}" ] || { printf '%s\n' '{"result":"failed","error":"ScriptFailed","message":"checkpoint.sh must be run by bash"}'; exit 70; }

@@ -32,10 +32,12 @@
 #           4. Checks every target CheckpointDir/<checkpoint name>[/<file path>] first: one that exists with
 #              the manifest's size and SHA-256 is kept (not downloaded again); one that exists and differs
 #              (or is a symlink or directory) fails RestoreConflict before anything is downloaded.
-#           5. Downloads each missing file's listed version (GetObject with VersionId, ChecksumMode ENABLED)
-#              into the root-only staging directory CheckpointDir/.autostop-restore-<ExecutionName> (through a
-#              descriptor), checks S3's SHA-256 against the manifest's and then, on the instance, the size and
-#              SHA-256 of the bytes (ChecksumMismatch), before anything is placed.
+#           5. Downloads each missing file's listed version into the root-only staging directory
+#              CheckpointDir/.autostop-restore-<ExecutionName> (through a descriptor): with botocore (lib/transfer.py,
+#              lib/download.py) ranged GetObject calls with VersionId in parallel, hashed as they are written; else
+#              the AWS CLI, one GetObject per file (ChecksumMode ENABLED). Then, on the instance, the size and the
+#              SHA-256 (or, for a multipart object with part_size, the composite of its parts' SHA-256) of the bytes
+#              must be the manifest's (ChecksumMismatch), before anything is placed.
 #           6. Moves each file into place with link(2), which never replaces an existing name (a file that
 #              appeared meanwhile: RestoreConflict, both kept), owned by CheckpointDir's owner, mode from
 #              CheckpointDir's, mtime the download time (never the manifest's: nothing reads it, and a future
@@ -60,7 +62,7 @@
 #           or {"result":"failed","error":E,"message":"..."}.
 #   Exit    0 restored; 64 InvalidParameter; 66 ManifestInvalid; 67 DownloadFailed / ChecksumMismatch;
 #           68 RestoreConflict; 69 ResumeCommandFailed / ResumeCommandRefused; 70 ScriptFailed (unexpected).
-#   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 >= 3.6 (stdlib only), AWS CLI v1 or
+#   Needs   bash >= 4.2, coreutils, getconf (else CLK_TCK 100), python3 >= 3.6 (stdlib; botocore if it has it), AWS CLI v1 or
 #           v2 with --checksum-mode. The manifest goes to a mktemp directory under ${TMPDIR:-/tmp}, removed
 #           on exit; checkpoint files are staged inside CheckpointDir (same file system, no second copy).
 # shellcheck disable=SC2154,SC2329 # SSM_* come from the agent; py() assigns via printf -v; traps call functions

@@ -6,6 +6,7 @@ imported directly by the tests.
 
 import hashlib
 import os
+import threading
 
 if "Pool" not in globals():  # run on its own (tests); the document pastes lib/transfer.py above
     from transfer import READ_CHUNK, Pool, composite, part_ranges
@@ -16,45 +17,39 @@ class Download:
 
     ``entries``: dicts with key, version, size, and either part_size (> 0, with parts) for a multipart object
     whose composite checksum the manifest gives, or none (one GetObject, one SHA-256 of the whole object).
-    ``run(bucket, entries, open_target)`` writes entry i into the descriptor ``open_target(i)`` returns and gives
-    back, per entry, ``{"sha256": hex or None, "checksum": composite or None}``; errors raise ``DownloadError``
-    with a message naming the object (botocore's text)."""
+    ``run(bucket, entries, open_target)`` writes entry i into the descriptor ``open_target(i)`` returns (opened
+    when its first byte is due, closed when its last has been written, so a 3,000-file restore never holds more
+    than a pool's worth of descriptors) and gives back, per entry, ``{"sha256": hex or None, "checksum":
+    composite or None}``; errors raise ``DownloadError`` with a message naming the object (botocore's text)."""
 
     def __init__(self, s3, pool, errors_mod):
         self.s3, self.pool_n, self.errors = s3, pool, errors_mod
 
     def run(self, bucket, entries, open_target):
         pool = Pool(self.pool_n)
-        results = [None] * len(entries)
-        fds = []
+        results, multipart = [], {}
+        lock = threading.Lock()
         try:
             for i, e in enumerate(entries):
-                fd = open_target(i)
-                fds.append(fd)
-                os.ftruncate(fd, e["size"])
-                parts = e.get("part_size") and e.get("parts")
-                if parts:
+                if e.get("part_size") and e.get("parts"):
+                    fd = open_target(i)
+                    with lock:
+                        multipart[i] = fd
+                    os.ftruncate(fd, e["size"])
                     state = {"digests": [None] * e["parts"], "left": e["parts"]}
-                    results[i] = state
                     for number, off, length in part_ranges(e["size"], e["part_size"]):
-                        pool.submit(self._range, bucket, e, fd, number, off, length, state)
+                        pool.submit(self._range, bucket, e, (i, fd, multipart, lock), number, off, length, state)
                 else:
                     state = {"sha256": None}
-                    results[i] = state
-                    pool.submit(self._whole, bucket, e, fd, state)
+                    pool.submit(self._whole, bucket, e, i, open_target, state)
+                results.append(state)
             pool.wait()
         finally:
-            for fd in fds:
+            pool.failed.set()
+            pool.executor.shutdown(wait=True)
+            for fd in multipart.values():
                 os.close(fd)
-        out = []
-        for e, state in zip(entries, results):
-            if "digests" in state:
-                if len(state["digests"]) != e["parts"] or None in state["digests"]:
-                    raise DownloadError("{} has not {} parts of {} bytes".format(e["key"], e["parts"], e["part_size"]))
-                out.append({"sha256": None, "checksum": composite(state["digests"])})
-            else:
-                out.append({"sha256": state["sha256"], "checksum": None})
-        return out
+        return [{"sha256": s.get("sha256"), "checksum": composite(s["digests"]) if "digests" in s else None} for s in results]
 
     def _get(self, bucket, e, byte_range=None):
         extra = {"Range": "bytes={}-{}".format(*byte_range)} if byte_range else {}
@@ -91,16 +86,25 @@ class Download:
         if done != length:
             raise SizeMismatch("s3://{}/{} has fewer bytes than the manifest's {}".format(bucket, e["key"], e["size"]))
 
-    def _whole(self, bucket, e, fd, state):
-        h = hashlib.sha256()
-        self._copy(bucket, e, self._get(bucket, e), fd, 0, e["size"], h)
-        state["sha256"] = h.hexdigest()
+    def _whole(self, bucket, e, i, open_target, state):
+        fd = open_target(i)
+        try:
+            h = hashlib.sha256()
+            self._copy(bucket, e, self._get(bucket, e), fd, 0, e["size"], h)
+            state["sha256"] = h.hexdigest()
+        finally:
+            os.close(fd)
 
-    def _range(self, bucket, e, fd, number, offset, length, state):
+    def _range(self, bucket, e, target, number, offset, length, state):
+        i, fd, multipart, lock = target
         h = hashlib.sha256()
         resp = self._get(bucket, e, (offset, offset + length - 1))
         self._copy(bucket, e, resp, fd, offset, length, h)
         state["digests"][number - 1] = h.digest()
+        with lock:
+            state["left"] -= 1
+            if state["left"] == 0:  # the last range of this file: it is whole
+                os.close(multipart.pop(i))
 
 
 class DownloadError(Exception):
