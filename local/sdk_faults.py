@@ -12,6 +12,8 @@ objects (not manifests):
   corrupt_upload    the body loses its last byte, the checksum header stays (real S3: BadDigest; moto stores it)
   kill_midway       SIGKILL of the whole process group at the second such call, once the first has completed
   interrupt_upload  the second such call loses its connection (botocore ConnectionClosedError)
+and, right after the manifest's PutObject, the second writer's faults: ``lose_object``, ``wrong_size``,
+``checksum_mismatch``, ``old_checkpoint``, ``manifest_not_json`` (as local/faults.sh describes them).
 ``AUTOSTOP_SDK_FAULT`` ``Operation=ErrorCode`` (e.g. ``UploadPart=InternalError``): every call of that
 operation fails with that S3 error code (botocore ClientError, message "boom").
 ``AUTOSTOP_SDK_HOOK`` ``<key suffix><TAB><shell command>``: the command runs once, before the first S3 call on
@@ -31,6 +33,7 @@ from typing import Any
 
 _calls = 0
 _done = 0
+_create: Any = None  # botocore's own create_client, for the second writer's unhooked client
 _hooked = False
 _lock = threading.Lock()
 
@@ -68,11 +71,55 @@ def _handler(model: Any, params: dict[str, Any], **_: Any) -> None:
         params["body"] = (body.getvalue() if hasattr(body, "getvalue") else bytes(body))[:-1]
 
 
-def _after(model: Any, **_: Any) -> None:
+def _remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """before-parameter-build of PutObject: keep the manifest's bucket, key and body for the S3 faults."""
+    if "/manifests/" in "/" + params.get("Key", ""):
+        body = params.get("Body")
+        context["autostop_manifest"] = (params["Bucket"], params["Key"], body if isinstance(body, bytes) else b"")
+
+
+def _after(model: Any, context: dict[str, Any], **_: Any) -> None:
     global _done
     if model.name in ("PutObject", "UploadPart"):
         with _lock:
             _done += 1
+    if model.name == "PutObject" and "autostop_manifest" in context:
+        _second_writer(*context["autostop_manifest"])
+
+
+def _second_writer(bucket: str, key: str, body: bytes) -> None:
+    """What local/faults.sh does right after the manifest upload, on this path: lose_object deletes every version
+    of the first checkpoint object; wrong_size, checksum_mismatch put other bytes there; old_checkpoint and
+    manifest_not_json put another manifest at the key."""
+    import datetime
+    import json
+
+    import botocore.session
+
+    faults = set(os.environ.get("AUTOSTOP_SIM_FAULTS", "").split(","))
+    wanted = faults & {"lose_object", "wrong_size", "checksum_mismatch", "old_checkpoint", "manifest_not_json"}
+    if not wanted:
+        return
+    s3 = _create(botocore.session.Session(), "s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    manifest = json.loads(body)
+    first = manifest["files"][0]["key"]
+    if "lose_object" in wanted:
+        for v in s3.list_object_versions(Bucket=bucket, Prefix=first).get("Versions", []):
+            if v["Key"] == first:
+                s3.delete_object(Bucket=bucket, Key=first, VersionId=v["VersionId"])
+    if "wrong_size" in wanted:
+        data = s3.get_object(Bucket=bucket, Key=first)["Body"].read()
+        s3.put_object(Bucket=bucket, Key=first, Body=data + b"x")
+    if "checksum_mismatch" in wanted:
+        data = bytearray(s3.get_object(Bucket=bucket, Key=first)["Body"].read())
+        data[-1] ^= 0xFF
+        s3.put_object(Bucket=bucket, Key=first, Body=bytes(data), ChecksumAlgorithm="SHA256")
+    if "old_checkpoint" in wanted:
+        when = datetime.datetime.strptime(manifest["decision_time"], "%Y-%m-%dT%H:%M:%SZ") - datetime.timedelta(hours=1)
+        manifest["decision_time"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode(), ContentType="application/json")
+    if "manifest_not_json" in wanted:
+        s3.put_object(Bucket=bucket, Key=key, Body=body[:40], ContentType="application/json")
 
 
 def install() -> None:
@@ -81,10 +128,12 @@ def install() -> None:
         import botocore.session
     except ImportError:
         return
-    create = botocore.session.Session.create_client
+    global _create
+    _create = create = botocore.session.Session.create_client
 
     def create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
         made = create(self, *args, **kwargs)
+        made.meta.events.register("before-parameter-build.s3.PutObject", _remember)
         made.meta.events.register("before-call.s3", _handler)
         made.meta.events.register("after-call.s3", _after)
         return made

@@ -304,14 +304,17 @@ done
 SOFT_CHANGED=0
 ((nfiles > 0)) || fail NoCheckpoint "the chosen checkpoint holds no files" "$EX_NOCKPT"
 
-# --- 5. Manifest, uploaded last -------------------------------------------------------------------
-py manifest_b64 manifest "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" "$SSM_Mode" "$signal_ns"
-log "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}"
-put_object "$WORK/manifest.json" "$SSM_ManifestKey" "$manifest_b64" \
-  "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}" --content-type=application/json
-
-# --- 6. Result ------------------------------------------------------------------------------------
-py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer" "$signal_ns" "$WORK/resp.json"
+# --- 5, 6. Manifest, uploaded last; result ---------------------------------------------------------
+if [[ $TRANSFER == sdk ]]; then
+  py result finish "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" \
+    "$SSM_Mode" "$signal_ns" "$SSM_ManifestKey" "$trainer"
+else
+  py manifest_b64 manifest "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" "$SSM_Mode" "$signal_ns"
+  log "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}"
+  put_object "$WORK/manifest.json" "$SSM_ManifestKey" "$manifest_b64" \
+    "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}" --content-type=application/json
+  py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer" "$signal_ns" "$WORK/resp.json"
+fi
 FINAL_PRINTED=1
 printf '%s\n' "$result"
 exit 0

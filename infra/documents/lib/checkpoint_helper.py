@@ -503,6 +503,40 @@ def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucke
     print(b64(hashlib.sha256(data).digest()))
 
 
+def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer):
+    """The one-process path's last step: writes the manifest (``cmd_manifest``), puts it through botocore with its
+    SHA-256, which S3 verifies, and prints the result line (``cmd_success``). Fail(4) when S3 refuses it."""
+    with open(os.devnull, "w") as quiet:
+        saved, sys.stdout = sys.stdout, quiet
+        try:
+            cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns)
+        finally:
+            sys.stdout = saved
+    with open(os.path.join(work, "manifest.json"), "rb") as f:
+        data = f.read()
+    target = f"s3://{bucket}/{manifest_key}"
+    log(f"uploading the manifest to {target}")
+    mods = sdk()
+    try:
+        resp = client(mods, 1).put_object(
+            Bucket=bucket,
+            Key=manifest_key,
+            Body=data,
+            ContentType="application/json",
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64(hashlib.sha256(data).digest()),
+        )
+    except (mods[2].BotoCoreError, mods[2].ClientError) as exc:
+        raise Fail(
+            4,
+            f"uploading the manifest to {target} failed: {exc}. Check that the bucket exists and that the instance profile may write to it",
+        )
+    resp_path = os.path.join(work, "resp.json")
+    with open(resp_path, "w", encoding="utf-8") as f:
+        json.dump({k: v for k, v in resp.items() if isinstance(v, str)}, f)
+    cmd_success(work, bucket, manifest_key, trainer, signal_ns, resp_path)
+
+
 def cmd_success(work, bucket, manifest_key, trainer, signal_ns, manifest_resp):
     """The result line. It reaches the control plane through SSM from this instance only, so it pins what Verify
     reads: the manifest's S3 VersionId and SHA-256 (hex), and the file and byte counts of this upload."""

@@ -69,7 +69,7 @@ class Download:
             while True:
                 try:
                     chunk = body.read(READ_CHUNK)
-                except self.errors.BotoCoreError as exc:
+                except (self.errors.BotoCoreError, OSError, ValueError) as exc:
                     raise DownloadError("downloading s3://{}/{} failed: {}".format(bucket, e["key"], exc))
                 if not chunk:
                     break

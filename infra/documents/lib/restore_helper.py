@@ -146,6 +146,23 @@ def get_object(bucket, key, version, outfile, what, cwd_fd=None):
     return resp
 
 
+def fetch(bucket, key, version, outfile, what):
+    """get_object, in this process through botocore where python3 has it (no AWS CLI process to start)."""
+    mods = sdk()
+    if mods is None:
+        return get_object(bucket, key, version, outfile, what)
+    try:
+        resp = client(mods, 1).get_object(Bucket=bucket, Key=key, VersionId=version)
+        data = resp["Body"].read()
+    except (mods[2].BotoCoreError, mods[2].ClientError) as exc:
+        raise Fail(4, "{} failed: {}. Check that the object exists and that the instance profile may read it".format(what, exc))
+    if resp.get("VersionId") not in (None, version):
+        raise Fail(5, "{} returned version {}, not the verified version {}".format(what, resp.get("VersionId"), version))
+    with open(outfile, "wb") as f:
+        f.write(data)
+    return resp
+
+
 def plain_segments(path):
     parts = path.split("/")
     return all(p not in ("", ".", "..") and len(os.fsencode(p)) <= 255 for p in parts)
@@ -357,13 +374,8 @@ def cmd_restore(
 ):
     manifest_uri = "s3://{}/{}".format(bucket, manifest_key)
     manifest_path = os.path.join(work, "manifest.json")
-    get_object(
-        bucket,
-        manifest_key,
-        manifest_version,
-        manifest_path,
-        "downloading the manifest {} (version {})".format(manifest_uri, manifest_version),
-    )
+    what = "downloading the manifest {} (version {})".format(manifest_uri, manifest_version)
+    fetch(bucket, manifest_key, manifest_version, manifest_path, what)
     fd = os.open(manifest_path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         digest = sha256_fd(fd)
