@@ -372,8 +372,11 @@ def test_restore_missing_object_is_download_failed(s3: Any, bucket: str, base_en
     scripts.assert_no_temp_left(env)
 
 
+@pytest.mark.parametrize("transfer", ["sdk", "cli"])
 @pytest.mark.parametrize("how", ["different-bytes", "lying-checksum", "truncated"])
-def test_restore_corrupted_object_is_checksum_mismatch(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, how: str) -> None:
+def test_restore_corrupted_object_is_checksum_mismatch(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, how: str, transfer: str
+) -> None:
     up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
     key = f"{up['SSM_UploadPrefix']}step-100/model.bin"
     good = files["model.bin"]
@@ -393,7 +396,7 @@ def test_restore_corrupted_object_is_checksum_mismatch(s3: Any, bucket: str, bas
     ckdir = tmp_path / "ckpt"
     ckdir.mkdir()
     command, marker = marker_command(tmp_path)
-    env = restore_env(base_env, bucket, ckdir, up, tmp_path, ResumeCommand=command)
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path, ResumeCommand=command) | {"AUTOSTOP_TRANSFER": transfer}
 
     proc, out = run(RESTORE, env)
 

@@ -482,14 +482,10 @@ def download_parallel(bucket, todo, sfd, mods):
             )
 
 
-def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
-    # 3. Download and verify everything before anything is placed.
-    mods = sdk()
-    if mods is not None:
-        download_parallel(bucket, todo, sfd, mods)
+def download_with_cli(bucket, todo, sfd):
+    """Every file of TODO into the staging directory SFD through the AWS CLI, one GetObject per file, each checked
+    (S3's checksum, then size and SHA-256 on the instance): the path when python3 cannot import botocore."""
     for i, entry in enumerate(todo):
-        if mods is not None:
-            break
         staged = "{:06d}".format(i)
         uri = "s3://{}/{}".format(bucket, entry["key"])
         log("downloading {} ({} bytes) from {}".format("/".join(entry["target"]), entry["size"], uri))
@@ -522,6 +518,15 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
                 )
         finally:
             os.close(fd)
+
+
+def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
+    # 3. Download and verify everything before anything is placed.
+    mods = sdk()
+    if mods is not None:
+        download_parallel(bucket, todo, sfd, mods)
+    else:
+        download_with_cli(bucket, todo, sfd)
     for i, _ in enumerate(todo):
         fd = os.open("{:06d}".format(i), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=sfd)
         try:
