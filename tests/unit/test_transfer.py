@@ -1,0 +1,70 @@
+"""The data path's arithmetic and its pool (infra/documents/lib/transfer.py), imported as the tests import selection."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"))
+import transfer  # noqa: E402
+
+MIB, GIB = 1024 * 1024, 1024**3
+
+
+@pytest.mark.parametrize(
+    ("size", "part_size", "expected"),
+    [
+        (0, 64 * MIB, 0),  # one (empty) PutObject
+        (64 * MIB, 64 * MIB, 64 * MIB),  # exactly the part size: still one PutObject
+        (64 * MIB + 1, 64 * MIB, 64 * MIB),
+        (140 * 10**9, 64 * MIB, 64 * MIB),  # 70B bf16 weights: 2,087 parts
+        (5 * 1024 * GIB, 64 * MIB, 525 * MIB),  # 5 TiB: raised, in whole MiB, to fit 10,000 parts
+    ],
+)
+def test_part_size_keeps_within_10000_parts(size: int, part_size: int, expected: int) -> None:
+    part = transfer.file_part_size(size, part_size)
+
+    assert part == expected
+    if size > part_size:
+        ranges = transfer.part_ranges(size, part)
+        assert len(ranges) <= transfer.MAX_PARTS
+        assert sum(length for _, _, length in ranges) == size
+        assert [n for n, _, _ in ranges] == list(range(1, len(ranges) + 1))
+        assert all(length >= transfer.MIN_PART_SIZE for _, _, length in ranges[:-1])
+
+
+def test_pool_is_bounded_by_cpus_and_memory() -> None:
+    assert transfer.pool_size(64 * MIB, cpus=2, memory=24 * GIB) == 16  # 8 per CPU
+    assert transfer.pool_size(64 * MIB, cpus=192, memory=2048 * GIB) == 64  # never more than 64
+    assert transfer.pool_size(64 * MIB, cpus=96, memory=4 * GIB) == 16  # a quarter of memory in part buffers
+    assert transfer.pool_size(5 * GIB, cpus=8, memory=16 * GIB) == 4  # at least 4
+
+
+def test_composite_is_s3s_form() -> None:
+    import base64
+    import hashlib
+
+    digests = [hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()]
+
+    assert transfer.composite(digests) == base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode() + "-2"
+
+
+def test_pool_stops_at_the_first_error_and_raises_it() -> None:
+    pool = transfer.Pool(2)
+    ran: list[int] = []
+
+    def work(n: int) -> None:
+        if n == 3:
+            raise ValueError("part 3 failed")
+        time.sleep(0.01)
+        ran.append(n)
+
+    for n in range(100):
+        pool.submit(work, n)
+
+    with pytest.raises(ValueError, match="part 3 failed"):
+        pool.wait()
+    assert len(ran) < 99  # what had not started when part 3 failed never ran
