@@ -16,7 +16,8 @@ per case: MB/s (median of the repetitions), the ratio to the fastest tool, and C
 processes (the sink's own CPU excluded); then the Spot budget table. Nothing is asserted.
 
 Environment: AUTOSTOP_BENCH_SCALE (default 1: the sizes above; 0.25 for a quick look), AUTOSTOP_BENCH_REPEAT
-(default 3), AUTOSTOP_BENCH_DIR (default build/bench).
+(default 3), AUTOSTOP_BENCH_DIR (default build/bench), AUTOSTOP_BENCH_CLI=1 (also the document's AWS CLI path,
+uploads only).
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ class Bench:
 
 
 TOOLS = ("autostop", "aws_cli", "boto3", "s5cmd")
-UPLOAD_ONLY = ("autostop_cli",)
+# The same document without botocore (the AWS CLI, one process per call): slow for large files, so only on request.
+UPLOAD_ONLY = ("autostop_cli",) if os.environ.get("AUTOSTOP_BENCH_CLI") == "1" else ()
 
 
 def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]]]:

@@ -259,27 +259,6 @@ if [[ -n $SSM_PidFile ]]; then
 fi
 
 # --- 3, 4. Choose the checkpoint and upload it ----------------------------------------------------
-# aws_s3 OUTFILE DESCRIPTION S3API_ARGS...: run one s3api call (the manifest's); on failure report the CLI's last
-# stderr line.
-aws_s3() {
-  local out="$1" what="$2" last="" line
-  shift 2
-  if ! aws --output json s3api "$@" </dev/null >"$out" 2>"$WORK/aws.err"; then
-    cat "$WORK/aws.err" >&2 || true
-    while IFS= read -r line || [[ -n $line ]]; do
-      if [[ -n ${line//[[:space:]]/} ]]; then last=$line; fi
-    done <"$WORK/aws.err"
-    fail UploadFailed "${what} failed: ${last:-the AWS CLI exited with an error}. Check that the bucket exists and that the instance profile may write to it" "$EX_UPLOAD"
-  fi
-}
-
-put_object() { # put_object FILE KEY BASE64_SHA256 DESCRIPTION [EXTRA ARGS...]
-  local file="$1" key="$2" checksum="$3" what="$4"
-  shift 4
-  aws_s3 "$WORK/resp.json" "$what" put-object --bucket="$SSM_Bucket" --key="$key" --body="$file" \
-    --checksum-algorithm=SHA256 --checksum-sha256="$checksum" "$@"
-}
-
 # One python3 process uploads the chosen files, parts and files in parallel (lib/checkpoint_helper.py Upload):
 # through botocore when this python3 can import it (lib/transfer.py), else through the AWS CLI, one process per
 # call (TRANSFER=cli). Where the trainer keeps running (Mode interruption: a Spot notice or a rebalance), it may
@@ -305,16 +284,8 @@ SOFT_CHANGED=0
 ((nfiles > 0)) || fail NoCheckpoint "the chosen checkpoint holds no files" "$EX_NOCKPT"
 
 # --- 5, 6. Manifest, uploaded last; result ---------------------------------------------------------
-if [[ $TRANSFER == sdk ]]; then
-  py result finish "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" \
-    "$SSM_Mode" "$signal_ns" "$SSM_ManifestKey" "$trainer"
-else
-  py manifest_b64 manifest "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" "$SSM_Mode" "$signal_ns"
-  log "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}"
-  put_object "$WORK/manifest.json" "$SSM_ManifestKey" "$manifest_b64" \
-    "uploading the manifest to s3://${SSM_Bucket}/${SSM_ManifestKey}" --content-type=application/json
-  py result success "$WORK" "$SSM_Bucket" "$SSM_ManifestKey" "$trainer" "$signal_ns" "$WORK/resp.json"
-fi
+py result finish "$WORK" "$SSM_RunId" "$SSM_InstanceId" "$SSM_ExecutionName" "$SSM_DecisionTime" "$SSM_Bucket" \
+  "$SSM_Mode" "$signal_ns" "$SSM_ManifestKey" "$trainer" "$TRANSFER"
 FINAL_PRINTED=1
 printf '%s\n' "$result"
 exit 0

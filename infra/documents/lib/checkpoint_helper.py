@@ -20,7 +20,7 @@ import threading
 if "select" not in globals():  # run on its own (tests, linters); the document pastes lib/selection.py above
     from selection import CONTROL_CHARS_RE, Fail, describe_rejected, listing, saving_now, select, show
 if "Pool" not in globals():  # likewise lib/transfer.py
-    from transfer import MAX_OBJECT_SIZE, Pool, client, composite, file_part_size, part_ranges, pool_size, pread_exact, sdk
+    from transfer import MAX_OBJECT_SIZE, Pool, client, composite, file_part_size, part_ranges, pool_size, pread_exact, sdk, sdk_available
 
 CHUNK = 8 * 1024 * 1024
 
@@ -160,7 +160,7 @@ def open_chosen(path, size, mtime_ns, dev, ino):
 
 def cmd_transfer():
     """Print ``sdk`` when this python3 can upload in-process (lib/transfer.py), else ``cli``."""
-    print("sdk" if sdk() is not None else "cli")
+    print("sdk" if sdk_available() else "cli")
 
 
 class Upload:
@@ -376,6 +376,7 @@ class CliS3:
         "ChecksumAlgorithm": "checksum-algorithm",
         "ChecksumSHA256": "checksum-sha256",
         "MultipartUpload": "multipart-upload",
+        "ContentType": "content-type",
     }
 
     def __init__(self, work):
@@ -413,8 +414,10 @@ def cmd_upload(work, bucket, part_size, transfer):
     n = pool_size(part_size) if transfer == "sdk" else min(pool_size(part_size), 4 * (os.cpu_count() or 2), 16)
     total = sum(f["size"] for f in plan)
     log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes)")
-    if transfer == "sdk":
-        mods = sdk()
+    mods = sdk() if transfer == "sdk" else None
+    if transfer == "sdk" and mods is None:
+        log("botocore was found but does not import; uploading through the AWS CLI")
+    if mods is not None:
         upload = Upload(client(mods, n), mods[2], bucket, part_size, n)
     else:
         upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work)
@@ -503,9 +506,9 @@ def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucke
     print(b64(hashlib.sha256(data).digest()))
 
 
-def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer):
-    """The one-process path's last step: writes the manifest (``cmd_manifest``), puts it through botocore with its
-    SHA-256, which S3 verifies, and prints the result line (``cmd_success``). Fail(4) when S3 refuses it."""
+def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer, transfer):
+    """The last step: writes the manifest (``cmd_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI)
+    with its SHA-256, which S3 verifies, and prints the result line (``cmd_success``). Fail(4) when S3 refuses."""
     with open(os.devnull, "w") as quiet:
         saved, sys.stdout = sys.stdout, quiet
         try:
@@ -516,17 +519,18 @@ def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket,
         data = f.read()
     target = f"s3://{bucket}/{manifest_key}"
     log(f"uploading the manifest to {target}")
-    mods = sdk()
+    mods = sdk() if transfer == "sdk" else None
+    s3, errors = (client(mods, 1), mods[2]) if mods else (CliS3(work), CliS3)
     try:
-        resp = client(mods, 1).put_object(
+        resp = s3.put_object(
             Bucket=bucket,
             Key=manifest_key,
-            Body=data,
+            Body=data if mods else os.path.join(work, "manifest.json"),
             ContentType="application/json",
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=b64(hashlib.sha256(data).digest()),
         )
-    except (mods[2].BotoCoreError, mods[2].ClientError) as exc:
+    except (errors.BotoCoreError, errors.ClientError) as exc:
         raise Fail(
             4,
             f"uploading the manifest to {target} failed: {exc}. Check that the bucket exists and that the instance profile may write to it",

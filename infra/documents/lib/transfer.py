@@ -29,6 +29,7 @@ import base64
 import concurrent.futures
 import hashlib
 import importlib
+import importlib.util
 import os
 import threading
 
@@ -55,6 +56,19 @@ def sdk():
         except ImportError:
             continue
     return None
+
+
+def sdk_available():
+    """Whether ``sdk()`` would find botocore, without importing it (a fifth of a second saved per check)."""
+    if os.environ.get("AUTOSTOP_TRANSFER", "auto") == "cli":
+        return False
+    for name in ("botocore", "awscli.botocore"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
 
 
 def mem_available():
