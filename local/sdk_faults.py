@@ -16,7 +16,8 @@ and, right after the manifest's PutObject, the second writer's faults: ``lose_ob
 ``checksum_mismatch``, ``old_checkpoint``, ``manifest_not_json`` (as local/faults.sh describes them).
 ``AUTOSTOP_SDK_FAULT`` ``Operation=ErrorCode`` (e.g. ``UploadPart=InternalError``): every call of that
 operation fails with that S3 error code (botocore ClientError, message "boom").
-``AUTOSTOP_SDK_HOOK`` ``<key suffix><TAB><shell command>``: the command runs once, before the first S3 call on
+``AUTOSTOP_SDK_HOOK`` ``<key suffix><TAB><shell command>[<TAB><operation>]``: the command runs once, before the
+first S3 call (of that operation, e.g. UploadPart, when given) on
 a key ending so (the bytes of a PutObject or UploadPart have been read by then), as a shim around the AWS CLI
 runs one before the CLI opens the file.
 """
@@ -44,8 +45,10 @@ def _handler(model: Any, params: dict[str, Any], **_: Any) -> None:
     global _calls, _hooked
     op = model.name
     suffix, _, command = os.environ.get("AUTOSTOP_SDK_HOOK", "").partition("\t")
+    command, _, operation = command.partition("\t")
     with _lock:
-        run_hook = bool(command) and not _hooked and params.get("url_path", "").split("?")[0].endswith(suffix)
+        on_key = params.get("url_path", "").split("?")[0].endswith(suffix)
+        run_hook = bool(command) and not _hooked and on_key and operation in ("", op)
         _hooked = _hooked or run_hook
     if run_hook:
         subprocess.run(["bash", "-c", command], check=True)

@@ -958,6 +958,29 @@ def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_
     assert_no_temp_left(env)
 
 
+def test_checkpoint_stopped_by_sigterm_aborts_its_multipart_upload(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGTERM to the uploading python3 (an SSM timeout, an operator) while a part is on its way: the multipart upload
+    it started is aborted, no manifest is written, the command fails."""
+    ckdir = tmp_path / "ck"
+    write(ckdir / "step-3.bin", os.urandom(12 * MIB))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    sdk_python_shim(fake_bin)
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
+    env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
+    # $PPID: the python3 uploading; the part waits until the signal has surely been handled.
+    env["AUTOSTOP_SDK_HOOK"] = "/step-3.bin\tkill -TERM $PPID; sleep 3\tUploadPart"
+
+    proc, out = run(CHECKPOINT, env)
+
+    assert proc.returncode != 0
+    assert out["result"] == "failed", out
+    assert "stopped by signal 15 during the upload" in proc.stderr
+    assert "aborting multipart upload of" in proc.stderr  # it had been started: the hook ran before a part
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert env["SSM_ManifestKey"] not in keys(s3, bucket)
+
+
 def test_checkpoint_without_a_temp_dir(base_env: dict[str, str], tmp_path: Path, bucket: str) -> None:
     """No usable TMPDIR: one ScriptFailed line, before the trainer is touched."""
     ckdir = tmp_path / "ck"

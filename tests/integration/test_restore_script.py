@@ -59,6 +59,8 @@ time.sleep(60)
 """
 )
 RUN_ID = "run-42"
+MIB = 1024 * 1024
+CHECKSUM = "A" * 43 + "=-3"  # a composite SHA-256 checksum's form
 
 
 @pytest.fixture
@@ -458,6 +460,33 @@ def test_restore_refuses_a_symlinked_checkpoint_dir(s3: Any, bucket: str, base_e
         ({"files": [{"key": "k", "path": "../../etc/cron.d/x", "size": 1, "sha256": "0" * 64}]}, "invalid path"),
         ({"files": [{"key": "k", "path": "/etc/passwd", "size": 1, "sha256": "0" * 64}]}, "invalid path"),
         ({"files": [{"key": "k", "path": "a", "size": "1", "sha256": "0" * 64}]}, "invalid size"),
+        ({"files": [{"key": "k", "path": "a", "size": 200 * 2**40, "sha256": "0" * 64}]}, "invalid size"),  # > 5 TiB
+        (
+            {"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_sha256": CHECKSUM, "parts": 2, "part_size": 5 * MIB}]},
+            "part_size",
+        ),
+        ({"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_sha256": CHECKSUM, "parts": 3, "part_size": 1024}]}, "part_size"),
+        (
+            {"files": [{"key": "k", "path": "a", "size": 2**40, "checksum_sha256": CHECKSUM, "parts": 209716, "part_size": 5 * MIB}]},
+            "part_size",
+        ),
+        (
+            {
+                "files": [
+                    {
+                        "key": "k",
+                        "path": "a",
+                        "size": 12 * MIB,
+                        "sha256": "0" * 64,
+                        "checksum_sha256": CHECKSUM,
+                        "parts": 3,
+                        "part_size": 5 * MIB,
+                    }
+                ]
+            },
+            "or a sha256 beside it",
+        ),
+        ({"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_sha256": CHECKSUM, "parts": 3}]}, "no sha256"),
         (None, "not valid JSON"),
     ],
 )

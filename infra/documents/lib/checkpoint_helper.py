@@ -12,9 +12,11 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 
 if "select" not in globals():  # run on its own (tests, linters); the document pastes lib/selection.py above
@@ -279,18 +281,17 @@ class Upload:
             state["parts"][number - 1] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": b64(digest), "digest": digest}
             state["left"] -= 1
             last = state["left"] == 0
-        if last:
+        if last and not self.pool.failed.is_set():  # once anything failed or a signal came, nothing more is completed
             self.complete(f, state, records, i)
 
     def part_file(self, data, upload_id, number):
         """DATA in a new temp file in WORK (the AWS CLI reads a part's body from a file); its path."""
-        path = os.path.join(self.work, f"part-{upload_id[:16]}-{number}")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd, path = tempfile.mkstemp(prefix=f"part-{number}-", dir=self.work)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
         except OSError as exc:
-            raise Fail(4, f"cannot write a {len(data)}-byte upload part to {path}: {exc.strerror}; free space in TMPDIR")
+            raise Fail(4, f"cannot write a {len(data)}-byte upload part in {self.work}: {exc.strerror}; free space in TMPDIR")
         return path
 
     def complete(self, f, state, records, i):
@@ -358,6 +359,12 @@ def read_plan(work):
     return out
 
 
+def stopped(signum, _frame):
+    """Signal handler: SystemExit(128 + signal), which ``Upload.run`` answers by aborting its multipart uploads."""
+    log(f"stopped by signal {signum} during the upload; aborting the multipart uploads in progress")
+    raise SystemExit(128 + signum)
+
+
 class CliError(Exception):
     """An AWS CLI call that failed; the message is the CLI's last stderr line."""
 
@@ -387,11 +394,14 @@ class CliS3:
 
     def run(self, op, params):
         """``aws s3api OP --flag=value ...``: its JSON output, or CliError."""
-        if "MultipartUpload" in params:  # the CLI reads the part list from a file
-            path = os.path.join(self.work, f"complete-{params['UploadId'][:16]}.json")
-            with open(path, "w", encoding="utf-8") as f:
+        if isinstance(params.get("MultipartUpload"), dict):  # the CLI reads the part list from a file
+            fd, path = tempfile.mkstemp(prefix="complete-", suffix=".json", dir=self.work)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(params["MultipartUpload"], f)
-            params = dict(params, MultipartUpload=f"file://{path}")
+            try:
+                return self.run(op, dict(params, MultipartUpload=f"file://{path}"))
+            finally:
+                os.unlink(path)
         args = ["aws", "--output", "json", "s3api", op.replace("_", "-")] + [f"--{self.FLAGS[k]}={v}" for k, v in params.items()]
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         err = proc.stderr.decode("utf-8", "replace")
@@ -411,7 +421,8 @@ def cmd_upload(work, bucket, part_size, transfer):
     WORK/files.jsonl; prints the file count."""
     part_size = int(part_size)
     plan = read_plan(work)
-    n = pool_size(part_size) if transfer == "sdk" else min(pool_size(part_size), 4 * (os.cpu_count() or 2), 16)
+    largest = max([min(f["size"], file_part_size(f["size"], part_size)) for f in plan] or [part_size])  # one buffer's bytes
+    n = pool_size(largest) if transfer == "sdk" else min(pool_size(largest), 4 * (os.cpu_count() or 2), 16)
     total = sum(f["size"] for f in plan)
     log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes)")
     mods = sdk() if transfer == "sdk" else None
@@ -421,6 +432,8 @@ def cmd_upload(work, bucket, part_size, transfer):
         upload = Upload(client(mods, n), mods[2], bucket, part_size, n)
     else:
         upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # stopped from outside: abort what was started
+        signal.signal(signum, stopped)
     records = upload.run(plan)
     try:
         with open(os.path.join(work, "files.jsonl"), "w", encoding="utf-8") as out:

@@ -21,7 +21,18 @@ import time
 
 if "Pool" not in globals():  # run on its own (tests, linters); the document pastes lib/transfer.py and lib/download.py above
     from download import Download, DownloadError, SizeMismatch
-    from transfer import MAX_PART_SIZE, MIN_PART_SIZE, client, composite, part_ranges, pool_size, pread_exact, sdk
+    from transfer import (
+        MAX_OBJECT_SIZE,
+        MAX_PART_SIZE,
+        MAX_PARTS,
+        MIN_PART_SIZE,
+        client,
+        composite,
+        part_ranges,
+        pool_size,
+        pread_exact,
+        sdk,
+    )
 
 CHUNK = 8 * 1024 * 1024
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -212,7 +223,7 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
             bad("file entry {} has no valid S3 version_id (a manifest written before version pinning cannot be restored)".format(i))
         if not isinstance(rel, str) or rel.startswith("/") or CONTROL_RE.search(rel) or not plain_segments(rel):
             bad("file entry {} has an invalid path (relative, no '.', '..' or empty segments)".format(i))
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_OBJECT_SIZE:
             bad("file entry {} has an invalid size".format(i))
         if checksum is not None and (not isinstance(checksum, str) or not CHECKSUM_RE.match(checksum)):
             bad("file entry {} has an invalid checksum_sha256".format(i))
@@ -223,11 +234,12 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
             not isinstance(part_size, int)
             or isinstance(part_size, bool)
             or not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE
-            or not parts
-            or len(part_ranges(size, part_size)) != parts
+            or not 1 <= parts <= MAX_PARTS
+            or -(-size // part_size) != parts
             or checksum is None
+            or digest is not None
         ):
-            bad("file entry {} has an invalid part_size for {} parts".format(i, parts))
+            bad("file entry {} has an invalid part_size for {} parts (or a sha256 beside it)".format(i, parts))
         if digest is None and part_size is None:
             bad("file entry {} has no sha256 (only a multipart object with a part_size may go without)".format(i))
         if digest is not None and (not isinstance(digest, str) or not HEX64_RE.match(digest)):
@@ -460,6 +472,8 @@ def download_parallel(bucket, todo, sfd, mods):
 
     try:
         got = Download(client(mods, n), n, mods[2]).run(bucket, todo, open_target)
+    except OSError as exc:
+        raise Fail(8, "cannot write the restored files in the staging directory: {}; free disk space".format(exc.strerror or exc))
     except SizeMismatch as exc:
         raise Fail(5, "{}; the checkpoint object was replaced or corrupted".format(exc))
     except DownloadError as exc:

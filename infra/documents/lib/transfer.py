@@ -47,15 +47,27 @@ def sdk():
     """The botocore modules ``(session, config, exceptions)`` this python3 can import, or None.
 
     ``botocore`` (AWS CLI v1, boto3) first, then ``awscli.botocore`` (AWS CLI v2 installed as a Python package).
-    None also when ``AUTOSTOP_TRANSFER=cli``."""
+    None also when ``AUTOSTOP_TRANSFER=cli``, and for a botocore too old to send S3's flexible checksums (before
+    about 1.24, early 2022: Ubuntu 22.04's python3-botocore): the AWS CLI then does the work."""
     if os.environ.get("AUTOSTOP_TRANSFER", "auto") == "cli":
         return None
+    if _SDK:
+        return _SDK[0]
+    found = None
     for base in ("botocore", "awscli.botocore"):
         try:
-            return tuple(importlib.import_module(base + "." + name) for name in ("session", "config", "exceptions"))
+            mods = tuple(importlib.import_module(base + "." + name) for name in ("session", "config", "exceptions"))
         except ImportError:
             continue
-    return None
+        inputs = mods[0].Session().get_service_model("s3").operation_model("PutObject").input_shape.members
+        if "ChecksumAlgorithm" in inputs and "ChecksumSHA256" in inputs:
+            found = mods
+            break
+    _SDK.append(found)
+    return found
+
+
+_SDK = []  # sdk()'s answer, once per process
 
 
 def sdk_available():
@@ -84,11 +96,12 @@ def mem_available():
 
 
 def pool_size(part_size, cpus=None, memory=None):
-    """Threads (and connections) for transfers of PART_SIZE-byte parts: 8 per CPU, 4 to 64, and at most as many
-    part buffers as fit into a quarter of MEMORY (bytes; default MemAvailable, else 2 GiB)."""
+    """Threads (and connections) for transfers of parts of up to PART_SIZE bytes: 8 per CPU, at most 64, and never
+    more part buffers than fit into a quarter of MEMORY (bytes; default MemAvailable, else 2 GiB), even if that
+    leaves one."""
     cpus = cpus or os.cpu_count() or 2
     memory = memory or mem_available() or 2 * 1024 * MIB
-    return max(4, min(MAX_POOL, 8 * cpus, memory // 4 // max(part_size, MIN_PART_SIZE)))
+    return max(1, min(MAX_POOL, 8 * cpus, memory // 4 // max(part_size, MIN_PART_SIZE)))
 
 
 def file_part_size(size, part_size):
