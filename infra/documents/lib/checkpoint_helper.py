@@ -101,11 +101,8 @@ def cmd_select(ckdir, prefix, manifest_key, work):
     log(f"chose {show(chosen['name'])} (step {chosen['step']}, {len(chosen['files'])} file(s)) among {found['candidates']} entries")
     if found["rejected"]:
         log(f"rejected {listing(found['rejected'])}")
-    plan = bytearray()
-    for f in chosen["files"]:
-        key = plan_key(f, prefix, chosen, manifest_key)
-        for field in (f["abs"], f["rel"], key, str(f["size"]), str(f["mtime_ns"]), str(f["dev"]), str(f["ino"])):
-            plan += os.fsencode(field) + b"\0"
+    fields = ("abs", "rel", "size", "mtime_ns", "dev", "ino")
+    plan = [dict({k: f[k] for k in fields}, key=plan_key(f, prefix, chosen, manifest_key)) for f in chosen["files"]]
     choice = {
         "name": show(chosen["name"]),
         "path": os.path.join(ckdir, chosen["name"]),
@@ -118,8 +115,8 @@ def cmd_select(ckdir, prefix, manifest_key, work):
         "rejected": describe_rejected(found["rejected"]),
         "open_files_check": found["open_check"] or "complete",
     }
-    with open(os.path.join(work, "plan"), "wb") as f:
-        f.write(plan)
+    with open(os.path.join(work, "plan.json"), "w", encoding="utf-8") as f:
+        json.dump(plan, f)
     with open(os.path.join(work, "choice.json"), "w", encoding="utf-8") as f:
         json.dump(choice, f)
 
@@ -340,23 +337,8 @@ def file_record(f, hexdigest, checksum, parts, part_size, resp):
 
 def read_plan(work):
     """The plan ``cmd_select`` wrote: [{abs, rel, key, size, mtime_ns, dev, ino}]."""
-    with open(os.path.join(work, "plan"), "rb") as f:
-        fields = f.read().split(b"\0")[:-1]
-    out = []
-    for n in range(0, len(fields), 7):
-        abs_, rel, key, size, mtime_ns, dev, ino = fields[n : n + 7]
-        out.append(
-            {
-                "abs": os.fsdecode(abs_),
-                "rel": os.fsdecode(rel),
-                "key": os.fsdecode(key),
-                "size": int(size),
-                "mtime_ns": int(mtime_ns),
-                "dev": int(dev),
-                "ino": int(ino),
-            }
-        )
-    return out
+    with open(os.path.join(work, "plan.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def stopped(signum, _frame):
@@ -427,7 +409,7 @@ def cmd_upload(work, bucket, part_size, transfer):
     log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes)")
     mods = sdk() if transfer == "sdk" else None
     if transfer == "sdk" and mods is None:
-        log("botocore was found but does not import; uploading through the AWS CLI")
+        log("botocore does not import or is too old; uploading through the AWS CLI")
     if mods is not None:
         upload = Upload(client(mods, n), mods[2], bucket, part_size, n)
     else:
