@@ -115,6 +115,7 @@ IFS= read -r -d '' PYHELPER <<'PY' || true
 # @include lib/selection.py
 # @include lib/transfer.py
 # @include lib/checkpoint_helper.py
+# @include lib/dispatch.py
 PY
 
 # py VAR SUBCOMMAND ARGS...: run a helper subcommand, store its stdout in VAR, map its failures.

@@ -111,6 +111,7 @@ IFS= read -r -d '' PYHELPER <<'PY' || true
 # @include lib/transfer.py
 # @include lib/download.py
 # @include lib/restore_helper.py
+# @include lib/dispatch.py
 PY
 
 # py VAR SUBCOMMAND ARGS...: run a helper subcommand, store its stdout in VAR, map its failures.

@@ -425,14 +425,6 @@ def cmd_upload(work, bucket, part_size, transfer):
     print(len(records))
 
 
-def response(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise Fail(4, f"the AWS CLI printed an unreadable response ({exc})")
-
-
 def same_checksum(resp, expected, what):
     got = resp.get("ChecksumSHA256")
     if got and got.split("-")[0] != expected.split("-")[0]:
@@ -458,9 +450,9 @@ def is_fresh(choice, signal_ns):
     return bool(signal_ns) and choice["mtime_ns"] >= int(signal_ns)
 
 
-def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns):
+def write_manifest(work, choice, files, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns):
+    """WORK/manifest.json (fsynced); returns its bytes. Fail(5) ManifestFailed when it cannot be written."""
     try:
-        choice, files = load(work)
         manifest = {
             "schema_version": 1,
             "run_id": run_id,
@@ -498,20 +490,14 @@ def cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucke
             f"cannot write the manifest in {work}: {getattr(exc, 'strerror', None) or exc}; "
             "free disk space in the temp directory and retry",
         )
-    print(b64(hashlib.sha256(data).digest()))
+    return data
 
 
 def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer, transfer):
-    """The last step: writes the manifest (``cmd_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI)
-    with its SHA-256, which S3 verifies, and prints the result line (``cmd_success``). Fail(4) when S3 refuses."""
-    with open(os.devnull, "w") as quiet:
-        saved, sys.stdout = sys.stdout, quiet
-        try:
-            cmd_manifest(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns)
-        finally:
-            sys.stdout = saved
-    with open(os.path.join(work, "manifest.json"), "rb") as f:
-        data = f.read()
+    """The last step: writes the manifest (``write_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI)
+    with its SHA-256, which S3 verifies, and prints the result line. Fail(4) when S3 refuses it."""
+    choice, files = load(work)
+    data = write_manifest(work, choice, files, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns)
     target = f"s3://{bucket}/{manifest_key}"
     log(f"uploading the manifest to {target}")
     mods = sdk() if transfer == "sdk" else None
@@ -530,25 +516,15 @@ def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket,
             4,
             f"uploading the manifest to {target} failed: {exc}. Check that the bucket exists and that the instance profile may write to it",
         )
-    resp_path = os.path.join(work, "resp.json")
-    with open(resp_path, "w", encoding="utf-8") as f:
-        json.dump({k: v for k, v in resp.items() if isinstance(v, str)}, f)
-    cmd_success(work, bucket, manifest_key, trainer, signal_ns, resp_path)
-
-
-def cmd_success(work, bucket, manifest_key, trainer, signal_ns, manifest_resp):
-    """The result line. It reaches the control plane through SSM from this instance only, so it pins what Verify
-    reads: the manifest's S3 VersionId and SHA-256 (hex), and the file and byte counts of this upload."""
-    choice, files = load(work)
-    with open(os.path.join(work, "manifest.json"), "rb") as f:
-        manifest_sha256 = hashlib.sha256(f.read()).hexdigest()
+    # The result line reaches the control plane through SSM from this instance only, so it pins what Verify reads:
+    # the manifest's S3 VersionId and SHA-256 (hex), and the file and byte counts of this upload.
     print(
         json.dumps(
             {
                 "result": "uploaded",
-                "manifest": f"s3://{bucket}/{manifest_key}",
-                "manifest_version_id": version_id(response(manifest_resp)),
-                "manifest_sha256": manifest_sha256,
+                "manifest": target,
+                "manifest_version_id": version_id(resp),
+                "manifest_sha256": hashlib.sha256(data).hexdigest(),
                 "files": len(files),
                 "bytes": sum(f["size"] for f in files),
                 "trainer": trainer,
@@ -561,17 +537,3 @@ def cmd_success(work, bucket, manifest_key, trainer, signal_ns, manifest_resp):
             }
         )
     )
-
-
-def cmd_failline(error, message):
-    print(json.dumps({"result": "failed", "error": error, "message": message}))
-
-
-COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith("cmd_")}
-
-if __name__ == "__main__":
-    try:
-        COMMANDS[sys.argv[1]](*sys.argv[2:])
-    except Fail as exc:
-        print(str(exc))
-        sys.exit(exc.code)

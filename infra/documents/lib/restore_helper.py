@@ -879,17 +879,3 @@ def cmd_success(restored, trainer, pid):
 def cmd_field(data, name):
     value = json.loads(data)[name]
     print(" ".join(str(v) for v in value) if isinstance(value, list) else value)
-
-
-def cmd_failline(error, message):
-    print(json.dumps({"result": "failed", "error": error, "message": message}))
-
-
-COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith("cmd_")}
-
-if __name__ == "__main__":
-    try:
-        COMMANDS[sys.argv[1]](*sys.argv[2:])
-    except Fail as exc:
-        print(str(exc))
-        sys.exit(exc.code)
