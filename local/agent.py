@@ -15,8 +15,14 @@ processes started on it. For SendCommand the fleet does what SSM and its agent d
 * keeps the first 24,000 characters of stdout and 8,000 of stderr (GetCommandInvocation) and 2,500 in
   ListCommandInvocations ``Details``, like the service.
 
-It also answers DescribeInstanceInformation (PingStatus), ListCommandInvocations and CancelCommand,
-which moto does not implement.
+It also answers DescribeInstanceInformation (PingStatus, the instance's ``agent_version``),
+ListCommandInvocations and CancelCommand, which moto does not implement.
+
+Two switches per instance serve ``autostop preflight`` and its tests: ``hidden_tools`` (command names such as
+``aws`` or ``python3`` that its documents do not find on their PATH, as on an image without them), and
+``instance_policy`` (its documents sign with credentials of their own, and S3 answers them as the stack's
+instance policy would: only PutObject, GetObject(Version), AbortMultipartUpload and ListParts on keys under
+``instances/<its instance ARN>/``; anything else is AccessDenied. moto enforces no IAM by itself).
 """
 
 from __future__ import annotations
@@ -25,17 +31,20 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
-from local.aws import REGION, LocalAws
+from local.aws import ACCOUNT, REGION, LocalAws
 
 SPAWN_LOCK = threading.Lock()
 """Held while a script file is written and while any process is started. Without it, a process forked by
@@ -47,6 +56,8 @@ DETAILS_LIMIT = 2_500
 SIM_MARKER = "AUTOSTOP_SIM_INSTANCE_ID"
 """Environment variable naming the simulated instance a process runs on (how power-off finds them all)."""
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated"}
+AGENT_VERSION = "3.3.2746.0"
+"""The SSM Agent version DescribeInstanceInformation reports for a simulated instance (unless it says otherwise)."""
 
 
 def host_boot_time() -> int:
@@ -87,6 +98,12 @@ class SimulatedInstance:
     written on the shared filesystem before a launch do not look older than the machine."""
     boots: int = 1
     """Power-ons so far (1 = the launch)."""
+    agent_version: str = AGENT_VERSION
+    """What DescribeInstanceInformation reports as its AgentVersion."""
+    hidden_tools: tuple[str, ...] = ()
+    """Commands its SSM documents do not find on their PATH (e.g. ``("aws",)``, ``("python3",)``)."""
+    instance_policy: bool = False
+    """Its documents' S3 requests are held to the stack's instance policy (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.has_agent is None:
@@ -283,7 +300,7 @@ class AgentFleet:
                     "PingStatus": "Online" if inst.agent_online and inst.running else "ConnectionLost",
                     "PlatformType": "Linux",
                     "PlatformName": "Simulated",
-                    "AgentVersion": "3.3.2746.0",
+                    "AgentVersion": inst.agent_version,
                     "ResourceType": "EC2Instance",
                     "ComputerName": inst.name,
                 }
@@ -306,6 +323,51 @@ class AgentFleet:
         self.aws.patch(SimpleSystemManagerResponse, "list_command_invocations", list_command_invocations)
         self.aws.patch(SimpleSystemManagerResponse, "describe_instance_information", describe_instance_information)
         self.aws.patch(SimpleSystemManagerResponse, "cancel_command", cancel_command)
+        self._install_instance_policy()
+
+    # --- the instance policy, for instances with ``instance_policy`` ---------------------------------------
+
+    def access_key(self, instance: SimulatedInstance) -> str:
+        """The access key id INSTANCE's documents sign with (20 characters, as moto's parser expects)."""
+        key = "ASIA" + instance.instance_id.removeprefix("i-").upper().rjust(16, "0")[-16:]
+        self._policy_prefixes[key] = f"instances/arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{instance.instance_id}/"
+        return key
+
+    def _install_instance_policy(self) -> None:
+        from moto.s3.exceptions import S3ClientError
+        from moto.s3.responses import S3Response
+
+        self._policy_prefixes: dict[str, str] = {}
+        fleet = self
+        original_key = S3Response._key_response
+        original_bucket = S3Response._bucket_response
+
+        def denied(resp: Any, what: str) -> S3ClientError:
+            return S3ClientError("AccessDenied", f"User: {resp.get_access_key()} is not authorized to perform: {what} (instance policy)")
+
+        def key_response(resp: Any, request: Any, full_url: str) -> Any:
+            prefix = fleet._policy_prefixes.get(resp.get_access_key())
+            if prefix is not None:
+                key = resp.parse_key_name()
+                query = parse_qs(urlparse(full_url).query, keep_blank_values=True)
+                copy = request.headers.get("x-amz-copy-source", "")
+                if request.method == "DELETE":
+                    allowed = "uploadId" in query  # AbortMultipartUpload; never DeleteObject
+                else:
+                    sub = {"acl", "tagging", "retention", "legal-hold"}
+                    allowed = request.method in ("GET", "HEAD", "PUT", "POST") and not set(query) & sub
+                bucket = resp.parse_bucket_name_from_url(request, full_url)
+                if not key.startswith(prefix) or not allowed or (copy and not copy.lstrip("/").startswith(f"{bucket}/{prefix}")):
+                    raise denied(resp, f"{request.method} s3://{bucket}/{key}")
+            return original_key(resp, request, full_url)
+
+        def bucket_response(resp: Any, request: Any, full_url: str) -> Any:
+            if resp.get_access_key() in fleet._policy_prefixes:
+                raise denied(resp, f"{request.method} {urlparse(full_url).path}")  # nothing on a bucket, no ListBucket
+            return original_bucket(resp, request, full_url)
+
+        self.aws.patch(S3Response, "_key_response", key_response)
+        self.aws.patch(S3Response, "_bucket_response", bucket_response)
 
     def _validate(self, backend: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         name = kwargs.get("document_name") or ""
@@ -396,9 +458,16 @@ class AgentFleet:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "_script.sh"
         env = self.aws.subprocess_env()
+        if instance.hidden_tools:
+            env["PATH"] = str(self._path_without(instance, env["PATH"]))
         if instance.faults:
-            env["PATH"] = str(self._fault_bin(instance)) + os.pathsep + env["PATH"]
+            fault_bin = self._fault_bin(instance)
+            for name in instance.hidden_tools:
+                (fault_bin / name).unlink(missing_ok=True)
+            env["PATH"] = str(fault_bin) + os.pathsep + env["PATH"]
             env["AUTOSTOP_SIM_FAULTS"] = ",".join(instance.faults)
+        if instance.instance_policy:
+            env["AWS_ACCESS_KEY_ID"] = self.access_key(instance)
         env.update(env_params)
         env.update({"AWS_SSM_INSTANCE_ID": instance.instance_id, "AWS_SSM_REGION_NAME": REGION, "HOME": str(instance.root)})
         env = instance.env(env)
@@ -475,6 +544,36 @@ class AgentFleet:
         shim.chmod(0o755)
         sdk_python_shim(bin_dir)
         return bin_dir
+
+    @staticmethod
+    def _path_without(instance: SimulatedInstance, path: str) -> Path:
+        """One directory standing in for PATH: every command found on PATH (the first of each name) but
+        ``instance.hidden_tools``. Commands of this virtualenv are wrappers that exec them by their own path
+        (so that python3 keeps its virtualenv); the others are symbolic links. Built once per set of hidden tools
+        (in a temporary directory, then renamed), so that commands running at the same time share it."""
+        farm = instance.root / ".sim" / ("path-without-" + "-".join(sorted(instance.hidden_tools)))
+        if farm.is_dir():
+            return farm
+        farm.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".path-", dir=farm.parent))
+        venv_bin = Path(sys.executable).parent
+        for directory in (Path(d) for d in path.split(os.pathsep) if d):
+            if not directory.is_dir():
+                continue
+            for entry in sorted(directory.iterdir()):
+                target = building / entry.name
+                if entry.name in instance.hidden_tools or target.exists() or target.is_symlink() or not os.access(entry, os.X_OK):
+                    continue
+                if directory == venv_bin:
+                    target.write_text(f'#!/bin/sh\nexec "{entry}" "$@"\n')
+                    target.chmod(0o755)
+                else:
+                    target.symlink_to(entry)
+        try:
+            building.rename(farm)
+        except OSError:  # another command built it meanwhile
+            shutil.rmtree(building, ignore_errors=True)
+        return farm
 
 
 def sdk_python_shim(bin_dir: Path) -> Path:

@@ -93,6 +93,29 @@ class Deployment:
     def resources(self, cfn_type: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.template["Resources"].items() if v["Type"] == cfn_type}
 
+    @property
+    def stack_name(self) -> str:
+        return str(Resolver.PSEUDO["AWS::StackName"])
+
+    def outputs(self) -> dict[str, str]:
+        """The stack's outputs as DescribeStacks would give them (``OutputKey`` to value): the template's own
+        ``Outputs`` (infra/stack.py's CfnOutputs) resolved to this deployment's names. A managed policy's Ref is
+        its ARN, as in CloudFormation (moto gets no managed policies; the ARN is what the stack would output)."""
+        resolve = Resolver(self.template, self.physical, self.arns)
+        resources = self.template["Resources"]
+        out: dict[str, str] = {}
+        for key, spec in self.template.get("Outputs", {}).items():
+            ref = spec["Value"].get("Ref") if isinstance(spec["Value"], dict) else None
+            if ref in resources and resources[ref]["Type"] == "AWS::IAM::ManagedPolicy":
+                out[key] = f"arn:aws:iam::{ACCOUNT}:policy/{ref}"
+            else:
+                out[key] = str(resolve(spec["Value"]))
+        return out
+
+    def outputs_file(self) -> dict[str, dict[str, str]]:
+        """``{stack name: outputs}``: what ``cdk deploy --outputs-file`` writes for this stack."""
+        return {self.stack_name: self.outputs()}
+
 
 def _names(template: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     physical: dict[str, str] = {}

@@ -138,6 +138,12 @@ class LocalControlPlane:
         for inst in self.by_name.values():
             inst.power_off()
 
+    def write_outputs(self, path: Path) -> Path:
+        """Write the deployment's stack outputs to ``path`` in the ``cdk deploy --outputs-file`` format
+        (``{"Autostop": {"OutputKey": "value"}}``), for tools that find a deployment that way (``autostop --outputs``)."""
+        path.write_text(json.dumps(self.deployment.outputs_file(), indent=2) + "\n")
+        return path
+
     # --- instances -------------------------------------------------------------------------------------
 
     def placeholders(self, name: str) -> Placeholders:

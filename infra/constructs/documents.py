@@ -1,4 +1,5 @@
-"""The stack's SSM Command documents: the completion probe, the checkpoint command and the restore command.
+"""The stack's SSM Command documents: the completion probe, the checkpoint command, the restore command and the
+operator's preflight check (``autostop preflight``).
 
 Each script lives in ``infra/documents/*.sh`` and runs unchanged as the document's
 ``aws:runShellScript`` step. Every parameter is a typed String with an ``allowedPattern`` (SendCommand
@@ -35,6 +36,8 @@ MANIFEST_VERSION_ID = r"^[A-Za-z0-9._+/=-]{1,1024}$"
 SHA256_HEX = r"^[0-9a-f]{64}$"
 RESUME_COMMAND = r"^(|/[A-Za-z0-9._/-]{1,254}( [A-Za-z0-9._/=:,+@%-]{1,255}){0,31})$"
 """An absolute program path, then up to 31 arguments separated by single spaces: no quotes, no shell syntax."""
+INSTANCE_PREFIX = r"^instances/arn:[a-z-]+:ec2:[a-z0-9-]+:[0-9]{12}:instance/i-[0-9a-f]{8,17}/$"
+"""``instances/<instance ARN>/``: the only keys the instance policy lets an instance write (infra/constructs/storage.py)."""
 PROBE_PARAMETERS: dict[str, dict[str, Any]] = {
     "PidFile": {"description": "Trainer PID file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
     "LogFile": {"description": "Trainer log file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
@@ -102,6 +105,20 @@ RESTORE_PARAMETERS: dict[str, dict[str, Any]] = {
         "run without a shell) or empty",
         "allowedPattern": RESUME_COMMAND,
         "default": "",
+    },
+}
+PREFLIGHT_PARAMETERS: dict[str, dict[str, Any]] = {
+    "Bucket": {"description": "Checkpoint bucket", "allowedPattern": BUCKET},
+    "InstancePrefix": {
+        "description": "The instance's own key prefix, instances/<instance ARN>/ (one test object is written there)",
+        "allowedPattern": INSTANCE_PREFIX,
+    },
+    "CheckpointDir": {"description": "Checkpoint directory (absolute path)", "allowedPattern": CHECKPOINT_DIR},
+    "PidFile": {"description": "Trainer PID file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
+    "SaveOnSignal": {
+        "description": "true: the trainer saves a checkpoint when signalled (tag save-on-signal)",
+        "allowedPattern": r"^(true|false)$",
+        "default": "false",
     },
 }
 
@@ -252,8 +269,9 @@ def command_content(description: str, script: str, parameters: dict[str, dict[st
 
 
 class InstanceDocuments(Construct):
-    """``probe`` (read-only completion check, 60 s), ``checkpoint`` (signal, upload, manifest) and ``restore``
-    (download and verify a checkpoint, start the resume command)."""
+    """``probe`` (read-only completion check, 60 s), ``checkpoint`` (signal, upload, manifest), ``restore``
+    (download and verify a checkpoint, start the resume command) and ``preflight`` (would a stop succeed? sent by
+    the operator's ``autostop preflight``, never by a function)."""
 
     def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
@@ -302,7 +320,22 @@ class InstanceDocuments(Construct):
             ),
         )
 
-        for document in (self.probe, self.checkpoint, self.restore):
+        self.preflight = ssm.CfnDocument(
+            self,
+            "Preflight",
+            document_type="Command",
+            document_format="JSON",
+            update_method="NewVersion",
+            content=command_content(
+                "autostop: would a stop succeed? (read-only; writes one small object under the instance's prefix)",
+                "preflight.sh",
+                PREFLIGHT_PARAMETERS,
+                step="preflight",
+                timeout="120",
+            ),
+        )
+
+        for document in (self.probe, self.checkpoint, self.restore, self.preflight):
             document.name = content_name(Stack.of(self).stack_name, document)
 
     def arn(self, document: ssm.CfnDocument) -> str:
