@@ -11,6 +11,7 @@ from constructs import Construct
 from infra.config import AutostopConfig
 from infra.constructs.documents import InstanceDocuments
 from infra.constructs.functions import ControlPlaneFunctions
+from infra.constructs.monitoring import Monitoring
 from infra.constructs.notifications import OutcomeNotifications
 from infra.constructs.records import RunRecordsTable
 from infra.constructs.storage import CheckpointStorage
@@ -18,6 +19,8 @@ from infra.constructs.triggers import Triggers
 from infra.constructs.workflow import LifecycleStateMachine
 from infra.nag import acknowledge
 from lambdas.shared import constants as c
+
+SWEEP_TIMEOUT = Duration.minutes(5)
 
 
 class AutostopStack(Stack):
@@ -51,6 +54,7 @@ class AutostopStack(Stack):
                 c.ENV_EXECUTION_TIMEOUT_SECONDS: str(config.execution_timeout_seconds),
                 c.ENV_CHECKPOINT_TIMEOUT_SECONDS: str(config.checkpoint_timeout_seconds),
                 c.ENV_PART_SIZE_BYTES: str(config.part_size_bytes),
+                c.ENV_OUTCOME_TOPIC_ARN: notifications.topic.topic_arn,
             },
         )
         evaluate = functions.function(
@@ -114,7 +118,7 @@ class AutostopStack(Stack):
             "ScheduleSweep",
             handler_package="on_schedule_tick",
             description="autostop trigger: sweep opted-in running instances and start executions for finished runs",
-            timeout=Duration.minutes(5),
+            timeout=SWEEP_TIMEOUT,
             extra_environment=trigger_env,
         )
         on_marker = functions.function(
@@ -136,9 +140,9 @@ class AutostopStack(Stack):
             handler_package="on_execution_ended",
             description="autostop: record and notify executions that timed out, were aborted or failed without their own Notify",
             timeout=Duration.minutes(1),
-            extra_environment={**trigger_env, "AUTOSTOP_OUTCOME_TOPIC_ARN": notifications.topic.topic_arn},
+            extra_environment=trigger_env,
         )
-        Triggers(
+        triggers = Triggers(
             self,
             "Triggers",
             schedule_minutes=config.schedule_minutes,
@@ -216,7 +220,36 @@ class AutostopStack(Stack):
         ended.add_to_role_policy(
             iam.PolicyStatement(sid="RecordEndings", actions=["dynamodb:GetItem", "dynamodb:PutItem"], resources=[runs.table_arn])
         )
-        notifications.topic.grant_publish(ended)
+        # Who tells people: Record outcome (every execution), the triggers (instances they could not act on), and
+        # the function for executions that ended without Record outcome. Events only with source autostop.
+        default_bus = self.format_arn(service="events", resource="event-bus", resource_name="default")
+        for fn in (ended, record, sweep, on_marker):
+            notifications.grant_publish(fn)
+        for fn in (record, sweep, on_marker):
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="OutcomeEvents",
+                    actions=["events:PutEvents"],
+                    resources=[default_bus],
+                    conditions={"StringEquals": {"events:source": "autostop"}},
+                )
+            )
+        record.add_to_role_policy(iam.PolicyStatement(sid="InstanceName", actions=["ec2:DescribeInstances"], resources=["*"]))
+        # The triggers' last-error tag on instances they could not act on (shared/visibility.py): that key only, on
+        # instances that carry the opt-in key with any value (enabled=yes is a mistake to report, not a refusal: the
+        # condition key ignores the key's case, so Autostop:Enabled is covered too).
+        for fn in (sweep, on_marker):
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="NotEvaluatedTag",
+                    actions=["ec2:CreateTags", "ec2:DeleteTags"],
+                    resources=[instances_arn],
+                    conditions={
+                        "ForAllValues:StringEquals": {"aws:TagKeys": [f"{config.tag_prefix}:{c.TAG_LAST_ERROR}"]},
+                        "Null": {"aws:TagKeys": "false", f"aws:ResourceTag/{config.tag_prefix}:{c.TAG_ENABLED}": "false"},
+                    },
+                )
+            )
         self._acknowledge(functions, workflow, storage)
 
         CfnOutput(
@@ -242,7 +275,34 @@ class AutostopStack(Stack):
         CfnOutput(self, "ProbeDocument", value=documents.probe.ref)
         CfnOutput(self, "CheckpointDocument", value=documents.checkpoint.ref)
         CfnOutput(self, "RestoreDocument", value=documents.restore.ref)
+        CfnOutput(self, "PreflightDocument", value=documents.preflight.ref, description="Sent by `autostop preflight INSTANCE`")
         CfnOutput(self, "RunRecordsTable", value=runs.table_name, description="One record per run and session")
+
+        # --- what operators watch: dashboard and alarms, alarm actions to the outcome topic -----------------
+        notifications.grant_publish(state_machine)  # the fallback Notify state (SnsPublish grants no KMS use)
+        named = {
+            "Evaluate": evaluate,
+            "Verify": verify,
+            "Stop": stop,
+            "ConfirmResume": confirm_resume,
+            "RecordOutcome": record,
+            "FindCommand": find_command,
+            "Sweep": sweep,
+            "MarkerCreated": on_marker,
+            "InstanceEvent": on_instance,
+            "ExecutionEnded": ended,
+        }
+        monitoring = Monitoring(
+            self,
+            "Monitoring",
+            topic=notifications.topic,
+            state_machine=state_machine,
+            functions=named,
+            sweep=sweep,
+            sweep_timeout=SWEEP_TIMEOUT,
+            undelivered=triggers.undelivered,
+        )
+        CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name, description="CloudWatch dashboard")
 
     def _grant_evaluation(
         self,

@@ -1,7 +1,8 @@
 """The lifecycle state machine (Step Functions Standard): Evaluate → Checkpoint → Verify → Stop → Notify.
 
 Every path ends in exactly one outcome Pass state, which writes ``$.result`` ({outcome, reason,
-instance_id, run_id, execution, ...}); ``Notify`` publishes it to SNS; failure outcomes then end in
+instance_id, run_id, execution, ...}); ``Record outcome`` records it and publishes it (SNS, EventBridge), or
+``Notify (fallback)`` publishes it when Record outcome fails; failure outcomes then end in
 the ``Failed`` state (error = outcome, cause = reason), the others in ``Done`` (output = ``$.result``).
 Only the Stopped / Terminated / Hibernated outcomes change the instance, and the only way into the
 Stop instance Task state is through ``Checkpoint verified?`` with ``verified = true``.
@@ -186,15 +187,9 @@ class LifecycleStateMachine(Construct):
     # --- the end: Record outcome, Notify, then Failed or Done -----------------------------------------------
 
     def _build_finish(self, record: lambda_.IFunction, topic: sns.ITopic) -> sfn.IChainable:
-        notify = tasks.SnsPublish(
-            self,
-            "Notify",
-            topic=topic,
-            message=sfn.TaskInput.from_json_path_at("$.result"),
-            message_attributes={"outcome": tasks.MessageAttribute(value=sfn.JsonPath.string_at("$.result.outcome"))},
-            result_path=sfn.JsonPath.DISCARD,
-        )
-        notify.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
+        """Record outcome (run record, tags, the readable notification, the ``autostop`` event; its output is the new
+        ``$.result``), then Failed or Done. Only when Record outcome fails does the fallback Notify publish the raw
+        ``$.result``: an outcome is never left unannounced, and never announced twice by the state machine."""
         verdict = (
             sfn.Choice(self, "Outcome is a failure?")
             .when(
@@ -203,13 +198,28 @@ class LifecycleStateMachine(Construct):
             )
             .otherwise(sfn.Succeed(self, "Done", output_path="$.result"))
         )
+        fallback = tasks.SnsPublish(
+            self,
+            "Notify (fallback)",
+            topic=topic,
+            subject=sfn.JsonPath.format("autostop {}: {} (not recorded)", sfn.JsonPath.string_at("$.result.outcome"), "$$.Execution.Name"),
+            message=sfn.TaskInput.from_json_path_at("$.result"),
+            message_attributes={"outcome": tasks.MessageAttribute(value=sfn.JsonPath.string_at("$.result.outcome"))},
+            result_path=sfn.JsonPath.DISCARD,
+        )
+        fallback.add_retry(errors=["States.TaskFailed"], interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
         # A notification that cannot be published must not change the outcome.
-        notify.add_catch(verdict, errors=["States.ALL"], result_path="$.notify_error")
-        notify.next(verdict)
-        # The run record and the instance's informational tags; failing to write them never changes the outcome.
-        recorder = self._lambda("Record outcome", record, {"state.$": "$", "execution_name.$": "$$.Execution.Name"}, "$.record")
-        recorder.add_catch(notify, errors=["States.ALL"], result_path="$.record_error")
-        recorder.next(notify)
+        fallback.add_catch(verdict, errors=["States.ALL"], result_path="$.notify_error")
+        fallback.next(verdict)
+        payload = {
+            "state.$": "$",
+            "execution_name.$": "$$.Execution.Name",
+            "execution_arn.$": "$$.Execution.Id",
+            "started_at.$": "$$.Execution.StartTime",
+        }
+        recorder = self._lambda("Record outcome", record, payload, "$.result")
+        recorder.add_catch(fallback, errors=["States.ALL"], result_path="$.record_error")
+        recorder.next(verdict)
         return recorder
 
     # --- Evaluate -----------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from evaluate_completion.logic import evaluate
 from shared.clients import client
 from shared.evaluation import Clients, Evaluator
-from shared.observability import logger, metrics, tracer
+from shared.observability import logger, metrics, tracer, trigger_source
 from shared.records import RunRecords
 from shared.settings import settings
 
@@ -23,5 +24,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     records = RunRecords(client("dynamodb"), table) if table else None
     result = evaluate(event, ec2=client("ec2"), evaluator=evaluator, records=records)
     logger.info("evaluated", extra={"decision": result.decision, "reason": result.reason})
-    metrics.add_metric(name=f"Evaluation_{result.decision}", unit="Count", value=1)
+    metrics.add_dimension(name="decision", value=result.decision)
+    metrics.add_dimension(name="trigger", value=trigger_source(event.get("input")))
+    metrics.add_metric(name="Evaluations", unit=MetricUnit.Count, value=1)
     return result.model_dump(mode="json")

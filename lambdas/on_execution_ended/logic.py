@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from shared import constants as c
 from shared.executions import MAX_ATTEMPTS
+from shared.notifications import outcome_notice, publish
 from shared.observability import logger
 from shared.records import RunKey, RunRecords
 
@@ -31,7 +32,7 @@ OUTCOME_ABORTED = "ExecutionAborted"
 OUTCOME_FAILED = "ExecutionFailed"
 OUTCOME_ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
 OUTCOME_BY_STATUS = {"TIMED_OUT": OUTCOME_TIMED_OUT, "ABORTED": OUTCOME_ABORTED, "FAILED": OUTCOME_FAILED}
-ENV_TOPIC_ARN = "AUTOSTOP_OUTCOME_TOPIC_ARN"
+ENV_TOPIC_ARN = c.ENV_OUTCOME_TOPIC_ARN
 """The outcome topic's ARN in this function's environment (set by infra/stack.py)."""
 
 
@@ -140,11 +141,8 @@ def handle_ended(event: Any, *, records: RunRecords | None, sns: Any, topic_arn:
         **({"run_id": run_id} if isinstance(run_id, str) else {}),
         **({"error": detail.get("error")} if detail.get("error") else {}),
     }
-    sns.publish(
-        TopicArn=topic_arn,
-        Message=json.dumps(message),
-        MessageAttributes={"outcome": {"DataType": "String", "StringValue": outcome}},
-    )
+    notice = outcome_notice(message, instance_name=None, execution_arn=str(detail.get("executionArn", "")))
+    publish(sns, topic_arn, notice, outcome=outcome)
     result.notified = True
     logger.info("execution ended without its own notification", extra=result.model_dump())
     return result

@@ -7,11 +7,14 @@ from typing import Any
 from shared.evaluation import Evaluator
 from shared.instances import opted_in_candidates
 from shared.models import InstanceConfig, S3Uri
+from shared.notifications import Outlets
 from shared.observability import logger
 from shared.triggers import TriggerSummary, evaluate_and_start
 
 
-def on_marker(*, ec2: Any, sfn: Any, evaluator: Evaluator, bucket: str, key: str, event_time: str) -> TriggerSummary:
+def on_marker(
+    *, ec2: Any, sfn: Any, evaluator: Evaluator, bucket: str, key: str, event_time: str, outlets: Outlets | None = None
+) -> TriggerSummary:
     """Find the running opted-in instances whose completion marker is ``s3://bucket/key`` and evaluate them.
 
     Instances with invalid tags cannot name a marker and are not considered here (the sweep reports
@@ -25,4 +28,5 @@ def on_marker(*, ec2: Any, sfn: Any, evaluator: Evaluator, bucket: str, key: str
             matches.append(snap)
     if not matches:
         logger.info("object is nobody's completion marker", extra={"uri": str(uri)})
-    return evaluate_and_start(matches, evaluator=evaluator, sfn=sfn, trigger={"source": "s3-marker", "uri": str(uri), "time": event_time})
+    trigger = {"source": "s3-marker", "uri": str(uri), "time": event_time}
+    return evaluate_and_start(matches, evaluator=evaluator, sfn=sfn, trigger=trigger, ec2=ec2, outlets=outlets)

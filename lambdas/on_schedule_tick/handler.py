@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from on_schedule_tick.logic import sweep
 from shared.clients import client
 from shared.evaluation import Clients, Evaluator
+from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
 from shared.settings import settings
 from shared.triggers import parse_trigger_event
@@ -22,9 +23,13 @@ def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
     event = parse_trigger_event(raw, EventBridgeModel, source="aws.events", detail_types=("Scheduled Event",))
     if isinstance(event, str):  # never raise for a bad event: it would only be retried
         logger.warning("event ignored", extra={"ignored": event})
+        metrics.add_metric(name="EventsIgnored", unit="Count", value=1)
         return {"ignored": event}
     evaluator = Evaluator(clients=Clients(s3=client("s3"), ssm=client("ssm")), settings=settings())
-    summary = sweep(ec2=client("ec2"), sfn=client("stepfunctions"), evaluator=evaluator, scheduled_at=event.time.isoformat())
+    outlets = Outlets(sns=client("sns"), topic_arn=settings().outcome_topic_arn or "", events=client("events"))
+    summary = sweep(
+        ec2=client("ec2"), sfn=client("stepfunctions"), evaluator=evaluator, scheduled_at=event.time.isoformat(), outlets=outlets
+    )
     logger.info("sweep finished", extra=summary.model_dump(mode="json", exclude={"executions"}))
     metrics.add_metric(name="SweepInstances", unit="Count", value=summary.instances)
     metrics.add_metric(name="ExecutionsStarted", unit="Count", value=sum(e.status == "started" for e in summary.executions))

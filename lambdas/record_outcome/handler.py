@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from record_outcome.logic import record_outcome
+from record_outcome.logic import finish, outcome_metrics
 from shared.clients import client
+from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
+
+UNITS = {"Outcomes": MetricUnit.Count, "CheckpointBytes": MetricUnit.Bytes}
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -18,12 +23,21 @@ from shared.settings import settings
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     config = settings()
-    result = record_outcome(
-        event.get("state") or {},
+    state = event.get("state") or {}
+    outlets = Outlets(sns=client("sns"), topic_arn=config.outcome_topic_arn or "", events=client("events"))
+    result = finish(
+        state,
         str(event.get("execution_name", "")),
+        str(event.get("execution_arn", "")),
         records=RunRecords(client("dynamodb"), config.require_runs_table()),
         ec2=client("ec2"),
         tag_prefix=config.tag_prefix,
+        outlets=outlets,
     )
-    logger.info("recorded", extra=result.model_dump())
-    return result.model_dump(mode="json")
+    dims, values = outcome_metrics(state, result, event.get("started_at"), datetime.now(UTC))
+    metrics.add_dimension(name="outcome", value=dims["outcome"])  # with service: what the alarms watch
+    metrics.add_dimensions(**dims)  # outcome × reason class × trigger: what the dashboard breaks down
+    for name, value in values.items():
+        metrics.add_metric(name=name, unit=UNITS.get(name, MetricUnit.Seconds), value=value)
+    logger.info("recorded", extra={"outcome": result.get("outcome"), "record": result.get("record")})
+    return result

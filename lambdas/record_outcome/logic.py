@@ -1,5 +1,5 @@
 """Record outcome Task state: write the execution's outcome into the run record and the instance's
-informational tags, right before Notify.
+informational tags, then notify (SNS, people and machines) and put the ``autostop`` outcome event (EventBridge).
 
 Only executions that acted on a run (they hold its lock: decisions complete, spot_checkpoint, resume) or
 found its tagged action impossible (refused) are recorded; an execution that ended before (not complete,
@@ -9,26 +9,20 @@ never tagged. Recording is informational: its failure never changes the outcome.
 
 from __future__ import annotations
 
-import re
+from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import constants as c
 from shared.errors import error_code
+from shared.instances import describe_instance
+from shared.notifications import Outlets, clean_reason, outcome_notice, publish, put_event, tag_value
 from shared.observability import logger
 from shared.records import RunKey, RunRecords
 from shared.workflow import RecordOutput
 
 ACTED = ("complete", "spot_checkpoint", "resume", "refused")
-_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
-"""Characters outside the set every AWS service accepts in tag values become a space."""
-
-
-def tag_value(text: str) -> str:
-    """``text`` as an EC2 tag value: safe characters only, at most 256 characters."""
-    clean = " ".join(_TAG_UNSAFE.sub(" ", text).split())
-    return clean if len(clean) <= c.TAG_VALUE_MAX else clean[: c.TAG_VALUE_MAX - 3] + "..."
 
 
 TRAINER_GONE = ("exited", "not_running")
@@ -119,3 +113,112 @@ def record_outcome(state: dict[str, Any], execution: str, *, records: RunRecords
         tagged = False
         detail = "; ".join(filter(None, [detail, f"instance tags not written: {error_code(exc)}"]))
     return RecordOutput(recorded=recorded, tags=tagged, detail=detail)
+
+
+class NotificationNotSent(RuntimeError):
+    """SNS refused the outcome notification; the state machine's fallback Notify state publishes the raw result."""
+
+
+def finish(
+    state: dict[str, Any], execution: str, execution_arn: str, *, records: RunRecords, ec2: Any, tag_prefix: str, outlets: Outlets
+) -> dict[str, Any]:
+    """Record, tag, notify and publish the outcome event of one execution; returns the new ``$.result``.
+
+    The result's ``reason`` loses any Lambda error object (``clean_reason``), so the run record, the last-error tag,
+    the notification and the execution's Fail cause read the same sentence. ``result["record"]`` says what was written.
+    AWS calls: those of :func:`record_outcome`, DescribeInstances (the Name tag), SNS Publish, EventBridge PutEvents.
+    Raises :class:`NotificationNotSent` when SNS refuses (after recording), so the fallback Notify publishes instead.
+    """
+    result = dict(state.get("result") or {})
+    result["reason"] = clean_reason(str(result.get("reason", "")))
+    written = record_outcome({**state, "result": result}, execution, records=records, ec2=ec2, tag_prefix=tag_prefix)
+    notice = outcome_notice(result, instance_name=instance_name(ec2, result.get("instance_id")), execution_arn=execution_arn)
+    event = False
+    try:
+        event = put_event(outlets.events, notice, resources=[execution_arn])
+    except (ClientError, BotoCoreError) as exc:  # the event is an extra outlet: its loss is logged, never fatal
+        logger.warning("outcome event not put", extra={"error": error_code(exc)})
+    if not outlets.topic_arn:
+        raise NotificationNotSent(f"no outcome topic is configured ({c.ENV_OUTCOME_TOPIC_ARN})")
+    try:
+        publish(outlets.sns, outlets.topic_arn, notice, outcome=str(result.get("outcome") or "Unknown"))
+    except (ClientError, BotoCoreError) as exc:
+        raise NotificationNotSent(f"SNS Publish failed: {error_code(exc)}") from exc
+    record = written.model_copy(update={"notified": True, "event": event})
+    return {**result, "console_url": notice.data["console_url"], "record": record.model_dump(mode="json")}
+
+
+def instance_name(ec2: Any, instance_id: Any) -> str | None:
+    """The instance's ``Name`` tag (DescribeInstances), or None when it has none or cannot be read."""
+    if not isinstance(instance_id, str) or not instance_id.startswith("i-"):
+        return None
+    try:
+        snap = describe_instance(ec2, instance_id)
+    except (ClientError, BotoCoreError):
+        return None
+    return snap.tags.get("Name") if snap else None
+
+
+REASON_CLASSES: tuple[tuple[str, str], ...] = (
+    ("invalid tags", "invalid_tags"),
+    ("cannot read tags", "invalid_tags"),
+    ("is spelled", "invalid_tags"),
+    ("not opted in", "not_opted_in"),
+    ("SSM agent is not online", "agent_offline"),
+    ("probe", "probe"),
+    ("Auto Scaling group", "action_impossible"),
+    ("cannot be stopped", "action_impossible"),
+    ("hibernat", "action_impossible"),
+    ("timed out", "timeout"),
+    ("failed:", "task_error"),
+)
+"""Reason text to a reason class (first match): a metric dimension of a few values, not a free-form sentence."""
+
+
+def reason_class(outcome: str, reason: str) -> str:
+    """A bounded label for a metric dimension: ``ok`` for outcomes that did what the tags asked, else from the reason."""
+    if outcome in c.DESTRUCTIVE_OUTCOMES or outcome in (c.OUTCOME_SPOT_CHECKPOINT_SAVED, c.OUTCOME_RESUMED, c.OUTCOME_DRY_RUN):
+        return "ok"
+    if outcome == c.OUTCOME_NOT_COMPLETE:
+        return "not_complete"
+    lowered = reason.lower()
+    return next((label for text, label in REASON_CLASSES if text.lower() in lowered), "other")
+
+
+def outcome_metrics(
+    state: dict[str, Any], result: dict[str, Any], started_at: str | None, now: datetime
+) -> tuple[dict[str, str], dict[str, float]]:
+    """(dimensions, metric name to value) for one execution's outcome.
+
+    Dimensions: ``outcome``, ``reason_class``, ``trigger`` (the execution input's ``trigger.source``). Metrics:
+    ``Outcomes`` (count 1), and where known ``CheckpointBytes`` (bytes), ``DecisionToVerifiedSeconds`` (Evaluate's
+    ``decided_at``, else the execution's start, to Verify's ``verified_at``) and ``VerifiedToStoppedSeconds``
+    (``verified_at`` to now, for a stop).
+    """
+    outcome = str(result.get("outcome", "Unknown"))
+    dims = {
+        "outcome": outcome,
+        "reason_class": reason_class(outcome, str(result.get("reason", ""))),
+        "trigger": str((state.get("trigger") or {}).get("source") or "unknown"),
+    }
+    values: dict[str, float] = {"Outcomes": 1}
+    verification = state.get("verification") or {}
+    if verification.get("verified"):
+        values["CheckpointBytes"] = float(verification.get("bytes") or 0)
+        decided = (state.get("evaluation") or {}).get("decided_at")
+        verified_at, started = _when(verification.get("verified_at")), _when(decided) or _when(started_at)
+        if verified_at and started:
+            values["DecisionToVerifiedSeconds"] = max(0.0, (verified_at - started).total_seconds())
+        if verified_at and outcome in c.DESTRUCTIVE_OUTCOMES:
+            values["VerifiedToStoppedSeconds"] = max(0.0, (now - verified_at).total_seconds())
+    return dims, values
+
+
+def _when(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

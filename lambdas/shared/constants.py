@@ -142,6 +142,8 @@ ENV_POLL_SECONDS: Final = "AUTOSTOP_POLL_SECONDS"
 ENV_RUNS_TABLE: Final = "AUTOSTOP_RUNS_TABLE"
 ENV_RESTORE_DOCUMENT: Final = "AUTOSTOP_RESTORE_DOCUMENT"
 ENV_EXECUTION_TIMEOUT_SECONDS: Final = "AUTOSTOP_EXECUTION_TIMEOUT_SECONDS"
+ENV_OUTCOME_TOPIC_ARN: Final = "AUTOSTOP_OUTCOME_TOPIC_ARN"
+"""The outcome topic (Record outcome, the sweep's not-evaluated notice, on_execution_ended)."""
 
 # --- Bounds -------------------------------------------------------------------------------------------
 MIN_GRACE_SECONDS: Final = 0

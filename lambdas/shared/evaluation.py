@@ -23,7 +23,7 @@ from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceS
 from shared.observability import logger
 from shared.probe import agents_online, probe_instances
 from shared.settings import Settings
-from shared.tags import InvalidTags, TagPolicy, is_opted_in, parse_instance_config
+from shared.tags import InvalidTags, TagPolicy, is_opted_in, opt_in_problem, parse_instance_config
 
 
 def tag_policy(settings: Settings) -> TagPolicy:
@@ -64,12 +64,8 @@ class Evaluator:
         if snap.state != "running":
             return Evaluation(instance_id=snap.instance_id, decision="skipped", reason=f"instance is {snap.state}", run_id=run_id)
         if not is_opted_in(snap.tags, self.policy.prefix):
-            return Evaluation(
-                instance_id=snap.instance_id,
-                decision="skipped",
-                reason=f"instance is not opted in ({self.policy.key('enabled')} is not 'true')",
-                run_id=run_id,
-            )
+            why = opt_in_problem(snap.tags, self.policy.prefix) or f"instance is not opted in ({self.policy.key('enabled')} is not 'true')"
+            return Evaluation(instance_id=snap.instance_id, decision="skipped", reason=why, run_id=run_id)
         try:
             return parse_instance_config(snap.instance_id, snap.tags, self.policy)
         except InvalidTags as exc:

@@ -7,9 +7,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared import constants as c
 from shared.errors import error_code
 from shared.models import Action, InstanceConfig, InstanceSnapshot
+from shared.tags import opt_in_key_filters
 
 
 def snapshot(raw: dict[str, Any]) -> InstanceSnapshot:
@@ -26,14 +26,15 @@ def snapshot(raw: dict[str, Any]) -> InstanceSnapshot:
 
 
 def opted_in_candidates(ec2: Any, prefix: str, states: Iterable[str] = ("running",)) -> Iterator[InstanceSnapshot]:
-    """Instances carrying the ``<prefix>:enabled`` tag key in the given states, page by page.
+    """Instances carrying the ``<prefix>:enabled`` tag key, or a usual case variant of it (so the sweep can say it is
+    misspelled: :func:`shared.tags.opt_in_key_filters`), in the given states, page by page.
 
     The tag *value* is not filtered here (EC2 filters are case-sensitive); callers apply
     :func:`shared.tags.is_opted_in`. AWS calls: one DescribeInstances per page of up to 1000 instances.
     """
     paginator = ec2.get_paginator("describe_instances")
     filters = [
-        {"Name": "tag-key", "Values": [f"{prefix}:{c.TAG_ENABLED}"]},
+        {"Name": "tag-key", "Values": opt_in_key_filters(prefix)},
         {"Name": "instance-state-name", "Values": list(states)},
     ]
     for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):

@@ -44,6 +44,8 @@ class Settings(BaseModel):
     runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)
     """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""
     restore_document: str | None = Field(None, alias=c.ENV_RESTORE_DOCUMENT)
+    outcome_topic_arn: str | None = Field(None, alias=c.ENV_OUTCOME_TOPIC_ARN)
+    """The SNS topic outcomes and not-evaluated notices go to (every function of the stack has it)."""
     execution_timeout_seconds: int = Field(6 * 3600, alias=c.ENV_EXECUTION_TIMEOUT_SECONDS, ge=60, le=366 * 86400)
     """The lifecycle state machine's timeout: an execution's claim on a trainer is held at least this long."""
 

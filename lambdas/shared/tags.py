@@ -69,6 +69,42 @@ def is_opted_in(tags: Mapping[str, str], prefix: str) -> bool:
     return tags.get(f"{prefix}:{c.TAG_ENABLED}", "").lower() in TRUE_VALUES
 
 
+def opt_in_problem(tags: Mapping[str, str], prefix: str) -> str | None:
+    """Why an instance that is not opted in looks as if someone meant it to be, or None.
+
+    Two mistakes a sweep can see: an opt-in value other than ``true``/``false`` (``yes``, ``1``), and the key
+    spelled with another case or surrounding spaces (``Autostop:Enabled``): EC2 tag keys are case-sensitive,
+    autostop reads the exact key, and IAM's condition keys ignore case, so such an instance must be told.
+    """
+    key = f"{prefix}:{c.TAG_ENABLED}"
+    value = tags.get(key)
+    if value is not None and value.lower() not in BOOL_VALUES:
+        return f"not opted in: {key} is {value!r}; only 'true' opts in ('false' opts out)"
+    variants = sorted(k for k in tags if k != key and k.strip().lower() == key.lower())
+    if value is None and variants:
+        return (
+            f"not opted in: the opt-in tag key is spelled {variants[0]!r}; autostop reads {key!r} exactly (EC2 tag keys are case-sensitive)"
+        )
+    return None
+
+
+def opt_in_key_filters(prefix: str) -> list[str]:
+    """DescribeInstances ``tag-key`` filter values: the opt-in key and its usual case variants.
+
+    EC2 filters are case-sensitive and have no character classes, so the variants are the words in lower case,
+    Capitalized or UPPER case (a wildcard first letter); rarer spellings (``AutoStop:enabled``) and keys with
+    spaces around them are not found by the sweep (IAM's ``aws:ResourceTag`` key ignores case, not spaces, so
+    such an instance could not be tagged anyway).
+    """
+    word = c.TAG_ENABLED
+
+    def forms(text: str) -> set[str]:
+        return {text.lower()[1:], text.upper()[1:]}
+
+    variants = sorted(f"?{p}:?{e}" for p in forms(prefix) for e in forms(word))
+    return [f"{prefix}:{word}", *variants]
+
+
 def names_run(location: str, run_id: str) -> bool:
     """True when ``run_id`` appears in ``location`` as a whole token: not run on by a letter or digit on either side.
 

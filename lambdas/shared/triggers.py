@@ -13,7 +13,9 @@ from shared import constants as c
 from shared.evaluation import Evaluator
 from shared.executions import StartResult, start_lifecycle_execution
 from shared.models import InstanceSnapshot
-from shared.observability import logger
+from shared.notifications import Outlets
+from shared.observability import count_evaluations, logger
+from shared.visibility import report_not_evaluated
 
 MAX_EVENT_BYTES = 256 * 1024
 """EventBridge's event size limit: a larger event was not delivered by a rule."""
@@ -60,13 +62,25 @@ class TriggerSummary(BaseModel):
     """Instance id to the reason it was skipped (invalid tags, not running...)."""
     waiting: dict[str, str]
     """Instance id to why a valid, opted-in run got no execution (``not_complete`` / ``inconclusive``: reason)."""
+    marked: dict[str, str] = {}
+    """Instance id to the last-error tag written because its reason for not being acted on changed."""
 
 
-def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Evaluator, sfn: Any, trigger: dict[str, Any]) -> TriggerSummary:
+def evaluate_and_start(
+    snapshots: Iterable[InstanceSnapshot],
+    *,
+    evaluator: Evaluator,
+    sfn: Any,
+    trigger: dict[str, Any],
+    ec2: Any = None,
+    outlets: Outlets | None = None,
+) -> TriggerSummary:
     """Evaluate ``snapshots``; start one lifecycle execution per instance judged complete.
 
     Only instances whose every configured completion signal says complete get an execution;
-    StartExecution's deterministic name makes a repeated trigger a no-op.
+    StartExecution's deterministic name makes a repeated trigger a no-op. With ``ec2``, instances that could
+    not be acted on are made visible (:func:`shared.visibility.report_not_evaluated`: the last-error tag, and
+    one notice through ``outlets`` for those whose reason changed).
     """
     snaps = list(snapshots)
     sessions = {s.instance_id: s.session for s in snaps}
@@ -92,7 +106,13 @@ def evaluate_and_start(snapshots: Iterable[InstanceSnapshot], *, evaluator: Eval
         )
         logger.info("lifecycle execution", extra={**extra, "execution": result.name, "status": result.status, "detail": result.detail})
         started.append(result)
+    marked = {}
+    if ec2 is not None:
+        prefix = evaluator.settings.tag_prefix
+        marked = report_not_evaluated(evaluations, snaps, ec2=ec2, outlets=outlets, prefix=prefix, trigger=str(trigger.get("source")))
+    count_evaluations(Counter(ev.decision for ev in evaluations), trigger=str(trigger.get("source")))
     return TriggerSummary(
+        marked=marked,
         instances=len(evaluations),
         decisions=dict(Counter(ev.decision for ev in evaluations)),
         executions=started,

@@ -112,6 +112,8 @@ class VerifyOutput(Payload):
     """What the checkpoint script saw of the trainer (exited, still_running, not_running, ...)."""
     selection: str | None = None
     """One line: which checkpoint the instance chose, its step and rule, and the newest one it rejected and why."""
+    verified_at: datetime | None = None
+    """When Verify found the checkpoint verified (UTC); the start of the verified → stopped duration metric."""
 
 
 class StopOutput(Payload):
@@ -138,8 +140,12 @@ class ResumeOutput(Payload):
 
 
 class RecordOutput(Payload):
-    """Result of the Record outcome Task state (``$.record``)."""
+    """What the Record outcome Task state wrote (``$.result.record``)."""
 
     recorded: bool
     tags: bool
     detail: str = ""
+    notified: bool = False
+    """True when SNS accepted the readable notification (otherwise the state machine's fallback Notify publishes)."""
+    event: bool = False
+    """True when EventBridge accepted the ``autostop`` outcome event."""

@@ -243,6 +243,7 @@ class Verifier:
             fresh=fresh,
             trainer=trainer,
             selection=manifest.selection.summary if manifest.selection is not None else None,
+            verified_at=datetime.now(UTC),
         )
 
     def _record(

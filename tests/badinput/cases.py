@@ -77,8 +77,9 @@ for cid, value, expect, ok in [
 ]:
     TAG_CASES.append(_tag("opt-in", f"enabled={cid}", "enabled", value, expect, accepted=ok))
 for cid, tags, expect in [
-    # Only a case variant of the key: not a candidate of the sweep (EC2's tag-key filter is exact), and the Evaluate
-    # step says not opted in. Beside the exact key: an error (a silently ignored variant could change the outcome).
+    # Only a case variant of the key: the sweep finds it (its tag-key filter adds the usual case variants) and says
+    # not opted in, naming the misspelled key in the last-error tag; so does the Evaluate step. Beside the exact
+    # key: an error (a silently ignored variant could change the outcome).
     ("key Autostop:enabled only", {key("enabled"): None, "Autostop:enabled": "true"}, NOT_OPTED_IN),
     ("key AUTOSTOP:ENABLED only", {key("enabled"): None, "AUTOSTOP:ENABLED": "true"}, NOT_OPTED_IN),
     ("key autostop:Enabled only", {key("enabled"): None, "autostop:Enabled": "true"}, NOT_OPTED_IN),

@@ -25,7 +25,7 @@ from infra.constructs.documents import CHECKPOINT_PARAMETERS, PROBE_PARAMETERS, 
 from local.agent import AgentFleet
 from local.aws import LocalAws
 from tests.conftest import function_env
-from tests.integration.conftest import BUCKET, RUNS_TABLE, World, create_runs_table
+from tests.integration.conftest import BUCKET, RUNS_TABLE, World, create_runs_table, outcome_topic
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "build" / "reliability" / "bad_input.json"
@@ -68,6 +68,7 @@ def shared_world(tmp: Path) -> Iterator[World]:
             roleArn="arn:aws:iam::123456789012:role/sfn",
         )["stateMachineArn"]
         os.environ["AUTOSTOP_STATE_MACHINE_ARN"] = arn
+        os.environ["AUTOSTOP_OUTCOME_TOPIC_ARN"] = outcome_topic(aws)
         from shared.clients import client
         from shared.settings import settings
 
@@ -89,6 +90,11 @@ def shared_world(tmp: Path) -> Iterator[World]:
 def checkpoint_commands(world: World) -> list[dict[str, Any]]:
     """Every SendCommand of the checkpoint document the simulated agents accepted."""
     return [s for s in world.fleet.sent if s["document"] == CHECKPOINT_DOCUMENT]
+
+
+def instance_tags(world: World, instance_id: str) -> dict[str, str]:
+    resp = world.client("ec2").describe_instances(InstanceIds=[instance_id])
+    return {t["Key"]: t["Value"] for t in resp["Reservations"][0]["Instances"][0].get("Tags", [])}
 
 
 def instance_state(world: World, instance_id: str) -> str:

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from infra.constructs import documents as docs
+from shared.notifications import tag_value
 from tests.badinput.cases import RUN, TAG_CASES, Case, base_tags, key, scheduled
-from tests.badinput.conftest import LogLines, Report, checkpoint_commands, instance_state, shared_world
+from tests.badinput.conftest import LogLines, Report, checkpoint_commands, instance_state, instance_tags, shared_world
 from tests.integration.conftest import BUCKET, CTX, World
 
 CONTROL_RUN = "ctl-run"
@@ -44,6 +45,7 @@ class Fleet:
     sweep_log: list[dict[str, Any]]
     control: str
     roots: dict[str, Path] = field(default_factory=dict)
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
 
 def tags_of(case: Case) -> dict[str, str]:
@@ -74,7 +76,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, logs: LogLines) -> Iterator[
             ids[cid], roots[cid] = inst.instance_id, inst.root
         mark = logs.mark()
         summary = lambda_handler(scheduled(), CTX)
-        yield Fleet(world=world, ids=ids, summary=summary, sweep_log=logs.since(mark), control=control.instance_id, roots=roots)
+        notices = world.notifications()
+        yield Fleet(world, ids, summary, logs.since(mark), control.instance_id, roots, notices)
 
 
 def test_the_control_run_is_acted_on_by_the_same_sweep(fleet: Fleet) -> None:
@@ -102,6 +105,18 @@ def test_bad_tag_is_skipped_with_its_reason_and_nothing_is_done(fleet: Fleet, ca
         assert logged and case.expect in logged[0]["reason"], logged
     else:
         assert case.expect == "not opted in" and not any(k == key("enabled") for k in tags_of(case)), case
+
+    # Visible: the last-error tag and the sweep's one notice say why; not for an instance opted out with 'false'
+    last_error = instance_tags(world, iid).get(key("last-error"))
+    (notice,) = fleet.notices  # one per sweep, for every instance it could not act on
+    assert notice["trigger"] == "schedule" and notice["count"] == len(fleet.summary["marked"]) >= len(notice["instances"])
+    if case.accepted or tags_of(case).get(key("enabled")) == "false":
+        assert last_error is None and iid not in fleet.summary["marked"] and iid not in notice["instances"], last_error
+    elif not candidate:  # only an opt-in key with spaces around it escapes the sweep (IAM could not tag it anyway)
+        assert last_error is None and any(k != k.strip() and k.strip() == key("enabled") for k in tags_of(case)), case
+    else:
+        assert last_error == fleet.summary["marked"][iid] == tag_value("not evaluated: " + fleet.summary["skipped"][iid])
+        assert iid not in notice["instances"] or notice["instances"][iid]["what_to_do"]
 
     # The Evaluate step, as an execution started by hand for this instance would run it
     mark = logs.mark()

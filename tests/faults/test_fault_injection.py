@@ -202,11 +202,18 @@ CASES = [
     ),
     Case(
         "SNS Publish 5xx always",
-        "sfn sns:Publish",
+        "lambda+sfn sns:Publish",
         "Stopped",
-        [dict(service="sns", operation="Publish", kind="5xx", origins=("sfn",), **FOREVER)],
+        [dict(service="sns", operation="Publish", kind="5xx", origins=("lambda", "sfn"), **FOREVER)],
         final_state="stopped",
         notified=False,
+    ),
+    Case(
+        "SNS Publish 5xx in Record outcome (the fallback Notify publishes)",
+        "lambda sns:Publish",
+        "Stopped",
+        [dict(service="sns", operation="Publish", kind="5xx", origins=("lambda",), **FOREVER)],
+        final_state="stopped",
     ),
     # --- on the instance --------------------------------------------------------------------------------
     Case("agent offline", "instance", "Inconclusive", launch={"agent": "offline"}, reason_has="not online"),

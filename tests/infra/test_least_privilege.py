@@ -58,6 +58,7 @@ from tests.infra.test_stack import (
 PREFIX: str = CONTEXT["tag_prefix"]
 OPT_IN_KEY = f"aws:ResourceTag/{PREFIX}:{c.TAG_ENABLED}"
 ARN_HEAD = "arn:${AWS::Partition}:%s:${AWS::Region}:${AWS::AccountId}:"
+DEFAULT_BUS = ARN_HEAD % "events" + "event-bus/default"
 INSTANCES = ARN_HEAD % "ec2" + "instance/*"
 DOCUMENT = re.compile(re.escape(ARN_HEAD % "ssm") + r"document/\$\{(?P<logical>[A-Za-z0-9]+)\}")
 
@@ -171,6 +172,17 @@ def opt_in(condition: Mapping[str, Any] | None) -> Any:
     return ((condition or {}).get("StringEqualsIgnoreCase") or {}).get(OPT_IN_KEY)
 
 
+def last_error_only(s: Statement) -> bool:
+    """A tag write of ``<prefix>:last-error`` alone (CreateTags/DeleteTags, the key list required)."""
+    condition = s.condition or {}
+    keys = condition.get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
+    return (
+        set(s.actions) <= {"ec2:createtags", "ec2:deletetags"}
+        and keys in (f"{PREFIX}:{c.TAG_LAST_ERROR}", [f"{PREFIX}:{c.TAG_LAST_ERROR}"])
+        and condition.get("Null", {}).get("aws:TagKeys") == "false"
+    )
+
+
 # --- instance actions: the opt-in tag, and only informational tags -----------------------------------------------
 
 
@@ -183,6 +195,9 @@ def test_every_grant_of_an_instance_action_requires_the_opt_in_tag(statements: l
         if action == "ssm:SendCommand" and all(DOCUMENT.fullmatch(r) for r in s.resources):
             continue  # the document half of SendCommand; documents carry no instance tag (next test)
         assert s.resources == (INSTANCES,), f"{s.policy}: {action} on {s.resources}, not only on instances"
+        if last_error_only(s):  # the triggers' not-evaluated tag: on instances carrying the opt-in key, any value
+            assert (s.condition or {}).get("Null", {}).get(OPT_IN_KEY) == "false", f"{s.policy}: {action} without {OPT_IN_KEY}"
+            continue
         assert opt_in(s.condition) in ("true", ["true"]), f"{s.policy}: {action} without {OPT_IN_KEY} = true: {s.raw}"
         for operator in s.condition or {}:
             # An ...IfExists form of the same key would let an instance *without* the tag through.
@@ -236,7 +251,10 @@ def test_wildcard_resource_only_with_actions_that_have_no_resource_level_permiss
 def test_every_other_resource_is_this_stacks_own_or_tag_guarded(statements: list[Statement], template: dict[str, Any]) -> None:
     for s in statements:
         for r in s.resources:
-            if r == "*" or (r == INSTANCES and opt_in(s.condition)):
+            if r == "*" or (r == INSTANCES and (opt_in(s.condition) or last_error_only(s))):
+                continue
+            if r == DEFAULT_BUS:  # PutEvents on the account's default bus, only events whose source is autostop's own
+                assert s.actions == ("events:putevents",) and s.condition == {"StringEquals": {"events:source": "autostop"}}, s
                 continue
             assert logical_ids_in(r, template), f"{s.policy}: {s.actions} on {r}, which is not a resource of this stack"
 
@@ -249,7 +267,7 @@ def test_every_partial_wildcard_in_a_resource_is_a_known_shape(statements: list[
                 continue
             shape = None
             if r == INSTANCES:
-                shape = "tag-guarded instances" if opt_in(s.condition) else None
+                shape = "tag-guarded instances" if opt_in(s.condition) or last_error_only(s) else None
             elif m := re.fullmatch(r"\$\{(\w+)\.Arn\}/\*", r):
                 shape = "checkpoint objects" if m[1] == bucket else None
             elif r == S3_SHAPES["own prefix"] % bucket:
@@ -332,6 +350,21 @@ def test_the_instance_policy_writes_and_reads_only_its_own_instance_prefix(templ
     assert granted == {"s3:putobject", "s3:getobject", "s3:getobjectversion", "s3:abortmultipartupload", "s3:listmultipartuploadparts"}
 
 
+def test_the_preflight_document_is_granted_to_no_role_and_writes_only_what_the_instance_policy_allows(
+    statements: list[Statement], template: dict[str, Any], bucket: str
+) -> None:
+    # The operator's CLI sends it (autostop preflight): no role of this stack may, and no grant was added for it.
+    (preflight,) = [k for k in of_type(template, "AWS::SSM::Document") if k.startswith("DocumentsPreflight")]
+    for s in granting(statements, "ssm:SendCommand"):
+        assert not any(preflight in logical_ids_in(r, template) for r in s.resources), f"{s.policy} may send the preflight"
+    # On the instance it puts one object under instances/<its ARN>/preflight/ (allowed) and tries one outside (refused);
+    # it needs no delete, and the instance policy grants none.
+    instance = _allow_statements(template, output_policy(template, INSTANCE_POLICY_OUTPUT))
+    own = S3_SHAPES["own prefix"] % bucket
+    assert any(allows(list(s.actions), "s3:PutObject") and s.resources == (own,) for s in instance)
+    assert not any(allows(list(s.actions), "s3:DeleteObject") for s in instance)
+
+
 def test_no_instance_statement_names_the_whole_bucket_or_any_resource(template: dict[str, Any], bucket: str) -> None:
     whole = {"*", S3_SHAPES["objects"] % bucket, S3_SHAPES["bucket"] % bucket, "arn:${AWS::Partition}:s3:::*"}
     for s in _allow_statements(template, output_policy(template, INSTANCE_POLICY_OUTPUT)):
@@ -390,7 +423,7 @@ def test_every_send_command_of_the_state_machine_names_a_pinned_version(template
 def test_each_document_is_named_by_its_content_so_version_1_is_this_content(template: dict[str, Any]) -> None:
     # The pinned version is "1": that is this template's content only if any other content is another document.
     documents = of_type(template, "AWS::SSM::Document")
-    assert len(documents) == 3
+    assert len(documents) == 4
     for logical, res in documents.items():
         props = res["Properties"]
         digest = hashlib.sha256(json.dumps([props["DocumentType"], props["DocumentFormat"], props["Content"]], sort_keys=True).encode())

@@ -361,7 +361,7 @@ def test_documents_fit_the_ssm_content_limit(synthesized: Any) -> None:
 
 
 def test_documents_are_schema_2_2_command_documents(synthesized: Any) -> None:
-    synthesized.template.resource_count_is("AWS::SSM::Document", 3)
+    synthesized.template.resource_count_is("AWS::SSM::Document", 4)  # probe, checkpoint, restore, preflight
     synthesized.template.all_resources_properties(
         "AWS::SSM::Document",
         {
@@ -375,6 +375,17 @@ def test_documents_are_schema_2_2_command_documents(synthesized: Any) -> None:
             ),
         },
     )
+
+
+def test_the_preflight_document_is_an_output_with_its_parameters(synthesized: Any) -> None:
+    from infra.constructs.documents import PREFLIGHT_PARAMETERS
+
+    (logical,) = [k for k in _documents(synthesized.raw) if k.startswith("DocumentsPreflight")]
+    assert ref(synthesized.raw["Outputs"]["PreflightDocument"]["Value"]) == logical
+    content = _documents(synthesized.raw)[logical]["Content"]
+    assert set(content["parameters"]) == set(PREFLIGHT_PARAMETERS)
+    assert set(PREFLIGHT_PARAMETERS) == {"Bucket", "InstancePrefix", "CheckpointDir", "PidFile", "SaveOnSignal"}
+    assert content["mainSteps"][0]["inputs"]["timeoutSeconds"] == "120"
 
 
 def _pattern_is_ascii_and_anchored(pattern: str) -> bool:
@@ -636,16 +647,16 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
         catches = st.get("Catch", [])
         assert [cat["ErrorEquals"] for cat in catches] == [["States.ALL"]], f"{name}: {catches}"
         (catch,) = catches
-        if name == "Notify":
+        if name == "Notify (fallback)":
             # A notification that cannot be published must not change the outcome: on to the verdict,
             # keeping $.result (the error goes to its own path).
             assert catch["Next"] == st["Next"] == "Outcome is a failure?"
             assert catch["ResultPath"] == "$.notify_error"
             continue
         if name == "Record outcome":
-            # Nor can a run record or tag that cannot be written: on to Notify, keeping $.result.
-            assert catch["Next"] == st["Next"] == "Notify"
-            assert catch["ResultPath"] == "$.record_error"
+            # Record outcome notifies itself; when it fails, the fallback Notify publishes the raw $.result.
+            assert st["Next"] == "Outcome is a failure?" and catch["Next"] == "Notify (fallback)"
+            assert catch["ResultPath"] == "$.record_error" and st["ResultPath"] == "$.result"
             continue
         if name.startswith("Send ") and name.endswith(" command"):
             # An ambiguous SendCommand failure: look the command up (never re-send); the lookup ends in an outcome.
@@ -1015,6 +1026,7 @@ def test_cdk_cli_synth(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"cdk synth exit {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
     assert (out / "Autostop.template.json").exists()
+    assert "feature flags are not configured" not in proc.stdout + proc.stderr  # cdk.json sets every recommended flag
 
 
 # --- configuration --------------------------------------------------------------------------------------
@@ -1206,12 +1218,21 @@ def test_the_claim_lease_outlasts_the_state_machines_timeout(model: Model, asl: 
 
 def test_informational_tags_are_the_only_tags_written_and_only_on_opted_in_instances(model: Model) -> None:
     tagging = [s for s in model.statements if s.effect == "Allow" and any(a in ("ec2:createtags", "ec2:deletetags") for a in s.actions)]
-    (statement,) = tagging
-    assert statement.roles == (model.roles["record_outcome"],)
-    assert statement.resources == (INSTANCES,)
-    keys = statement.condition["ForAllValues:StringEquals"]["aws:TagKeys"]
-    assert sorted(keys) == sorted(f"{TAG_PREFIX}:{t}" for t in c.INFO_TAGS)
-    assert statement.condition["StringEqualsIgnoreCase"] == OPT_IN["StringEqualsIgnoreCase"]
+    # Record outcome: the informational tags; the two triggers: only last-error (instances they could not act on)
+    by_role = {st.roles: st for st in tagging}
+    triggers = {(model.roles["on_schedule_tick"],), (model.roles["on_object_created"],)}
+    assert set(by_role) == {(model.roles["record_outcome"],), *triggers}, by_role
+    for roles, statement in by_role.items():
+        assert statement.resources == (INSTANCES,)
+        keys = statement.condition["ForAllValues:StringEquals"]["aws:TagKeys"]
+        allowed = (c.TAG_LAST_ERROR,) if roles in triggers else c.INFO_TAGS
+        assert sorted(keys) == sorted(f"{TAG_PREFIX}:{t}" for t in allowed)
+        if roles in triggers:  # any instance carrying the opt-in key (enabled=yes is reported, not refused)
+            assert statement.condition["Null"] == {"aws:TagKeys": "false", f"aws:ResourceTag/{TAG_PREFIX}:enabled": "false"}
+            assert "StringEqualsIgnoreCase" not in statement.condition
+        else:
+            assert statement.condition["StringEqualsIgnoreCase"] == OPT_IN["StringEqualsIgnoreCase"]
+            assert statement.condition["Null"] == {"aws:TagKeys": "false"}
 
 
 def test_spot_and_resume_paths_never_reach_the_stop_task(asl: dict[str, Any]) -> None:

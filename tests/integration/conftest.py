@@ -39,6 +39,17 @@ class World:
     def client(self, service: str) -> Any:
         return self.aws.client(service)
 
+    def notifications(self) -> list[dict[str, Any]]:
+        """The SQS messages the outcome topic delivered (the JSON form), received and deleted."""
+        sqs = self.client("sqs")
+        url = sqs.get_queue_url(QueueName=OUTCOME_QUEUE)["QueueUrl"]
+        out: list[dict[str, Any]] = []
+        while msgs := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for m in msgs:
+                out.append(json.loads(m["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return out
+
     @staticmethod
     def own(instance_id: str) -> str:
         """``instances/<instance ARN>/``: the instance's own key prefix (the stack's instance policy)."""
@@ -146,6 +157,18 @@ def dead_pid() -> int:
     raise RuntimeError(f"pid {pid} is in use; cannot build an exited-trainer fixture")
 
 
+OUTCOME_QUEUE = "outcomes"
+
+
+def outcome_topic(aws: LocalAws) -> str:
+    """An outcome topic with a raw-delivery SQS queue subscribed (``World.notifications`` reads it), as the stack's."""
+    topic = aws.client("sns").create_topic(Name="outcomes")["TopicArn"]
+    url = aws.client("sqs").create_queue(QueueName=OUTCOME_QUEUE)["QueueUrl"]
+    queue_arn = aws.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    return topic
+
+
 @pytest.fixture()
 def world(tmp_path: Path) -> Iterator[World]:
     with LocalAws() as aws, mock.patch.dict(os.environ, function_env()):
@@ -169,6 +192,7 @@ def world(tmp_path: Path) -> Iterator[World]:
             roleArn="arn:aws:iam::123456789012:role/sfn",
         )["stateMachineArn"]
         os.environ["AUTOSTOP_STATE_MACHINE_ARN"] = arn
+        os.environ["AUTOSTOP_OUTCOME_TOPIC_ARN"] = outcome_topic(aws)
         from shared.clients import client
         from shared.settings import settings
 

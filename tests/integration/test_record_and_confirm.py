@@ -60,7 +60,9 @@ def state(
 def record(state_: dict[str, Any], execution: str) -> dict[str, Any]:
     from record_outcome.handler import lambda_handler
 
-    return lambda_handler({"state": state_, "execution_name": execution}, CTX)
+    out = lambda_handler({"state": state_, "execution_name": execution}, CTX)
+    assert out.get("outcome") == (state_.get("result") or {}).get("outcome")  # the new $.result: the outcome stands, with what was written
+    return out["record"]
 
 
 # --- Record outcome -----------------------------------------------------------------------------------------
@@ -73,7 +75,7 @@ def test_a_stop_is_recorded_and_tagged_and_releases_the_trainer(world: World) ->
 
     out = record(state(inst.instance_id, "complete", "Stopped", "stopped after checkpoint", verified=True, manifest=MANIFEST), "exec-1")
 
-    assert out == {"recorded": True, "tags": True, "detail": ""}
+    assert out == {"recorded": True, "tags": True, "detail": "", "notified": True, "event": True}
     stored = records(world).get(key)
     assert stored is not None
     assert (stored["outcome"], stored["status"], stored["reason"]) == ("Stopped", "Stopped", "stopped after checkpoint")
@@ -278,7 +280,13 @@ def test_executions_that_did_not_act_leave_no_record_and_no_tags(world: World) -
     for n, case in enumerate(cases):
         out = record(case, f"exec-{n}")
 
-        assert out == {"recorded": False, "tags": False, "detail": "this execution did not act on a run; nothing to record"}
+        assert out == {
+            "recorded": False,
+            "tags": False,
+            "detail": "this execution did not act on a run; nothing to record",
+            "notified": True,
+            "event": True,
+        }
     assert world.client("dynamodb").scan(TableName=RUNS_TABLE)["Items"] == []
     assert instance_tags(world, inst.instance_id) == before
 

@@ -539,6 +539,11 @@ def _wait_for(predicate: Any, timeout: float) -> None:
 # --- the invariant ------------------------------------------------------------------------------------------
 
 
+def carries_opt_in_key(tags: dict[str, str]) -> bool:
+    """True when a tag key equals the opt-in key ignoring case: what IAM's ``aws:ResourceTag`` condition key matches."""
+    return any(k.lower() == OPT_IN_KEY for k in tags)
+
+
 def opted_in(tags: dict[str, str]) -> bool:
     return tags.get(OPT_IN_KEY, "").lower() == "true"
 
@@ -708,13 +713,19 @@ def check(ex: Example) -> Verdict:
         for iid in set(c.instance_ids) & ids:
             if not by_id[iid].spec.opted_in:
                 v.violations.append(f"[2] checkpoint command {c.command_id} sent to {iid}, which never opted in")
+    # The one exception: a trigger's "not evaluated" last-error tag on an instance carrying the opt-in key in any case
+    # (the IAM condition key ignores case), to tell its owner why it is not evaluated.
+    told = "autostop:last-error"
     for w in obs.tag_writes[ex.marks["tag_writes"] :]:
         for iid in set(w.resources) & ids:
-            if not by_id[iid].spec.opted_in:
+            if not by_id[iid].spec.opted_in and not (set(w.keys) == {told} and carries_opt_in_key(by_id[iid].tags)):
                 v.violations.append(f"[2] {w.operation} {w.keys} on {iid} (never opted in) by {w.caller.origin}")
     for x in ex.launched:
-        if not x.spec.opted_in and ex._tags(x.instance_id) != x.tags:
-            v.violations.append(f"[2] the tags of {x.instance_id} (never opted in) changed: {x.tags} -> {ex._tags(x.instance_id)}")
+        now = ex._tags(x.instance_id)
+        if not x.spec.opted_in and {k: v for k, v in now.items() if k != told} != x.tags:
+            v.violations.append(f"[2] the tags of {x.instance_id} (never opted in) changed: {x.tags} -> {now}")
+        if not x.spec.opted_in and told in now and not now[told].startswith("not evaluated: "):
+            v.violations.append(f"[2] {x.instance_id} (never opted in) has an execution's last-error tag: {now[told]}")
 
     # 3. At most one checkpoint command per (instance, run, session, reason); at most one signal per command.
     per_key: Counter[tuple[str, str, str, str]] = Counter()

@@ -9,8 +9,8 @@ from local.runtime import LocalControlPlane
 from shared.naming import execution_name
 from tests.workflow.conftest import base_tags, checkpoint_commands, keys, run_key, session_of, start_and_wait, write_checkpoint
 
-TAIL_OK = ["Record outcome", "Notify", "Outcome is a failure?", "Done"]
-TAIL_FAILED = ["Record outcome", "Notify", "Outcome is a failure?", "Failed"]
+TAIL_OK = ["Record outcome", "Outcome is a failure?", "Done"]
+TAIL_FAILED = ["Record outcome", "Outcome is a failure?", "Failed"]
 
 
 def trainer_args(*options: str) -> list[str]:
@@ -36,7 +36,7 @@ def test_happy_path_stops_only_after_the_checkpoint_is_verified(cp: LocalControl
 
     assert (run.status, run.outcome) == ("SUCCEEDED", "Stopped"), run.reason
     assert run.states.index("Verify checkpoint") < run.states.index("Stop instance") < run.states.index("Stopped")
-    assert run.states[-4:] == TAIL_OK
+    assert run.states[-len(TAIL_OK) :] == TAIL_OK
     assert cp.instance_state("happy") == "stopped"
     manifest_key = run_key(cp, f"runs/run-happy/manifests/{run.name}.json")
     assert run.output and run.output["manifest_uri"] == f"s3://{cp.deployment.bucket}/{manifest_key}"
@@ -89,7 +89,7 @@ def test_checkpoint_command_failed_when_there_is_no_checkpoint(cp: LocalControlP
     run = start_and_wait(cp, iid, "run-empty")
     assert (run.status, run.error) == ("FAILED", "CheckpointFailed")
     assert "NoCheckpoint" in (run.cause or "")
-    assert run.states[-4:] == TAIL_FAILED and "Stop instance" not in run.states
+    assert run.states[-len(TAIL_FAILED) :] == TAIL_FAILED and "Stop instance" not in run.states
     assert cp.instance_state("empty") == "running"
 
 
