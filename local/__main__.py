@@ -22,7 +22,7 @@ class ScenarioError(Exception):
 def _run(scenario_path: Path, *, show: bool, keep: bool) -> tuple[dict[str, Any], float]:
     from pydantic import ValidationError
 
-    from local.report import build_report, execution_states
+    from local.report import build_report, execution_states, state_lines
     from local.runtime import LocalControlPlane
     from local.scenario import Scenario, run_steps
 
@@ -42,10 +42,14 @@ def _run(scenario_path: Path, *, show: bool, keep: bool) -> tuple[dict[str, Any]
         report = build_report(cp, scenario=scenario.name, steps=steps)
         if show:
             sfn = cp.aws.client("stepfunctions")
+            definitions: dict[str, dict[str, Any]] = {}
             for ex in sorted(cp.executions(), key=lambda e: e["startDate"]):
+                arn = ex["stateMachineArn"]
+                if arn not in definitions:
+                    definitions[arn] = json.loads(sfn.describe_state_machine(stateMachineArn=arn)["definition"])
                 print(f"\n  execution {ex['name']}  [{ex['status']}]")
-                for i, state in enumerate(execution_states(sfn, ex["executionArn"]), 1):
-                    print(f"    {i:>2}  {state['name']:<32} {state['type']}")
+                for line in state_lines(execution_states(sfn, ex["executionArn"]), definitions[arn]):
+                    print(line)
     elapsed = time.monotonic() - started
     return report, elapsed
 
@@ -96,7 +100,16 @@ def _demo(*, keep: bool) -> int:
     print(f"\n  demo took {elapsed:.1f} s, peak memory {_peak_mb():.0f} MB (largest process)")
     ok = [e["outcome"] for e in report["executions"]] == ["Stopped"] and report["instances"][0]["state"] == "stopped"
     print("  RESULT: the instance was stopped only after its checkpoint was verified in S3" if ok else "  RESULT: unexpected outcome")
+    print(NEXT_STEPS)
     return 0 if ok else 1
+
+
+NEXT_STEPS = """
+  Next, on your AWS account (credentials in the environment, as for the AWS CLI):
+    make deploy                                  # the stack, through the pinned CDK CLI; writes cdk-outputs.json
+    .venv/bin/autostop tag i-0123456789abcdef0 --run-id my-run --checkpoint-dir /home/ubuntu/checkpoints
+    .venv/bin/autostop status my-run             # the run's record, checkpoint and outcome
+  (make destroy removes the stack; the checkpoint bucket and the run records table are kept.)"""
 
 
 def _simulate(scenario: Path, report_path: Path, *, keep: bool) -> int:

@@ -129,3 +129,91 @@ def build_report(cp: LocalControlPlane, *, scenario: str = "", steps: list[dict[
             for e in cp.aws.ec2_events
         ],
     }
+
+
+def poll_loops(definition: dict[str, Any]) -> dict[str, int]:
+    """State name to loop number for every state on a cycle of the state machine's top-level graph (the poll loops:
+    Wait → Task → Count → Choice → back to the Wait). States on no cycle are left out."""
+    states = definition.get("States", {})
+
+    def targets(state: dict[str, Any]) -> list[str]:
+        out = [state.get("Next"), state.get("Default")]
+        out += [c.get("Next") for c in state.get("Choices", [])] + [c.get("Next") for c in state.get("Catch", [])]
+        return [t for t in out if t in states]
+
+    graph = {name: targets(state) for name, state in states.items()}
+    # Tarjan's strongly connected components, iteratively (state machines can be long chains).
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    loops: dict[str, int] = {}
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            if i < len(graph[node]):
+                work.append((node, i + 1))
+                nxt = graph[node][i]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph[node]:
+                    number = len(set(loops.values())) + 1
+                    loops.update(dict.fromkeys(component, number))
+    return loops
+
+
+POLLING = {
+    "getCommandInvocation": "polling the command invocation",
+    "describeInstances": "polling the instance state",
+    "describeInstanceInformation": "waiting for the SSM agent",
+}
+
+
+def state_lines(states: list[dict[str, str]], definition: dict[str, Any] | None = None) -> list[str]:
+    """The states an execution entered as numbered lines; each pass through a poll loop (consecutive states on the
+    same cycle) becomes one line: ``   5-12  Wait for checkpoint command → Get checkpoint command invocation  ×2 (...)``."""
+    defined = (definition or {}).get("States", {})
+    loops = poll_loops(definition) if definition else {}
+    lines: list[str] = []
+    i = 0
+    while i < len(states):
+        loop = loops.get(states[i]["name"])
+        j = i + 1
+        while loop is not None and j < len(states) and loops.get(states[j]["name"]) == loop:
+            j += 1
+        if j - i == 1:
+            lines.append(f"  {i + 1:>5}  {states[i]['name']:<32} {states[i]['type']}")
+        else:
+            run = states[i:j]
+            first = run[0]["name"]
+            rounds = sum(1 for s in run if s["name"] == first)
+            names = list(dict.fromkeys(s["name"] for s in run if s["type"] not in ("Pass", "Choice"))) or [first]
+            resources = [str(defined.get(n, {}).get("Resource", "")) for n in names]
+            action = next((a for r in resources for a in [r.rsplit(":", 1)[-1]] if r), "")
+            why = POLLING.get(action, f"polling {action}" if action else "a loop")
+            lines.append(f"  {f'{i + 1}-{j}':>5}  {' → '.join(names)}  ×{rounds} ({why})")
+        i = j
+    return lines

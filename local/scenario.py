@@ -199,8 +199,9 @@ def run_steps(cp: LocalControlPlane, scenario: Scenario, log: Any = print) -> li
         )
         market = f"spot ({spec.spot})" if spec.spot else spec.market
         log(f"  launched {spec.name} ({iid}, {market}, agent {spec.agent}{', trainer started' if spec.trainer is not None else ''})")
+    names = {inst.instance_id: name for name, inst in cp.by_name.items()}
     records: list[dict[str, Any]] = []
-    for step in scenario.steps:
+    for number, step in enumerate(scenario.steps, 1):
         started = time.monotonic()
         record: dict[str, Any] = {"step": step.step}
         if isinstance(step, WaitForTrainerExit):
@@ -227,6 +228,50 @@ def run_steps(cp: LocalControlPlane, scenario: Scenario, log: Any = print) -> li
         elif isinstance(step, StartInstance):
             record.update(cp.start_instance(step.instance))
         record["seconds"] = round(time.monotonic() - started, 2)
-        log(f"  step {step.step}: {json.dumps({k: v for k, v in record.items() if k != 'step'})}")
+        log(f"  step {number}: {describe_step(record, names)}")
         records.append(record)
     return records
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def describe_step(record: dict[str, Any], names: dict[str, str] | None = None) -> str:
+    """One step's record (what :func:`run_steps` returns) as a sentence for the console."""
+    names = names or {}
+    took = f"({record['seconds']:.1f} s)"
+    step = record["step"]
+    if step == "wait_for_trainer_exit":
+        who = "every trainer" if record["instance"] == "all" else f"the trainer on {record['instance']}"
+        return f"{who} finished and exited {took}"
+    if step == "put_object":
+        return f"put {record['uri']}; its Object Created event goes to the deployed rules {took}"
+    if step == "schedule_tick":
+        sweep = record["sweep"]
+        decisions = ", ".join(f"{n} {d.replace('_', ' ')}" for d, n in sorted(sweep["decisions"].items()))
+        text = f"a schedule tick swept {_plural(sweep['instances'], 'instance')}" + (f" ({decisions})" if decisions else "")
+        started = [f"{e['name']} ({e['status']})" for e in sweep["executions"]]
+        text += f"; executions: {', '.join(started)}" if started else "; no execution started"
+        for key, label in (("skipped", "skipped"), ("waiting", "not started")):
+            for iid, reason in sweep[key].items():
+                text += f"; {label} {names.get(iid, iid)}: {reason}"
+        return f"{text} {took}"
+    if step == "sleep":
+        return f"slept {took}"
+    if step == "wait_executions":
+        return f"every execution ended {took}"
+    if step == "spot_interruption":
+        return (
+            f"EC2 Spot interruption warning for {record['instance']} put at {record['time']}: {record['action']} "
+            f"at {record['deadline']} {took}"
+        )
+    if step == "rebalance_recommendation":
+        return f"EC2 rebalance recommendation for {record['instance']} put at {record['time']} {took}"
+    if step in ("stop_instance", "start_instance"):
+        verb = "stopped" if step == "stop_instance" else "started"
+        if "error" in record:
+            return f"{step.replace('_', ' ')} {record['instance']} was refused: {record['error']} {took}"
+        text = f"{verb} {record['instance']} as a person in the console would: {record['previous_state']} → {record['state']}"
+        return text + (f", new launch time {record['launch_time']}" if "launch_time" in record else "") + f" {took}"
+    return f"{step} {took}"

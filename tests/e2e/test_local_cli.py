@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,30 @@ def test_demo_stops_the_instance_after_a_verified_checkpoint() -> None:
     proc = run_local("demo")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    states = [line.split()[1:] for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
-    names = [" ".join(s[:-1]) for s in states]
+    numbered = [
+        line.split(None, 1) for line in out.splitlines() if re.fullmatch(r"\d+(-\d+)?", line.split(None, 1)[0] if line.strip() else "")
+    ]
+    names = [rest.rsplit(None, 1)[0] if "×" not in rest else rest for _, rest in numbered]
     assert names[0] == "Evaluate completion" and names[-1] == "Done"
     assert names.index("Verify checkpoint") < names.index("Stop instance")
+    # Each poll loop is one line: its state numbers as a range, the rounds it took (how many varies from run to run).
+    [checkpoint_polls] = [(n, rest) for n, rest in numbered if "(polling the command invocation)" in rest]
+    first, last = map(int, checkpoint_polls[0].split("-"))
+    rounds = int(re.search(r"×(\d+)", checkpoint_polls[1]).group(1))
+    assert checkpoint_polls[1].startswith("Wait for checkpoint command → Get checkpoint command invocation  ×")
+    assert last - first + 1 == 4 * rounds  # Wait, Get, Count, Choice per round
+    numbers = [int(n.split("-")[-1]) for n, _ in numbered]
+    assert numbers == sorted(numbers) and len(numbered) < numbers[-1]
+    # Steps as sentences, not JSON; the outcome; then the way to a deployed stack and a tagged instance.
+    assert "step 1: the trainer on trainer-1 finished and exited (" in out and "step 2: every execution ended (" in out
+    assert not [line for line in out.splitlines() if line.strip().startswith("step ") and "{" in line]
     assert "outcome Stopped" in out
     assert "instance trainer-1" in out and ": stopped" in out
+    assert out.rstrip().splitlines()[-4:-1] == [
+        "    make deploy                                  # the stack, through the pinned CDK CLI; writes cdk-outputs.json",
+        "    .venv/bin/autostop tag i-0123456789abcdef0 --run-id my-run --checkpoint-dir /home/ubuntu/checkpoints",
+        "    .venv/bin/autostop status my-run             # the run's record, checkpoint and outcome",
+    ]
 
 
 def test_example_scenario_report(tmp_path: Path) -> None:
@@ -46,7 +65,10 @@ def test_example_scenario_report(tmp_path: Path) -> None:
     assert "absolute path" in report["steps"][1]["sweep"]["skipped"][idle]
     manifests = [o for o in report["objects"] if "/manifests/" in o["uri"]]
     assert len(manifests) == 2 and all(o["checksum"].startswith("SHA256:") for o in manifests)
-    assert sorted(n["outcome"] for n in report["notifications"]) == ["Stopped", "Terminated"]
+    assert sorted(n["outcome"] for n in report["notifications"]) == ["NotEvaluated", "Stopped", "Terminated"]
+    # idle-c's invalid tag is visible on the instance and in the sweep's one notice, not only in a log line
+    (notice,) = [n for n in report["notifications"] if n["outcome"] == "NotEvaluated"]
+    assert list(notice["instances"]) == [idle] and "absolute path" in notice["instances"][idle]["reason"]
     assert report["function_errors"] == []
 
 

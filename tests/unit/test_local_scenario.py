@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from local.scenario import InstanceSpec, RebalanceRecommendation, Scenario, SpotInterruption, StartInstance, StopInstance
+from local.report import poll_loops, state_lines
+from local.scenario import InstanceSpec, RebalanceRecommendation, Scenario, SpotInterruption, StartInstance, StopInstance, describe_step
 
 
 def scenario(*steps: dict[str, Any], **instance: Any) -> Scenario:
@@ -75,3 +76,77 @@ def test_bad_spot_type_and_duplicate_names_are_errors() -> None:
 def test_agent_boot_seconds_is_bounded() -> None:
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         Scenario.model_validate({"instances": [{"name": "a"}], "agent_boot_seconds": -1})
+
+
+# --- what the demo prints: steps as sentences, poll loops as one line each --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "sentence"),
+    [
+        ({"step": "wait_for_trainer_exit", "instance": "gpu-1", "seconds": 1.44}, "the trainer on gpu-1 finished and exited (1.4 s)"),
+        ({"step": "wait_for_trainer_exit", "instance": "all", "seconds": 2}, "every trainer finished and exited (2.0 s)"),
+        ({"step": "wait_executions", "seconds": 2.86}, "every execution ended (2.9 s)"),
+        ({"step": "sleep", "seconds": 1.0}, "slept (1.0 s)"),
+        (
+            {"step": "put_object", "uri": "s3://b/runs/r/_SUCCESS", "seconds": 0.1},
+            "put s3://b/runs/r/_SUCCESS; its Object Created event goes to the deployed rules (0.1 s)",
+        ),
+        (
+            {
+                "step": "schedule_tick",
+                "seconds": 0.5,
+                "sweep": {
+                    "instances": 2,
+                    "decisions": {"complete": 1, "skipped": 1},
+                    "skipped": {"i-2": "invalid tags: autostop:checkpoint-dir must be an absolute path"},
+                    "waiting": {},
+                    "executions": [{"name": "i-1-r-complete-1", "status": "started"}],
+                },
+            },
+            "a schedule tick swept 2 instances (1 complete, 1 skipped); executions: i-1-r-complete-1 (started); "
+            "skipped idle-c: invalid tags: autostop:checkpoint-dir must be an absolute path (0.5 s)",
+        ),
+        (
+            {"step": "stop_instance", "instance": "gpu-1", "id": "i-1", "previous_state": "running", "state": "stopping", "seconds": 0.2},
+            "stopped gpu-1 as a person in the console would: running → stopping (0.2 s)",
+        ),
+        (
+            {"step": "start_instance", "instance": "gpu-1", "id": "i-1", "error": "IncorrectInstanceState: busy", "seconds": 0},
+            "start instance gpu-1 was refused: IncorrectInstanceState: busy (0.0 s)",
+        ),
+    ],
+)
+def test_each_step_is_a_sentence(record: dict[str, Any], sentence: str) -> None:
+    assert describe_step(record, {"i-2": "idle-c"}) == sentence
+
+
+def test_poll_loop_rounds_collapse_into_one_line() -> None:
+    definition = {
+        "StartAt": "Send",
+        "States": {
+            "Send": {"Type": "Task", "Resource": "arn:aws:states:::aws-sdk:ssm:sendCommand", "Next": "Start polls"},
+            "Start polls": {"Type": "Pass", "Next": "Wait for command"},
+            "Wait for command": {"Type": "Wait", "Seconds": 5, "Next": "Get invocation"},
+            "Get invocation": {"Type": "Task", "Resource": "arn:aws:states:::aws-sdk:ssm:getCommandInvocation", "Next": "Count polls"},
+            "Count polls": {"Type": "Pass", "Next": "Finished?"},
+            "Finished?": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.s", "StringEquals": "InProgress", "Next": "Wait for command"}],
+                "Default": "Done",
+            },
+            "Done": {"Type": "Succeed"},
+        },
+    }
+    assert set(poll_loops(definition)) == {"Wait for command", "Get invocation", "Count polls", "Finished?"}
+    loop = [("Wait for command", "Wait"), ("Get invocation", "Task"), ("Count polls", "Pass"), ("Finished?", "Choice")]
+    entered = [("Send", "Task"), ("Start polls", "Pass"), *loop * 3, ("Done", "Succeed")]
+    lines = state_lines([{"name": n, "type": t} for n, t in entered], definition)
+    assert lines == [
+        "      1  Send                             Task",
+        "      2  Start polls                      Pass",
+        "   3-14  Wait for command → Get invocation  ×3 (polling the command invocation)",
+        "     15  Done                             Succeed",
+    ]
+    # Without the definition (or on no cycle) every state keeps its own line.
+    assert len(state_lines([{"name": n, "type": t} for n, t in entered])) == len(entered)
