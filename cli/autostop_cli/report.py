@@ -5,7 +5,8 @@ Everything comes from the run records and DescribeInstances; what they do not ho
 * session start: the record's session (the instance's LaunchTime for that power-on);
 * completion judged: the history entry ``claimed:complete`` (Evaluate judged the run complete and claimed it);
 * checkpoint verified: ``last_checkpoint.verified_at``; checkpoint seconds = completion judged → verified (the
-  trainer's grace, the upload and the verification together; the records hold no separate upload time);
+  trainer's grace, the upload and the verification together); upload seconds: ``last_checkpoint.upload_seconds``,
+  the instance's own upload time (unknown for checkpoints verified before it was recorded);
 * stopped: the history entry of the Stopped / Hibernated / Terminated outcome (else the stop mark's time);
 * stopped until: the next session's start on the same instance, else now while the instance is still stopped,
   else its current LaunchTime (it was started again outside autostop's records).
@@ -75,7 +76,7 @@ def session_report(record: dict[str, Any], later: datetime | None, snap: Instanc
         "stopped_at": iso(stopped),
         "checkpoint_bytes": checkpoint.get("bytes"),
         "checkpoint_seconds": seconds,
-        "upload_seconds": None,
+        "upload_seconds": checkpoint.get("upload_seconds"),
         "hours_stopped_since": hours(stopped, until),
         "stopped_until": None if until is None or until == now else iso(until),
     }
@@ -127,7 +128,7 @@ def print_report(runs: list[dict[str, Any]]) -> None:
     stopped = [r["hours_stopped_since"] for r in runs if r["hours_stopped_since"] is not None]
     saved = show(round(sum(stopped), 2) if stopped else None)
     click.echo(f"\nruns: {len(runs)}; instance hours not billed since autostop stopped them: {saved}")
-    click.echo("(CKPT s: completion judged to checkpoint verified, grace and upload together; the records hold no upload time)")
+    click.echo("(CKPT s: completion judged to checkpoint verified, grace and upload together; UPLOAD s: the upload alone)")
 
 
 @click.command("report")

@@ -191,9 +191,9 @@ def outcome_metrics(
     """(dimensions, metric name to value) for one execution's outcome.
 
     Dimensions: ``outcome``, ``reason_class``, ``trigger`` (the execution input's ``trigger.source``). Metrics:
-    ``Outcomes`` (count 1), and where known ``CheckpointBytes`` (bytes), ``DecisionToVerifiedSeconds`` (Evaluate's
-    ``decided_at``, else the execution's start, to Verify's ``verified_at``) and ``VerifiedToStoppedSeconds``
-    (``verified_at`` to now, for a stop).
+    ``Outcomes`` (count 1), and where known ``CheckpointBytes`` (bytes), ``UploadSeconds`` (on the instance),
+    ``DecisionToVerifiedSeconds`` (Evaluate's ``decided_at``, else the execution's start, to Verify's
+    ``verified_at``) and ``VerifiedToStoppedSeconds`` (``verified_at`` to now, for a stop).
     """
     outcome = str(result.get("outcome", "Unknown"))
     dims = {
@@ -205,6 +205,8 @@ def outcome_metrics(
     verification = state.get("verification") or {}
     if verification.get("verified"):
         values["CheckpointBytes"] = float(verification.get("bytes") or 0)
+        if isinstance(verification.get("upload_seconds"), int | float):
+            values["UploadSeconds"] = float(verification["upload_seconds"])
         decided = (state.get("evaluation") or {}).get("decided_at")
         verified_at, started = _when(verification.get("verified_at")), _when(decided) or _when(started_at)
         if verified_at and started:

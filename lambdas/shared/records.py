@@ -84,7 +84,18 @@ class Claim:
 
 
 def to_item(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: _ser.serialize(v) for k, v in value.items() if v is not None}
+    return {k: _ser.serialize(_numbers(v)) for k, v in value.items() if v is not None}
+
+
+def _numbers(value: Any) -> Any:
+    """``value`` with floats as Decimal (DynamoDB's number type; boto3 refuses float), read back by :func:`_plain`."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def from_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -370,10 +381,12 @@ def checkpoint_entry(
     manifest_version_id: str | None = None,
     manifest_sha256: str | None = None,
     upload_prefix: str | None = None,
+    upload_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The ``last_checkpoint`` value of a record: the manifest's URI, the S3 VersionId and SHA-256 (hex) of the
     manifest Verify read (the restore reads exactly that version), the upload prefix every object key must start
-    with, and the first OBJECTS_MAX objects (key, size, SHA-256, VersionId)."""
+    with, the seconds the instance spent uploading (None when its result line had none), and the first OBJECTS_MAX
+    objects (key, size, SHA-256, VersionId)."""
     objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"], "version_id": f.get("version_id")} for f in files[:OBJECTS_MAX]]
     return {
         "manifest_uri": manifest_uri,
@@ -386,6 +399,7 @@ def checkpoint_entry(
         "step": step,
         "fresh": fresh,
         "verified_at": verified_at,
+        "upload_seconds": upload_seconds,
         "objects": objects,
         "objects_truncated": len(files) > OBJECTS_MAX,
     }

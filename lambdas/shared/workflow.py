@@ -112,6 +112,8 @@ class VerifyOutput(Payload):
     """What the checkpoint script saw of the trainer (exited, still_running, not_running, ...)."""
     selection: str | None = None
     """One line: which checkpoint the instance chose, its step and rule, and the newest one it rejected and why."""
+    upload_seconds: float | None = None
+    """Seconds the instance spent uploading the checkpoint's files (its result line's ``upload_seconds``)."""
     verified_at: datetime | None = None
     """When Verify found the checkpoint verified (UTC); the start of the verified → stopped duration metric."""
 

@@ -229,7 +229,7 @@ class Verifier:
                     f"already on disk, from {saved}, was uploaded"
                 )
             reason = f"{evaluation.reason}. Checkpoint {manifest.checkpoint.name} (step {manifest.step}): {reason}; {how}"
-        not_recorded = self._record(evaluation, execution, manifest, fresh, pinned)
+        not_recorded = self._record(evaluation, execution, manifest, fresh, pinned, upload_seconds(line))
         if not_recorded:
             reason += f" (run record not written: {not_recorded})"
         return VerifyOutput(
@@ -244,10 +244,17 @@ class Verifier:
             trainer=trainer,
             selection=manifest.selection.summary if manifest.selection is not None else None,
             verified_at=datetime.now(UTC),
+            upload_seconds=upload_seconds(line),
         )
 
     def _record(
-        self, evaluation: EvaluateOutput, execution: str, manifest: Manifest, fresh: bool | None, pinned: tuple[str, str]
+        self,
+        evaluation: EvaluateOutput,
+        execution: str,
+        manifest: Manifest,
+        fresh: bool | None,
+        pinned: tuple[str, str],
+        upload_secs: float | None = None,
     ) -> str | None:
         """Write the verified checkpoint into the run record (what a later resume restores); None when written,
         else why not (the checkpoint stays verified: a later resume just has nothing to restore).
@@ -271,6 +278,7 @@ class Verifier:
             step=manifest.step,
             fresh=fresh,
             verified_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            upload_seconds=upload_secs,
         )
         try:
             self.records.update(
@@ -283,3 +291,9 @@ class Verifier:
         except RecordConflict as exc:
             return str(exc)
         return None
+
+
+def upload_seconds(line: dict[str, Any]) -> float | None:
+    """The result line's ``upload_seconds`` (seconds the instance spent uploading), or None when absent or not a number."""
+    value = line.get("upload_seconds")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None

@@ -74,11 +74,12 @@ def test_report_hours_checkpoint_and_time_stopped(cp: LocalControlPlane, autosto
     assert s["hours_trained"] is not None and s["hours_trained"] >= 0
     assert s["hours_completion_to_stop"] is not None and s["hours_completion_to_stop"] >= 0
     assert s["checkpoint_bytes"] > 0 and s["checkpoint_seconds"] >= 0
-    assert s["upload_seconds"] is None  # not in the records: unknown
+    # the instance's own upload time, from its result line through Verify into the record; a part of the whole
+    assert 0 <= s["upload_seconds"] <= s["checkpoint_seconds"] + 1
     assert s["hours_stopped_since"] is not None and s["hours_stopped_since"] >= 0 and s["stopped_until"] is None
     assert run["hours_stopped_since"] == s["hours_stopped_since"]
     text = autostop("report", stopped).stdout
-    assert "runs-happy" in text and "unknown" in text and "not billed" in text
+    assert "runs-happy" in text and "not billed" in text
 
 
 def test_report_says_unknown_where_the_records_hold_nothing(cp: LocalControlPlane, autostop: Cli, claimed_then_failed: str) -> None:

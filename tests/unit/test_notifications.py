@@ -106,10 +106,16 @@ def test_outcome_metrics_measure_decision_to_verified_to_stopped() -> None:
     state = {
         "trigger": {"source": "s3-marker"},
         "evaluation": {"decided_at": "2026-12-05T10:00:00Z"},
-        "verification": {"verified": True, "bytes": 5_000_000, "verified_at": "2026-12-05T10:02:30+00:00"},
+        "verification": {"verified": True, "bytes": 5_000_000, "upload_seconds": 12.5, "verified_at": "2026-12-05T10:02:30+00:00"},
     }
     dims, values = outcome_metrics(state, {"outcome": "Stopped", "reason": "ok"}, None, datetime(2026, 12, 5, 10, 3, tzinfo=UTC))
     assert dims == {"outcome": "Stopped", "reason_class": "ok", "trigger": "s3-marker"}
-    assert values == {"Outcomes": 1, "CheckpointBytes": 5_000_000, "DecisionToVerifiedSeconds": 150.0, "VerifiedToStoppedSeconds": 30.0}
+    assert values == {
+        "Outcomes": 1,
+        "CheckpointBytes": 5_000_000,
+        "UploadSeconds": 12.5,
+        "DecisionToVerifiedSeconds": 150.0,
+        "VerifiedToStoppedSeconds": 30.0,
+    }
     dims, values = outcome_metrics({}, {"outcome": "Skipped", "reason": "invalid tags: x"}, None, datetime.now(UTC))
     assert dims == {"outcome": "Skipped", "reason_class": "invalid_tags", "trigger": "unknown"} and values == {"Outcomes": 1}

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 if "select" not in globals():  # run on its own (tests, linters); the document pastes lib/selection.py above
     from selection import CONTROL_CHARS_RE, Fail, describe_rejected, listing, saving_now, select, show
@@ -416,10 +417,13 @@ def cmd_upload(work, bucket, part_size, transfer):
         upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work)
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # stopped from outside: abort what was started
         signal.signal(signum, stopped)
+    started = time.monotonic()
     records = upload.run(plan)
     try:
         with open(os.path.join(work, "files.jsonl"), "w", encoding="utf-8") as out:
             out.writelines(json.dumps(r) + "\n" for r in records)
+        with open(os.path.join(work, "upload_seconds"), "w", encoding="utf-8") as out:
+            out.write("%.3f" % (time.monotonic() - started))
     except OSError as exc:
         raise Fail(5, f"cannot record the uploaded files for the manifest: {exc.strerror}")
     print(len(records))
@@ -429,6 +433,15 @@ def same_checksum(resp, expected, what):
     got = resp.get("ChecksumSHA256")
     if got and got.split("-")[0] != expected.split("-")[0]:
         raise Fail(4, f"S3 reported SHA-256 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
+
+
+def seconds_in(path):
+    """The seconds ``cmd_upload`` wrote (a float), or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def version_id(resp):
@@ -528,6 +541,7 @@ def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket,
                 "files": len(files),
                 "bytes": sum(f["size"] for f in files),
                 "trainer": trainer,
+                "upload_seconds": seconds_in(os.path.join(work, "upload_seconds")),
                 "checkpoint": choice["name"],
                 "step": choice["step"],
                 "fresh": is_fresh(choice, signal_ns),
