@@ -8,6 +8,8 @@ import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests import events
 from tests.integration.conftest import BUCKET, CTX, World, dead_pid
 
@@ -108,6 +110,43 @@ def test_duplicate_marker_events_start_one_execution(world: World) -> None:
     names = [e["name"] for e in executions(world)]
     launch = world.client("ec2").describe_instances(InstanceIds=[inst.instance_id])["Reservations"][0]["Instances"][0]["LaunchTime"]
     assert names == [f"{inst.instance_id}-run-m-complete-{launch.astimezone(UTC):%y%m%d%H%M%S}"]
+
+
+@pytest.mark.parametrize("where", ["own prefix", "pipeline markers/"])
+def test_a_marker_event_looks_up_its_instance_with_one_describe_not_a_fleet_scan(world: World, where: str) -> None:
+    from on_object_created.handler import lambda_handler
+
+    fleet = [
+        world.instance(f"f{n}", {"autostop:enabled": "true", "autostop:run-id": f"run-f{n}", "autostop:checkpoint-dir": "/c"})
+        for n in range(6)
+    ]
+    tags = {"autostop:enabled": "true", "autostop:run-id": "run-m", "autostop:checkpoint-dir": "/ckpt"}
+    if where == "pipeline markers/":
+        marker = "markers/run-m/_SUCCESS"
+        tags["autostop:completion-marker"] = f"s3://{BUCKET}/{marker}"
+        inst = world.instance("m", tags)
+    else:
+        inst = world.instance("m", tags)
+        marker = world.own(inst.instance_id) + "runs/run-m/_SUCCESS"
+    world.client("s3").put_object(Bucket=BUCKET, Key=marker, Body=b"ok")
+    world.count_calls()
+    from shared.clients import client
+
+    asked: list[dict[str, Any]] = []
+    client("ec2").meta.events.register("provide-client-params.ec2.DescribeInstances", lambda params, **_: asked.append(dict(params)))
+    result = lambda_handler(object_created(marker), CTX)
+    assert [e["name"].split("-run-m-")[0] for e in result["executions"]] == [inst.instance_id] and result["instances"] == 1
+    # one DescribeInstances naming the owner (its id, or the marker tag's value), whatever the fleet's size
+    assert world.calls["DescribeInstances"] == 1, world.calls
+    (params,) = asked
+    if where == "own prefix":
+        assert params == {"InstanceIds": [inst.instance_id]}
+    else:
+        assert {"Name": "tag:autostop:completion-marker", "Values": [f"s3://{BUCKET}/{marker}"]} in params["Filters"]
+    # another instance's prefix, or an instance that is not running, owns nothing
+    world.client("ec2").stop_instances(InstanceIds=[fleet[0].instance_id])
+    other = world.own(fleet[0].instance_id) + "runs/run-f0/_SUCCESS"
+    assert lambda_handler(object_created(other), CTX)["instances"] == 0
 
 
 def test_marker_of_nobody_starts_nothing(world: World) -> None:
