@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from on_execution_ended.logic import ENV_TOPIC_ARN, handle_ended
 from shared.clients import client
-from shared.observability import logger, metrics, tracer
+from shared.observability import emit, logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
 
@@ -31,6 +31,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("event ignored", extra=result.model_dump())
     metrics.add_metric(name="SilentEndingsNotified", unit="Count", value=int(result.notified))
     if result.outcome:  # an outcome no Record outcome counted: the same Outcomes metric (service, outcome)
-        with single_metric(name="Outcomes", unit=MetricUnit.Count, value=1, namespace=metrics.namespace) as metric:
-            metric.add_dimension(name="outcome", value=result.outcome)
+        emit("Outcomes", MetricUnit.Count, 1, outcome=result.outcome)
     return result.model_dump(mode="json")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 logger = Logger()
 tracer = Tracer()
@@ -21,11 +21,16 @@ def trigger_source(execution_input: Any) -> str:
 
 
 def count_evaluations(decisions: Mapping[str, int], *, trigger: str) -> None:
-    """One ``Evaluations`` metric per decision (dimensions ``service``, ``decision``, ``trigger``; unit Count).
-
-    Each goes out as its own EMF line (Powertools ``single_metric``): one invocation may count several decisions.
-    """
+    """One ``Evaluations`` metric per decision (dimensions ``service``, ``decision``, ``trigger``; unit Count)."""
     for decision, count in decisions.items():
-        with single_metric(name="Evaluations", unit=MetricUnit.Count, value=count, namespace=metrics.namespace) as metric:
-            metric.add_dimension(name="decision", value=decision)
-            metric.add_dimension(name="trigger", value=trigger)
+        emit("Evaluations", MetricUnit.Count, count, decision=decision, trigger=trigger)
+
+
+def emit(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
+    """One metric with its own dimensions, flushed now as its own EMF line (Powertools ``EphemeralMetrics``: state
+    of its own, unlike ``metrics``, and off like it when POWERTOOLS_METRICS_DISABLED is set)."""
+    one = EphemeralMetrics(namespace=metrics.namespace)
+    for key, val in dimensions.items():
+        one.add_dimension(name=key, value=val)
+    one.add_metric(name=name, unit=unit, value=value)
+    one.flush_metrics()
