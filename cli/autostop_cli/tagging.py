@@ -120,7 +120,8 @@ def tag(aws: AwsContext, instance_id: str, run_id: str, checkpoint_dir: str, rep
         for line in aws_cli_lines(target.region, instance_id, wanted, removed):
             click.echo(line)
         return
+    # Create first: if it fails, the old configuration stands whole (a delete first could leave half of it).
+    ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in wanted.items()])
     if removed:
         ec2.delete_tags(Resources=[instance_id], Tags=[{"Key": k} for k in removed])
-    ec2.create_tags(Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in wanted.items()])
     click.echo(f"\ntagged {instance_id} (settings: {target.settings_source})")

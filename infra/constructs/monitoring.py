@@ -144,9 +144,10 @@ class Monitoring(Construct):
         )
         board.add_widgets(
             graph(
-                title="Decision to verified, verified to stopped (seconds, p90)",
+                title="Decision to verified, upload, verified to stopped (seconds, p90)",
                 left=[
                     search("DecisionToVerifiedSeconds", "outcome,service", "", "p90"),
+                    search("UploadSeconds", "outcome,service", "", "p90"),
                     search("VerifiedToStoppedSeconds", "outcome,service", "", "p90"),
                 ],
                 width=12,

@@ -202,7 +202,8 @@ class LifecycleStateMachine(Construct):
             self,
             "Notify (fallback)",
             topic=topic,
-            subject=sfn.JsonPath.format("autostop {}: {} (not recorded)", sfn.JsonPath.string_at("$.result.outcome"), "$$.Execution.Name"),
+            # outcome names are short: the subject stays within SNS's 100 characters (an execution name would not)
+            subject=sfn.JsonPath.format("autostop {} (fallback notification)", sfn.JsonPath.string_at("$.result.outcome")),
             message=sfn.TaskInput.from_json_path_at("$.result"),
             message_attributes={"outcome": tasks.MessageAttribute(value=sfn.JsonPath.string_at("$.result.outcome"))},
             result_path=sfn.JsonPath.DISCARD,

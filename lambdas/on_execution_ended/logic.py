@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from shared import constants as c
 from shared.executions import MAX_ATTEMPTS
-from shared.notifications import outcome_notice, publish
+from shared.notifications import clean_reason, outcome_notice, publish
 from shared.observability import logger
 from shared.records import RunKey, RunRecords
 
@@ -84,7 +84,7 @@ def judge(detail: dict[str, Any]) -> tuple[str, str] | str:
     }[status]
     reason = f"execution {name} {what}"
     if error or cause:
-        reason += f": {error or 'error'}: {str(cause or '')[:500]}"
+        reason += f": {error or 'error'}: {clean_reason(str(cause or ''))[:500]}"
     reason += (
         "; no outcome was recorded by the execution. Nothing more is done for this run and reason in this session; "
         "check the instance's state and the execution's history"

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from record_outcome.logic import finish, outcome_metrics
 from shared.clients import client
-from shared.notifications import Outlets
+from shared.notifications import Outlets, clean_reason
 from shared.observability import logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
@@ -25,6 +25,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     config = settings()
     state = event.get("state") or {}
     outlets = Outlets(sns=client("sns"), topic_arn=config.outcome_topic_arn or "", events=client("events"))
+    count_outcome(state, event.get("started_at"))  # before the notification: an execution whose notification fails is still counted
     result = finish(
         state,
         str(event.get("execution_name", "")),
@@ -34,10 +35,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         tag_prefix=config.tag_prefix,
         outlets=outlets,
     )
-    dims, values = outcome_metrics(state, result, event.get("started_at"), datetime.now(UTC))
+    logger.info("recorded", extra={"outcome": result.get("outcome"), "record": result.get("record")})
+    return result
+
+
+def count_outcome(state: dict[str, Any], started_at: str | None) -> None:
+    """The outcome's metrics (:func:`outcome_metrics`; ``started_at``: the execution's start, ISO 8601) on this
+    invocation's Powertools ``metrics``."""
+    result = {**(state.get("result") or {}), "reason": clean_reason(str((state.get("result") or {}).get("reason", "")))}
+    dims, values = outcome_metrics(state, result, started_at, datetime.now(UTC))
     metrics.add_dimension(name="outcome", value=dims["outcome"])  # with service: what the alarms watch
     metrics.add_dimensions(**dims)  # outcome × reason class × trigger: what the dashboard breaks down
     for name, value in values.items():
         metrics.add_metric(name=name, unit=UNITS.get(name, MetricUnit.Seconds), value=value)
-    logger.info("recorded", extra={"outcome": result.get("outcome"), "record": result.get("record")})
-    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,10 @@ DETAIL_OUTCOME = "Autostop Outcome"
 DETAIL_NOT_EVALUATED = "Autostop Instances Not Evaluated"
 SUBJECT_MAX = 100
 """SNS Subject: at most 100 printable ASCII characters, no line breaks."""
-MACHINE_PROTOCOLS = ("sqs", "lambda", "http", "https", "email-json", "firehose")
-"""SNS subscription protocols that get the JSON form (``default`` and ``email`` get the text)."""
+MESSAGE_MAX = 200 * 1024
+"""A notice's Message stays below this (SNS takes 256 KB including attributes and subject)."""
+REASON_MAX = 1000
+"""Characters of a reason in a notice (the run record and the execution keep the whole of it)."""
 
 WHAT_TO_DO: dict[str, str] = {
     c.OUTCOME_STOPPED: "Nothing. Starting the instance again resumes the run from this checkpoint "
@@ -34,14 +37,16 @@ WHAT_TO_DO: dict[str, str] = {
     c.OUTCOME_NOT_COMPLETE: "Nothing. The run is still training; autostop looks again at the next sweep.",
     c.OUTCOME_INCONCLUSIVE: "autostop could not tell whether the run finished and left the instance running. "
     "If this repeats, `autostop explain INSTANCE` shows every signal.",
-    c.OUTCOME_SKIPPED: "Fix the tags named above (`autostop tag INSTANCE ... --dry-run` checks them); "
-    "the next sweep picks the instance up.",
-    c.OUTCOME_CHECKPOINT_FAILED: "The instance is still running and billing. Read the command output (console link), "
-    "fix the cause, then `autostop retry EXECUTION`.",
+    c.OUTCOME_SKIPPED: "If the reason names tags, fix them (`autostop tag INSTANCE ... --dry-run` checks them) and the next "
+    "sweep looks again; otherwise nothing: the reason says why this execution did not act.",
+    c.OUTCOME_CHECKPOINT_FAILED: "The instance is still running and billing. Read the command output (console link) and fix "
+    "the cause; this run's checkpoint step is spent (the trainer may have been signalled), so tag a new run id "
+    "(`autostop tag INSTANCE --run-id NEW ...`) or stop the instance yourself.",
     c.OUTCOME_UPLOAD_UNVERIFIED: "The instance is still running and billing: the checkpoint in S3 could not be verified, "
-    "so nothing was stopped. Read the reason, then `autostop retry EXECUTION`.",
-    c.OUTCOME_STOP_FAILED: "The checkpoint is verified but the instance was not stopped and is still billing: "
-    "stop it yourself, or fix the reason and `autostop retry EXECUTION`.",
+    "so nothing was stopped. Read the reason and fix it, then tag a new run id (`autostop tag INSTANCE --run-id NEW ...`) "
+    "or stop the instance yourself.",
+    c.OUTCOME_STOP_FAILED: "The instance was not stopped and is still billing. If the tagged action was impossible (the "
+    "reason says so, before any checkpoint), fix the tag and `autostop retry EXECUTION`; otherwise stop it yourself.",
     c.OUTCOME_SPOT_CHECKPOINT_SAVED: "Nothing. EC2 reclaims the Spot Instance; resume the run from this checkpoint.",
     c.OUTCOME_SPOT_CHECKPOINT_FAILED: "EC2 reclaims the Spot Instance without a new verified checkpoint: "
     "the run resumes from its last verified one (`autostop status RUN`).",
@@ -69,22 +74,23 @@ def tag_value(text: str) -> str:
     return clean if len(clean) <= c.TAG_VALUE_MAX else clean[: c.TAG_VALUE_MAX - 3] + "..."
 
 
-_LAMBDA_ERROR = re.compile(r"\{.*\"errorMessage\".*\}", re.DOTALL)
-
-
 def clean_reason(text: str) -> str:
-    """``text`` with a Lambda error object (``{"errorMessage", "errorType", "stackTrace"...}``, as Step Functions
+    """``text`` with each Lambda error object (``{"errorMessage", "errorType", "stackTrace"...}``, as Step Functions
     puts it into an error's Cause) replaced by ``<errorType>: <errorMessage>``; no stack trace, one line."""
-    match = _LAMBDA_ERROR.search(text)
-    if match:
+    decoder, out, at = json.JSONDecoder(), [], 0
+    while (start := text.find("{", at)) >= 0:
         try:
-            err = json.loads(match.group(0))
+            err, end = decoder.raw_decode(text, start)
         except ValueError:
-            err = None
-        if isinstance(err, dict):
-            short = f"{err.get('errorType', 'Error')}: {err.get('errorMessage', '')}".strip()
-            text = text[: match.start()] + short + text[match.end() :]
-    return " ".join(text.split())
+            out.append(text[at : start + 1])
+            at = start + 1
+            continue
+        lambda_error = isinstance(err, dict) and "errorMessage" in err
+        short = f"{err.get('errorType', 'Error')}: {err.get('errorMessage', '')}" if lambda_error else text[start:end]
+        out.append(text[at:start] + short)
+        at = end
+    out.append(text[at:])
+    return " ".join("".join(out).split())
 
 
 def console_url(execution_arn: str) -> str:
@@ -94,6 +100,13 @@ def console_url(execution_arn: str) -> str:
         return ""
     region = parts[3]
     return f"https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{execution_arn}"
+
+
+def one_line(text: str, limit: int = REASON_MAX) -> str:
+    """``text`` with every control character and line break as a space, runs of spaces as one, at most ``limit``
+    characters: a tag value (an instance's Name) or a reason cannot add lines to a notice's text."""
+    clean = " ".join("".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text)).split())
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def subject_line(text: str) -> str:
@@ -122,9 +135,13 @@ class Notice:
     detail_type: str = DETAIL_OUTCOME
 
     def sns_message(self) -> str:
-        """The ``Message`` for ``Publish(MessageStructure="json")``: text for e-mail, JSON for machines."""
-        as_json = json.dumps(self.data, default=str)
-        return json.dumps({"default": self.text, "email": self.text, **dict.fromkeys(MACHINE_PROTOCOLS, as_json)})
+        """The ``Message`` for ``Publish(MessageStructure="json")``: the text for e-mail, the JSON as ``default`` for
+        every other protocol (SQS, Lambda, HTTP(S), Firehose, ``email-json``). Two forms, so 256 KB holds both."""
+        return json.dumps({"default": json.dumps(self.data, default=str), "email": self.text})
+
+    def size(self) -> int:
+        """Bytes SNS counts against its 256 KB message limit (the Message, UTF-8)."""
+        return len(self.sns_message().encode())
 
 
 def outcome_notice(result: dict[str, Any], *, instance_name: str | None, execution_arn: str) -> Notice:
@@ -135,7 +152,7 @@ def outcome_notice(result: dict[str, Any], *, instance_name: str | None, executi
     """
     outcome = str(result.get("outcome") or "Unknown")
     iid, run_id = result.get("instance_id"), result.get("run_id")
-    who = instance_name or iid or "unknown instance"
+    who = one_line(instance_name or iid or "unknown instance", 256)
     subject = subject_line(f"autostop {outcome}: {who}" + (f" run {run_id}" if run_id else ""))
     todo = WHAT_TO_DO.get(outcome, GENERIC_TO_DO)
     url = console_url(execution_arn)
@@ -143,7 +160,7 @@ def outcome_notice(result: dict[str, Any], *, instance_name: str | None, executi
         f"Outcome: {outcome}",
         f"Instance: {who}" + (f" ({iid})" if iid and iid != who else ""),
         *([f"Run: {run_id}"] if run_id else []),
-        f"Why: {result.get('reason') or 'no reason given'}",
+        f"Why: {one_line(result.get('reason') or 'no reason given')}",
         f"What to do: {todo}",
     ]
     if result.get("manifest_uri"):
@@ -164,10 +181,19 @@ def not_evaluated_notice(problems: dict[str, dict[str, str]], *, trigger: str) -
     """One notice for the instances a sweep or trigger could not act on whose reason changed since it last looked.
 
     ``problems``: instance id to {``name``, ``reason``, ``what_to_do``}. Subject counts them; the text and ``data``
-    list the first :data:`NOTICE_LIST_MAX` (``data["count"]`` is the total; each instance's tag has its reason).
+    list at most :data:`NOTICE_LIST_MAX`, each reason cut to :data:`REASON_MAX` characters, and fewer when the
+    message would pass :data:`MESSAGE_MAX` (``data["count"]`` is the total; each instance's tag has its reason).
     """
-    count = len(problems)
-    listed = dict(sorted(problems.items())[:NOTICE_LIST_MAX])
+    ordered = [(iid, {k: one_line(v) for k, v in p.items()}) for iid, p in sorted(problems.items())]
+    shown = min(len(ordered), NOTICE_LIST_MAX)
+    while True:
+        notice = _not_evaluated(dict(ordered[:shown]), len(problems), trigger)
+        if shown <= 1 or notice.size() <= MESSAGE_MAX:
+            return notice
+        shown = max(1, shown // 2)
+
+
+def _not_evaluated(listed: dict[str, dict[str, str]], count: int, trigger: str) -> Notice:
     plural = "s" if count != 1 else ""
     subject = subject_line(f"autostop: {count} instance{plural} not evaluated ({trigger})")
     lines = [f"The {trigger} could not act on {count} opted-in instance{plural}; they keep running and billing.", ""]

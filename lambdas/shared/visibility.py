@@ -4,7 +4,7 @@ An opted-in instance that is skipped for its tags (an invalid value, a case-vari
 run cannot be judged (the SSM agent offline, a probe that failed) keeps running and billing; a log line alone is
 not enough. The tag is written only when its text changes, and only the instances whose text changed are notified,
 so a steady fleet costs no tag or notification per sweep. The tag's text starts with :data:`MARK`; once the
-instance is evaluated again the trigger deletes such a tag (never one an execution wrote).
+instance is evaluated again the trigger deletes such a tag, and it never touches one an execution wrote.
 """
 
 from __future__ import annotations
@@ -54,9 +54,11 @@ def report_not_evaluated(
 ) -> dict[str, str]:
     """Tag and notify the instances of ``evaluations`` that could not be acted on; clear tags of those that now can.
 
-    Returns instance id to the tag text written (only those whose text changed). AWS calls: CreateTags per changed
-    instance, DeleteTags per cleared one, one SNS Publish and one PutEvents when anything changed. Never raises for
-    an AWS error (it is logged): visibility must not take down the trigger.
+    Returns instance id to the tag text written (only those whose text changed). A last-error tag an execution
+    wrote (not starting with :data:`MARK`) is never overwritten or deleted here: it stays until the run's next
+    outcome. The notice goes first and the tags only once SNS took it, so a lost notice is retried by the next
+    sweep. AWS calls: one SNS Publish and one PutEvents when anything changed, then CreateTags per changed instance,
+    DeleteTags per cleared one. Never raises for an AWS error (it is logged): visibility must not take down the trigger.
     """
     key = f"{prefix}:{c.TAG_LAST_ERROR}"
     by_id = {s.instance_id: s for s in snaps}
@@ -66,27 +68,34 @@ def report_not_evaluated(
         if snap is None:
             continue
         current, why = snap.tags.get(key), problem(ev)
+        ours = current is None or current.startswith(MARK)
         if why is None:
-            if current is not None and current.startswith(MARK):
+            if current is not None and ours:
                 _call(ec2.delete_tags, Resources=[ev.instance_id], Tags=[{"Key": key}])
             continue
-        text = tag_value(MARK + why)
-        if text == current:
-            continue
-        if _call(ec2.create_tags, Resources=[ev.instance_id], Tags=[{"Key": key, "Value": text}]):
+        if ours and tag_value(MARK + why) != current:
             changed[ev.instance_id] = {"name": snap.tags.get("Name", ""), "reason": why, "what_to_do": what_to_do(why)}
-    if changed and outlets is not None and outlets.topic_arn:
-        _notify(changed, outlets, trigger)
-    return {iid: tag_value(MARK + p["reason"]) for iid, p in changed.items()}
+    if not changed or (outlets is not None and outlets.topic_arn and not _notify(changed, outlets, trigger)):
+        return {}
+    texts = {iid: tag_value(MARK + p["reason"]) for iid, p in changed.items()}
+    return {iid: text for iid, text in texts.items() if _call(ec2.create_tags, Resources=[iid], Tags=[{"Key": key, "Value": text}])}
 
 
-def _notify(changed: dict[str, dict[str, str]], outlets: Outlets, trigger: str) -> None:
+def _notify(changed: dict[str, dict[str, str]], outlets: Outlets, trigger: str) -> bool:
+    """Publish the notice (True when SNS took it), then put the event (its loss is only logged)."""
     notice = not_evaluated_notice(changed, trigger=trigger)
     try:
         publish(outlets.sns, outlets.topic_arn, notice, outcome=NOT_EVALUATED)
+    except (ClientError, BotoCoreError) as exc:
+        logger.warning(
+            "not-evaluated notice not sent; tags left for the next sweep", extra={"error": error_code(exc), "instances": sorted(changed)}
+        )
+        return False
+    try:
         put_event(outlets.events, notice, resources=[])
     except (ClientError, BotoCoreError) as exc:
-        logger.warning("not-evaluated notice not sent", extra={"error": error_code(exc), "instances": sorted(changed)})
+        logger.warning("not-evaluated event not put", extra={"error": error_code(exc)})
+    return True
 
 
 def _call(fn: Any, **kwargs: Any) -> bool:

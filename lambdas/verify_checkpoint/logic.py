@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -296,4 +297,5 @@ class Verifier:
 def upload_seconds(line: dict[str, Any]) -> float | None:
     """The result line's ``upload_seconds`` (seconds the instance spent uploading), or None when absent or not a number."""
     value = line.get("upload_seconds")
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number and math.isfinite(value) and value >= 0 else None

@@ -441,6 +441,7 @@ def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base
     rejected = out.pop("rejected")
     manifest_body = s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
     assert out.pop("manifest_sha256") == hashlib.sha256(manifest_body).hexdigest()  # what Verify pins
+    assert 0 <= out.pop("upload_seconds") < 60  # the upload's own seconds (autostop report, the UploadSeconds metric)
     assert out.pop("manifest_version_id") is None  # this test bucket is not versioned (the stack's is)
     assert out == {
         "result": "uploaded",

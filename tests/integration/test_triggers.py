@@ -192,3 +192,49 @@ def _wait_closed(sfn: Any, arn: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("execution did not finish")
+
+
+# --- non-actions made visible: the last-error tag and one notice per sweep ----------------------------------------
+
+
+def last_error(world: World, iid: str) -> str | None:
+    raw = world.client("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in raw.get("Tags", [])}.get("autostop:last-error")
+
+
+def test_a_skipped_instance_is_told_once_until_its_reason_changes_and_untold_once_fixed(world: World) -> None:
+    bad = {"autostop:enabled": "true", "autostop:run-id": "run v", "autostop:checkpoint-dir": "/ckpt", "Name": "gpu-7"}
+    inst = world.instance("v", bad)
+    sweep()
+    text = last_error(world, inst.instance_id)
+    assert text is not None and text.startswith("not evaluated: invalid tags: autostop:run-id")
+    (notice,) = world.notifications()
+    assert notice["outcome"] == "NotEvaluated" and notice["instances"][inst.instance_id]["name"] == "gpu-7"
+    sweep()  # same reason: no tag write, no notice
+    assert world.notifications() == [] and last_error(world, inst.instance_id) == text
+    world.client("ec2").create_tags(Resources=[inst.instance_id], Tags=[{"Key": "autostop:run-id", "Value": "run-v"}])
+    sweep()  # fixed: evaluated again (not complete), the tag is gone, nobody is notified
+    assert last_error(world, inst.instance_id) is None and world.notifications() == []
+
+
+def test_an_executions_failure_tag_is_never_overwritten_or_cleared_by_a_trigger(world: World) -> None:
+    tags = {"autostop:enabled": "true", "autostop:run-id": "run-f", "autostop:checkpoint-dir": "/ckpt"}
+    inst = world.instance("f", {**tags, "autostop:last-error": "CheckpointFailed: changed during the checkpoint"}, agent="offline")
+    world.client("s3").put_object(Bucket=BUCKET, Key=world.own(inst.instance_id) + "runs/run-f/_SUCCESS", Body=b"ok")
+    summary = sweep()  # complete but the agent is offline: inconclusive, which would be told, but the tag is an execution's
+    assert summary["decisions"] == {"inconclusive": 1} and summary["marked"] == {} and world.notifications() == []
+    assert last_error(world, inst.instance_id) == "CheckpointFailed: changed during the checkpoint"
+
+
+def test_a_notice_sns_refuses_leaves_the_tag_unwritten_for_the_next_sweep(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import settings
+
+    inst = world.instance("n", {"autostop:enabled": "yes", "autostop:run-id": "run-n", "autostop:checkpoint-dir": "/ckpt"})
+    monkeypatch.setenv("AUTOSTOP_OUTCOME_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:no-such-topic")
+    settings.cache_clear()
+    assert sweep()["marked"] == {} and last_error(world, inst.instance_id) is None
+    monkeypatch.undo()
+    settings.cache_clear()
+    assert list(sweep()["marked"]) == [inst.instance_id]
+    (notice,) = world.notifications()
+    assert "only 'true' opts in" in notice["instances"][inst.instance_id]["reason"]

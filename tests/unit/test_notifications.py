@@ -11,7 +11,7 @@ from record_outcome.logic import outcome_metrics, reason_class
 
 from shared import constants as c
 from shared.notifications import (
-    MACHINE_PROTOCOLS,
+    MESSAGE_MAX,
     NOTICE_LIST_MAX,
     SUBJECT_MAX,
     WHAT_TO_DO,
@@ -42,6 +42,8 @@ def test_every_outcome_says_what_to_do() -> None:
 def test_a_lambda_error_becomes_one_line_without_its_stack_trace() -> None:
     reason = clean_reason(f"Verify checkpoint failed: {LAMBDA_CAUSE}")
     assert reason == "Verify checkpoint failed: EndpointConnectionError: Could not connect to the endpoint URL"
+    two = clean_reason(f'a {{not json}} b: {LAMBDA_CAUSE} c {{"k": 1}} d {LAMBDA_CAUSE}')
+    assert "stackTrace" not in two and two.count("EndpointConnectionError") == 2 and '{"k": 1}' in two
     assert clean_reason("plain\n  reason") == "plain reason"
     assert clean_reason('not {"json": ') == 'not {"json":'
 
@@ -70,10 +72,16 @@ def test_an_outcome_notice_reads_as_a_message_and_parses_as_json() -> None:
     assert "What to do: The instance is still running and billing." in notice.text
     assert f"Execution: {console_url(ARN)}" in notice.text and "Instance: llama-ft (i-0abc)" in notice.text
     message = json.loads(notice.sns_message())
-    assert message["default"] == message["email"] == notice.text
-    for protocol in MACHINE_PROTOCOLS:
-        data = json.loads(message[protocol])
-        assert data["outcome"] == "CheckpointFailed" and data["console_url"] == console_url(ARN) and data["subject"] == notice.subject
+    assert set(message) == {"default", "email"} and message["email"] == notice.text  # every other protocol: default
+    data = json.loads(message["default"])
+    assert data["outcome"] == "CheckpointFailed" and data["console_url"] == console_url(ARN) and data["subject"] == notice.subject
+
+
+def test_a_name_or_reason_cannot_add_lines_to_the_text() -> None:
+    forged = "x\nOutcome: Stopped\nWhat to do: Nothing.\u2028"
+    notice = outcome_notice({"outcome": "CheckpointFailed", "reason": "r\r\nOutcome: Stopped"}, instance_name=forged, execution_arn="")
+    assert [ln for ln in notice.text.splitlines() if ln.startswith("Outcome:")] == ["Outcome: CheckpointFailed"]
+    assert len(notice.text.splitlines()) == 4 and notice.data["instance_name"] == forged  # the JSON keeps the raw value
 
 
 @pytest.mark.parametrize("count", [1, NOTICE_LIST_MAX + 40])
@@ -82,7 +90,7 @@ def test_a_not_evaluated_notice_is_bounded_and_counts_every_instance(count: int)
     notice = not_evaluated_notice(problems, trigger="schedule")
     assert notice.data["count"] == count and len(notice.data["instances"]) == min(count, NOTICE_LIST_MAX)
     assert notice.subject.startswith(f"autostop: {count} instance")
-    assert len(notice.sns_message().encode()) < 256 * 1024  # SNS's message size limit, every protocol's form together
+    assert notice.size() < 256 * 1024  # SNS's message size limit, both forms together
     assert ("more: each has the reason" in notice.text) == (count > NOTICE_LIST_MAX)
 
 
@@ -119,3 +127,12 @@ def test_outcome_metrics_measure_decision_to_verified_to_stopped() -> None:
     }
     dims, values = outcome_metrics({}, {"outcome": "Skipped", "reason": "invalid tags: x"}, None, datetime.now(UTC))
     assert dims == {"outcome": "Skipped", "reason_class": "invalid_tags", "trigger": "unknown"} and values == {"Outcomes": 1}
+
+
+def test_huge_reasons_with_escaped_characters_still_fit_one_sns_message() -> None:
+    reason = "invalid tags: " + "\U0001f600" * 8000  # a tag value of emoji: every one escaped twice in the JSON form
+    problems = {f"i-{n:04d}": {"name": "\U0001f600" * 256, "reason": reason, "what_to_do": "fix"} for n in range(40)}
+    notice = not_evaluated_notice(problems, trigger="schedule")
+    assert notice.size() <= MESSAGE_MAX and notice.data["count"] == 40 and 1 <= len(notice.data["instances"]) < NOTICE_LIST_MAX
+    one = outcome_notice({"outcome": "Skipped", "reason": reason}, instance_name=None, execution_arn=ARN)
+    assert one.size() <= MESSAGE_MAX
