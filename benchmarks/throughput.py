@@ -17,7 +17,11 @@ processes (the sink's own CPU excluded); then the Spot budget table. Nothing is 
 
 Environment: AUTOSTOP_BENCH_SCALE (default 1: the sizes above; 0.25 for a quick look), AUTOSTOP_BENCH_REPEAT
 (default 3), AUTOSTOP_BENCH_DIR (default build/bench), AUTOSTOP_BENCH_CLI=1 (also the document's AWS CLI path,
-uploads only).
+uploads only), AUTOSTOP_BENCH_ONLY=restore (only the restores, each of the objects one autostop upload wrote; no
+fixed cost, many-files or Spot budget table), AUTOSTOP_BENCH_TOOLS (comma-separated, default all: autostop,
+aws_cli, boto3, s5cmd), AUTOSTOP_BENCH_CASES (comma-separated case numbers from 1, default all),
+AUTOSTOP_BENCH_BASELINE (a directory laid out like infra/documents, e.g. from ``git show``: its restore document
+is measured too, as the restore tool ``baseline``, to compare a change with what it changes in the same run).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import infra.constructs.documents  # noqa: E402
 from infra.constructs.documents import render_script  # noqa: E402
 
 MIB = 1024 * 1024
@@ -46,11 +51,14 @@ SCALE = float(os.environ.get("AUTOSTOP_BENCH_SCALE", "1"))
 REPEAT = int(os.environ.get("AUTOSTOP_BENCH_REPEAT", "3"))
 WORK = Path(os.environ.get("AUTOSTOP_BENCH_DIR", REPO / "build" / "bench"))
 VENV_BIN = Path(sys.executable).parent
-CASES = {
+ONLY = os.environ.get("AUTOSTOP_BENCH_ONLY", "")  # "restore": skip the uploads and the upload-only tables
+ALL_CASES = {
     "1 file x 2 GiB": [int(2 * GIB * SCALE)],
     "1 file x 6 GiB (multipart)": [int(6 * GIB * SCALE)],
     "200 files x 20 MiB": [20 * MIB] * max(2, int(200 * SCALE)),
 }
+PICKED = os.environ.get("AUTOSTOP_BENCH_CASES", "")
+CASES = {c: s for n, (c, s) in enumerate(ALL_CASES.items(), start=1) if not PICKED or str(n) in PICKED.split(",")}
 BOTO3_UPLOAD = """
 import sys, boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -126,6 +134,13 @@ class Bench:
         self.restore = scripts / "restore.sh"
         self.checkpoint.write_text(render_script("checkpoint.sh"))
         self.restore.write_text(render_script("restore.sh"))
+        self.restore_baseline = scripts / "restore-baseline.sh"
+        if BASELINE:
+            ours, infra.constructs.documents.SCRIPTS = infra.constructs.documents.SCRIPTS, Path(BASELINE)
+            try:
+                self.restore_baseline.write_text(render_script("restore.sh"))
+            finally:
+                infra.constructs.documents.SCRIPTS = ours
         self.n = 0
         self.last_upload: dict[str, Any] = {}
 
@@ -198,7 +213,10 @@ class Bench:
         self.seed({f["key"]: (base / f["path"] if manifest["layout"] == "directory" else base) for f in manifest["files"]})
         return manifest, [f["key"] for f in manifest["files"]]
 
-    def down_autostop(self) -> tuple[float, float]:
+    def down_baseline(self) -> tuple[float, float]:
+        return self.down_autostop(self.restore_baseline)
+
+    def down_autostop(self, script: Path | None = None) -> tuple[float, float]:
         manifest, _ = self.uploaded()
         up = self.last_upload
         target = self.restore_target()
@@ -218,7 +236,7 @@ class Bench:
             "SSM_LogFile": "",
             "SSM_ResumeCommand": "",
         }
-        return run(["bash", str(self.restore)], env)[:2]
+        return run(["bash", str(script or self.restore)], env)[:2]
 
     def down_aws_cli(self) -> tuple[float, float]:
         _, keys = self.uploaded()
@@ -239,7 +257,14 @@ class Bench:
         return run(["s5cmd", "--endpoint-url", self.endpoint, "cp", source, f"{self.restore_target()}/"], self.env)[:2]
 
 
-TOOLS = ("autostop", "aws_cli", "boto3", "s5cmd")
+TOOLS = tuple(
+    t
+    for t in ("autostop", "aws_cli", "boto3", "s5cmd")
+    if t in os.environ.get("AUTOSTOP_BENCH_TOOLS", "autostop,aws_cli,boto3,s5cmd").split(",")
+)
+BASELINE = os.environ.get("AUTOSTOP_BENCH_BASELINE", "")
+RESTORE_TOOLS = ("baseline", *TOOLS) if BASELINE else TOOLS
+DIRECTIONS = ("restore",) if ONLY == "restore" else ("upload", "restore")
 # The same document without botocore (the AWS CLI, one process per call): slow for large files, so only on request.
 UPLOAD_ONLY = ("autostop_cli",) if os.environ.get("AUTOSTOP_BENCH_CLI") == "1" else ()
 
@@ -251,12 +276,12 @@ def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]
         files = sorted(p for p in ckdir.rglob("*.bin"))
         total = sum(sizes)
         for _ in range(REPEAT):
-            for tool in TOOLS + UPLOAD_ONLY:
+            for tool in (TOOLS + UPLOAD_ONLY) if "upload" in DIRECTIONS else ():
                 if tool != "s5cmd" or shutil.which("s5cmd", path=bench.env["PATH"]):
                     wall, cpu = getattr(bench, f"up_{tool}")(ckdir, files)
                     results.setdefault((case, "upload", tool), []).append((total / wall, cpu))
             bench.up_autostop(ckdir, files)  # the objects the restores read
-            for tool in TOOLS:
+            for tool in RESTORE_TOOLS:
                 if tool != "s5cmd" or shutil.which("s5cmd", path=bench.env["PATH"]):
                     wall, cpu = getattr(bench, f"down_{tool}")()
                     results.setdefault((case, "restore", tool), []).append((total / wall, cpu))
@@ -266,19 +291,21 @@ def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]
 
 def report(results: dict[tuple[str, str, str], list[tuple[float, float]]]) -> dict[str, float]:
     print(f"\nThroughput (medians of {REPEAT}; MB = 10^6 bytes; CPU-s/GB: the tool's processes, not the endpoint's)")
-    columns = TOOLS + UPLOAD_ONLY
+    columns = RESTORE_TOOLS + UPLOAD_ONLY
     print(f"| case | direction | {' | '.join(columns)} |")
     print("|---|---|" + "---|" * len(columns))
     ours: dict[str, float] = {}
     for case, sizes in CASES.items():
         gb = sum(sizes) / 1e9
-        for direction in ("upload", "restore"):
+        for direction in DIRECTIONS:
             med = {
-                t: statistics.median(r[0] for r in results[(case, direction, t)]) / 1e6 for t in TOOLS if (case, direction, t) in results
+                t: statistics.median(r[0] for r in results[(case, direction, t)]) / 1e6
+                for t in RESTORE_TOOLS
+                if (case, direction, t) in results
             }
             cpu = {t: statistics.median(r[1] for r in results[(case, direction, t)]) / gb for t in med}
             best = max(med.values())
-            cells = [f"{med[t]:.0f} MB/s ({med[t] / best:.2f}), {cpu[t]:.1f} CPU-s/GB" if t in med else "-" for t in TOOLS]
+            cells = [f"{med[t]:.0f} MB/s ({med[t] / best:.2f}), {cpu[t]:.1f} CPU-s/GB" if t in med else "-" for t in RESTORE_TOOLS]
             print(f"| {case} | {direction} | {' | '.join(cells)} |")
             ours[f"{case}/{direction}"] = med["autostop"]
             ours[f"{case}/{direction}/ratio"] = med["autostop"] / best
@@ -337,6 +364,9 @@ def main() -> None:
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
         bench = Bench(f"http://127.0.0.1:{port}")
+        if ONLY == "restore":
+            report(measure(bench))
+            return
         fixed = fixed_cost(bench)
         ours = report(measure(bench))
         single, many = ours["1 file x 2 GiB/upload"], ours["200 files x 20 MiB/upload"]

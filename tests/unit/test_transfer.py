@@ -68,3 +68,20 @@ def test_pool_stops_at_the_first_error_and_raises_it() -> None:
     with pytest.raises(ValueError, match="part 3 failed"):
         pool.wait()
     assert len(ran) < 99  # what had not started when part 3 failed never ran
+
+
+def test_clients_come_from_the_session_sdk_loaded_the_s3_model_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "_SDK", [])
+    monkeypatch.setattr(transfer, "_SESSION", [])
+    monkeypatch.delenv("AUTOSTOP_TRANSFER", raising=False)
+    mods = transfer.sdk()
+    assert mods is not None
+    assert transfer._SESSION[0] is mods  # noqa: SLF001
+
+    def no_second_session() -> None:
+        raise AssertionError("a second botocore session: the S3 model would be loaded again (~0.1 s)")
+
+    monkeypatch.setattr(mods[0], "Session", no_second_session)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+    assert transfer.client(mods, 4).meta.region_name == "us-east-1"

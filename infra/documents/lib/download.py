@@ -23,7 +23,10 @@ class Download:
     composite or None}``; errors raise ``DownloadError`` with a message naming the object (botocore's text)."""
 
     def __init__(self, s3, pool, errors_mod):
+        import http.client  # here: the helpers' other subcommands never need it
+
         self.s3, self.pool_n, self.errors = s3, pool, errors_mod
+        self.read_errors = (errors_mod.BotoCoreError, http.client.HTTPException, OSError, ValueError)
 
     def run(self, bucket, entries, open_target):
         pool = Pool(self.pool_n)
@@ -64,27 +67,32 @@ class Download:
         return resp
 
     def _copy(self, bucket, e, resp, fd, offset, length, h):
-        body, done = resp["Body"], 0
+        """Writes the LENGTH-byte body of RESP at OFFSET of FD and feeds it to the hash H, READ_CHUNK bytes at a
+        time through one reused buffer. Raises SizeMismatch when S3 announces another length than the manifest's,
+        DownloadError when reading (a body that ends early too) or writing fails."""
+        body = resp["Body"]
         try:
-            while True:
+            if resp.get("ContentLength", length) != length:
+                raise SizeMismatch("s3://{}/{} has another size than the manifest's {} bytes".format(bucket, e["key"], e["size"]))
+            readinto, view, done = body_reader(body), memoryview(bytearray(READ_CHUNK)), 0
+            while done < length:
                 try:
-                    chunk = body.read(READ_CHUNK)
-                except (self.errors.BotoCoreError, OSError, ValueError) as exc:
+                    n = readinto(view[: length - done] if length - done < READ_CHUNK else view)
+                except self.read_errors as exc:
                     raise DownloadError("downloading s3://{}/{} failed: {}".format(bucket, e["key"], exc))
-                if not chunk:
-                    break
-                if done + len(chunk) > length:
-                    raise SizeMismatch("s3://{}/{} is longer than the manifest's {} bytes".format(bucket, e["key"], e["size"]))
-                h.update(chunk)
+                if not n:  # the length was right: the connection ended early
+                    raise DownloadError(
+                        "downloading s3://{}/{} failed: the connection closed after {} of {} bytes".format(bucket, e["key"], done, length)
+                    )
+                h.update(view[:n])
                 try:
-                    os.pwrite(fd, chunk, offset + done)
+                    os.pwrite(fd, view[:n], offset + done)
                 except OSError as exc:
                     raise DownloadError("cannot write the restored file: {}; free disk space".format(exc.strerror))
-                done += len(chunk)
+                done += n
+            release(body)
         finally:
             body.close()
-        if done != length:
-            raise SizeMismatch("s3://{}/{} has fewer bytes than the manifest's {}".format(bucket, e["key"], e["size"]))
 
     def _whole(self, bucket, e, i, open_target, state):
         fd = open_target(i)
@@ -105,6 +113,33 @@ class Download:
             state["left"] -= 1
             if state["left"] == 0:  # the last range of this file: it is whole
                 os.close(multipart.pop(i))
+
+
+def body_reader(body):
+    """``readinto(buffer) -> bytes read (0 at the end)`` of a botocore StreamingBody: http.client's, straight from
+    the socket into BUFFER (urllib3's ``read`` copies each chunk once more), unless urllib3 would decode the body
+    (a Content-Encoding) or its internals are not the known ones; then through ``read``."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    encoding = (getattr(raw, "headers", None) or {}).get("content-encoding", "identity")
+    if fp is not None and hasattr(fp, "readinto") and hasattr(raw, "release_conn") and encoding == "identity":
+        return fp.readinto
+
+    def readinto(buffer):
+        chunk = body.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    return readinto
+
+
+def release(body):
+    """Hands the connection of a fully read BODY back to urllib3's pool (``close`` alone would drop it when the
+    body was read past urllib3)."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if fp is not None and hasattr(fp, "isclosed") and fp.isclosed() and hasattr(raw, "release_conn"):
+        raw.release_conn()
 
 
 class DownloadError(Exception):

@@ -163,7 +163,7 @@ def fetch(bucket, key, version, outfile, what):
     if mods is None:
         return get_object(bucket, key, version, outfile, what)
     try:
-        resp = client(mods, 1).get_object(Bucket=bucket, Key=key, VersionId=version)
+        resp = s3_client(mods).get_object(Bucket=bucket, Key=key, VersionId=version)
         data = resp["Body"].read()
     except (mods[2].BotoCoreError, mods[2].ClientError) as exc:
         raise Fail(4, "{} failed: {}. Check that the object exists and that the instance profile may read it".format(what, exc))
@@ -172,6 +172,17 @@ def fetch(bucket, key, version, outfile, what):
     with open(outfile, "wb") as f:
         f.write(data)
     return resp
+
+
+def s3_client(mods):
+    """The one botocore S3 client of this process, for the manifest and the files (each further one costs ~0.1 s)."""
+    if not _CLIENT:
+        _CLIENT.append(client(mods, pool_size(DOWNLOAD_PART)))
+    return _CLIENT[0]
+
+
+_CLIENT = []
+DOWNLOAD_PART = 64 * 1024 * 1024  # the part size pool_size sizes the download pool for (bodies stream through 256 KiB)
 
 
 def plain_segments(path):
@@ -464,14 +475,14 @@ def cmd_restore(
 def download_parallel(bucket, todo, sfd, mods):
     """Every file of TODO into the staging directory SFD as 000000, 000001, ... in one process (lib/transfer.py),
     then checked: the whole-file SHA-256, or the composite of its parts' digests, computed while writing."""
-    n = pool_size(64 * 1024 * 1024)
+    n = pool_size(DOWNLOAD_PART)
     log("downloading {} file(s), {} bytes, {} at a time".format(len(todo), sum(e["size"] for e in todo), n))
 
     def open_target(i):
         return os.open("{:06d}".format(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=sfd)
 
     try:
-        got = Download(client(mods, n), n, mods[2]).run(bucket, todo, open_target)
+        got = Download(s3_client(mods), n, mods[2]).run(bucket, todo, open_target)
     except OSError as exc:
         raise Fail(8, "cannot write the restored files in the staging directory: {}; free disk space".format(exc.strerror or exc))
     except SizeMismatch as exc:

@@ -1,0 +1,149 @@
+"""The restore's read path (infra/documents/lib/download.py): bodies read into one buffer, lengths and connections.
+
+Against a small local HTTP server and the real botocore client, so that urllib3's and http.client's internals the
+fast path relies on are the ones this botocore has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import botocore.session
+import pytest
+from botocore.config import Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"))
+import download  # noqa: E402
+import transfer  # noqa: E402
+
+MIB = 1024 * 1024
+DATA = {"one": os.urandom(3 * transfer.READ_CHUNK + 17), "big": os.urandom(3 * MIB + 5), "empty": b""}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    short = 0  # bytes the body lacks: the connection then closes early
+    peers: set[int]
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        key = self.path.split("?")[0].rsplit("/", 1)[1]
+        body = DATA[key]
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if ranged:
+            body = body[int(ranged.group(1)) : int(ranged.group(2)) + 1]
+        self.server.peers.add(self.client_address[1])  # type: ignore[attr-defined]
+        self.send_response(206 if ranged else 200)
+        self.send_header("x-amz-version-id", "v1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) - self.server.short])  # type: ignore[attr-defined]
+        if self.server.short:  # type: ignore[attr-defined]
+            self.close_connection = True
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadingHTTPServer]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    httpd.peers = set()  # type: ignore[attr-defined]
+    httpd.short = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def s3(httpd: ThreadingHTTPServer, pool: int) -> Any:
+    return botocore.session.Session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=f"http://127.0.0.1:{httpd.server_address[1]}",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(max_pool_connections=pool, retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+    )
+
+
+def restore(httpd: ThreadingHTTPServer, entries: list[dict[str, Any]], tmp_path: Path, pool: int = 1) -> list[dict[str, Any]]:
+    dfd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        return download.Download(s3(httpd, pool), pool, botocore.exceptions).run(
+            "b", entries, lambda i: os.open(str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+        )
+    finally:
+        os.close(dfd)
+
+
+def test_bodies_are_read_past_urllib3_and_connections_are_reused(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])} for _ in range(4)]
+    entries.append({"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4})
+    entries.append({"key": "empty", "version": "v1", "size": 0})
+    body = s3(server, 1).get_object(Bucket="b", Key="one")["Body"]
+    assert body_reader_is_http_client(body)
+    body.close()
+    server.peers.clear()  # type: ignore[attr-defined]
+
+    got = restore(server, entries, tmp_path)
+
+    assert server.peers == {next(iter(server.peers))}  # type: ignore[attr-defined] # one connection for 9 GetObjects
+    for i, e in enumerate(entries):
+        assert (tmp_path / str(i)).read_bytes() == DATA[e["key"]]
+    assert got[0]["sha256"] == hashlib.sha256(DATA["one"]).hexdigest()
+    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
+    assert got[4]["checksum"] == transfer.composite(parts)
+    assert got[5]["sha256"] == hashlib.sha256(b"").hexdigest()
+
+
+def body_reader_is_http_client(body: Any) -> bool:
+    return getattr(download.body_reader(body), "__self__", None) is body._raw_stream._fp  # noqa: SLF001
+
+
+def test_another_length_is_a_size_mismatch(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    with pytest.raises(download.SizeMismatch, match="another size than the manifest's"):
+        restore(server, [{"key": "one", "version": "v1", "size": len(DATA["one"]) - 1}], tmp_path)
+
+
+def test_a_body_that_ends_early_is_a_failed_download(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    server.short = 100  # type: ignore[attr-defined]
+
+    with pytest.raises(download.DownloadError, match="closed after") as raised:
+        restore(server, [{"key": "one", "version": "v1", "size": len(DATA["one"])}], tmp_path)
+    assert not isinstance(raised.value, download.SizeMismatch)
+
+
+def test_bodies_urllib3_would_decode_are_read_through_it() -> None:
+    class Raw:
+        headers = {"content-encoding": "gzip"}
+        _fp = object()
+
+        def release_conn(self) -> None:
+            pass
+
+    class Body:
+        _raw_stream = Raw()
+
+        def __init__(self) -> None:
+            self.left = b"abcdef"
+
+        def read(self, n: int) -> bytes:
+            chunk, self.left = self.left[:n], self.left[n:]
+            return chunk
+
+    readinto, buf = download.body_reader(Body()), bytearray(4)
+
+    assert (readinto(buf), bytes(buf)) == (4, b"abcd")
+    assert (readinto(memoryview(buf)[:2]), bytes(buf[:2])) == (2, b"ef")
+    assert readinto(buf) == 0
