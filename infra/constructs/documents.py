@@ -275,68 +275,45 @@ class InstanceDocuments(Construct):
 
     def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
-        self.probe = ssm.CfnDocument(
-            self,
+        self.probe = self._document(
             "Probe",
-            document_type="Command",
-            document_format="JSON",
-            update_method="NewVersion",
-            content=command_content(
-                "autostop: report whether the trainer has exited and whether its log shows completion (read-only)",
-                "probe.sh",
-                PROBE_PARAMETERS,
-                step="probe",
-                timeout="60",
-            ),
+            "autostop: report whether the trainer has exited and whether its log shows completion (read-only)",
+            "probe.sh",
+            PROBE_PARAMETERS,
+            timeout="60",
         )
-        self.checkpoint = ssm.CfnDocument(
-            self,
+        self.checkpoint = self._document(
             "Checkpoint",
-            document_type="Command",
-            document_format="JSON",
-            update_method="NewVersion",
-            content=command_content(
-                "autostop: signal the trainer, upload its newest complete checkpoint with S3-checked SHA-256 "
-                "checksums, then write the manifest",
-                "checkpoint.sh",
-                CHECKPOINT_PARAMETERS,
-                step="checkpoint",
-                timeout="{{ executionTimeout }}",
-            ),
+            "autostop: signal the trainer, upload its newest complete checkpoint with S3-checked SHA-256 "
+            "checksums, then write the manifest",
+            "checkpoint.sh",
+            CHECKPOINT_PARAMETERS,
         )
-        self.restore = ssm.CfnDocument(
-            self,
+        self.restore = self._document(
             "Restore",
-            document_type="Command",
-            document_format="JSON",
-            update_method="NewVersion",
-            content=command_content(
-                "autostop: download a verified checkpoint with S3-checked SHA-256 checksums, verify it on the instance, "
-                "move it into place without overwriting anything, then start the resume command",
-                "restore.sh",
-                RESTORE_PARAMETERS,
-                step="restore",
-                timeout="{{ executionTimeout }}",
-            ),
+            "autostop: download a verified checkpoint with S3-checked SHA-256 checksums, verify it on the instance, "
+            "move it into place without overwriting anything, then start the resume command",
+            "restore.sh",
+            RESTORE_PARAMETERS,
         )
-
-        self.preflight = ssm.CfnDocument(
-            self,
+        self.preflight = self._document(
             "Preflight",
-            document_type="Command",
-            document_format="JSON",
-            update_method="NewVersion",
-            content=command_content(
-                "autostop: would a stop succeed? (read-only; writes one small object under the instance's prefix)",
-                "preflight.sh",
-                PREFLIGHT_PARAMETERS,
-                step="preflight",
-                timeout="120",
-            ),
+            "autostop: would a stop succeed? (read-only; writes one small object under the instance's prefix)",
+            "preflight.sh",
+            PREFLIGHT_PARAMETERS,
+            timeout="120",
         )
-
         for document in (self.probe, self.checkpoint, self.restore, self.preflight):
             document.name = content_name(Stack.of(self).stack_name, document)
+
+    def _document(
+        self, construct_id: str, description: str, script: str, parameters: dict[str, Any], *, timeout: str = "{{ executionTimeout }}"
+    ) -> ssm.CfnDocument:
+        """A Command document running ``script`` (one step named after it), new content as a new version."""
+        content = command_content(description, script, parameters, step=script.removesuffix(".sh"), timeout=timeout)
+        return ssm.CfnDocument(
+            self, construct_id, document_type="Command", document_format="JSON", update_method="NewVersion", content=content
+        )
 
     def arn(self, document: ssm.CfnDocument) -> str:
         stack = Stack.of(self)
