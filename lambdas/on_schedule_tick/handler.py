@@ -30,7 +30,7 @@ def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
     summary = sweep(
         ec2=client("ec2"), sfn=client("stepfunctions"), evaluator=evaluator, scheduled_at=event.time.isoformat(), outlets=outlets
     )
-    logger.info("sweep finished", extra=summary.model_dump(mode="json", exclude={"executions"}))
+    logger.info("sweep finished", extra=summary.log_line())
     metrics.add_metric(name="SweepInstances", unit="Count", value=summary.instances)
     metrics.add_metric(name="ExecutionsStarted", unit="Count", value=sum(e.status == "started" for e in summary.executions))
     return summary.model_dump(mode="json")

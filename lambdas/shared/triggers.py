@@ -52,6 +52,10 @@ def oversized(raw: dict[str, Any]) -> str | None:
     return f"oversized event: {size} bytes, more than EventBridge's {MAX_EVENT_BYTES}" if size > MAX_EVENT_BYTES else None
 
 
+LOG_LIST_MAX = 50
+"""Instances named per list in a trigger's summary log line (the rest are counted): CloudWatch Logs takes 256 KB per event."""
+
+
 class TriggerSummary(BaseModel):
     """What one trigger invocation saw and did (the function's return value, also logged)."""
 
@@ -64,6 +68,17 @@ class TriggerSummary(BaseModel):
     """Instance id to why a valid, opted-in run got no execution (``not_complete`` / ``inconclusive``: reason)."""
     marked: dict[str, str] = {}
     """Instance id to the last-error tag written because its reason for not being acted on changed."""
+
+    def log_line(self) -> dict[str, Any]:
+        """The summary for the log: counts, and at most :data:`LOG_LIST_MAX` instances of each list (bounded size
+        whatever the fleet; the full lists are the function's return value)."""
+        line: dict[str, Any] = {"instances": self.instances, "decisions": self.decisions, "executions": len(self.executions)}
+        for name in ("skipped", "waiting", "marked"):
+            items = sorted(getattr(self, name).items())
+            line[name] = dict(items[:LOG_LIST_MAX])
+            if len(items) > LOG_LIST_MAX:
+                line[f"{name}_not_listed"] = len(items) - LOG_LIST_MAX
+        return line
 
 
 def evaluate_and_start(

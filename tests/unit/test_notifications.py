@@ -136,3 +136,13 @@ def test_huge_reasons_with_escaped_characters_still_fit_one_sns_message() -> Non
     assert notice.size() <= MESSAGE_MAX and notice.data["count"] == 40 and 1 <= len(notice.data["instances"]) < NOTICE_LIST_MAX
     one = outcome_notice({"outcome": "Skipped", "reason": reason}, instance_name=None, execution_arn=ARN)
     assert one.size() <= MESSAGE_MAX
+
+
+def test_a_sweeps_log_line_stays_bounded_for_any_fleet() -> None:
+    from shared.triggers import LOG_LIST_MAX, TriggerSummary
+
+    reasons = {f"i-{n:017x}": "invalid tags: autostop:run-id 'x y' must be 1-63 letters ..." * 3 for n in range(10_000)}
+    summary = TriggerSummary(instances=10_000, decisions={"skipped": 10_000}, executions=[], skipped=reasons, waiting={}, marked={})
+    line = summary.log_line()
+    assert len(line["skipped"]) == LOG_LIST_MAX and line["skipped_not_listed"] == 10_000 - LOG_LIST_MAX
+    assert len(json.dumps(line)) < 64 * 1024 < len(json.dumps(summary.model_dump(mode="json")))  # CloudWatch: 256 KB per event
