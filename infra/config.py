@@ -6,7 +6,8 @@ terminate: terminate is only ever taken from an instance's own tag], ``default_g
 ``max_grace_seconds`` [1800], ``checkpoint_bucket`` ["create": a new bucket; else an existing bucket's
 name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint command],
 ``part_size_bytes`` [67108864], ``log_retention_days`` [30], ``notification_emails`` [[]],
-``stack_name`` [Autostop].
+``stack_name`` [Autostop], ``poll_interval_seconds`` [10], ``tracing`` [true: X-Ray for the functions and the
+state machine].
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class AutostopConfig:
     notification_emails: tuple[str, ...] = field(default_factory=tuple)
     poll_interval_seconds: int = 10
     """Wait between GetCommandInvocation / DescribeInstances polls in the state machine."""
+    tracing: bool = True
+    """X-Ray tracing of the functions and the state machine; false also keeps the X-Ray SDK out of every cold start."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -128,6 +131,10 @@ class AutostopConfig:
             default = cls.__dataclass_fields__[name].default
             if name == "notification_emails":
                 values[name] = tuple(raw if isinstance(raw, list) else [raw])
+            elif isinstance(default, bool):
+                if str(raw).lower() not in ("true", "false"):
+                    raise ConfigError(f"context {name}={raw!r} must be true or false")
+                values[name] = str(raw).lower() == "true"
             elif isinstance(default, int):
                 try:
                     values[name] = int(raw)

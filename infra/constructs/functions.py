@@ -36,6 +36,7 @@ class ControlPlaneFunctions(Construct):
         self._environment = {
             "POWERTOOLS_SERVICE_NAME": "autostop",
             "POWERTOOLS_METRICS_NAMESPACE": "Autostop",
+            "POWERTOOLS_TRACE_DISABLED": "false" if config.tracing else "true",
             **environment,
         }
         self._layer = powertools_layer(self)
@@ -109,5 +110,5 @@ class ControlPlaneFunctions(Construct):
             environment={**self._environment, **(extra_environment or {})},
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,
-            tracing=lambda_.Tracing.ACTIVE,
+            tracing=lambda_.Tracing.ACTIVE if self._config.tracing else lambda_.Tracing.DISABLED,
         )

@@ -92,9 +92,16 @@ class LifecycleStateMachine(Construct):
             comment="autostop: one lifecycle action on one training instance: checkpoint, verify, then stop "
             "(complete); checkpoint, verify, no stop (Spot interruption, rebalance); restore (resume)",
             timeout=Duration.seconds(budget),
-            tracing_enabled=True,
+            tracing_enabled=config.tracing,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
         )
+        if not config.tracing:
+            acknowledge(
+                self.state_machine,
+                "AwsSolutions-SF2",
+                "X-Ray tracing is off because the deployment set cdk.json's tracing to false (cold starts without the "
+                "X-Ray SDK); every execution's history and its CloudWatch log (level ALL) still show each step.",
+            )
         acknowledge(
             self.state_machine.role,
             "NIST.800.53.R5-IAMNoInlinePolicy",

@@ -115,3 +115,30 @@ def test_outcome_events_go_to_the_default_bus_with_source_autostop(synthesized: 
     ]
     assert sorted(p.split("Role")[0] for p in putters) == ["FunctionsMarkerCreated", "FunctionsRecordOutcome", "FunctionsScheduleSweep"]
     assert record
+
+
+def test_tracing_follows_cdk_json_and_off_keeps_xray_out_of_cold_starts(synthesized: Synthesized) -> None:
+    import subprocess
+    import sys
+
+    from local.deploy import synthesize
+    from tests.infra.test_stack import REPO
+
+    def tracing(raw: dict[str, Any]) -> tuple[set[Any], set[Any], Any]:
+        fns = [
+            r["Properties"] for r in raw["Resources"].values() if r["Type"] == "AWS::Lambda::Function" and "Environment" in r["Properties"]
+        ]
+        (sm,) = [r["Properties"] for r in raw["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+        modes = {f.get("TracingConfig", {}).get("Mode") for f in fns}
+        return modes, {f["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] for f in fns}, sm["TracingConfiguration"]
+
+    assert tracing(synthesized.raw) == ({"Active"}, {"false"}, {"Enabled": True})
+    assert tracing(synthesize({"tracing": "false"}, use_cache=False)) == ({None}, {"true"}, {"Enabled": False})
+    # and a handler imported with tracing off never loads the X-Ray SDK (about 0.2 s of each cold start)
+    probe = "import sys, record_outcome.handler; print(any(m.startswith('aws_xray_sdk') for m in sys.modules))"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "lambdas"), "POWERTOOLS_SERVICE_NAME": "autostop"}
+    for disabled, loaded in (("true", "False"), ("false", "True")):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env={**env, "POWERTOOLS_TRACE_DISABLED": disabled}, capture_output=True, text=True
+        )
+        assert out.stdout.strip() == loaded, out.stderr[-500:]
