@@ -54,7 +54,7 @@ demo: $(DEMO_STAMP) $(NODE_STAMP)
 CDK_ARGS ?=
 DEPLOY_ARGS ?=
 deploy: $(DEMO_STAMP) $(NODE_STAMP)
-	@$(VENV)/bin/aws ssm get-parameter --name /cdk-bootstrap/hnb659fds/version --query Parameter.Value --output text >/dev/null 2>&1 || \
+	@$(VENV)/bin/aws ssm get-parameter $${AWS_REGION:+--region $$AWS_REGION} --name /cdk-bootstrap/hnb659fds/version --query Parameter.Value --output text >/dev/null 2>&1 || \
 	  { echo "bootstrapping the CDK in this account and region (once; the CDKToolkit stack)"; $(CDK) bootstrap $(CDK_ARGS); }
 	$(CDK) deploy --outputs-file cdk-outputs.json $(CDK_ARGS) $(DEPLOY_ARGS)
 
@@ -101,7 +101,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 
 ## Synthesize with the pinned CDK CLI (offline; cdk-nag runs as part of synth).
-synth: install
+synth: $(DEMO_STAMP) $(NODE_STAMP)
 	$(CDK) synth --quiet $(CDK_ARGS)
 
 ## Run a scenario: make simulate SCENARIO=examples/scenario.json REPORT=report.json

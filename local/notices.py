@@ -14,8 +14,20 @@ from shared import constants as c  # noqa: E402
 from shared.notifications import not_evaluated_notice, outcome_notice  # noqa: E402
 from shared.visibility import MARK, what_to_do  # noqa: E402
 
-ARN = "arn:aws:states:us-east-1:123456789012:execution:AutostopLifecycle:i-0abc12345def67890-llama-ft-7-complete"
-MANIFEST = "s3://autostop-checkpoints/instances/arn:aws:ec2:us-east-1:123456789012:instance/i-0abc12345def67890/runs/llama-ft-7/manifests/i-0abc12345def67890-llama-ft-7-complete.json"
+MACHINE = "arn:aws:states:us-east-1:123456789012:execution:LifecycleStateMachineE3B1C2D4-Xq7Lw2Vn9Ab0:x"
+IID, RUN, SESSION = "i-0abc12345def67890", "llama-ft-7", "261205093015"
+BUCKET = "autostop-checkpointstorage-1x2y3z4w5v6u"
+
+
+def execution(reason: str) -> str:
+    """An execution's name as the triggers give it: ``<instance>-<run>-<reason>-<session>``."""
+    return f"{IID}-{RUN}-{reason}-{SESSION}"
+
+
+def manifest(reason: str) -> str:
+    return f"s3://{BUCKET}/instances/arn:aws:ec2:us-east-1:123456789012:instance/{IID}/runs/{RUN}/manifests/{execution(reason)}.json"
+
+
 REASONS: dict[str, str] = {
     c.OUTCOME_STOPPED: "completion marker present; checkpoint step_012000 (step 12000, 3 files, 15.2 GB) verified in S3; "
     "StopInstances accepted and the instance is stopped",
@@ -36,7 +48,23 @@ REASONS: dict[str, str] = {
     "instance; resume command started (pid 5151)",
     c.OUTCOME_RESUME_FAILED: "ChecksumMismatch: step_012000/model.safetensors: sha256 differs from the manifest; "
     "nothing was deleted and the instance keeps running",
+    "ExecutionTimedOut": f"execution {execution('complete')} timed out (the state machine's timeout); no outcome was "
+    "recorded by the execution. Nothing more is done for this run and reason in this session; check the instance's "
+    "state and the execution's history",
+    "ExecutionAborted": f"execution {execution('complete')} was aborted (StopExecution); no outcome was recorded by the "
+    "execution. Nothing more is done for this run and reason in this session; check the instance's state and the "
+    "execution's history",
+    "ExecutionFailed": f"execution {execution('complete')} failed outside its outcome states: States.Runtime: An error "
+    "occurred while executing the state 'Verify checkpoint'; no outcome was recorded by the execution",
+    "AttemptsExhausted": "attempt 20 of this run ended Inconclusive; no trigger starts another attempt for this run and session",
 }
+REASON_KIND = {
+    c.OUTCOME_SPOT_CHECKPOINT_SAVED: "interruption",
+    c.OUTCOME_SPOT_CHECKPOINT_FAILED: "interruption",
+    c.OUTCOME_RESUMED: "resume",
+    c.OUTCOME_RESUME_FAILED: "resume",
+}
+"""The reason in an outcome's execution name (complete for the rest)."""
 WITH_CHECKPOINT = (c.OUTCOME_STOPPED, c.OUTCOME_TERMINATED, c.OUTCOME_HIBERNATED, c.OUTCOME_DRY_RUN, c.OUTCOME_SPOT_CHECKPOINT_SAVED)
 
 
@@ -44,15 +72,19 @@ def blocks() -> list[tuple[str, str, str]]:
     """(title, subject, text) for every outcome, in the README's order, and one not-evaluated notice."""
     out = []
     for outcome in REASONS:
+        name = execution(REASON_KIND.get(outcome, "complete"))
         result = {
             "outcome": outcome,
             "reason": REASONS[outcome],
-            "instance_id": "i-0abc12345def67890",
-            "run_id": "llama-ft-7",
-            "execution": ARN.rsplit(":", 1)[1],
-            **({"manifest_uri": MANIFEST} if outcome in WITH_CHECKPOINT else {}),
+            "instance_id": IID,
+            "run_id": RUN,
+            "execution": name,
+            **({"manifest_uri": manifest(REASON_KIND.get(outcome, "complete"))} if outcome in WITH_CHECKPOINT else {}),
         }
-        notice = outcome_notice(result, instance_name="llama-ft-a100", execution_arn=ARN)
+        ended = outcome not in c.ALL_OUTCOMES  # published by on_execution_ended, which does not read the Name tag
+        notice = outcome_notice(
+            result, instance_name=None if ended else "llama-ft-a100", execution_arn=f"{MACHINE.rsplit(':', 1)[0]}:{name}"
+        )
         out.append((outcome, notice.subject, notice.text))
     skipped = {
         "i-0abc12345def67890": "not opted in: the opt-in tag key is spelled 'Autostop:Enabled'; autostop reads 'autostop:enabled' "

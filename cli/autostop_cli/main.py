@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# The CLI reuses the Lambdas' shared modules: it wants none of their X-Ray tracing (whose client would read the
+# AWS profile at import time) and none of their metrics output.
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
@@ -33,7 +39,8 @@ class AwsErrorsGroup(click.Group):
 @click.group(cls=AwsErrorsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @target_options
 def cli() -> None:
-    """Operate autostop: tag instances, explain decisions, follow runs, retry executions, report savings.
+    """Operate autostop: tag instances, explain decisions, check instances before a run (preflight), follow runs,
+    retry executions, report savings.
 
     The deployment is found from a stack's outputs (--stack, DescribeStacks) or a `cdk deploy --outputs-file`
     file (--outputs); these options work before or after the command name.

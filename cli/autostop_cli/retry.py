@@ -172,7 +172,9 @@ def start_next(sfn: Any, target: Target, failed: Failed) -> StartResult:
 def retry(aws: AwsContext, execution_arn: str, as_json: bool) -> None:
     """Start the next attempt of the run whose execution EXECUTION-ARN failed, timed out or was aborted.
 
-    Refused (exit 1, with the reason) unless it is safe: see the checks in the module. AWS calls:
+    Refused (exit 1, with the reason) unless it is safe: the execution ended FAILED, TIMED_OUT or ABORTED (a
+    complete or resume one) before it claimed the run; the instance runs in the same session, opted in with valid
+    tags of the same run; no execution of the run is running; no stop was requested. AWS calls:
     DescribeExecution, DescribeInstances, DynamoDB GetItem, ListExecutions, StartExecution.
     """
     target = aws.target

@@ -79,7 +79,7 @@ def print_sessions(sessions: list[dict[str, Any]]) -> None:
 def status(aws: AwsContext, selector: str | None, as_json: bool) -> None:
     """Runs and sessions from the run records: status, outcome, last verified checkpoint, executions.
 
-    SELECTOR is an instance id (i-...) or a run id; without it every record is listed.
+    INSTANCE (i-...) or RUN-ID selects; without it every record is listed.
     AWS calls: DynamoDB Query/Scan of the run records table, DescribeExecution per execution.
     """
     target = aws.target

@@ -19,6 +19,7 @@ Commands get an :class:`AwsContext` (the Session, the endpoint and the lazily re
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +260,9 @@ class AwsContext:
         """boto3 Session of ``--profile`` and ``--region`` (boto3's own chain where not given)."""
         if self._session is None:
             try:
-                self._session = boto3.Session(profile_name=self.profile, region_name=self.region)
+                # AWS_REGION is what the AWS SDKs and Lambda set; this botocore reads only AWS_DEFAULT_REGION itself
+                region = self.region or os.environ.get("AWS_REGION") or None
+                self._session = boto3.Session(profile_name=self.profile, region_name=region)
             except BotoCoreError as exc:
                 raise TargetError(str(exc)) from exc
         return self._session

@@ -36,7 +36,10 @@ def _tracer() -> Any:
         return NoTracer()
     from aws_lambda_powertools import Tracer
 
-    return Tracer()
+    try:
+        return Tracer()
+    except Exception:  # tracing must never keep a function from starting (a broken AWS config, say)  # noqa: BLE001
+        return NoTracer()
 
 
 tracer: Any = _tracer()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import click
 from click.testing import CliRunner
 
@@ -50,3 +55,13 @@ def test_every_command_is_registered() -> None:
 def test_aws_errors_are_one_line_and_exit_1(autostop: Cli) -> None:
     result = autostop("status", "--endpoint-url", "http://127.0.0.1:9", code=1)  # nothing listens there
     assert result.stderr.startswith("Error: AWS error: Could not connect") and "Traceback" not in result.stderr
+
+
+def test_a_broken_aws_profile_or_aws_region_alone_gives_a_clear_answer_not_a_traceback(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "autostop"
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    out = subprocess.run([str(exe), "--help"], env={**base, "AWS_PROFILE": "nope"}, capture_output=True, text=True)
+    assert out.returncode == 0 and "Traceback" not in out.stderr and "preflight" in out.stdout, out.stderr[-400:]
+    out = subprocess.run([str(exe), "status", "x"], env={**base, "AWS_REGION": "eu-west-1"}, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-400:]
+    assert "no AWS region" not in out.stderr and "credentials" in out.stderr  # AWS_REGION counts as the region
