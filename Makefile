@@ -127,6 +127,7 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 bench: install $(BENCH_STAMP)
 	$(WITH_NODE) $(PY) benchmarks/throughput.py
 	$(WITH_NODE) $(PY) benchmarks/run.py
+	$(PY) benchmarks/imports.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache build
