@@ -6,8 +6,8 @@ terminate: terminate is only ever taken from an instance's own tag], ``default_g
 ``max_grace_seconds`` [1800], ``checkpoint_bucket`` ["create": a new bucket; else an existing bucket's
 name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint command],
 ``part_size_bytes`` [67108864], ``log_retention_days`` [30], ``notification_emails`` [[]],
-``stack_name`` [Autostop], ``poll_interval_seconds`` [10], ``tracing`` [true: X-Ray for the functions and the
-state machine].
+``stack_name`` [Autostop], ``poll_interval_seconds`` [10], ``marker_recheck_minutes`` [60], ``tracing`` [true:
+X-Ray for the functions and the state machine].
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class AutostopConfig:
     notification_emails: tuple[str, ...] = field(default_factory=tuple)
     poll_interval_seconds: int = 10
     """Wait between GetCommandInvocation / DescribeInstances polls in the state machine."""
+    marker_recheck_minutes: int = 60
+    """How often the sweep reads a ``_SUCCESS`` marker itself (S3 events report it within seconds; 0: every sweep)."""
     tracing: bool = True
     """X-Ray tracing of the functions and the state machine; false also keeps the X-Ray SDK out of every cold start."""
 
@@ -80,12 +82,20 @@ class AutostopConfig:
             problems.append("checkpoint_timeout_seconds must be 60..168000")
         if not c.MIN_PART_SIZE_BYTES <= self.part_size_bytes <= c.MAX_SINGLE_PUT_BYTES:
             problems.append("part_size_bytes must be between 5 MiB and 5 GiB")
+        if not 0 <= self.marker_recheck_minutes <= 1440:
+            problems.append("marker_recheck_minutes must be 0..1440 (0: every sweep)")
         if not 1 <= self.poll_interval_seconds <= 300:
             problems.append("poll_interval_seconds must be 1..300")
         if self.log_retention_days not in RETENTION:
             problems.append(f"log_retention_days must be one of {sorted(RETENTION)}")
         if problems:
             raise ConfigError("invalid autostop context: " + "; ".join(problems))
+
+    @property
+    def sweep_marker_recheck_minutes(self) -> int:
+        """``marker_recheck_minutes``, or 0 (every sweep) for an existing bucket, whose markers send no events
+        unless its owner enabled them."""
+        return self.marker_recheck_minutes if self.checkpoint_bucket == "create" else 0
 
     @property
     def log_retention(self) -> str:

@@ -55,6 +55,8 @@ class AutostopStack(Stack):
                 c.ENV_CHECKPOINT_TIMEOUT_SECONDS: str(config.checkpoint_timeout_seconds),
                 c.ENV_PART_SIZE_BYTES: str(config.part_size_bytes),
                 c.ENV_OUTCOME_TOPIC_ARN: notifications.topic.topic_arn,
+                c.ENV_SCHEDULE_MINUTES: str(config.schedule_minutes),
+                c.ENV_MARKER_RECHECK_MINUTES: str(config.sweep_marker_recheck_minutes),
             },
         )
         evaluate = functions.function(

@@ -23,6 +23,9 @@ from local.deploy import Deployment, deploy, synthesize
 
 LOCAL_OVERRIDES = {
     "AUTOSTOP_POLL_SECONDS": "0.2",
+    # Scenarios tick the schedule at arbitrary times and lose S3 events on purpose: every local sweep reads every
+    # marker (tests/integration/test_triggers.py covers the deployed default, an hourly recheck).
+    "AUTOSTOP_MARKER_RECHECK_MINUTES": "0",
     "AUTOSTOP_PROBE_TIMEOUT_SECONDS": "20",
 }
 """Function settings the local runtime shortens (probe polling); everything else is the template's."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared.evaluation import Evaluator
 from shared.instances import opted_in_candidates
 from shared.notifications import Outlets
+from shared.settings import Settings
 from shared.triggers import TriggerSummary, evaluate_and_start
 
 
@@ -14,10 +16,28 @@ def sweep(*, ec2: Any, sfn: Any, evaluator: Evaluator, scheduled_at: str, outlet
     """One tick of the schedule.
 
     AWS calls grow with pages and batches: DescribeInstances pages, one HeadObject per configured
-    marker, the batched probe (one SendCommand per 50 instances sharing probe parameters), and one
+    marker (for a ``_SUCCESS`` marker alone, which its S3 event reports, only on the recheck sweep:
+    :func:`marker_recheck_due`), the batched probe (one SendCommand per 50 instances sharing probe parameters), and one
     StartExecution only per instance judged complete; CreateTags/DeleteTags and one SNS Publish and PutEvents only
     for instances whose reason for not being acted on changed (:mod:`shared.visibility`).
     """
     candidates = opted_in_candidates(ec2, evaluator.settings.tag_prefix)
     trigger = {"source": "schedule", "time": scheduled_at}
-    return evaluate_and_start(candidates, evaluator=evaluator, sfn=sfn, trigger=trigger, ec2=ec2, outlets=outlets)
+    trust = not marker_recheck_due(scheduled_at, evaluator.settings)
+    return evaluate_and_start(
+        candidates, evaluator=evaluator, sfn=sfn, trigger=trigger, ec2=ec2, outlets=outlets, trust_marker_events=trust
+    )
+
+
+def marker_recheck_due(scheduled_at: str, settings: Settings) -> bool:
+    """True on the sweep that reads every marker itself: each ``marker_recheck_minutes`` period's first
+    ``schedule_minutes`` (once per period, the rate schedule firing once in that window); always when 0."""
+    period = settings.marker_recheck_minutes
+    if period <= 0:
+        return True
+    try:
+        when = datetime.fromisoformat(scheduled_at.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    minutes = int(when.timestamp() // 60)
+    return minutes % period < settings.schedule_minutes

@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from shared import constants as c
 from shared.completion import decide_completion, marker_is_negative
 from shared.errors import error_code
 from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceSnapshot, MarkerFact, S3Uri
@@ -24,6 +25,13 @@ from shared.observability import logger
 from shared.probe import agents_online, probe_instances
 from shared.settings import Settings
 from shared.tags import InvalidTags, TagPolicy, is_opted_in, opt_in_problem, parse_instance_config
+
+
+def watched_by_event(config: InstanceConfig) -> bool:
+    """True when the run's only completion signal is a marker the marker trigger's S3 event reports (a key ending
+    in ``_SUCCESS``, as the rule matches; other keys start nothing by event)."""
+    marker = config.completion_marker
+    return marker is not None and not config.probe_needed and marker.key.endswith(c.DEFAULT_MARKER_NAME)
 
 
 def tag_policy(settings: Settings) -> TagPolicy:
@@ -78,8 +86,12 @@ class Evaluator:
                 instance_id=snap.instance_id, decision="skipped", reason=f"cannot read tags: {type(exc).__name__}: {exc}", run_id=run_id
             )
 
-    def evaluate(self, snapshots: Iterable[InstanceSnapshot]) -> list[Evaluation]:
-        """Decide for each instance; the order of the result follows ``snapshots``."""
+    def evaluate(self, snapshots: Iterable[InstanceSnapshot], *, trust_marker_events: bool = False) -> list[Evaluation]:
+        """Decide for each instance; the order of the result follows ``snapshots``.
+
+        ``trust_marker_events``: an instance whose only signal is a ``_SUCCESS`` marker (which S3's Object Created
+        event reports to the marker trigger within seconds) is not HeadObject-ed: ``not_complete``, saying so.
+        """
         snaps = list(snapshots)
         configs: dict[str, InstanceConfig] = {}
         out: dict[str, Evaluation] = {}
@@ -87,6 +99,15 @@ class Evaluator:
             conf = self.configure(snap)
             if isinstance(conf, Evaluation):
                 out[snap.instance_id] = conf
+            elif trust_marker_events and watched_by_event(conf):
+                out[snap.instance_id] = Evaluation(
+                    instance_id=snap.instance_id,
+                    decision="not_complete",
+                    reason=f"completion marker {conf.completion_marker} is watched by its S3 event; this sweep did not "
+                    f"read it (it does every {self.settings.marker_recheck_minutes} minutes)",
+                    config=conf,
+                    run_id=conf.run_id,
+                )
             else:
                 configs[snap.instance_id] = conf
         launch = {s.instance_id: s.launch_time for s in snaps}

@@ -44,6 +44,10 @@ class Settings(BaseModel):
     runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)
     """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""
     restore_document: str | None = Field(None, alias=c.ENV_RESTORE_DOCUMENT)
+    marker_recheck_minutes: int = Field(0, alias=c.ENV_MARKER_RECHECK_MINUTES, ge=0, le=1440)
+    """The sweep's own HeadObject of a ``_SUCCESS`` marker (which an S3 event already reports) runs only on the sweep
+    whose scheduled minute falls in the first ``schedule_minutes`` of each such period; 0 checks on every sweep."""
+    schedule_minutes: int = Field(5, alias=c.ENV_SCHEDULE_MINUTES, ge=1, le=1440)
     outcome_topic_arn: str | None = Field(None, alias=c.ENV_OUTCOME_TOPIC_ARN)
     """The SNS topic outcomes and not-evaluated notices go to (every function of the stack has it)."""
     execution_timeout_seconds: int = Field(6 * 3600, alias=c.ENV_EXECUTION_TIMEOUT_SECONDS, ge=60, le=366 * 86400)

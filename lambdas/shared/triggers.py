@@ -89,6 +89,7 @@ def evaluate_and_start(
     trigger: dict[str, Any],
     ec2: Any = None,
     outlets: Outlets | None = None,
+    trust_marker_events: bool = False,
 ) -> TriggerSummary:
     """Evaluate ``snapshots``; start one lifecycle execution per instance judged complete.
 
@@ -99,7 +100,7 @@ def evaluate_and_start(
     """
     snaps = list(snapshots)
     sessions = {s.instance_id: s.session for s in snaps}
-    evaluations = evaluator.evaluate(snaps)
+    evaluations = evaluator.evaluate(snaps, trust_marker_events=trust_marker_events)
     state_machine_arn = evaluator.settings.require_state_machine_arn()
     started: list[StartResult] = []
     for ev in evaluations:

@@ -238,3 +238,33 @@ def test_a_notice_sns_refuses_leaves_the_tag_unwritten_for_the_next_sweep(world:
     assert list(sweep()["marked"]) == [inst.instance_id]
     (notice,) = world.notifications()
     assert "only 'true' opts in" in notice["instances"][inst.instance_id]["reason"]
+
+
+def tick_at(when: str) -> dict[str, Any]:
+    from on_schedule_tick.handler import lambda_handler
+
+    return lambda_handler({**events.scheduled_event(), "time": when}, CTX)
+
+
+def test_success_markers_are_read_by_the_sweep_only_on_its_hourly_recheck(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import settings
+
+    monkeypatch.setenv("AUTOSTOP_MARKER_RECHECK_MINUTES", "60")  # the deployed default (schedule every 5 minutes)
+    monkeypatch.setenv("AUTOSTOP_SCHEDULE_MINUTES", "5")
+    settings.cache_clear()
+    base = {"autostop:enabled": "true", "autostop:checkpoint-dir": "/ckpt"}
+    watched = [world.instance(f"w{n}", {**base, "autostop:run-id": f"run-w{n}"}) for n in range(4)]
+    for n, inst in enumerate(watched):  # every marker present: its S3 event was lost, say
+        world.client("s3").put_object(Bucket=BUCKET, Key=world.own(inst.instance_id) + f"runs/run-w{n}/_SUCCESS", Body=b"ok")
+    other_key = {**base, "autostop:run-id": "run-o"}  # a marker whose key starts nothing by event: every sweep reads it
+    other = world.instance("o", {**other_key, "autostop:completion-marker": "s3://" + BUCKET + "/markers/run-o/done.txt"})
+    world.count_calls()
+
+    between = tick_at("2026-12-05T10:07:00Z")
+    assert world.calls["HeadObject"] == 1 and between["executions"] == [], world.calls  # only the non-event marker
+    assert all("is watched by its S3 event" in between["waiting"][i.instance_id] for i in watched)
+    assert between["marked"] == {}  # waiting, not a problem: nothing tagged, nobody notified
+    recheck = tick_at("2026-12-05T11:02:00Z")
+    assert world.calls["HeadObject"] == 1 + 5  # the recheck reads them all and finds the finished runs
+    started = sorted(e["name"].split("-run-")[0] for e in recheck["executions"])
+    assert started == sorted(i.instance_id for i in watched) and other.instance_id in recheck["waiting"]
