@@ -35,19 +35,6 @@ def iso(when: datetime | None) -> str | None:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
-def parse_time(text: Any) -> datetime | None:
-    """An aware UTC datetime from ``YYYY-MM-DDTHH:MM:SSZ`` (or any ISO 8601 string); None when absent or unreadable."""
-    if isinstance(text, datetime):
-        return text.astimezone(UTC)
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def hours(start: datetime | None, end: datetime | None) -> float | None:
     """Hours from ``start`` to ``end`` (two decimals), or None when either is unknown or the span is negative."""
     if start is None or end is None or end < start:

@@ -20,12 +20,13 @@ from typing import Any
 
 import click
 
-from autostop_cli.output import emit_json, hours, iso, parse_time, show, table
+from autostop_cli.output import emit_json, hours, iso, show, table
 from autostop_cli.runs import history_time, read_records
 from autostop_cli.target import AwsContext, pass_aws, target_options
 from shared import constants as c
 from shared.instances import snapshot
 from shared.models import InstanceSnapshot
+from shared.times import parse_time
 
 STOPPED_STATES = ("stopping", "stopped", "shutting-down", "terminated")
 

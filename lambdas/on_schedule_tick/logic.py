@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from shared.evaluation import Evaluator
 from shared.instances import opted_in_candidates
 from shared.notifications import Outlets
 from shared.settings import Settings
+from shared.times import parse_time
 from shared.triggers import TriggerSummary, evaluate_and_start
 
 
@@ -35,9 +35,8 @@ def marker_recheck_due(scheduled_at: str, settings: Settings) -> bool:
     period = settings.marker_recheck_minutes
     if period <= 0:
         return True
-    try:
-        when = datetime.fromisoformat(scheduled_at.replace("Z", "+00:00"))
-    except ValueError:
+    when = parse_time(scheduled_at)
+    if when is None:
         return True
     minutes = int(when.timestamp() // 60)
     return minutes % period < settings.schedule_minutes

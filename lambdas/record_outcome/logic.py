@@ -9,7 +9,7 @@ never tagged. Recording is informational: its failure never changes the outcome.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -20,6 +20,7 @@ from shared.instances import describe_instance
 from shared.notifications import Outlets, clean_reason, outcome_notice, publish, put_event, tag_value
 from shared.observability import logger
 from shared.records import RunKey, RunRecords
+from shared.times import parse_time
 from shared.workflow import RecordOutput
 
 ACTED = ("complete", "spot_checkpoint", "resume", "refused")
@@ -208,19 +209,9 @@ def outcome_metrics(
         if isinstance(verification.get("upload_seconds"), int | float):
             values["UploadSeconds"] = float(verification["upload_seconds"])
         decided = (state.get("evaluation") or {}).get("decided_at")
-        verified_at, started = _when(verification.get("verified_at")), _when(decided) or _when(started_at)
+        verified_at, started = parse_time(verification.get("verified_at")), parse_time(decided) or parse_time(started_at)
         if verified_at and started:
             values["DecisionToVerifiedSeconds"] = max(0.0, (verified_at - started).total_seconds())
         if verified_at and outcome in c.DESTRUCTIVE_OUTCOMES:
             values["VerifiedToStoppedSeconds"] = max(0.0, (now - verified_at).total_seconds())
     return dims, values
-
-
-def _when(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
