@@ -85,7 +85,7 @@ def judge(evaluator: Evaluator, ec2: Any, snap: InstanceSnapshot, config: Instan
     iid = snap.instance_id
     facts = CompletionFacts(launch_time=snap.launch_time)
     if config.completion_marker is not None:
-        facts = facts.model_copy(update={"marker": evaluator._head_marker(config.completion_marker)})
+        facts = facts.model_copy(update={"marker": evaluator.head_marker(config.completion_marker)})
     probes: dict[str, Any] = {}
     if config.probe_needed and not marker_is_negative(config, facts):
         settings = evaluator.settings

@@ -142,9 +142,10 @@ class Evaluator:
         if not wanted:
             return {}
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(wanted))) as pool:
-            return dict(zip(wanted, pool.map(self._head_marker, wanted.values()), strict=True))
+            return dict(zip(wanted, pool.map(self.head_marker, wanted.values()), strict=True))
 
-    def _head_marker(self, uri: S3Uri) -> MarkerFact:
+    def head_marker(self, uri: S3Uri) -> MarkerFact:
+        """The marker's fact from one HeadObject: present (with LastModified), absent, or an error (never raises)."""
         try:
             head = self.clients.s3.head_object(Bucket=uri.bucket, Key=uri.key)
         except ClientError as exc:
