@@ -33,7 +33,7 @@ class InstanceDetail(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
-    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]{8,17}$")
+    instance_id: str = Field(alias="instance-id", pattern=rf"^{c.INSTANCE_ID_PATTERN}$")
     instance_action: str | None = Field(None, alias="instance-action", max_length=32)
     """Spot warning only: terminate, stop or hibernate."""
     state: str | None = Field(None, max_length=32)

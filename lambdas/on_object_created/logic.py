@@ -13,7 +13,7 @@ from shared.notifications import Outlets
 from shared.observability import logger
 from shared.triggers import TriggerSummary, evaluate_and_start
 
-INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+INSTANCE_ID = re.compile(c.INSTANCE_ID_PATTERN)
 
 
 def on_marker(

@@ -58,6 +58,8 @@ PINNED_DOCUMENT_VERSION: Final = "1"
 """SendCommand's DocumentVersion: each document content is version 1 of a document named by its content hash
 (infra/constructs/documents.py), so a command never runs whatever $DEFAULT version someone made."""
 
+INSTANCE_ID_PATTERN: Final = r"i-[0-9a-f]{8,17}"
+"""An EC2 instance id (without anchors)."""
 DEFAULT_TAG_PREFIX: Final = "autostop"
 INSTANCES_PREFIX: Final = "instances/"
 """Every key an instance writes or reads is under ``instances/<instance ARN>/`` (IAM: ``${ec2:SourceInstanceARN}``)."""

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared import constants as c
 from shared.models import Action
 
 
@@ -25,7 +26,7 @@ Reason = Literal["complete", "interruption", "rebalance", "resume"]
 class LifecycleInput(Payload):
     """Execution input written by the trigger functions (see ``shared.executions``)."""
 
-    instance_id: str = Field(pattern=r"^i-[0-9a-f]{8,17}$")
+    instance_id: str = Field(pattern=rf"^{c.INSTANCE_ID_PATTERN}$")
     run_id: str = Field(min_length=1, max_length=63)
     reason: Reason
     """complete (schedule sweep, marker), interruption (Spot interruption warning), rebalance (rebalance
