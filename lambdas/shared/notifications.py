@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,10 +69,16 @@ _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 """Characters outside the set every AWS service accepts in tag values become a space."""
 
 
+def squeeze(text: str, keep: Callable[[str], bool], limit: int) -> str:
+    """``text`` with every character ``keep`` refuses as a space, runs of whitespace as one space, and cut to at
+    most ``limit`` characters (ending in ``...`` when cut)."""
+    clean = " ".join("".join(ch if keep(ch) else " " for ch in text).split())
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
 def tag_value(text: str) -> str:
     """``text`` as an EC2 tag value: safe characters only, at most 256 characters."""
-    clean = " ".join(_TAG_UNSAFE.sub(" ", text).split())
-    return clean if len(clean) <= c.TAG_VALUE_MAX else clean[: c.TAG_VALUE_MAX - 3] + "..."
+    return squeeze(text, lambda ch: _TAG_UNSAFE.fullmatch(ch) is None, c.TAG_VALUE_MAX)
 
 
 def clean_reason(text: str) -> str:
@@ -105,15 +112,12 @@ def console_url(execution_arn: str) -> str:
 def one_line(text: str, limit: int = REASON_MAX) -> str:
     """``text`` with every control character and line break as a space, runs of spaces as one, at most ``limit``
     characters: a tag value (an instance's Name) or a reason cannot add lines to a notice's text."""
-    clean = " ".join("".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text)).split())
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+    return squeeze(str(text), lambda ch: unicodedata.category(ch)[0] != "C", limit)
 
 
 def subject_line(text: str) -> str:
     """``text`` as an SNS Subject: printable ASCII, one line, at most :data:`SUBJECT_MAX` characters."""
-    clean = "".join(ch if 32 <= ord(ch) < 127 else " " for ch in text)
-    clean = " ".join(clean.split())
-    return clean if len(clean) <= SUBJECT_MAX else clean[: SUBJECT_MAX - 3] + "..."
+    return squeeze(text, lambda ch: 32 <= ord(ch) < 127, SUBJECT_MAX)
 
 
 @dataclass
