@@ -6,8 +6,8 @@ terminate: terminate is only ever taken from an instance's own tag], ``default_g
 ``max_grace_seconds`` [1800], ``checkpoint_bucket`` ["create": a new bucket; else an existing bucket's
 name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint command],
 ``part_size_bytes`` [67108864], ``log_retention_days`` [30], ``notification_emails`` [[]],
-``stack_name`` [Autostop], ``poll_interval_seconds`` [10], ``marker_recheck_minutes`` [60], ``tracing`` [true:
-X-Ray for the functions and the state machine].
+``stack_name`` [Autostop], ``poll_interval_seconds`` [10; unused since the state machine waits for events],
+``marker_recheck_minutes`` [60], ``tracing`` [true: X-Ray for the functions and the state machine].
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class AutostopConfig:
     log_retention_days: int = 30
     notification_emails: tuple[str, ...] = field(default_factory=tuple)
     poll_interval_seconds: int = 10
-    """Wait between GetCommandInvocation / DescribeInstances polls in the state machine."""
+    """Unused since the state machine waits for events instead of polling; accepted so that existing cdk.json files
+    stay valid."""
     marker_recheck_minutes: int = 60
     """How often the sweep reads a ``_SUCCESS`` marker itself (S3 events report it within seconds; 0: every sweep)."""
     tracing: bool = True
@@ -103,21 +104,17 @@ class AutostopConfig:
         return RETENTION[self.log_retention_days]
 
     @property
-    def checkpoint_poll_limit(self) -> int:
-        """Polls of the checkpoint command before giving up: delivery + grace + upload budget, plus slack."""
-        budget = 120 + self.max_grace_seconds + self.checkpoint_timeout_seconds + 60
-        return -(-budget // self.poll_interval_seconds)
+    def command_budget_seconds(self) -> int:
+        """The longest a checkpoint or restore command can take: SSM's delivery wait (120 s), the grace, the upload
+        budget, and two minutes of slack (its Run command Task state waits this long for the end event)."""
+        return 120 + self.max_grace_seconds + self.checkpoint_timeout_seconds + 120
 
     @property
     def execution_timeout_seconds(self) -> int:
-        """The state machine's timeout: the checkpoint and stop poll loops at their bounds, plus an hour for
-        everything else (the resume path's agent wait and restore fit in the same bounds)."""
-        return (self.checkpoint_poll_limit + self.stop_poll_limit) * self.poll_interval_seconds + 3600
-
-    @property
-    def stop_poll_limit(self) -> int:
-        """Polls of DescribeInstances while the instance stops (20 minutes)."""
-        return -(-1200 // self.poll_interval_seconds)
+        """The state machine's timeout: a command waited for twice (its own wait, then following it after an
+        ambiguous SendCommand failure), the stop's wait for the final state (21 minutes), plus an hour for
+        everything else (evaluation, the resume path's agent wait, Verify, Record)."""
+        return 2 * self.command_budget_seconds + 1260 + 3600
 
     @classmethod
     def from_context(cls, node: Node) -> AutostopConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Aws, CfnOutput, Duration, Stack, Token
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -97,6 +99,12 @@ class AutostopStack(Stack):
             description="autostop Task state: after an ambiguous SendCommand failure, find the command by its comment (never re-send)",
             timeout=Duration.seconds(30),
         )
+        send_command = functions.function(
+            "SendCommand",
+            handler_package="send_command",
+            description="autostop Task state (task token): record the token, send the checkpoint or restore command once",
+            timeout=Duration.seconds(30),
+        )
 
         workflow = LifecycleStateMachine(
             self,
@@ -108,8 +116,7 @@ class AutostopStack(Stack):
             confirm_resume=confirm_resume,
             record=record,
             find_command=find_command,
-            checkpoint_document_arn=documents.arn(documents.checkpoint),
-            restore_document_arn=documents.arn(documents.restore),
+            send_command=send_command,
             topic=notifications.topic,
             log_retention=getattr(logs.RetentionDays, config.log_retention),
         )
@@ -144,6 +151,12 @@ class AutostopStack(Stack):
             timeout=Duration.minutes(1),
             extra_environment=trigger_env,
         )
+        on_status = functions.function(
+            "StatusEvent",
+            handler_package="on_status_event",
+            description="autostop: a command ended or an instance stopped; complete the execution's waiting task token",
+            timeout=Duration.seconds(30),
+        )
         triggers = Triggers(
             self,
             "Triggers",
@@ -154,6 +167,8 @@ class AutostopStack(Stack):
             bucket=storage.bucket,
             on_execution_ended=ended,
             state_machine_arn=state_machine.state_machine_arn,
+            on_status=on_status,
+            command_documents=[documents.checkpoint.ref, documents.restore.ref],
         )
 
         # --- grants, where producer and consumer meet ----------------------------------------------------
@@ -252,6 +267,17 @@ class AutostopStack(Stack):
                     },
                 )
             )
+        self._grant_task_tokens(
+            runs=runs,
+            documents=documents,
+            instances_arn=instances_arn,
+            opted_in=opted_in,
+            state_machine_arn=state_machine.state_machine_arn,
+            send_command=send_command,
+            stop=stop,
+            on_status=on_status,
+            sweep=sweep,
+        )
         self._acknowledge(functions, workflow, storage)
 
         CfnOutput(
@@ -305,6 +331,69 @@ class AutostopStack(Stack):
             undelivered=triggers.undelivered,
         )
         CfnOutput(self, "DashboardName", value=monitoring.dashboard.dashboard_name, description="CloudWatch dashboard")
+
+    def _grant_task_tokens(
+        self,
+        *,
+        runs: Any,
+        documents: InstanceDocuments,
+        instances_arn: str,
+        opted_in: dict[str, Any],
+        state_machine_arn: str,
+        send_command: lambda_.Function,
+        stop: lambda_.Function,
+        on_status: lambda_.Function,
+        sweep: lambda_.Function,
+    ) -> None:
+        """The event-driven waits (shared/waiters.py): Send command sends the checkpoint and restore documents to opted-in
+        instances and records waiters; Stop instance records its waiter; on_status_event and the sweep complete them."""
+        for doc, sid in ((documents.checkpoint, "CheckpointDocument"), (documents.restore, "RestoreDocument")):
+            send_command.add_to_role_policy(iam.PolicyStatement(sid=sid, actions=["ssm:SendCommand"], resources=[documents.arn(doc)]))
+        send_command.add_to_role_policy(
+            iam.PolicyStatement(sid="CommandOptedInInstances", actions=["ssm:SendCommand"], resources=[instances_arn], conditions=opted_in)
+        )
+        # GetCommandInvocation has no resource-level permissions (Service Authorization Reference, AWS Systems Manager).
+        for fn in (send_command, on_status, sweep):
+            fn.add_to_role_policy(iam.PolicyStatement(sid="ReadCommandInvocation", actions=["ssm:GetCommandInvocation"], resources=["*"]))
+        # Waiters live in the run records table under the partition key "waiter" (never an instance id): these grants
+        # reach those items only (dynamodb:LeadingKeys), so no function can delete or overwrite a run record.
+        waiter_actions = {
+            send_command: ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            stop: ["dynamodb:PutItem", "dynamodb:DeleteItem"],
+            on_status: ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:DeleteItem"],
+            sweep: ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:DeleteItem"],
+        }
+        for fn, actions in waiter_actions.items():
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    sid="Waiters",
+                    actions=actions,
+                    resources=[runs.table_arn],
+                    conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [c.WAITER_PARTITION]}},
+                )
+            )
+        sweep.add_to_role_policy(iam.PolicyStatement(sid="StoppedInstances", actions=["ec2:DescribeInstances"], resources=["*"]))
+        # A standalone policy, not the functions' default policies: the state machine's definition names Send command
+        # and Stop instance, so their default policies (which each function depends on) cannot name the state machine.
+        responses = iam.Policy(
+            self,
+            "TaskTokenResponses",
+            statements=[
+                iam.PolicyStatement(
+                    sid="CompleteTaskTokens",
+                    actions=["states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"],
+                    resources=[state_machine_arn],
+                )
+            ],
+        )
+        for fn in (send_command, stop, on_status, sweep):
+            responses.attach_to_role(fn.role)  # type: ignore[arg-type]
+        acknowledge(
+            responses,
+            "NIST.800.53.R5-IAMNoInlinePolicy",
+            "SendTaskSuccess/Failure/Heartbeat on the lifecycle state machine only, attached to the four roles that complete "
+            "its task tokens; inline because their default policies cannot name the state machine (it names two of them).",
+        )
 
     def _grant_evaluation(
         self,
@@ -414,7 +503,15 @@ class AutostopStack(Stack):
             "before starting a new attempt).",
             finding="Resource::" + self._nag_arn("states", f'execution:{{"Fn::Select":[6,{{"Fn::Split":[":",{{"Ref":"{machine}"}}]}}]}}:*'),
         )
-        for fn_id in ("EvaluateCompletion", "VerifyCheckpoint", "StopInstance", "ConfirmResume", "RecordOutcome", "FindCommand"):
+        for fn_id in (
+            "EvaluateCompletion",
+            "VerifyCheckpoint",
+            "StopInstance",
+            "ConfirmResume",
+            "RecordOutcome",
+            "FindCommand",
+            "SendCommand",
+        ):
             fn = functions.node.find_child(fn_id).node.default_child
             acknowledge(
                 workflow,

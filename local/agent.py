@@ -315,6 +315,7 @@ class AgentFleet:
             for inv in command.invocations:
                 if inv["Status"] not in TERMINAL:
                     inv.update(Status="Cancelled", StatusDetails="Cancelled")
+                    fleet._ended(command, inv)
             fleet._aggregate(command)
             return ActionResult({})
 
@@ -452,6 +453,7 @@ class AgentFleet:
         if not (instance.agent_online and instance.running) or inv["Status"] != "Pending":
             if inv["Status"] == "Pending":
                 inv.update(Status="DeliveryTimedOut", StatusDetails="DeliveryTimedOut")
+                self._ended(command, inv)
             self._aggregate(command)
             return
         workdir = instance.root / ".sim" / "ssm" / command.command_id
@@ -500,6 +502,28 @@ class AgentFleet:
             ExecutionElapsedTime=f"PT{(ended - started).total_seconds():.3f}S",
         )
         self._aggregate(command)
+        self._ended(command, inv)
+
+    def _ended(self, command: Any, inv: dict[str, Any]) -> None:
+        """SSM's "EC2 Command Invocation Status-change Notification" for an invocation that ended (SSM sends Run
+        Command status changes to EventBridge directly); :attr:`LocalAws.event_copies` may lose or repeat it."""
+        iid = inv["InstanceId"]
+        detail = {
+            "command-id": command.command_id,
+            "document-name": command.document_name,
+            "instance-id": iid,
+            "requested-date-time": command.requested_date_time.isoformat(),
+            "status": inv["Status"],
+        }
+        try:
+            self.aws.put_event(
+                "aws.ssm",
+                "EC2 Command Invocation Status-change Notification",
+                detail,
+                resources=[f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{iid}"],
+            )
+        except Exception as exc:  # best effort, as on AWS: the sweep's fallback settles it
+            self.aws.lambdas.errors.append(f"command status event for {command.command_id}: {type(exc).__name__}: {exc}")
 
     def _aggregate(self, command: Any) -> None:
         statuses = [inv["Status"] for inv in command.invocations]

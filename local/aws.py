@@ -61,6 +61,7 @@ import threading
 import traceback
 import types
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -115,10 +116,14 @@ class LambdaInvocations:
         self._pending: set[Future[Any]] = set()
         self._lock = threading.Lock()
         self.errors: list[str] = []
+        self.calls: Counter[str] = Counter()
+        """Invocations per handler package (``send_command``, ``on_status_event``, ...), for reports and benchmarks."""
 
     def invoke(self, handler: str, event: Any, function_name: str, function_arn: str) -> tuple[Any, bool]:
         """Import ``module.function`` from ``lambdas/`` and call it; returns (result, errored)."""
         module_name, func_name = handler.rsplit(".", 1)
+        with self._lock:
+            self.calls[module_name.split(".")[0]] += 1
         context = LambdaContext(function_name=function_name, invoked_function_arn=function_arn, aws_request_id=str(uuid.uuid4()))
         try:
             result = getattr(importlib.import_module(module_name), func_name)(event, context)
@@ -161,6 +166,15 @@ class LocalAws:
         """Called with the ids of stopped instances StartInstances powered on (before "running" is put)."""
         self.ec2_events: list[dict[str, Any]] = []
         """Every event the EC2 patches put on the bus, in order (for tests and reports)."""
+        self.event_copies: Callable[[str, str, dict[str, Any]], int] | None = None
+        """Fault hook for the events AWS services emit (:meth:`put_event`): given (source, detail-type, detail), how
+        many copies reach the bus: 0 loses the event, 2 duplicates it (EventBridge delivers at least once, best
+        effort). None: one copy each."""
+        self.lost_events: list[dict[str, Any]] = []
+        """Events the ``event_copies`` hook lost (source, detail-type, detail)."""
+        self.task_timeout_cap: float | None = None
+        """If set, no Task state's TimeoutSeconds(Path) exceeds this many seconds (tests of a command whose end never
+        comes, without waiting the production budget)."""
         self._stack = ExitStack()
         self.endpoint_url = ""
 
@@ -185,6 +199,7 @@ class LocalAws:
         self.endpoint_url = f"http://{host}:{port}"
         stack.enter_context(mock.patch.dict(os.environ, {"MOTO_PORT": str(port)}))
         self._patch_lambda()
+        self._patch_task_timeouts()
         self._patch_events()
         self._patch_time()
         self._patch_ec2()
@@ -211,6 +226,18 @@ class LocalAws:
 
         self._stack.enter_context(mock.patch.object(LambdaFunction, "_invoke_lambda", _invoke_lambda))
 
+    def _patch_task_timeouts(self) -> None:
+        from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import Timeout
+
+        aws = self
+
+        def _eval_body(timeout: Any, env: Any) -> None:
+            seconds = timeout._eval_seconds(env=env)
+            cap = aws.task_timeout_cap
+            env.stack.append(seconds if cap is None or timeout.is_default_value() else min(seconds, max(1, int(cap))))
+
+        self._stack.enter_context(mock.patch.object(Timeout, "_eval_body", _eval_body))
+
     def _patch_events(self) -> None:
         from moto.awslambda.models import lambda_backends
         from moto.events.models import Rule
@@ -222,6 +249,8 @@ class LocalAws:
         def send_to_targets(rule: Any, event: dict[str, Any], transform_input: bool = True) -> None:
             moto_event = event
             event = aws_event_shape(event)
+            if getattr(rule, "scheduled_expression", None):
+                return  # a schedule rule matches no event (moto's empty pattern would match every one)
             if not rule.event_pattern.matches_event(event):
                 return
             others = [t for t in rule.targets if parse_arn(t["Arn"]).service != "lambda"]
@@ -473,10 +502,14 @@ class LocalAws:
     ) -> dict[str, Any]:
         """Put one event on the default bus through moto's own PutEvents (so every rule's pattern decides).
 
-        Used for the events AWS services emit (``aws.*`` sources). Returns the event as rules see it.
+        Used for the events AWS services emit (``aws.*`` sources); :attr:`event_copies` may lose or repeat it.
+        Returns the event as rules see it.
         """
         from moto.events.models import events_backends
 
+        copies = 1 if self.event_copies is None else self.event_copies(source, detail_type, detail)
+        if copies == 0:
+            self.lost_events.append({"source": source, "detail-type": detail_type, "detail": detail})
         moment = (time or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
         when = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         # Time as PutEvents receives it from an SDK (epoch seconds): moto's own targets need a number.
@@ -487,9 +520,11 @@ class LocalAws:
             "Resources": resources or [],
             "Time": moment.timestamp(),
         }
-        [result] = events_backends[account][region].put_events([entry])
-        if "EventId" not in result:
-            raise RuntimeError(f"PutEvents refused {detail_type}: {result}")
+        result = {"EventId": "lost"}
+        for _ in range(copies):
+            [result] = events_backends[account][region].put_events([entry])
+            if "EventId" not in result:
+                raise RuntimeError(f"PutEvents refused {detail_type}: {result}")
         return {
             "version": "0",
             "id": result["EventId"],

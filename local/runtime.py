@@ -27,6 +27,8 @@ LOCAL_OVERRIDES = {
     # marker (tests/integration/test_triggers.py covers the deployed default, an hourly recheck).
     "AUTOSTOP_MARKER_RECHECK_MINUTES": "0",
     "AUTOSTOP_PROBE_TIMEOUT_SECONDS": "20",
+    # A scenario's sweep completes a waiting task token whose status event was lost at once, not two minutes later.
+    "AUTOSTOP_SETTLE_AFTER_SECONDS": "0",
 }
 """Function settings the local runtime shortens (probe polling); everything else is the template's."""
 TRAINER = Path(__file__).resolve().parent / "trainer.py"

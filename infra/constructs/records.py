@@ -25,6 +25,7 @@ class RunRecordsTable(Construct):
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(point_in_time_recovery_enabled=True),
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             removal_policy=RemovalPolicy.RETAIN,
+            time_to_live_attribute="expires",  # waiters of executions (shared/waiters.py) go after three days
         )
         acknowledge(
             self.table,

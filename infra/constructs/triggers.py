@@ -16,6 +16,9 @@ from infra.nag import acknowledge
 from lambdas.shared import constants as c
 
 EXECUTION_STATUS_CHANGE = "Step Functions Execution Status Change"
+COMMAND_INVOCATION_STATUS_CHANGE = "EC2 Command Invocation Status-change Notification"
+STILL_RUNNING = ("Pending", "InProgress", "Delayed", "Cancelling")
+"""Invocation statuses of a command that has not ended (shared/waiters.py STILL_RUNNING)."""
 LAST_ATTEMPT = 20
 """shared/executions.py MAX_ATTEMPTS (tests/infra/test_stack.py checks they agree)."""
 
@@ -38,6 +41,8 @@ class Triggers(Construct):
         bucket: s3.IBucket,
         on_execution_ended: lambda_.IFunction | None = None,
         state_machine_arn: str | None = None,
+        on_status: lambda_.IFunction | None = None,
+        command_documents: list[str] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.undelivered = sqs.Queue(
@@ -53,7 +58,7 @@ class Triggers(Construct):
             "This queue is itself the dead-letter queue of the EventBridge targets; it needs no DLQ of its own.",
         )
         delivery = {"dead_letter_queue": self.undelivered, "retry_attempts": 4, "max_event_age": Duration.hours(2)}
-        for fn in (sweep, on_marker, on_instance, *([on_execution_ended] if on_execution_ended else [])):
+        for fn in (sweep, on_marker, on_instance, *[f for f in (on_execution_ended, on_status) if f is not None]):
             # EventBridge invokes asynchronously: an invocation that fails after Lambda's retries is kept, not lost.
             fn.configure_async_invoke(on_failure=destinations.SqsDestination(self.undelivered))
             acknowledge(
@@ -99,6 +104,8 @@ class Triggers(Construct):
             event_pattern=events.EventPattern(source=["aws.ec2"], detail_type=[c.STATE_CHANGE], detail={"state": ["running"]}),
             targets=[targets.LambdaFunction(on_instance, **delivery)],
         )
+        if on_status is not None:
+            self._status_rules(on_status, command_documents or [], delivery)
         if on_execution_ended is not None and state_machine_arn is not None:
             # Executions that end without their own Notify: the state machine's timeout, StopExecution, a failure
             # no Catch handles (the Lambda ignores FAILED executions whose error is one of the failure outcomes:
@@ -131,3 +138,28 @@ class Triggers(Construct):
                 ),
                 targets=[targets.LambdaFunction(on_execution_ended, **delivery)],
             )
+
+    def _status_rules(self, on_status: lambda_.IFunction, documents: list[str], delivery: dict[str, object]) -> None:
+        """The events that complete waiting executions (shared/waiters.py): the end of a command of autostop's own
+        checkpoint and restore documents ("Amazon EventBridge events for Systems Manager": SSM sends Run Command
+        status changes directly to EventBridge, best effort), and instances reaching stopped or terminated."""
+        self.command_ended = events.Rule(
+            self,
+            "CommandEnded",
+            description="autostop: a checkpoint or restore command ended on an instance",
+            event_pattern=events.EventPattern(
+                source=["aws.ssm"],
+                detail_type=[COMMAND_INVOCATION_STATUS_CHANGE],
+                detail={"document-name": documents, "status": events.Match.anything_but(*STILL_RUNNING)},
+            ),
+            targets=[targets.LambdaFunction(on_status, **delivery)],  # type: ignore[arg-type]
+        )
+        self.instance_stopped = events.Rule(
+            self,
+            "InstanceStopped",
+            description="autostop: an instance reached stopped or terminated (confirms autostop's own stop)",
+            event_pattern=events.EventPattern(
+                source=["aws.ec2"], detail_type=[c.STATE_CHANGE], detail={"state": ["stopped", "terminated"]}
+            ),
+            targets=[targets.LambdaFunction(on_status, **delivery)],  # type: ignore[arg-type]
+        )

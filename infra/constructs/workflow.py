@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Stack
-from aws_cdk import aws_iam as iam
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
@@ -23,7 +22,6 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra.config import AutostopConfig
-from infra.constructs.documents import PINNED_DOCUMENT_VERSION
 from infra.nag import acknowledge
 from lambdas.shared import constants as c
 
@@ -39,9 +37,12 @@ TRANSIENT_ERROR = "TransientAwsError"
 SSM_THROTTLED = ["Ssm.ThrottlingException", "Ssm.TooManyUpdatesException"]
 """SendCommand is retried only when SSM rejected the request outright: a retry after an ambiguous
 failure (timeout, 5xx) could deliver the checkpoint command twice and signal the trainer twice."""
-PENDING_COMMAND = ("Pending", "InProgress", "Delayed")
-ON_THE_WAY = ("pending", "running", "stopping", "shutting-down")
-"""Instance states in which the Stop instance step keeps waiting for the final state."""
+STOP_WAIT_SECONDS = 1260
+"""How long Stop instance waits for the final state after the call (21 minutes; the sweep confirms a stop whose
+event was lost within one schedule period)."""
+COMMAND_TIMEOUT = sfn.Timeout.at("$.evaluation.command.wait_seconds")
+"""How long a Run command Task state waits for its token: the command's delivery and execution timeouts plus a
+minute (``shared.workflow.CheckpointCommand.wait_seconds``); SSM has ended the command by then."""
 
 
 class LifecycleStateMachine(Construct):
@@ -59,20 +60,20 @@ class LifecycleStateMachine(Construct):
         confirm_resume: lambda_.IFunction,
         record: lambda_.IFunction,
         find_command: lambda_.IFunction,
-        checkpoint_document_arn: str,
-        restore_document_arn: str,
+        send_command: lambda_.IFunction,
         topic: sns.ITopic,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
         self._config = config
         self._find_command = find_command
+        self._send_command = send_command
         self._finish = self._build_finish(record, topic)
         stop_entry = self._build_stop(stop)
         verify_entry = self._build_verify(verify, stop_entry)
-        checkpoint_entry = self._build_checkpoint(checkpoint_document_arn, verify_entry)
-        spot_entry = self._build_spot(checkpoint_document_arn, verify)
-        resume_entry = self._build_resume(restore_document_arn, confirm_resume)
+        checkpoint_entry = self._build_checkpoint(verify_entry)
+        spot_entry = self._build_spot(verify)
+        resume_entry = self._build_resume(confirm_resume)
         definition = self._build_evaluate(evaluate, checkpoint_entry, spot_entry, resume_entry)
 
         budget = config.execution_timeout_seconds
@@ -144,14 +145,14 @@ class LifecycleStateMachine(Construct):
         return state
 
     def _get_invocation(self, name: str) -> tasks.CallAwsService:
-        """GetCommandInvocation of ``$.command.CommandId`` on the instance, its status and output into ``$.invocation``."""
+        """GetCommandInvocation of ``$.lookup.command_id`` on the instance, its status and output into ``$.invocation``."""
         return tasks.CallAwsService(
             self,
             name,
             service="ssm",
             action="getCommandInvocation",
             iam_resources=["*"],  # GetCommandInvocation has no resource-level permissions
-            parameters={"CommandId.$": "$.command.CommandId", "InstanceId.$": "$.evaluation.instance_id"},
+            parameters={"CommandId.$": "$.lookup.command_id", "InstanceId.$": "$.evaluation.instance_id"},
             result_selector={
                 "Status.$": "$.Status",
                 "StatusDetails.$": "$.StatusDetails",
@@ -259,82 +260,39 @@ class LifecycleStateMachine(Construct):
         )
         return task.next(route)
 
-    # --- Commands: SendCommand, then a bounded Wait / GetCommandInvocation loop ---------------------------------
+    # --- Commands: record the task token, SendCommand, wait for SSM's status-change event ------------------------
 
-    def _send_and_poll(
-        self,
-        what: str,
-        document_arn: str,
-        on_finished: sfn.IChainable,
-        *,
-        failed_outcome: str,
-        comment: str,
-        interval: int | None = None,
-        limit: int | str,
-    ) -> sfn.IChainable:
-        """``Send <what> command`` (document and parameters from ``$.evaluation.command``), then poll
-        GetCommandInvocation every ``interval`` seconds (default: the config's) until the command ends or
-        ``limit`` polls (a number, or a JSONPath to one) have been made; then ``on_finished``."""
-        config = self._config
-        instances = Stack.of(self).format_arn(service="ec2", resource="instance", resource_name="*")
-        send = tasks.CallAwsService(
-            self,
-            f"Send {what} command",
-            service="ssm",
-            action="sendCommand",
-            iam_resources=[document_arn],
-            additional_iam_statements=[
-                iam.PolicyStatement(
-                    actions=["ssm:SendCommand"],
-                    resources=[instances],
-                    conditions={"StringEqualsIgnoreCase": {f"aws:ResourceTag/{config.tag_prefix}:{c.TAG_ENABLED}": "true"}},
-                )
-            ],
-            parameters={
-                "DocumentName.$": "$.evaluation.command.document",
-                # Never the document's $DEFAULT version: the version this stack created (see PINNED_DOCUMENT_VERSION).
-                "DocumentVersion": PINNED_DOCUMENT_VERSION,
-                "InstanceIds.$": "States.Array($.evaluation.instance_id)",
-                "Parameters.$": "$.evaluation.command.parameters",
-                "TimeoutSeconds.$": "$.evaluation.command.delivery_timeout_seconds",
-                # The execution's name, so that after an ambiguous failure Find command can tell its command apart.
-                "Comment.$": "States.Format('autostop {}', $$.Execution.Name)",
-            },
-            result_selector={"CommandId.$": "$.Command.CommandId"},
-            result_path="$.command",
+    def _send_and_wait(self, what: str, on_finished: sfn.IChainable, *, failed_outcome: str, timeout: sfn.Timeout) -> sfn.IChainable:
+        """``Run <what> command``: the Send command Lambda records this Task state's token and sends the command
+        (document and parameters from ``$.evaluation.command``); the execution waits, with no polling, until the
+        command's end completes the token with its invocation (``$.invocation``), then ``on_finished``.
+
+        SSM refused the command: the failure outcome. An ambiguous SendCommand failure, or no completion within
+        ``timeout`` (the status event and the sweep's fallback both lost): ``Find <what> command`` by its comment
+        (never re-sent), ``Follow <what> command`` (waits for it, completed at once if it has ended), and after a
+        second timeout one last GetCommandInvocation before ``on_finished`` judges it."""
+        run = self._wait_for_token(f"Run {what} command", self._send_command, {}, "$.invocation", timeout)
+        run.add_catch(
+            self._outcome(
+                f"{what.capitalize()} command not sent", failed_outcome, "States.Format('SendCommand failed: {}', $.error.Cause)"
+            ),
+            errors=["CommandNotSent"],
+            result_path="$.error",
         )
-        send.add_retry(errors=SSM_THROTTLED, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
-        # Any other failure may have come back after SSM accepted the command (a 5xx, a timeout): never re-send
-        # (the trainer is signalled at most once); look for this execution's command and follow it if it exists.
         find = self._lambda(
             f"Find {what} command",
             self._find_command,
-            {"evaluation.$": "$.evaluation", "error.$": "$.send_error", "execution_name.$": "$$.Execution.Name"},
+            {"evaluation.$": "$.evaluation", "error.$": "$.error", "execution_name.$": "$$.Execution.Name"},
             "$.lookup",
         )
-        send.add_catch(find, errors=["States.ALL"], result_path="$.send_error")
-        self._on_error(find, f"{what.capitalize()} command not sent", failed_outcome, "SendCommand failed and the command lookup failed")
-        follow = sfn.Pass(self, f"Follow the {what} command", parameters={"CommandId.$": "$.lookup.command_id"}, result_path="$.command")
-        found = (
-            sfn.Choice(self, f"{what.capitalize()} command found?")
-            .when(sfn.Condition.boolean_equals("$.lookup.found", True), follow)
-            .otherwise(self._outcome(f"{what.capitalize()} command not found", failed_outcome, "$.lookup.reason"))
-        )
-        find.next(found)
-        get = self._get_invocation(f"Get {what} command invocation")
-        self._retry_read_only(get)  # InvocationDoesNotExist is normal for a few seconds after SendCommand
+        run.add_catch(find, errors=["CommandOutcomeUnknown", "States.Timeout"], result_path="$.error")
+        self._on_error(run, f"{what.capitalize()} status unknown", failed_outcome, f"the end of the {what} command is not known")
         self._on_error(
-            get,
-            f"{what.capitalize()} status unknown",
-            failed_outcome,
-            f"GetCommandInvocation failed, so the {what} is not known to be done",
+            find, f"{what.capitalize()} command lookup failed", failed_outcome, "SendCommand failed and the command lookup failed"
         )
-
-        # When the poll bound runs out with the command still running, look once more (one more interval, one
-        # more GetCommandInvocation) before the verify step judges it: an upload that finished meanwhile is then
-        # verified from S3 instead of failing.
-        seconds = interval or self._config.poll_interval_seconds
-        last_wait = sfn.Wait(self, f"Last wait for {what} command", time=sfn.WaitTime.duration(Duration.seconds(seconds)))
+        follow = self._wait_for_token(
+            f"Follow {what} command", self._send_command, {"command_id.$": "$.lookup.command_id"}, "$.invocation", timeout
+        )
         last_get = self._get_invocation(f"Get {what} command invocation once more")
         self._retry_read_only(last_get)
         self._on_error(
@@ -343,39 +301,48 @@ class LifecycleStateMachine(Construct):
             failed_outcome,
             f"GetCommandInvocation failed, so the {what} is not known to be done",
         )
-        last_wait.next(last_get).next(on_finished)
-
-        def finished(wait: sfn.Wait, counter: str) -> sfn.Choice:
-            still_running = sfn.Condition.or_(*[sfn.Condition.string_equals("$.invocation.Status", st) for st in PENDING_COMMAND])
-            below = (
-                sfn.Condition.number_less_than_json_path(f"{counter}.n", limit)
-                if isinstance(limit, str)
-                else sfn.Condition.number_less_than(f"{counter}.n", limit)
-            )
-            return (
-                sfn.Choice(self, f"{what.capitalize()} command finished?")
-                .when(sfn.Condition.and_(still_running, below), wait)
-                .when(still_running, last_wait)
-                .otherwise(on_finished)
-            )
-
-        polls = self._poll_loop(what, f"Wait for {what} command", get, finished, interval=interval)
-        follow.next(polls)
-        return send.next(polls)
-
-    def _build_checkpoint(self, document_arn: str, on_finished: sfn.IChainable) -> sfn.IChainable:
-        return self._send_and_poll(
-            "checkpoint",
-            document_arn,
-            on_finished,
-            failed_outcome=c.OUTCOME_CHECKPOINT_FAILED,
-            comment="autostop checkpoint before stop",
-            limit=self._config.checkpoint_poll_limit,
+        follow.add_catch(last_get, errors=["States.Timeout"], result_path="$.error")
+        self._on_error(follow, f"{what.capitalize()} not followed", failed_outcome, f"the end of the {what} command is not known")
+        last_get.next(on_finished)
+        follow.next(on_finished)
+        found = (
+            sfn.Choice(self, f"{what.capitalize()} command found?")
+            .when(sfn.Condition.boolean_equals("$.lookup.found", True), follow)
+            .otherwise(self._outcome(f"{what.capitalize()} command not found", failed_outcome, "$.lookup.reason"))
         )
+        find.next(found)
+        return run.next(on_finished)
+
+    def _wait_for_token(
+        self, name: str, fn: lambda_.IFunction, extra: dict[str, Any], result_path: str, timeout: sfn.Timeout
+    ) -> tasks.LambdaInvoke:
+        """A ``lambda:invoke.waitForTaskToken`` Task state: ``fn`` gets the evaluation, the execution's name and the
+        token (plus ``extra``); the state's result is what completes the token."""
+        payload = {
+            "evaluation.$": "$.evaluation",
+            "execution_name.$": "$$.Execution.Name",
+            "task_token": sfn.JsonPath.task_token,
+            **extra,
+        }
+        task = tasks.LambdaInvoke(
+            self,
+            name,
+            lambda_function=fn,
+            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+            payload=sfn.TaskInput.from_object(payload),
+            retry_on_service_exceptions=False,
+            result_path=result_path,
+            task_timeout=timeout,
+        )
+        task.add_retry(errors=[*LAMBDA_SERVICE_ERRORS, TRANSIENT_ERROR], interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
+        return task
+
+    def _build_checkpoint(self, on_finished: sfn.IChainable) -> sfn.IChainable:
+        return self._send_and_wait("checkpoint", on_finished, failed_outcome=c.OUTCOME_CHECKPOINT_FAILED, timeout=COMMAND_TIMEOUT)
 
     # --- Spot interruption / rebalance: checkpoint now, verify, never stop ---------------------------------------
 
-    def _build_spot(self, document_arn: str, verify: lambda_.IFunction) -> sfn.IChainable:
+    def _build_spot(self, verify: lambda_.IFunction) -> sfn.IChainable:
         failed = c.OUTCOME_SPOT_CHECKPOINT_FAILED
         task = self._lambda(
             "Verify emergency checkpoint",
@@ -392,19 +359,11 @@ class LifecycleStateMachine(Construct):
             )
             .otherwise(self._outcome("Spot checkpoint failed", failed, "$.verification.reason", checkpoint=True))
         )
-        return self._send_and_poll(
-            "emergency checkpoint",
-            document_arn,
-            task.next(route),
-            failed_outcome=failed,
-            comment="autostop checkpoint before a Spot interruption (no stop)",
-            interval=c.SPOT_POLL_SECONDS,
-            limit="$.evaluation.poll_limit",
-        )
+        return self._send_and_wait("emergency checkpoint", task.next(route), failed_outcome=failed, timeout=COMMAND_TIMEOUT)
 
     # --- Resume: wait for the SSM agent, restore the last verified checkpoint, start the trainer -----------------
 
-    def _build_resume(self, document_arn: str, confirm: lambda_.IFunction) -> sfn.IChainable:
+    def _build_resume(self, confirm: lambda_.IFunction) -> sfn.IChainable:
         failed = c.OUTCOME_RESUME_FAILED
         task = self._lambda("Confirm resume", confirm, {"evaluation.$": "$.evaluation", "invocation.$": "$.invocation"}, "$.resume")
         self._on_error(task, "Resume confirmation error", failed, "Confirm resume failed")
@@ -413,14 +372,7 @@ class LifecycleStateMachine(Construct):
             .when(sfn.Condition.boolean_equals("$.resume.resumed", True), self._outcome("Resumed", c.OUTCOME_RESUMED, "$.resume.reason"))
             .otherwise(self._outcome("Resume failed", failed, "$.resume.reason"))
         )
-        restore = self._send_and_poll(
-            "restore",
-            document_arn,
-            task.next(judged),
-            failed_outcome=failed,
-            comment="autostop restore of the last verified checkpoint after a start",
-            limit=self._config.checkpoint_poll_limit,  # bounds delivery + the restore's executionTimeout at this interval
-        )
+        restore = self._send_and_wait("restore", task.next(judged), failed_outcome=failed, timeout=COMMAND_TIMEOUT)
         describe = tasks.CallAwsService(
             self,
             "Describe SSM agent",
@@ -481,90 +433,57 @@ class LifecycleStateMachine(Construct):
     # --- Stop: guard + StopInstances/TerminateInstances, then wait for the final state ---------------------------
 
     def _build_stop(self, stop: lambda_.IFunction) -> sfn.IChainable:
-        config = self._config
-        task = self._lambda(
-            "Stop instance",
-            stop,
-            {"evaluation.$": "$.evaluation", "verification.$": "$.verification", "execution_name.$": "$$.Execution.Name"},
-            "$.stop",
+        """``Stop instance`` (token): the guard, the stop mark and the call; its result comes back at once when no
+        call was made, else with the state the instance reached (EC2's state-change event, or the sweep). One
+        Choice routes every result: the action's outcome, started again, dry run, the guard's skip, a refusal."""
+        task = self._wait_for_token(
+            "Stop instance", stop, {"verification.$": "$.verification"}, "$.stop", sfn.Timeout.duration(Duration.seconds(STOP_WAIT_SECONDS))
         )
-        self._on_error(task, "Stop error", c.OUTCOME_STOP_FAILED, "Stop instance failed")
-        describe = tasks.CallAwsService(
-            self,
-            "Describe instance",
-            service="ec2",
-            action="describeInstances",
-            iam_resources=["*"],  # DescribeInstances has no resource-level permissions
-            parameters={"InstanceIds.$": "States.Array($.evaluation.instance_id)"},
-            result_selector={
-                "state.$": "$.Reservations[0].Instances[0].State.Name",
-                "launch_time.$": "$.Reservations[0].Instances[0].LaunchTime",
-            },
-            result_path="$.instance",
-        )
-        self._retry_read_only(describe)
-        self._on_error(
-            describe,
-            "Stop not confirmed",
-            c.OUTCOME_STOP_FAILED,
-            "the stop call was accepted but DescribeInstances failed",
-            checkpoint=True,
-        )
-        which = sfn.Choice(self, "Which action?")
+        self._on_error(task, "Stop error", c.OUTCOME_STOP_FAILED, "Stop instance failed or its final state was not seen")
+        called = sfn.Condition.boolean_equals("$.stop.called", True)
+        reached = sfn.Condition.and_(called, sfn.Condition.string_equals_json_path("$.stop.state", "$.stop.expected_state"))
+        route = sfn.Choice(self, "Instance stopped?")
         for outcome in (c.OUTCOME_STOPPED, c.OUTCOME_HIBERNATED, c.OUTCOME_TERMINATED):
-            which.when(
-                sfn.Condition.string_equals("$.stop.outcome", outcome),
+            route.when(
+                sfn.Condition.and_(reached, sfn.Condition.string_equals("$.stop.outcome", outcome)),
                 self._outcome(outcome, outcome, "$.stop.reason", checkpoint=True),
             )
-        which.otherwise(self._outcome("Unexpected stop result", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
-
         # Started again while we waited (a new LaunchTime: a new session): our call was accepted and the instance
         # stopped; the new session resumes (the run record's stop mark made this one resumable before the call).
         restarted = sfn.Condition.and_(
-            sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", st) for st in ("pending", "running")]),
-            sfn.Condition.is_timestamp("$.instance.launch_time"),
+            called,
+            sfn.Condition.or_(*[sfn.Condition.string_equals("$.stop.state", st) for st in ("pending", "running")]),
+            sfn.Condition.is_timestamp("$.stop.launch_time"),
             sfn.Condition.is_timestamp("$.evaluation.session"),
-            sfn.Condition.not_(sfn.Condition.timestamp_equals_json_path("$.instance.launch_time", "$.evaluation.session")),
+            sfn.Condition.not_(sfn.Condition.timestamp_equals_json_path("$.stop.launch_time", "$.evaluation.session")),
             sfn.Condition.not_(sfn.Condition.string_equals("$.stop.expected_state", "terminated")),
         )
-        started_again = self._outcome(
-            "Started again after the stop",
-            "$.stop.outcome",
-            "States.Format('{}; the instance was then started again (LaunchTime {}), a new session that resumes from this "
-            "checkpoint', $.stop.reason, $.instance.launch_time)",
-            checkpoint=True,
+        route.when(
+            restarted,
+            self._outcome(
+                "Started again after the stop",
+                "$.stop.outcome",
+                "States.Format('{}; the instance was then started again (LaunchTime {}), a new session that resumes from this "
+                "checkpoint', $.stop.reason, $.stop.launch_time)",
+                checkpoint=True,
+            ),
         )
-
-        def final(wait: sfn.Wait, counter: str) -> sfn.Choice:
-            on_the_way = sfn.Condition.or_(*[sfn.Condition.string_equals("$.instance.state", st) for st in ON_THE_WAY])
-            return (
-                sfn.Choice(self, "Instance in final state?")
-                .when(sfn.Condition.string_equals_json_path("$.instance.state", "$.stop.expected_state"), which)
-                .when(restarted, started_again)
-                .when(sfn.Condition.and_(on_the_way, sfn.Condition.number_less_than(f"{counter}.n", config.stop_poll_limit)), wait)
-                .otherwise(
-                    self._outcome(
-                        "Final state not reached",
-                        c.OUTCOME_STOP_FAILED,
-                        "States.Format('instance is {} after {} polls; expected {}', "
-                        f"$.instance.state, {counter}.n, $.stop.expected_state)",
-                        checkpoint=True,
-                    )
-                )
-            )
-
-        confirm = self._poll_loop("stop", "Wait for instance state", describe, final)
-        not_called = (
-            sfn.Choice(self, "Why no call?")
-            .when(
-                sfn.Condition.string_equals("$.stop.outcome", c.OUTCOME_DRY_RUN),
-                self._outcome("Dry run", c.OUTCOME_DRY_RUN, "$.stop.reason", checkpoint=True),
-            )
-            .when(
-                sfn.Condition.string_equals("$.stop.outcome", c.OUTCOME_SKIPPED),
-                self._outcome("Skipped by guard", c.OUTCOME_SKIPPED, "$.stop.reason", checkpoint=True),
-            )
-            .otherwise(self._outcome("Stop refused", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
+        route.when(
+            called,
+            self._outcome(
+                "Final state not reached",
+                c.OUTCOME_STOP_FAILED,
+                "States.Format('instance is {} after the stop call; expected {}', $.stop.state, $.stop.expected_state)",
+                checkpoint=True,
+            ),
         )
-        route = sfn.Choice(self, "Stop accepted?").when(sfn.Condition.boolean_equals("$.stop.called", True), confirm).otherwise(not_called)
+        route.when(
+            sfn.Condition.string_equals("$.stop.outcome", c.OUTCOME_DRY_RUN),
+            self._outcome("Dry run", c.OUTCOME_DRY_RUN, "$.stop.reason", checkpoint=True),
+        )
+        route.when(
+            sfn.Condition.string_equals("$.stop.outcome", c.OUTCOME_SKIPPED),
+            self._outcome("Skipped by guard", c.OUTCOME_SKIPPED, "$.stop.reason", checkpoint=True),
+        )
+        route.otherwise(self._outcome("Stop refused", c.OUTCOME_STOP_FAILED, "$.stop.reason", checkpoint=True))
         return task.next(route)

@@ -21,15 +21,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from shared.errors import TransientAwsError, error_code, is_transient
+from shared.waiters import comment_for
 
-COMMENT_PREFIX = "autostop "
 LOOKS = 3
 LOOK_INTERVAL_SECONDS = 3.0
-
-
-def comment_for(execution: str) -> str:
-    """The SendCommand ``Comment`` of every command an execution sends (at most 100 characters: names are ≤ 80)."""
-    return f"{COMMENT_PREFIX}{execution}"
 
 
 class FindOutput(BaseModel):

@@ -14,6 +14,7 @@ from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
 from shared.settings import settings
 from shared.triggers import parse_trigger_event
+from shared.waiters import Waiters, settle_stale
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -31,6 +32,23 @@ def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
         ec2=client("ec2"), sfn=client("stepfunctions"), evaluator=evaluator, scheduled_at=event.time.isoformat(), outlets=outlets
     )
     logger.info("sweep finished", extra=summary.log_line())
+    settled = settle_waiters()
+    if settled:
+        logger.info("waiters settled", extra=settled)
+        metrics.add_metric(name="TaskTokensSettledBySweep", unit="Count", value=settled["completed"])
     metrics.add_metric(name="SweepInstances", unit="Count", value=summary.instances)
     metrics.add_metric(name="ExecutionsStarted", unit="Count", value=sum(e.status == "started" for e in summary.executions))
-    return summary.model_dump(mode="json")
+    return {**summary.model_dump(mode="json"), "waiters": settled}
+
+
+def settle_waiters() -> dict[str, int]:
+    """The fallback for lost status events (shared/waiters.py settle_stale); never fails the sweep."""
+    config = settings()
+    if not config.runs_table:
+        return {}
+    try:
+        waiters = Waiters(client("dynamodb"), config.runs_table)
+        return settle_stale(client("ssm"), client("ec2"), client("stepfunctions"), waiters, older_than=config.settle_after_seconds)
+    except Exception:  # the sweep's own work is done; the next sweep tries again
+        logger.exception("settling waiters failed")
+        return {}

@@ -15,3 +15,13 @@ CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_
 def client(service: str) -> Any:
     """A cached boto3 client for ``service`` (``ec2``, ``s3``, ``ssm``, ``stepfunctions``)."""
     return boto3.client(service, config=CLIENT_CONFIG)
+
+
+SINGLE_ATTEMPT = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=30)
+
+
+@cache
+def single_attempt_client(service: str) -> Any:
+    """A cached boto3 client that never repeats a request: for calls that must not run twice (SendCommand of a
+    command that signals the trainer). Its caller decides what a failure means."""
+    return boto3.client(service, config=SINGLE_ATTEMPT)

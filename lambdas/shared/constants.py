@@ -109,6 +109,8 @@ REASONS: Final = (REASON_COMPLETE, REASON_INTERRUPTION, REASON_REBALANCE, REASON
 # --- Run records (DynamoDB) --------------------------------------------------------------------------
 RECORDS_PARTITION_KEY: Final = "instance_id"
 RECORDS_SORT_KEY: Final = "run"
+WAITER_PARTITION: Final = "waiter"
+"""The run records table's partition of task-token waiters (shared/waiters.py); never an instance id."""
 """``<run_id>#<session>``; see shared/records.py."""
 
 # --- EC2 events (EventBridge detail-type, source aws.ec2) -------------------------------------------
@@ -140,6 +142,7 @@ ENV_CHECKPOINT_DOCUMENT: Final = "AUTOSTOP_CHECKPOINT_DOCUMENT"
 ENV_CHECKPOINT_TIMEOUT_SECONDS: Final = "AUTOSTOP_CHECKPOINT_TIMEOUT_SECONDS"
 ENV_PART_SIZE_BYTES: Final = "AUTOSTOP_PART_SIZE_BYTES"
 ENV_PROBE_TIMEOUT_SECONDS: Final = "AUTOSTOP_PROBE_TIMEOUT_SECONDS"
+ENV_SETTLE_AFTER_SECONDS: Final = "AUTOSTOP_SETTLE_AFTER_SECONDS"
 ENV_POLL_SECONDS: Final = "AUTOSTOP_POLL_SECONDS"
 ENV_RUNS_TABLE: Final = "AUTOSTOP_RUNS_TABLE"
 ENV_RESTORE_DOCUMENT: Final = "AUTOSTOP_RESTORE_DOCUMENT"

@@ -40,3 +40,13 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "ClientError"))
     return type(exc).__name__
+
+
+class CommandNotSent(RuntimeError):
+    """SSM refused SendCommand (a 4xx other than throttling): nothing runs on the instance. The state machine ends
+    the execution in the path's failure outcome."""
+
+
+class CommandOutcomeUnknown(RuntimeError):
+    """SendCommand failed in a way that may come after SSM accepted it (5xx, timeout, lost connection). It is never
+    re-sent (the trainer is signalled at most once): the state machine looks the command up by its comment."""

@@ -40,6 +40,8 @@ class Settings(BaseModel):
     checkpoint_timeout_seconds: int = Field(3600, alias=c.ENV_CHECKPOINT_TIMEOUT_SECONDS, ge=60, le=172800)
     part_size_bytes: int = Field(64 * 1024 * 1024, alias=c.ENV_PART_SIZE_BYTES, ge=c.MIN_PART_SIZE_BYTES, le=c.MAX_SINGLE_PUT_BYTES)
     probe_timeout_seconds: int = Field(60, alias=c.ENV_PROBE_TIMEOUT_SECONDS, ge=5, le=600)
+    settle_after_seconds: int = Field(120, alias=c.ENV_SETTLE_AFTER_SECONDS, ge=0, le=3600)
+    """The sweep completes a waiting task token itself (its status event was lost) once it is this old."""
     poll_seconds: float = Field(2.0, alias=c.ENV_POLL_SECONDS, ge=0, le=60)
     runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)
     """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
 from shared import constants as c
 from shared.models import Action
@@ -47,6 +47,14 @@ class CheckpointCommand(Payload):
     """Checkpoint document parameters, each value one string (validated by the document's allowedPattern)."""
     delivery_timeout_seconds: int
     """SendCommand ``TimeoutSeconds``: how long SSM may wait for the agent to pick the command up."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def wait_seconds(self) -> int:
+        """How long the state machine waits for the command's end before it looks itself: SSM ends a command at the
+        latest after its delivery timeout plus its ``executionTimeout`` parameter; one minute more for the event."""
+        timeout = (self.parameters.get("executionTimeout") or ["3600"])[0]
+        return self.delivery_timeout_seconds + (int(timeout) if timeout.isdigit() else 3600) + 60
 
 
 class CheckpointLocation(Payload):
@@ -129,6 +137,12 @@ class StopOutput(Payload):
     called: bool
     """True when StopInstances/TerminateInstances was called and accepted."""
     expected_state: Literal["stopped", "terminated", "none"] = "none"
+    state: str | None = None
+    """The instance's state when the stop was confirmed (EC2's state-change event or the sweep's DescribeInstances);
+    None when no call was made."""
+    launch_time: str | None = None
+    """The instance's LaunchTime at that moment when it was read (``YYYY-MM-DDTHH:MM:SSZ``): another than the
+    decision's session means it was started again after the stop."""
 
 
 class ResumeOutput(Payload):

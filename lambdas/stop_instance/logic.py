@@ -14,6 +14,7 @@ session resumable at once, so a start right after the stop resumes.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -62,6 +63,7 @@ def stop_instance(
     *,
     records: RunRecords | None = None,
     execution: str = "",
+    before_call: Callable[[StopOutput], None] | None = None,
 ) -> StopOutput:
     """Guard, mark the run record, then act on the instance named by ``evaluation``.
 
@@ -72,6 +74,8 @@ def stop_instance(
         verification: the Verify checkpoint output; must be ``verified``.
         records: run records: the stop mark is written there before the call (None only in tests of the guard).
         execution: this execution's name (the owner of the mark).
+        before_call: called with the output an accepted call will return, right before StopInstances /
+            TerminateInstances (the Task state records its waiter there, so that the state-change event finds it).
 
     Returns:
         Stopped / Terminated / Hibernated with ``called=True`` when EC2 accepted the call, or when a retry finds
@@ -135,6 +139,10 @@ def stop_instance(
         if refused:
             return _fail(f"not stopping: {refused}")
 
+    verb = "TerminateInstances" if config.action is Action.TERMINATE else "StopInstances"
+    accepted = _accepted(config.action, f"{verb} accepted after {verification.reason}")
+    if before_call is not None:
+        before_call(accepted)
     try:
         if config.action is Action.TERMINATE:
             ec2.terminate_instances(InstanceIds=[iid])
@@ -153,8 +161,7 @@ def stop_instance(
     except BotoCoreError as exc:
         # A read timeout or a lost connection: EC2 may have accepted the call. The mark stays, the retry tells.
         raise _transient(f"{config.action} {iid}", exc) from exc
-    verb = "TerminateInstances" if config.action is Action.TERMINATE else "StopInstances"
-    return _accepted(config.action, f"{verb} accepted after {verification.reason}")
+    return accepted
 
 
 def _our_earlier_call(

@@ -1,6 +1,7 @@
-"""A checkpoint command stuck InProgress: the state machine stops waiting after its poll budget and ends in
-CheckpointFailed without a stop. Own control plane: a deployment whose poll budget is one poll (so the test
-takes seconds, not the production budget of about an hour and a half)."""
+"""A checkpoint command stuck InProgress: the state machine stops waiting when the command's budget is over (the Task
+state's timeout), looks the command up once more and ends in CheckpointFailed without a stop. Own control plane:
+Task timeouts capped at a few seconds (so the test takes seconds, not the production budget of about an hour and a
+half)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from tests.faults.conftest import Collector, Plane, Row, launch_done, observe, plane
 from tests.workflow.conftest import checkpoint_commands, start_and_wait
 
-SHORT_POLLS = {"poll_interval_seconds": 300, "checkpoint_timeout_seconds": 60, "max_grace_seconds": 60, "default_grace_seconds": 30}
+SHORT_BUDGET = {"checkpoint_timeout_seconds": 60, "max_grace_seconds": 60, "default_grace_seconds": 30}
 
 
 @pytest.fixture(scope="module")
 def short() -> Iterator[Plane]:
-    yield from plane(SHORT_POLLS)
+    for p in plane(SHORT_BUDGET):
+        p.cp.aws.task_timeout_cap = 5
+        yield p
 
 
 def test_command_stuck_in_progress(short: Plane, reliability: Collector) -> None:

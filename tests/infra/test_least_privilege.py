@@ -409,14 +409,13 @@ def _send_command_tasks(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: st for n, st in definition["States"].items() if st.get("Resource", "").lower().endswith("aws-sdk:ssm:sendcommand")}
 
 
-def test_every_send_command_of_the_state_machine_names_a_pinned_version(template: dict[str, Any]) -> None:
-    tasks = _send_command_tasks(template)
-    assert len(tasks) >= 3, f"expected the checkpoint, emergency checkpoint and restore commands: {sorted(tasks)}"
-    for name, st in tasks.items():
-        params = st["Parameters"]
-        # A literal, never a path into the execution's input, never $DEFAULT/$LATEST.
-        assert "DocumentVersion.$" not in params, f"{name}: the document version comes from the input"
-        assert params.get("DocumentVersion") == PINNED_DOCUMENT_VERSION, f"{name}: DocumentVersion = {params.get('DocumentVersion')}"
+def test_the_state_machine_sends_no_command_itself(template: dict[str, Any]) -> None:
+    # Commands go through the Send command function (its send_command call names the pinned version: the test below),
+    # so the state machine's role holds no SendCommand at all.
+    assert _send_command_tasks(template) == {}
+    model = build_model(template)
+    grants = [s for s in model.statements if model.state_machine_role in s.roles and allows(list(s.actions), "ssm:SendCommand")]
+    assert grants == [], f"the state machine's role may send commands: {grants}"
     assert re.fullmatch(r"[1-9][0-9]*", PINNED_DOCUMENT_VERSION)
 
 
@@ -638,6 +637,16 @@ def _bad_grant(action: str | list[str], resource: Any, condition: dict[str, Any]
     return mutate
 
 
+def _state_machine_sends(raw: dict[str, Any]) -> None:
+    """A mutation: a policy on the state machine's role granting SendCommand (as before the commands moved into Send command)."""
+    role = build_model(raw).state_machine_role
+    statement = {"Effect": "Allow", "Action": "ssm:SendCommand", "Resource": "*"}
+    raw["Resources"]["MutantPolicy"] = {
+        "Type": "AWS::IAM::Policy",
+        "Properties": {"PolicyName": "mutant", "Roles": [{"Ref": role}], "PolicyDocument": {"Statement": [statement]}},
+    }
+
+
 def _share_a_role(raw: dict[str, Any]) -> None:
     model = build_model(raw)
     raw["Resources"][model.functions["verify_checkpoint"]]["Properties"]["Role"] = {"Fn::GetAtt": [model.roles["stop_instance"], "Arn"]}
@@ -856,19 +865,7 @@ MUTANTS: list[tuple[str, Callable[[dict[str, Any]], None], Callable[..., None], 
         {},
     ),
     ("SendCommand on * beside CancelCommand", _probe_statement_also_sends, test_cancel_and_list_commands_only_with_the_probe, {}),
-    ("a SendCommand unpinned", _edit_definition(PINNED + ",", ""), test_every_send_command_of_the_state_machine_names_a_pinned_version, {}),
-    (
-        "a SendCommand on $DEFAULT",
-        _edit_definition(PINNED, '"DocumentVersion":"$DEFAULT"'),
-        test_every_send_command_of_the_state_machine_names_a_pinned_version,
-        {},
-    ),
-    (
-        "a SendCommand version from the input",
-        _edit_definition(PINNED, '"DocumentVersion.$":"$.evaluation.command.version"'),
-        test_every_send_command_of_the_state_machine_names_a_pinned_version,
-        {},
-    ),
+    ("the state machine's role may send commands", _state_machine_sends, test_the_state_machine_sends_no_command_itself, {}),
     (
         "a document's content changed under its name",
         _change_document_content,

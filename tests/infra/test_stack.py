@@ -32,11 +32,14 @@ CONTEXT: dict[str, Any] = json.loads((REPO / "cdk.json").read_text())["context"]
 TAG_PREFIX: str = CONTEXT["tag_prefix"]
 OPT_IN = {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{TAG_PREFIX}:{c.TAG_ENABLED}": "true"}}
 INSTANCES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
-TASK_HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "confirm_resume", "record_outcome", "find_command")
+TASK_HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "confirm_resume", "record_outcome", "find_command", "send_command")
 """Functions of the state machine's Task states."""
+TOKEN_HANDLERS = ("send_command", "stop_instance", "on_status_event", "on_schedule_tick")
+"""Functions that complete the state machine's task tokens (shared/waiters.py)."""
 TRIGGER_HANDLERS = ("on_schedule_tick", "on_object_created", "on_instance_event")
-OBSERVER_HANDLERS = ("on_execution_ended",)
-"""Functions that react to the state machine's own events (Step Functions Execution Status Change)."""
+OBSERVER_HANDLERS = ("on_execution_ended", "on_status_event")
+"""Functions that react to the state machine's own events (Step Functions Execution Status Change) and to the
+events its waits end on (command status, instance stopped)."""
 HANDLERS = TASK_HANDLERS + TRIGGER_HANDLERS + OBSERVER_HANDLERS
 CDK_NOTIFICATIONS_HANDLER = "BucketNotificationsHandler"
 """Logical-id prefix of CDK's own singleton function behind Custom::S3BucketNotifications."""
@@ -212,9 +215,9 @@ def test_actions_on_instances_require_the_opt_in_tag(model: Model, action: str) 
         assert s.resources == (INSTANCES,), f"{s.policy}: {action} on {s.resources} (expected exactly {INSTANCES})"
         assert s.condition == OPT_IN, f"{s.policy}: {action} on instances without the opt-in condition: {s.raw}"
     if action == "ssm:SendCommand":
-        # the three evaluating functions (probe) and the state machine (checkpoint command)
-        expected = {model.roles[h] for h in ("evaluate_completion", "on_schedule_tick", "on_object_created")}
-        assert {r for s in on_instances for r in s.roles} == expected | {model.state_machine_role}
+        # the three evaluating functions (probe) and Send command (checkpoint and restore commands)
+        expected = {model.roles[h] for h in ("evaluate_completion", "on_schedule_tick", "on_object_created", "send_command")}
+        assert {r for s in on_instances for r in s.roles} == expected
     else:
         assert [s.roles for s in on_instances] == [(model.roles["stop_instance"],)]
 
@@ -236,7 +239,7 @@ def test_send_command_reaches_only_the_stacks_documents(model: Model) -> None:
     probe_users = {model.roles[h] for h in ("evaluate_completion", "on_schedule_tick", "on_object_created")}
     assert documents_by_role == {
         **{role: {model.doc_arn("probe")} for role in probe_users},
-        model.state_machine_role: {model.doc_arn("checkpoint"), model.doc_arn("restore")},
+        model.roles["send_command"]: {model.doc_arn("checkpoint"), model.doc_arn("restore")},
     }
 
 
@@ -313,10 +316,21 @@ def test_instance_policy_only_has_object_actions_on_the_instances_own_prefix(mod
 # Resource "*", the opt-in condition in general, S3/DynamoDB scope and wildcards: tests/infra/test_least_privilege.py.
 
 
+TOKEN_ACTIONS = {"states:sendtasksuccess", "states:sendtaskfailure", "states:sendtaskheartbeat"}
+
+
 def test_trigger_functions_step_functions_access_is_start_and_describe_execution(model: Model) -> None:
     for package in TRIGGER_HANDLERS:
         states = {a for s in model.of_role(model.roles[package]) for a in s.actions if a.startswith("states:")}
-        assert states == {"states:startexecution", "states:describeexecution"}, f"{package}: {sorted(states)}"
+        extra = TOKEN_ACTIONS if package in TOKEN_HANDLERS else set()  # the sweep settles waits whose event was lost
+        assert states == {"states:startexecution", "states:describeexecution"} | extra, f"{package}: {sorted(states)}"
+
+
+def test_only_the_token_functions_complete_task_tokens_and_only_of_the_lifecycle_state_machine(model: Model) -> None:
+    grants = [s for s in model.statements if s.effect == "Allow" and any(a in TOKEN_ACTIONS for a in s.actions)]
+    assert {r for s in grants for r in s.roles} == {model.roles[h] for h in TOKEN_HANDLERS}
+    for s in grants:
+        assert set(s.actions) == TOKEN_ACTIONS and s.resources == ("${%s}" % model.state_machine,), s.raw
 
 
 def test_trigger_functions_can_start_only_the_lifecycle_state_machine(model: Model) -> None:
@@ -324,7 +338,8 @@ def test_trigger_functions_can_start_only_the_lifecycle_state_machine(model: Mod
         start = [s for s in model.of_role(model.roles[package]) if allows(list(s.actions), "states:StartExecution")]
         assert start and all(s.resources == ("${%s}" % model.state_machine,) for s in start), start
     for package in TASK_HANDLERS:
-        assert not any(a.startswith("states:") for s in model.of_role(model.roles[package]) for a in s.actions)
+        held = {a for s in model.of_role(model.roles[package]) for a in s.actions if a.startswith("states:")}
+        assert held <= (TOKEN_ACTIONS if package in TOKEN_HANDLERS else set()), f"{package}: {sorted(held)}"
 
 
 def test_state_machine_invokes_only_its_task_functions(model: Model) -> None:
@@ -561,7 +576,7 @@ def _lambda_tasks(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if st["Type"] != "Task":
             continue
         resource = st["Resource"]
-        if ":lambda:" in resource and ":function:" in resource or resource.endswith(":states:::lambda:invoke"):
+        if ":lambda:" in resource and ":function:" in resource or resource.endswith((":states:::lambda:invoke", ":lambda:invoke.waitForTaskToken")):
             out[name] = st
     return out
 
@@ -645,6 +660,19 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
     for name, st in tasks.items():
         assert st.get("Retry"), f"{name} has no Retry"
         catches = st.get("Catch", [])
+        if name.startswith("Run ") and name.endswith(" command"):
+            # Refused: the path's failure outcome. Ambiguous or no end seen in time: look the command up, never re-send.
+            refused, unknown, other = catches
+            assert [cat["ErrorEquals"] for cat in catches] == [["CommandNotSent"], ["CommandOutcomeUnknown", "States.Timeout"], ["States.ALL"]]
+            assert unknown["Next"] == "Find " + name.removeprefix("Run "), f"{name}: catch goes to {unknown['Next']}"
+            assert outcomes[refused["Next"]] in c.FAILED_OUTCOMES and outcomes[other["Next"]] in c.FAILED_OUTCOMES
+            continue
+        if name.startswith("Follow ") and name.endswith(" command"):
+            # No end within the command's budget: read it once (Get ... once more), then Verify judges it.
+            timeout, other = catches
+            assert timeout["ErrorEquals"] == ["States.Timeout"] and timeout["Next"].startswith("Get ") and timeout["Next"].endswith("once more")
+            assert other["ErrorEquals"] == ["States.ALL"] and outcomes[other["Next"]] in c.FAILED_OUTCOMES
+            continue
         assert [cat["ErrorEquals"] for cat in catches] == [["States.ALL"]], f"{name}: {catches}"
         (catch,) = catches
         if name == "Notify (fallback)":
@@ -657,10 +685,6 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
             # Record outcome notifies itself; when it fails, the fallback Notify publishes the raw $.result.
             assert st["Next"] == "Outcome is a failure?" and catch["Next"] == "Notify (fallback)"
             assert catch["ResultPath"] == "$.record_error" and st["ResultPath"] == "$.result"
-            continue
-        if name.startswith("Send ") and name.endswith(" command"):
-            # An ambiguous SendCommand failure: look the command up (never re-send); the lookup ends in an outcome.
-            assert catch["Next"] == "Find " + name.removeprefix("Send "), f"{name}: catch goes to {catch['Next']}"
             continue
         assert catch["Next"] in outcomes, f"{name}: catch goes to {catch['Next']}, not an outcome"
         assert catch["ResultPath"] == "$.error"
@@ -682,6 +706,7 @@ def test_lambda_tasks_have_exactly_one_lambda_service_retry(asl: dict[str, Any])
         "Stop instance",
         "Confirm resume",
         "Record outcome",
+        *(f"{verb} {what} command" for verb in ("Run", "Follow") for what in ("checkpoint", "emergency checkpoint", "restore")),
     }
     for name, st in tasks.items():
         lambda_retries = [r for r in st["Retry"] if "Lambda.ServiceException" in r["ErrorEquals"]]
@@ -694,10 +719,12 @@ def test_lambda_tasks_have_exactly_one_lambda_service_retry(asl: dict[str, Any])
 
 
 def test_checkpoint_command_is_not_resent_after_an_ambiguous_failure(asl: dict[str, Any]) -> None:
-    send = asl["States"]["Send checkpoint command"]
-    assert send["Resource"].endswith(":states:::aws-sdk:ssm:sendCommand")
+    send = asl["States"]["Run checkpoint command"]
+    assert send["Resource"].endswith(":states:::lambda:invoke.waitForTaskToken")
+    assert send["TimeoutSecondsPath"] == "$.evaluation.command.wait_seconds"
     errors = {e for r in send["Retry"] for e in r["ErrorEquals"]}
-    assert errors and not errors & {"States.ALL", "States.TaskFailed", "States.Timeout"}, errors
+    # TransientAwsError: SSM throttled SendCommand (accepted nothing); never an error that may follow an accepted command.
+    assert errors and not errors & {"States.ALL", "States.TaskFailed", "States.Timeout", "CommandOutcomeUnknown"}, errors
 
 
 def test_every_path_ends_in_done_or_failed(asl: dict[str, Any]) -> None:
@@ -784,7 +811,7 @@ def test_marker_rule_sends_success_markers_of_the_checkpoint_bucket(synthesized:
 
 def test_every_rule_dead_letters_to_a_queue_that_accepts_them(model: Model) -> None:
     rules = of_type(model.raw, "AWS::Events::Rule")
-    assert len(rules) == 6
+    assert len(rules) == 8
     queues = {ref(t["DeadLetterConfig"]["Arn"]) for r in rules.values() for t in r["Properties"]["Targets"]}
     (queue,) = queues
     assert model.raw["Resources"][queue]["Type"] == "AWS::SQS::Queue"
@@ -1109,17 +1136,18 @@ EC2_EVENTS = [
     (_ec2_event(c.REBALANCE_RECOMMENDATION), "rebalance"),
     (_ec2_event(c.STATE_CHANGE, state="running"), "resume"),
     (_ec2_event(c.STATE_CHANGE, state="stopping"), None),
-    (_ec2_event(c.STATE_CHANGE, state="stopped"), None),
+    (_ec2_event(c.STATE_CHANGE, state="stopped"), "stop confirmed"),
     (_ec2_event(c.STATE_CHANGE, state="pending"), None),
     (_ec2_event(c.STATE_CHANGE, state="shutting-down"), None),
-    (_ec2_event(c.STATE_CHANGE, state="terminated"), None),
+    (_ec2_event(c.STATE_CHANGE, state="terminated"), "stop confirmed"),
     (_ec2_event("EC2 Instance Scheduled Change"), None),
 ]
 
 
 @pytest.mark.parametrize(("event", "reason"), EC2_EVENTS, ids=[f"{e['detail-type']}:{e['detail'].get('state', '')}" for e, _ in EC2_EVENTS])
 def test_ec2_rules_deliver_only_warnings_recommendations_and_starts(model: Model, event: dict[str, Any], reason: str | None) -> None:
-    # Our own StopInstances produces stopping/stopped state changes: no rule may deliver them.
+    # Our own StopInstances produces stopping/stopped state changes: no trigger may see them; stopped and terminated
+    # go only to on_status_event, which completes the stop's waiting task token and starts nothing.
     from moto.events.models import EventPattern
 
     rules = [
@@ -1127,12 +1155,13 @@ def test_ec2_rules_deliver_only_warnings_recommendations_and_starts(model: Model
         for r in of_type(model.raw, "AWS::Events::Rule").values()
         if r["Properties"].get("EventPattern", {}).get("source") == ["aws.ec2"]
     ]
-    assert len(rules) == 2
+    assert len(rules) == 3
     matched = [r for r in rules if EventPattern.load(json.dumps(r["EventPattern"])).matches_event(event)]
     assert len(matched) == (reason is not None)
     for rule in matched:
         (target,) = rule["Targets"]
-        assert target["Arn"] == {"Fn::GetAtt": [model.functions["on_instance_event"], "Arn"]}
+        receiver = "on_status_event" if reason == "stop confirmed" else "on_instance_event"
+        assert target["Arn"] == {"Fn::GetAtt": [model.functions[receiver], "Arn"]}
         assert "DeadLetterConfig" in target
 
 
@@ -1161,6 +1190,8 @@ def test_run_records_table_is_on_demand_recoverable_encrypted_and_kept(synthesiz
 def test_only_the_writers_of_run_records_may_write_them(model: Model) -> None:
     writers = set()
     for s in model.statements:
+        if s.condition == WAITERS_ONLY:
+            continue  # the waiter items only (test_waiter_grants_reach_only_the_waiter_partition)
         if s.effect == "Allow" and any(
             a.startswith("dynamodb:") and a.split(":")[1].startswith(("put", "update", "delete", "batchwrite")) for a in s.actions
         ):
@@ -1169,6 +1200,26 @@ def test_only_the_writers_of_run_records_may_write_them(model: Model) -> None:
     # recorded nothing (timed out, aborted).
     writers_ok = ("evaluate_completion", "verify_checkpoint", "record_outcome", "stop_instance", "on_execution_ended")
     assert writers == {model.roles[h] for h in writers_ok}
+
+
+WAITERS_ONLY = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [c.WAITER_PARTITION]}}
+
+
+def test_waiter_grants_reach_only_the_waiter_partition(model: Model) -> None:
+    (table,) = of_type(model.raw, "AWS::DynamoDB::Table")
+    expected = {
+        "send_command": {"dynamodb:putitem", "dynamodb:updateitem", "dynamodb:deleteitem"},
+        "stop_instance": {"dynamodb:putitem", "dynamodb:deleteitem"},
+        "on_status_event": {"dynamodb:getitem", "dynamodb:query", "dynamodb:deleteitem"},
+        "on_schedule_tick": {"dynamodb:getitem", "dynamodb:query", "dynamodb:deleteitem"},
+    }
+    deleting = [s for s in model.statements if s.effect == "Allow" and allows(list(s.actions), "dynamodb:DeleteItem")]
+    assert deleting and all(s.condition == WAITERS_ONLY for s in deleting), [s.raw for s in deleting]
+    waiter_grants = {r: s for s in model.statements if s.condition == WAITERS_ONLY for r in s.roles}
+    assert {package for package, role in model.roles.items() if role in waiter_grants} == set(expected)
+    for package, actions in expected.items():
+        statement = waiter_grants[model.roles[package]]
+        assert set(statement.actions) == actions and statement.resources == ("${%s.Arn}" % table,), f"{package}: {statement.raw}"
 
 
 RUN_RECORD_READS = {"dynamodb:getitem", "dynamodb:query"}
@@ -1185,6 +1236,7 @@ def test_run_record_grants_are_exactly_the_calls_shared_records_makes(model: Mod
     }
     for package, role in {**model.roles, "state machine": model.state_machine_role}.items():
         grants = [s for s in model.of_role(role) if any(a.startswith("dynamodb:") or a == "*" for a in s.actions)]
+        grants = [s for s in grants if s.condition != WAITERS_ONLY]
         if package not in expected:
             assert grants == [], f"{package} has DynamoDB grants: {[s.actions for s in grants]}"
             continue
@@ -1285,17 +1337,20 @@ def test_execution_ended_function_publishes_to_the_outcome_topic_and_writes_only
 
 def test_an_ambiguous_send_command_failure_is_looked_up_never_resent(asl: dict[str, Any]) -> None:
     for what in ("checkpoint", "emergency checkpoint", "restore"):
-        send = asl["States"][f"Send {what} command"]
-        assert send["Parameters"]["Comment.$"] == "States.Format('autostop {}', $$.Execution.Name)"
-        (catch,) = send["Catch"]
-        assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"] == f"Find {what} command"
+        run = asl["States"][f"Run {what} command"]
+        payload = run["Parameters"]["Payload"]
+        assert payload["execution_name.$"] == "$$.Execution.Name" and payload["task_token.$"] == "$$.Task.Token"
+        unknown = next(cat for cat in run["Catch"] if "CommandOutcomeUnknown" in cat["ErrorEquals"])
+        assert unknown["Next"] == f"Find {what} command"
         found = asl["States"][f"{what.capitalize()} command found?"]
-        assert found["Choices"][0]["Next"] == f"Follow the {what} command"
-        assert asl["States"][f"Follow the {what} command"]["Next"] == f"Start {what} polls"
+        assert found["Choices"][0]["Next"] == f"Follow {what} command"
+        follow = asl["States"][f"Follow {what} command"]
+        # Follow only waits for the command found (its command_id); it never sends one.
+        assert follow["Parameters"]["Payload"]["command_id.$"] == "$.lookup.command_id" and follow["Next"] == run["Next"]
 
 
 def test_the_stop_wait_ends_stopped_when_the_instance_was_started_again(asl: dict[str, Any]) -> None:
-    final = asl["States"]["Instance in final state?"]
+    final = asl["States"]["Instance stopped?"]
     assert any(ch.get("Next") == "Started again after the stop" for ch in final["Choices"])
     assert asl["States"]["Started again after the stop"]["Parameters"]["outcome.$"] == "$.stop.outcome"
-    assert asl["States"]["Stop instance"]["Parameters"]["execution_name.$"] == "$$.Execution.Name"
+    assert asl["States"]["Stop instance"]["Parameters"]["Payload"]["execution_name.$"] == "$$.Execution.Name"

@@ -13,7 +13,7 @@ from typing import Any
 from local.runtime import LocalControlPlane
 from tests.workflow.conftest import Run, base_tags, keys, session_of, wait_closed
 
-SAVED_PATH = ["Send emergency checkpoint command", "Verify emergency checkpoint", "Spot checkpoint saved"]
+SAVED_PATH = ["Run emergency checkpoint command", "Verify emergency checkpoint", "Spot checkpoint saved"]
 
 
 def runs_for(cp: LocalControlPlane, iid: str, reason: str) -> list[Run]:
@@ -210,7 +210,7 @@ def test_one_time_spot_with_action_stop_is_refused_before_the_trainer_is_signall
     run = only_run(cp, iid, "complete")
     assert (run.status, run.error) == ("FAILED", "StopFailed")
     assert "its Spot request is one-time" in run.reason and "autostop:action=terminate" in run.reason
-    assert "Send checkpoint command" not in run.states
+    assert "Run checkpoint command" not in run.states
     assert cp.instance_state("one-time") == "running"
 
     iid2 = cp.launch_instance("one-time-term", tags=base_tags("run-once-t", action="terminate"), spot="one-time")
@@ -271,9 +271,7 @@ def test_stop_start_resume_train_complete_stop_again(cp: LocalControlPlane) -> N
     cp.start_instance("again")
     resumed = only_run(cp, iid, "resume")
     assert (resumed.status, resumed.outcome) == ("SUCCEEDED", "Resumed"), resumed.reason
-    assert (
-        resumed.states.index("Describe SSM agent") < resumed.states.index("Send restore command") < resumed.states.index("Confirm resume")
-    )
+    assert resumed.states.index("Describe SSM agent") < resumed.states.index("Run restore command") < resumed.states.index("Confirm resume")
     assert "step-000010" in resumed.reason and "resume command started" in resumed.reason
     assert (root / "ckpt" / "step-000010" / "model.bin").read_bytes() == (root / "lost-step-000010" / "model.bin").read_bytes()
     # The old marker is older than this session: a sweep right now must not end the resumed run.

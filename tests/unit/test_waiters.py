@@ -1,0 +1,225 @@
+"""Task-token waiters (shared/waiters.py), Send command and on_status_event against moto's DynamoDB and small fakes
+of SSM, EC2 and Step Functions that record what they were asked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
+from moto import mock_aws
+
+from on_status_event.logic import handle
+from send_command.logic import follow_command, send_command
+from shared import constants as c
+from shared.errors import CommandNotSent, CommandOutcomeUnknown, TransientAwsError
+from shared.waiters import COMMAND, STOP, Waiters, complete_command, execution_of, send_task_success, settle_stale, stop_settled
+from shared.workflow import EvaluateOutput
+
+TABLE = "runs"
+IID = "i-0123456789abcdef0"
+EXEC = "i-0123456789abcdef0-run-a-complete-261130031803"
+CMD = "11111111-2222-3333-4444-555555555555"
+SESSION = "2026-11-30T03:18:03Z"
+
+
+def client_error(code: str, status: int = 400) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+@dataclass
+class FakeSfn:
+    sent: list[tuple[str, str]] = field(default_factory=list)
+    fail: Exception | None = None
+
+    def send_task_success(self, taskToken: str, output: str) -> None:  # noqa: N803 (boto3's names)
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((taskToken, output))
+
+
+@dataclass
+class FakeSsm:
+    invocation: dict[str, Any] = field(default_factory=dict)
+    send_error: Exception | None = None
+    waiters: Waiters | None = None
+    seen_waiter_at_send: bool | None = None
+
+    def get_command_invocation(self, CommandId: str, InstanceId: str) -> dict[str, Any]:  # noqa: N803
+        if not self.invocation:
+            raise client_error("InvocationDoesNotExist")
+        return self.invocation
+
+    def send_command(self, **kwargs: Any) -> dict[str, Any]:
+        if self.waiters is not None:
+            self.seen_waiter_at_send = self.waiters.get(IID, EXEC, COMMAND) is not None
+        if self.send_error is not None:
+            raise self.send_error
+        self.sent = kwargs
+        return {"Command": {"CommandId": CMD}}
+
+
+@pytest.fixture()
+def waiters() -> Iterator[Waiters]:
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        keys = [(c.RECORDS_PARTITION_KEY, "HASH"), (c.RECORDS_SORT_KEY, "RANGE")]
+        ddb.create_table(
+            TableName=TABLE,
+            KeySchema=[{"AttributeName": n, "KeyType": t} for n, t in keys],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n, _ in keys],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield Waiters(ddb, TABLE)
+
+
+def ended(status: str = "Success", comment: str = f"autostop {EXEC}") -> dict[str, Any]:
+    return {"Status": status, "StatusDetails": status, "ResponseCode": 0, "StandardOutputContent": "{}", "Comment": comment}
+
+
+def test_execution_of_reads_only_autostop_comments() -> None:
+    assert execution_of(f"autostop {EXEC}") == EXEC
+    assert execution_of("deploy v2") is None and execution_of(None) is None and execution_of("autostop ") is None
+
+
+def test_a_command_that_ended_completes_its_waiter_once(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, COMMAND, "tok-1")
+    ssm = FakeSsm(invocation=ended())
+    assert complete_command(ssm, sfn, waiters, command_id=CMD, instance_id=IID) == "completed"
+    [(token, output)] = sfn.sent
+    assert token == "tok-1" and '"Status":"Success"' in output and f'"CommandId":"{CMD}"' in output
+    assert waiters.get(IID, EXEC, COMMAND) is None
+    # The same event again: nothing waits any more.
+    assert complete_command(ssm, sfn, waiters, command_id=CMD, instance_id=IID) == "no_waiter"
+    assert len(sfn.sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("invocation", "expected"),
+    [(ended("InProgress"), "running"), (ended(comment="someone else's"), "not_ours"), ({}, "unknown")],
+)
+def test_nothing_is_completed_unless_our_command_has_ended(waiters: Waiters, invocation: dict[str, Any], expected: str) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, COMMAND, "tok-1")
+    assert complete_command(FakeSsm(invocation=invocation), sfn, waiters, command_id=CMD, instance_id=IID) == expected
+    assert sfn.sent == [] and waiters.get(IID, EXEC, COMMAND) is not None
+
+
+def test_a_closed_task_is_a_duplicate_and_a_throttle_is_transient() -> None:
+    assert send_task_success(FakeSfn(fail=client_error("TaskTimedOut")), "t", {}) is False
+    with pytest.raises(TransientAwsError):
+        send_task_success(FakeSfn(fail=client_error("ThrottlingException")), "t", {})
+    with pytest.raises(ClientError):
+        send_task_success(FakeSfn(fail=client_error("AccessDeniedException")), "t", {})
+
+
+@pytest.mark.parametrize(
+    ("state", "launch", "settled"),
+    [("stopped", None, True), ("terminated", None, True), ("stopping", SESSION, False), ("running", SESSION, False)],
+)
+def test_stop_settled(state: str, launch: str | None, settled: bool) -> None:
+    assert stop_settled(state, launch, SESSION) is settled
+    assert stop_settled("running", "2026-11-30T04:00:00Z", SESSION) is True  # started again: a new session
+
+
+@dataclass
+class FakeEc2:
+    state: str = "stopped"
+    launch: datetime = datetime(2026, 11, 30, 3, 18, 3, tzinfo=UTC)
+
+    def get_paginator(self, name: str) -> Any:
+        ec2 = self
+
+        class Pages:
+            def paginate(self, InstanceIds: list[str]) -> list[dict[str, Any]]:  # noqa: N803
+                insts = [{"InstanceId": i, "State": {"Name": ec2.state}, "LaunchTime": ec2.launch} for i in InstanceIds]
+                return [{"Reservations": [{"Instances": insts}]}]
+
+        return Pages()
+
+
+def test_the_sweep_settles_stale_waiters_whose_event_was_lost(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, COMMAND, "tok-cmd", command_id=CMD)
+    waiters.put(IID, EXEC, STOP, "tok-stop", stop={"outcome": "Stopped", "called": True}, session=SESSION)
+    young = settle_stale(FakeSsm(invocation=ended()), FakeEc2(), sfn, waiters, older_than=3600)
+    assert young == {"waiting": 2, "stale": 0, "completed": 0} and sfn.sent == []
+    settled = settle_stale(FakeSsm(invocation=ended()), FakeEc2(), sfn, waiters, older_than=0)
+    assert settled == {"waiting": 2, "stale": 2, "completed": 2}
+    assert sorted(t for t, _ in sfn.sent) == ["tok-cmd", "tok-stop"]
+    assert waiters.query() == []
+
+
+def test_the_sweep_leaves_a_stop_that_is_still_on_its_way(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, STOP, "tok-stop", stop={"outcome": "Stopped", "called": True}, session=SESSION)
+    assert settle_stale(FakeSsm(), FakeEc2(state="stopping"), sfn, waiters, older_than=0)["completed"] == 0
+    assert settle_stale(FakeSsm(), FakeEc2(state="running"), sfn, waiters, older_than=0)["completed"] == 0
+    assert sfn.sent == [] and len(waiters.query(IID)) == 1
+
+
+def test_status_events_complete_stops_and_commands_and_ignore_the_rest(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, STOP, "tok-stop", stop={"outcome": "Stopped", "called": True, "expected_state": "stopped"})
+    stopping = {"source": "aws.ec2", "detail-type": c.STATE_CHANGE, "detail": {"instance-id": IID, "state": "stopping"}}
+    assert "ignored" in handle(stopping, ssm=FakeSsm(), sfn=sfn, waiters=waiters)
+    stopped = {**stopping, "detail": {"instance-id": IID, "state": "stopped"}}
+    assert handle(stopped, ssm=FakeSsm(), sfn=sfn, waiters=waiters)["results"] == ["completed"]
+    assert '"state":"stopped"' in sfn.sent[0][1] and '"outcome":"Stopped"' in sfn.sent[0][1]
+    malformed = {"source": "aws.ssm", "detail-type": "EC2 Command Invocation Status-change Notification", "detail": {"command-id": "x"}}
+    assert "malformed" in handle(malformed, ssm=FakeSsm(), sfn=sfn, waiters=waiters)["ignored"]
+    early = {**malformed, "detail": {"command-id": CMD, "instance-id": IID, "status": "Success"}}
+    waiters.put(IID, EXEC, COMMAND, "tok-cmd")
+    with pytest.raises(TransientAwsError):  # GetCommandInvocation does not show the end yet: Lambda retries
+        handle(early, ssm=FakeSsm(invocation=ended("InProgress")), sfn=sfn, waiters=waiters)
+    assert handle(early, ssm=FakeSsm(invocation=ended()), sfn=sfn, waiters=waiters)["results"] == ["completed"]
+
+
+def evaluation() -> EvaluateOutput:
+    return EvaluateOutput.model_validate(
+        {
+            "decision": "complete",
+            "outcome": None,
+            "reason": "done",
+            "instance_id": IID,
+            "run_id": "run-a",
+            "decided_at": "2026-11-30T03:20:00Z",
+            "command": {"document": "doc", "parameters": {"executionTimeout": ["3600"]}, "delivery_timeout_seconds": 120},
+        }
+    )
+
+
+def test_send_records_the_waiter_before_it_sends(waiters: Waiters) -> None:
+    ssm = FakeSsm(waiters=waiters)
+    out = send_command(ssm, waiters, evaluation(), execution=EXEC, token="tok")
+    assert ssm.seen_waiter_at_send is True and out.command_id == CMD
+    assert ssm.sent["Comment"] == f"autostop {EXEC}" and ssm.sent["DocumentVersion"] == c.PINNED_DOCUMENT_VERSION
+    assert waiters.get(IID, EXEC, COMMAND)["command_id"] == CMD
+    assert evaluation().command is not None and evaluation().command.wait_seconds == 120 + 3600 + 60
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (client_error("ThrottlingException"), TransientAwsError),
+        (client_error("InvalidInstanceId"), CommandNotSent),
+        (client_error("InternalServerError", 500), CommandOutcomeUnknown),
+        (ReadTimeoutError(endpoint_url="https://ssm"), CommandOutcomeUnknown),
+    ],
+)
+def test_send_names_what_a_failure_means(waiters: Waiters, error: Exception, raised: type[Exception]) -> None:
+    with pytest.raises(raised):
+        send_command(FakeSsm(send_error=error), waiters, evaluation(), execution=EXEC, token="tok")
+
+
+def test_follow_completes_at_once_when_the_command_already_ended(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    done = follow_command(FakeSsm(invocation=ended()), sfn, waiters, instance_id=IID, execution=EXEC, token="tok", command_id=CMD)
+    assert done.completed and sfn.sent[0][0] == "tok" and waiters.get(IID, EXEC, COMMAND) is None
+    waiting = follow_command(FakeSsm(invocation=ended("InProgress")), sfn, waiters, instance_id=IID, execution=EXEC, token="t2", command_id=CMD)
+    assert not waiting.completed and waiters.get(IID, EXEC, COMMAND)["token"] == "t2"
