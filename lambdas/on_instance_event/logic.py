@@ -80,7 +80,7 @@ def handle_event(raw: Any, *, ec2: Any, sfn: Any, evaluator: Evaluator, records:
 
     Args:
         raw: the EventBridge event (dict) as delivered to the function.
-        ec2: boto3 EC2 client (DescribeInstances).
+        ec2: boto3 EC2 client (DescribeInstances; not called for a start of an instance without run records).
         sfn: boto3 Step Functions client (StartExecution, DescribeExecution).
         evaluator: reads the instance's tags (opt-in, run id, on-rebalance).
         records: run records, to see whether a started instance has a run to resume.
@@ -103,6 +103,10 @@ def handle_event(raw: Any, *, ec2: Any, sfn: Any, evaluator: Evaluator, records:
     else:
         return EventResult(instance_id=iid, ignored=f"state change to {event.detail.state} starts nothing")
     result = EventResult(instance_id=iid, reason=reason)
+    if reason == c.REASON_RESUME and records is not None and not records.any_for(iid):
+        # Every start in the region arrives here (EventBridge cannot match tags): one that autostop never claimed a
+        # run on has nothing to resume, and costs one DynamoDB Query instead of a DescribeInstances.
+        return result.model_copy(update={"ignored": "no run record: autostop never acted on this instance"})
 
     snap = describe_instance(ec2, iid)
     if snap is None:

@@ -160,6 +160,17 @@ class RunRecords:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
+    def any_for(self, instance_id: str) -> bool:
+        """True when ``instance_id`` has at least one run record (one Query, ``Limit=1``, ``Select=COUNT``)."""
+        resp = self.dynamodb.query(
+            TableName=self.table,
+            KeyConditionExpression="instance_id = :i",
+            ExpressionAttributeValues={":i": {"S": instance_id}},
+            Select="COUNT",
+            Limit=1,
+        )
+        return int(resp.get("Count", 0)) > 0
+
     # --- writes ---------------------------------------------------------------------------------------------
 
     def ensure(self, key: RunKey) -> None:

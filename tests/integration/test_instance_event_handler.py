@@ -183,7 +183,10 @@ def test_running_without_a_resumable_earlier_session_starts_nothing(world: World
     other_run = world.instance("other", run_tags())
     earlier_session(world, other_run.instance_id, "Stopped", run="run-b")  # a session of another run only
     none = "the run has no earlier session on this instance"
-    expected = {fresh.instance_id: none, other_run.instance_id: none}
+    expected = {other_run.instance_id: none}
+    out = handle(ec2_event(STATE, {"instance-id": fresh.instance_id, "state": "running"}))
+    assert (out["reason"], out["execution"]) == ("resume", None)
+    assert out["ignored"] == "no run record: autostop never acted on this instance"
     for outcome in ("CheckpointFailed", "NotComplete"):
         inst = world.instance(outcome, run_tags())
         earlier_session(world, inst.instance_id, outcome)
@@ -242,15 +245,30 @@ def test_instances_that_are_not_ours_start_nothing(world: World) -> None:
     }
 
     for detail_type in (WARNING, REBALANCE, STATE):
-        for iid, why in expected.items():
+        for iid, why in {**expected, invalid.instance_id: "invalid tags:"}.items():
             out = handle(ec2_event(detail_type, {"instance-id": iid, "instance-action": "terminate", "state": "running"}))
 
             assert out["execution"] is None
-            assert why in out["ignored"], (detail_type, out["ignored"])
+            # A start of an instance without run records ends before any EC2 call; the warnings read the tags.
+            expected_why = "no run record: autostop never acted on this instance" if detail_type == STATE else why
+            assert expected_why in out["ignored"], (detail_type, out["ignored"])
         out = handle(ec2_event(detail_type, {"instance-id": invalid.instance_id, "instance-action": "terminate", "state": "running"}))
         assert out["execution"] is None
-        assert out["ignored"].startswith("invalid tags:") and "resume-command" in out["ignored"]
+        if detail_type != STATE:
+            assert out["ignored"].startswith("invalid tags:") and "resume-command" in out["ignored"]
     assert executions(world) == []
+
+
+def test_a_start_of_an_instance_autostop_never_acted_on_costs_no_ec2_call(world: World) -> None:
+    untagged = world.instance("a", {"Name": "someone else's"})
+    ours = world.instance("b", run_tags())
+    earlier_session(world, ours.instance_id, "Stopped")
+    world.count_calls()
+    out = handle(ec2_event(STATE, {"instance-id": untagged.instance_id, "state": "running"}))
+    assert out["ignored"] == "no run record: autostop never acted on this instance"
+    assert world.calls["DescribeInstances"] == 0
+    out = handle(ec2_event(STATE, {"instance-id": ours.instance_id, "state": "running"}))
+    assert out["execution"]["status"] == "started" and world.calls["DescribeInstances"] == 1
 
 
 # --- malformed events ---------------------------------------------------------------------------------------
