@@ -32,7 +32,15 @@ CONTEXT: dict[str, Any] = json.loads((REPO / "cdk.json").read_text())["context"]
 TAG_PREFIX: str = CONTEXT["tag_prefix"]
 OPT_IN = {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{TAG_PREFIX}:{c.TAG_ENABLED}": "true"}}
 INSTANCES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
-TASK_HANDLERS = ("evaluate_completion", "verify_checkpoint", "stop_instance", "confirm_resume", "record_outcome", "find_command", "send_command")
+TASK_HANDLERS = (
+    "evaluate_completion",
+    "verify_checkpoint",
+    "stop_instance",
+    "confirm_resume",
+    "record_outcome",
+    "find_command",
+    "send_command",
+)
 """Functions of the state machine's Task states."""
 TOKEN_HANDLERS = ("send_command", "stop_instance", "on_status_event", "on_schedule_tick")
 """Functions that complete the state machine's task tokens (shared/waiters.py)."""
@@ -576,7 +584,8 @@ def _lambda_tasks(asl: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if st["Type"] != "Task":
             continue
         resource = st["Resource"]
-        if ":lambda:" in resource and ":function:" in resource or resource.endswith((":states:::lambda:invoke", ":lambda:invoke.waitForTaskToken")):
+        lambda_invoke = resource.endswith((":states:::lambda:invoke", ":lambda:invoke.waitForTaskToken"))
+        if ":lambda:" in resource and ":function:" in resource or lambda_invoke:
             out[name] = st
     return out
 
@@ -663,14 +672,16 @@ def test_every_task_has_retry_and_catch(asl: dict[str, Any]) -> None:
         if name.startswith("Run ") and name.endswith(" command"):
             # Refused: the path's failure outcome. Ambiguous or no end seen in time: look the command up, never re-send.
             refused, unknown, other = catches
-            assert [cat["ErrorEquals"] for cat in catches] == [["CommandNotSent"], ["CommandOutcomeUnknown", "States.Timeout"], ["States.ALL"]]
+            errors = [cat["ErrorEquals"] for cat in catches]
+            assert errors == [["CommandNotSent"], ["CommandOutcomeUnknown", "States.Timeout"], ["States.ALL"]], errors
             assert unknown["Next"] == "Find " + name.removeprefix("Run "), f"{name}: catch goes to {unknown['Next']}"
             assert outcomes[refused["Next"]] in c.FAILED_OUTCOMES and outcomes[other["Next"]] in c.FAILED_OUTCOMES
             continue
         if name.startswith("Follow ") and name.endswith(" command"):
             # No end within the command's budget: read it once (Get ... once more), then Verify judges it.
             timeout, other = catches
-            assert timeout["ErrorEquals"] == ["States.Timeout"] and timeout["Next"].startswith("Get ") and timeout["Next"].endswith("once more")
+            assert timeout["ErrorEquals"] == ["States.Timeout"]
+            assert timeout["Next"].startswith("Get ") and timeout["Next"].endswith("once more")
             assert other["ErrorEquals"] == ["States.ALL"] and outcomes[other["Next"]] in c.FAILED_OUTCOMES
             continue
         assert [cat["ErrorEquals"] for cat in catches] == [["States.ALL"]], f"{name}: {catches}"

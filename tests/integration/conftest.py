@@ -126,7 +126,6 @@ def ended_session(
     ``checkpoint`` entry (if any), then the real Record outcome step records ``outcome`` (with the Spot
     warning's instance ``action`` in the trigger, if any), which sets ``resumable``/``hibernated``."""
     from record_outcome.logic import record_outcome
-
     from shared.records import RunKey, RunRecords
 
     records = RunRecords(world.client("dynamodb"), RUNS_TABLE)

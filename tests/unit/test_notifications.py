@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from record_outcome.logic import outcome_metrics, reason_class
 
+from record_outcome.logic import outcome_metrics, reason_class
 from shared import constants as c
 from shared.notifications import (
     MESSAGE_MAX,

@@ -221,5 +221,6 @@ def test_follow_completes_at_once_when_the_command_already_ended(waiters: Waiter
     sfn = FakeSfn()
     done = follow_command(FakeSsm(invocation=ended()), sfn, waiters, instance_id=IID, execution=EXEC, token="tok", command_id=CMD)
     assert done.completed and sfn.sent[0][0] == "tok" and waiters.get(IID, EXEC, COMMAND) is None
-    waiting = follow_command(FakeSsm(invocation=ended("InProgress")), sfn, waiters, instance_id=IID, execution=EXEC, token="t2", command_id=CMD)
+    running = FakeSsm(invocation=ended("InProgress"))
+    waiting = follow_command(running, sfn, waiters, instance_id=IID, execution=EXEC, token="t2", command_id=CMD)
     assert not waiting.completed and waiters.get(IID, EXEC, COMMAND)["token"] == "t2"
