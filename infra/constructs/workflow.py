@@ -6,6 +6,15 @@ instance_id, run_id, execution, ...}); ``Record outcome`` records it and publish
 the ``Failed`` state (error = outcome, cause = reason), the others in ``Done`` (output = ``$.result``).
 Only the Stopped / Terminated / Hibernated outcomes change the instance, and the only way into the
 Stop instance Task state is through ``Checkpoint verified?`` with ``verified = true``.
+
+Nothing polls. ``Run <what> command`` and ``Stop instance`` are ``.waitForTaskToken`` Task states whose tokens are
+completed by events (``lambdas/shared/waiters.py``: SSM's command status change, EC2's stopped state change, the
+sweep for a lost event), so a run costs the same transitions whatever its checkpoint's size or its stop's duration:
+11 from Evaluate to Done on the stop path, 6 of them up to and including Stop instance. The floor, and why it is
+not lower: Evaluate (a Task) and its routing Choice; the command (a Task); Verify (a Task) and ``Checkpoint
+verified?``, the Choice kept as the single door into Stop so that the invariant can be read (and proved) in the
+definition; Stop instance (a Task) and the Choice that routes its result; the outcome Pass that names the outcome in
+the console; Record outcome (a Task); the Choice between Done and Failed; the end state.
 """
 
 from __future__ import annotations
@@ -34,9 +43,6 @@ LAMBDA_SERVICE_ERRORS = [
 """CDK's built-in LambdaInvoke retry is turned off (``retry_on_service_exceptions=False``) so that one
 explicit policy applies: these errors plus our own TransientAwsError, 4 attempts, 2 s doubling."""
 TRANSIENT_ERROR = "TransientAwsError"
-SSM_THROTTLED = ["Ssm.ThrottlingException", "Ssm.TooManyUpdatesException"]
-"""SendCommand is retried only when SSM rejected the request outright: a retry after an ambiguous
-failure (timeout, 5xx) could deliver the checkpoint command twice and signal the trainer twice."""
 STOP_WAIT_SECONDS = 1260
 """How long Stop instance waits for the final state after the call (21 minutes; the sweep confirms a stop whose
 event was lost within one schedule period)."""
