@@ -58,6 +58,7 @@ import os
 import re
 import sys
 import threading
+import time as _time
 import traceback
 import types
 import uuid
@@ -237,6 +238,32 @@ class LocalAws:
             env.stack.append(seconds if cap is None or timeout.is_default_value() else min(seconds, max(1, int(cap))))
 
         self._stack.enter_context(mock.patch.object(Timeout, "_eval_body", _eval_body))
+        self._patch_stoppable_waits()
+
+    def _patch_stoppable_waits(self) -> None:
+        """A ``.waitForTaskToken`` Task state waits in slices, so that StopExecution ends the wait as it does on AWS
+        (moto would block until the token or the Task's whole timeout)."""
+        from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+            StateTaskServiceCallback,
+        )
+        from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackOutcomeSuccess, CallbackOutcomeTimedOut
+
+        original = StateTaskServiceCallback._eval_wait_for_task_token
+
+        def _eval_wait_for_task_token(task: Any, env: Any, timeout_seconds: int, callback_endpoint: Any, heartbeat_endpoint: Any) -> Any:
+            if heartbeat_endpoint is not None:
+                return original(task, env, timeout_seconds, callback_endpoint, heartbeat_endpoint)
+            deadline = _time.monotonic() + timeout_seconds
+            while _time.monotonic() < deadline:
+                if not env.is_running():
+                    # Stopped (StopExecution): end the wait quietly; a failure here would turn ABORTED into FAILED.
+                    return CallbackOutcomeSuccess(callback_id=callback_endpoint.callback_id, output="{}")
+                outcome = callback_endpoint.wait(timeout=min(0.5, max(0.0, deadline - _time.monotonic())))
+                if outcome is not None:
+                    return outcome
+            return CallbackOutcomeTimedOut(callback_id=callback_endpoint.callback_id)
+
+        self._stack.enter_context(mock.patch.object(StateTaskServiceCallback, "_eval_wait_for_task_token", _eval_wait_for_task_token))
 
     def _patch_events(self) -> None:
         from moto.awslambda.models import lambda_backends

@@ -441,5 +441,5 @@ EVENT_CASES: list[Case] = [
         "ec2: state change to stopping", "event:ec2", ec2_event(STATE, {"instance-id": CONTROL_ID, "state": "stopping"}), "starts nothing"
     ),
     Case("ec2: rebalance without the tag", "event:ec2", ec2_event(REBALANCE, {"instance-id": CONTROL_ID}), "on-rebalance is not"),
-    Case("ec2: started, no earlier session", "event:ec2", ec2_event(STATE, {"instance-id": CONTROL_ID, "state": "running"}), "no earlier"),
+    Case("ec2: started, no run record", "event:ec2", ec2_event(STATE, {"instance-id": CONTROL_ID, "state": "running"}), "no run record"),
 ]
