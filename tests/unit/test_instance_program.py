@@ -311,3 +311,78 @@ def test_the_program_runs_from_the_repository(tmp_path: Path) -> None:
     empty.mkdir()
     proc = subprocess.run([sys.executable, str(LIB / "dispatch.py"), "select", str(empty)], capture_output=True, text=True, check=False)
     assert proc.returncode == 66 and json.loads(proc.stdout)["error"] == "NoCheckpoint"
+
+
+# --- the checkpoint's trainer phase, called directly ---------------------------------------------------------------
+
+
+def trainer_env(env: pytest.MonkeyPatch, pid_file: Path | str, ckdir: Path, mode: str) -> None:
+    for name, value in {
+        "PidFile": str(pid_file),
+        "CheckpointDir": str(ckdir),
+        "Mode": mode,
+        "Signal": "TERM",
+        "SaveOnSignal": "false",
+    }.items():
+        env.setenv(f"SSM_{name}", value)
+
+
+def test_without_a_pid_file_nothing_is_signalled(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import checkpoint_helper
+
+    trainer_env(env, "", tmp_path, "stop")
+    assert checkpoint_helper.stop_trainer(5) == ("not_configured", 0)
+    trainer_env(env, tmp_path / "absent.pid", tmp_path, "stop")
+    assert checkpoint_helper.stop_trainer(5) == ("pid_file_missing", 0)
+
+
+def test_the_trainer_is_signalled_once_and_its_exit_awaited(
+    env: pytest.MonkeyPatch, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    import checkpoint_helper
+
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(f"{sleeper.pid}\n")
+    trainer_env(env, pid_file, tmp_path, "interruption")
+    before = time.time_ns()
+
+    state, signal_ns = checkpoint_helper.stop_trainer(5)
+
+    assert state == "exited" and signal_ns >= before
+    assert sleeper.wait(timeout=5) == -signal.SIGTERM
+
+
+def test_mode_stop_signals_nothing_without_a_complete_checkpoint(
+    env: pytest.MonkeyPatch, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    import checkpoint_helper
+
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(f"{sleeper.pid}\n")
+    ckdir = tmp_path / "ckpt"
+    ckdir.mkdir()
+    trainer_env(env, pid_file, ckdir, "stop")
+
+    with pytest.raises(Fail) as failed:
+        checkpoint_helper.stop_trainer(5)
+
+    assert failed.value.code == 3 and str(failed.value).startswith("Nothing was signalled: the trainer keeps training.")
+    assert sleeper.poll() is None
+
+
+def test_a_live_process_that_is_not_the_trainer_is_never_signalled(
+    env: pytest.MonkeyPatch, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    import checkpoint_helper
+
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(f"{sleeper.pid}\n")
+    old = time.time() - 3600
+    os.utime(pid_file, (old, old))
+    trainer_env(env, pid_file, tmp_path, "interruption")
+
+    with pytest.raises(Fail) as failed:
+        checkpoint_helper.stop_trainer(5)
+
+    assert failed.value.code == "TrainerUnverified" and "nothing was signalled or uploaded" in str(failed.value)
+    assert sleeper.poll() is None
