@@ -6,7 +6,8 @@ its few bash lines start it as ``exec python3 -I -c "$PYHELPER" <subcommand>``. 
 
 Shared here, once: the failure line and exit codes (``Fail``, ``run``), the re-validation of the document's
 parameters (``SSM_<Name>`` environment variables: ``require``, ``check``, ``check_segments``, ``check_not_system``),
-and the trainer's PID file (``read_pid``, ``pid_is_trainer``, ``pid_same``, ``pid_file_stale``).
+the trainer's PID file (``read_pid``, ``pid_is_trainer``, ``pid_same``, ``pid_file_stale``) and the walk to a
+directory that never follows a symbolic link (``open_dir_nofollow``).
 """
 
 import json
@@ -202,6 +203,32 @@ def work_dir(command, hint):
         return tempfile.mkdtemp(prefix=f"autostop-{command}.", dir=base)
     except OSError:
         raise Fail("ScriptFailed", f"cannot create a temporary directory under {base}; free disk space{hint}")
+
+
+def open_dir_nofollow(path, missing=None):
+    """A descriptor of directory PATH, opened one component at a time without following symbolic links (ELOOP or
+    ENOTDIR where one is). A missing component: FileNotFoundError, or, with MISSING (the parent's descriptor, the
+    component, PATH -> the component's descriptor), what MISSING makes of it."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in path.split("/"):
+            if part:
+                try:
+                    child = open_child_dir(part, fd)
+                except FileNotFoundError:
+                    if missing is None:
+                        raise
+                    child = missing(fd, part, path)
+                os.close(fd)
+                fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_child_dir(name, fd):
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
 
 
 # --- the trainer's PID file ------------------------------------------------------------------------------------

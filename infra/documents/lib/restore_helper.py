@@ -32,6 +32,8 @@ if "Pool" not in globals():  # run on its own (tests, linters); the document pas
         check_all,
         check_not_system,
         check_segments,
+        open_child_dir,
+        open_dir_nofollow,
         param,
         pid_file_stale,
         pid_is_trainer,
@@ -82,38 +84,22 @@ def show(path):
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def open_dir_nofollow(path, create_owner=None):
-    """A descriptor of directory PATH, opened one component at a time without following symbolic links.
-
-    With CREATE_OWNER (a function of the parent's stat), missing components are created: mode and owner
-    of their nearest existing ancestor."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in path.split("/"):
-            if not part:
-                continue
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-            except FileNotFoundError:
-                if create_owner is None:
-                    raise
-                parent = os.fstat(fd)
-                if parent.st_uid != 0:
-                    raise Fail(
-                        6,
-                        "{} does not exist, and root does not create it in a directory of uid {}: the trainer's "
-                        "user must create it (mkdir -p {}) so that it owns it".format(path, parent.st_uid, path),
-                    )
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, stat.S_IMODE(parent.st_mode), dir_fd=fd)
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-                create_owner(child, parent)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def create_like_parent(fd, part, path):
+    """``open_dir_nofollow``'s MISSING for the checkpoint dir PATH: creates its missing component PART in the
+    directory FD with FD's mode and owner, only where root owns FD (RestoreConflict otherwise: root never creates a
+    directory for a user); its descriptor."""
+    parent = os.fstat(fd)
+    if parent.st_uid != 0:
+        raise Fail(
+            6,
+            "{} does not exist, and root does not create it in a directory of uid {}: the trainer's "
+            "user must create it (mkdir -p {}) so that it owns it".format(path, parent.st_uid, path),
+        )
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(part, stat.S_IMODE(parent.st_mode), dir_fd=fd)
+    child = open_child_dir(part, fd)
+    chown_like(child, parent)
+    return child
 
 
 def chown_like(fd, st):
@@ -435,7 +421,7 @@ def restore_files(
     if os.path.lexists(ckdir) and real != os.path.normpath(ckdir):
         raise Fail(6, "checkpoint-dir {} is or passes through a symbolic link (to {}); tag the real path".format(ckdir, real))
     try:
-        ckfd = open_dir_nofollow(ckdir, create_owner=chown_like)
+        ckfd = open_dir_nofollow(ckdir, missing=create_like_parent)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise Fail(6, "checkpoint-dir {} is not a directory or passes through a symbolic link".format(ckdir))

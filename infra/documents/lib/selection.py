@@ -65,7 +65,7 @@ SHOW_REJECTED = 5
 
 
 if "Fail" not in globals():  # run on its own (tests, linters); the documents paste lib/instance.py above
-    from instance import Fail  # code 3 NoCheckpoint, 4 UploadFailed, 6 a file changed during the checkpoint
+    from instance import Fail, open_dir_nofollow  # Fail: 3 NoCheckpoint, 4 UploadFailed, 6 a file changed during the checkpoint
 
 
 def show(path):
@@ -244,21 +244,6 @@ def _pickle_ints(data):
 
 
 # --- the entries of the checkpoint directory ------------------------------------------------------------
-
-
-def open_dir_nofollow(path):
-    """A descriptor of directory PATH, opened one component at a time without following symbolic links."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in path.split("/"):
-            if part:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-                os.close(fd)
-                fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def refuse_symlinked(ckdir):
