@@ -794,8 +794,9 @@ program = {"__name__": "autostop_program"}
 exec(compile(sys.argv[3], "<document>", "exec"), program)  # python3 -I -c CODE SUBCOMMAND: CODE, without running it
 choose = program["choose"]
 def choose_then_act(*args):
-    choose(*args)
+    chosen = choose(*args)
     subprocess.run(["bash", "-c", os.environ.pop("AUTOSTOP_TEST_AFTER_CHOOSE")], check=True)
+    return chosen
 program["choose"] = choose_then_act
 sys.exit(program["run"](sys.argv[4], sys.argv[5:], program))
 """

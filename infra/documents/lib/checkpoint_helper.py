@@ -1,8 +1,8 @@
 """autostop's on-instance program, subcommand ``checkpoint`` (``main_checkpoint``; stdlib, plus botocore where the
-instance has it) and ``select`` (``main_select``).
+instance has it).
 
-``infra/documents/checkpoint.sh`` carries this file after ``lib/instance.py``, ``lib/selection.py`` and
-``lib/transfer.py`` (see ``lib/instance.py``). Failures: ``Fail`` with an error name, or with the helpers' numbers
+``infra/documents/checkpoint.sh`` carries this file after ``lib/instance.py``, ``lib/selection.py``,
+``lib/transfer.py`` and ``lib/s3cli.py`` (see ``lib/instance.py``). Failures: ``Fail`` with an error name, or with the helpers' numbers
 3 NoCheckpoint, 4 UploadFailed, 5 ManifestFailed, 6 a file changed during the checkpoint (UploadFailed, which a
 re-selection may cure in Mode interruption).
 """
@@ -94,8 +94,9 @@ def precheck(ckdir, last_try):
         )
 
 
-def choose(ckdir, prefix, manifest_key, work):
-    """Selects the checkpoint to upload; writes WORK/plan.json (its files and keys) and WORK/choice.json."""
+def choose(ckdir, prefix, manifest_key):
+    """Selects the checkpoint to upload: (plan: its files [{abs, rel, key, size, mtime_ns, dev, ino}], choice: what
+    the manifest and the result line say about it). NoCheckpoint (Fail 3) when none is complete."""
     found = select(ckdir)
     chosen = found["chosen"]
     if found["open_check"]:
@@ -119,10 +120,7 @@ def choose(ckdir, prefix, manifest_key, work):
         "rejected": describe_rejected(found["rejected"]),
         "open_files_check": found["open_check"] or "complete",
     }
-    with open(os.path.join(work, "plan.json"), "w", encoding="utf-8") as f:
-        json.dump(plan, f)
-    with open(os.path.join(work, "choice.json"), "w", encoding="utf-8") as f:
-        json.dump(choice, f)
+    return plan, choice
 
 
 def plan_key(f, prefix, chosen, manifest_key):
@@ -334,12 +332,6 @@ def file_record(f, hexdigest, checksum, parts, part_size, resp):
     return record
 
 
-def read_plan(work):
-    """The plan ``choose`` wrote: [{abs, rel, key, size, mtime_ns, dev, ino}]."""
-    with open(os.path.join(work, "plan.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
 def stopped(signum, _frame):
     """Signal handler during the upload: ``Interrupted``, which ``Upload.run`` answers by aborting its multipart
     uploads."""
@@ -347,10 +339,9 @@ def stopped(signum, _frame):
     raise Interrupted(signum)
 
 
-def upload_plan(work, bucket, part_size, transfer):
-    """Upload the plan in WORK in one process (``Upload``; TRANSFER sdk: botocore, cli: the AWS CLI); writes
-    WORK/files.jsonl; returns the file count."""
-    plan = read_plan(work)
+def upload_plan(plan, work, bucket, part_size, transfer):
+    """Uploads the files of PLAN (``choose``) in one process (``Upload``; TRANSFER sdk: botocore, cli: the AWS CLI,
+    its part files in WORK); returns (the manifest's file records, the upload's seconds)."""
     largest = max([min(f["size"], file_part_size(f["size"], part_size)) for f in plan] or [part_size])  # one buffer's bytes
     n = pool_size(largest) if transfer == "sdk" else min(pool_size(largest), 4 * (os.cpu_count() or 2), 16)
     total = sum(f["size"] for f in plan)
@@ -370,37 +361,13 @@ def upload_plan(work, bucket, part_size, transfer):
     finally:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(signum, interrupted)
-    try:
-        with open(os.path.join(work, "files.jsonl"), "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(r) + "\n" for r in records)
-        with open(os.path.join(work, "upload_seconds"), "w", encoding="utf-8") as out:
-            out.write("%.3f" % (time.monotonic() - started))
-    except OSError as exc:
-        raise Fail(5, f"cannot record the uploaded files for the manifest: {exc.strerror}")
-    return len(records)
+    return records, round(time.monotonic() - started, 3)
 
 
 def same_checksum(resp, expected, what):
     got = resp.get("ChecksumSHA256")
     if got and got.split("-")[0] != expected.split("-")[0]:
         raise Fail(4, f"S3 reported SHA-256 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
-
-
-def seconds_in(path):
-    """The seconds ``upload_plan`` wrote (a float), or None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return float(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def load(work):
-    with open(os.path.join(work, "choice.json"), encoding="utf-8") as f:
-        choice = json.load(f)
-    with open(os.path.join(work, "files.jsonl"), encoding="utf-8") as f:
-        files = [json.loads(line) for line in f if line.strip()]
-    return choice, files
 
 
 def is_fresh(choice, signal_ns):
@@ -451,10 +418,11 @@ def write_manifest(work, choice, files, run_id, instance_id, execution_name, dec
     return data
 
 
-def finish(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer, transfer):
-    """The last step: writes the manifest (``write_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI)
-    with its SHA-256, which S3 verifies, and returns the result line. Fail(4) when S3 refuses it."""
-    choice, files = load(work)
+def finish(work, uploaded, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer, transfer):
+    """The last step: writes the manifest of UPLOADED (choice, file records, seconds: ``upload_newest``)
+    (``write_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI) with its SHA-256, which S3 verifies, and
+    returns the result line. Fail(4) when S3 refuses it."""
+    choice, files, seconds = uploaded
     data = write_manifest(work, choice, files, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns)
     target = f"s3://{bucket}/{manifest_key}"
     log(f"uploading the manifest to {target}")
@@ -485,7 +453,7 @@ def finish(work, run_id, instance_id, execution_name, decision_time, bucket, mod
             "files": len(files),
             "bytes": sum(f["size"] for f in files),
             "trainer": trainer,
-            "upload_seconds": seconds_in(os.path.join(work, "upload_seconds")),
+            "upload_seconds": seconds,
             "checkpoint": choice["name"],
             "step": choice["step"],
             "fresh": is_fresh(choice, signal_ns),
@@ -537,9 +505,9 @@ def main_checkpoint():
         trainer, signal_ns = stop_trainer(grace)
         transfer = "sdk" if sdk_available() else "cli"
         log(f"transfer: {transfer}")
-        upload_newest(work, part_size, transfer)
+        uploaded = upload_newest(work, part_size, transfer)
         values = ("RunId", "InstanceId", "ExecutionName", "DecisionTime", "Bucket", "Mode")
-        return finish(work, *map(param, values), signal_ns, param("ManifestKey"), trainer, transfer)
+        return finish(work, uploaded, *map(param, values), signal_ns, param("ManifestKey"), trainer, transfer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -625,17 +593,18 @@ def signal_trainer(pid, start, grace):
 
 
 def upload_newest(work, part_size, transfer):
-    """Chooses the checkpoint and uploads it (``choose``, ``upload_plan``). Where the trainer keeps running (Mode
-    interruption: a Spot notice or a rebalance) it may rotate the chosen checkpoint away meanwhile: chosen again,
-    once. Otherwise a changed file fails (UploadFailed)."""
+    """Chooses the checkpoint and uploads it (``choose``, ``upload_plan``): (choice, file records, seconds). Where the
+    trainer keeps running (Mode interruption: a Spot notice or a rebalance) it may rotate the chosen checkpoint away
+    meanwhile: chosen again, once. Otherwise a changed file fails (UploadFailed)."""
     for attempt in (1, 2):
-        choose(param("CheckpointDir"), param("UploadPrefix"), param("ManifestKey"), work)
+        plan, choice = choose(param("CheckpointDir"), param("UploadPrefix"), param("ManifestKey"))
         try:
-            nfiles = upload_plan(work, param("Bucket"), part_size, transfer)
+            records, seconds = upload_plan(plan, work, param("Bucket"), part_size, transfer)
             break
         except Fail as exc:
             if exc.code != 6 or attempt == 2 or param("Mode") != "interruption":
                 raise
             log(f"{exc}; the trainer is still running, so choosing the newest complete checkpoint again")
-    if nfiles == 0:
+    if not records:
         raise Fail("NoCheckpoint", "the chosen checkpoint holds no files")
+    return choice, records, seconds
