@@ -386,3 +386,45 @@ def test_a_live_process_that_is_not_the_trainer_is_never_signalled(
 
     assert failed.value.code == "TrainerUnverified" and "nothing was signalled or uploaded" in str(failed.value)
     assert sleeper.poll() is None
+
+
+# --- the probe still reads the PID file in bash (lib/pid.sh): both readings agree ---------------------------------
+
+
+def bash_reading(pid_file: Path, env: dict[str, str]) -> tuple[int | None, int, str, bool]:
+    """lib/pid.sh's answers for PID_FILE: (read_pid, pid_is_trainer's status, PID_WHY, pid_file_stale)."""
+    script = (
+        f"source {LIB / 'pid.sh'}\n"
+        'if ! pid=$(read_pid "$1"); then echo "|1||1"; exit 0; fi\n'
+        'rc=0; pid_is_trainer "$pid" "$1" || rc=$?\n'
+        'stale=1; pid_file_stale "$1" && stale=0\n'
+        'echo "$pid|$rc|$PID_WHY|$stale"\n'
+    )
+    proc = subprocess.run(["bash", "-c", script, "bash", str(pid_file)], capture_output=True, text=True, check=True, env=env)
+    pid, rc, why, stale = proc.stdout.strip().split("|")
+    return (int(pid) if pid else None), int(rc), why, stale == "0"
+
+
+@pytest.mark.parametrize("case", ["trainer", "started-after-the-file", "exited", "garbage", "init", "earlier-boot"])
+def test_the_bash_and_the_python_reading_of_a_pid_file_agree(
+    env: pytest.MonkeyPatch, tmp_path: Path, sleeper: subprocess.Popen[bytes], case: str
+) -> None:
+    pid_file = tmp_path / "train.pid"
+    pid = {"exited": None, "init": 1}.get(case, sleeper.pid)
+    if pid is None:
+        proc = subprocess.Popen(["true"])
+        proc.wait()
+        pid = proc.pid
+    pid_file.write_text("not a pid\n" if case == "garbage" else f"{pid}\n")
+    if case == "started-after-the-file":
+        old = time.time() - 3600
+        os.utime(pid_file, (old, old))
+    if case == "earlier-boot":
+        env.setenv("AUTOSTOP_BOOT_TIME", str(int(pid_file.stat().st_mtime) + 60))
+
+    read = instance.read_pid(str(pid_file))
+    python = (
+        (read, *instance.pid_is_trainer(read, str(pid_file))[:2], instance.pid_file_stale(str(pid_file))) if read else (None, 1, "", False)
+    )
+
+    assert bash_reading(pid_file, dict(os.environ)) == python
