@@ -159,20 +159,44 @@ def render_script(script: str) -> str:
 
     Each ``# @include <file>`` line is replaced by that file (a document runs one script, so code shared by the
     scripts, ``lib/``, is pasted in at synth time); then, to fit SSM's 64 KB document content limit, comment-only
-    and blank lines are dropped, and included ``.py`` files lose their docstrings and comments and are indented
-    one space per level (the files in the repository keep all that; a test proves the code is the same). The tests
-    run this same rendered text.
+    and blank lines are dropped, and included ``.py`` files lose their imports of each other (``if "name" not in
+    globals(): from module import ...``: pasted into one program, the names are already there), their docstrings
+    and comments, and are indented one space per level (the files in the repository keep all that; a test proves
+    the code is the same). The tests run this same rendered text.
     """
     lines = []
     for line in (SCRIPTS / script).read_text().splitlines():
         if line.startswith(INCLUDE):
             name = line.removeprefix(INCLUDE).strip()
             text = (SCRIPTS / name).read_text()
-            lines.extend((narrow_indents(without_comments(without_docstrings(text))) if name.endswith(".py") else text).splitlines())
+            lines.extend((minified(text) if name.endswith(".py") else text).splitlines())
         else:
             lines.append(line)
     kept = [line for i, line in enumerate(lines) if i == 0 or (line.strip() and not line.lstrip().startswith("#"))]
     return "\n".join(kept) + "\n"
+
+
+def minified(source: str) -> str:
+    """SOURCE (a module of ``lib/``) as a document carries it (see ``render_script``)."""
+    return narrow_indents(without_comments(without_docstrings(without_standalone_imports(source))))
+
+
+def without_standalone_imports(source: str) -> str:
+    """SOURCE (Python) without its top-level ``if "<name>" not in globals(): ...`` blocks, by which a module of
+    ``lib/`` imports the others when it runs on its own (tests, linters) and that never run in a document."""
+    drop: set[int] = set()
+    for node in ast.parse(source).body:
+        test = node.test if isinstance(node, ast.If) else None
+        if (
+            isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Constant)
+            and [type(op) for op in test.ops] == [ast.NotIn]
+            and isinstance(test.comparators[0], ast.Call)
+            and getattr(test.comparators[0].func, "id", None) == "globals"
+            and not node.orelse
+        ):
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return "\n".join(line for number, line in enumerate(source.splitlines(), start=1) if number not in drop) + "\n"
 
 
 def narrow_indents(source: str) -> str:

@@ -789,6 +789,30 @@ def test_checkpoint_refuses_a_symlinked_checkpoint_dir(s3: Any, bucket: str, bas
     assert keys(s3, bucket) == []
 
 
+AFTER_CHOOSE = """import os, subprocess, sys
+program = {"__name__": "autostop_program"}
+exec(compile(sys.argv[3], "<document>", "exec"), program)  # python3 -I -c CODE SUBCOMMAND: CODE, without running it
+choose = program["choose"]
+def choose_then_act(*args):
+    chosen = choose(*args)
+    subprocess.run(["bash", "-c", os.environ.pop("AUTOSTOP_TEST_AFTER_CHOOSE")], check=True)
+    return chosen
+program["choose"] = choose_then_act
+sys.exit(program["run"](sys.argv[4], sys.argv[5:], program))
+"""
+
+
+def after_choose_shim(fake_bin: Path, action: str) -> dict[str, str]:
+    """A python3 on PATH that runs the checkpoint document's program with ACTION (bash) run right after its
+    selection (``choose``) has written the plan, once; the environment to add."""
+    fake_bin.mkdir(exist_ok=True)
+    (fake_bin / "after_choose.py").write_text(AFTER_CHOOSE)
+    shim = fake_bin / "python3"
+    shim.write_text(f'#!/usr/bin/env bash\nexec "{VENV_BIN / "python3"}" "{fake_bin / "after_choose.py"}" "$@"\n')
+    shim.chmod(0o755)
+    return {"AUTOSTOP_TEST_AFTER_CHOOSE": action}
+
+
 def write_shim(fake_bin: Path, name: str, real: str, condition: str, action: str) -> None:
     """An executable NAME on PATH that runs REAL with its arguments, then ACTION (bash) when CONDITION holds."""
     fake_bin.mkdir(exist_ok=True)
@@ -816,32 +840,17 @@ def test_checkpoint_refuses_files_swapped_after_selection(
     write(secrets / "model.bin", b"SECRETS")  # same size as model.bin
     write(secrets / "extra.bin", b"SECRET")
     fake_bin = tmp_path / "bin"
-    real_python = str(VENV_BIN / "python3")
-    after_select = "[[ ${4:-} == select && $rc == 0 ]]"  # python3 -I -c CODE select ...
+    extra: dict[str, str] = {}
     if swap == "file-to-symlink":
-        write_shim(
-            fake_bin,
-            "python3",
-            real_python,
-            after_select,
-            f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"',
-        )
-    elif swap == "multipart-file-to-symlink":  # before the first part is read
+        extra = after_choose_shim(fake_bin, f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"')
+    elif swap == "multipart-file-to-symlink":  # before the first part is read, before its descriptor is opened
         write(step / "model.bin", os.urandom(6 * MIB))
         write(secrets / "model.bin", b"SECRET" * MIB)
-        after_hash = after_select  # before its descriptor is opened
-        swap_action = f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"'
-        write_shim(fake_bin, "python3", real_python, after_hash, swap_action)
+        extra = after_choose_shim(fake_bin, f'mv "{step}/model.bin" "{tmp_path}/aside" && ln -s "{secrets}/model.bin" "{step}/model.bin"')
     elif swap == "dir-to-symlink":
-        write_shim(fake_bin, "python3", real_python, after_select, f'mv "{step}/sub" "{tmp_path}/aside" && ln -s "{secrets}" "{step}/sub"')
+        extra = after_choose_shim(fake_bin, f'mv "{step}/sub" "{tmp_path}/aside" && ln -s "{secrets}" "{step}/sub"')
     elif swap == "file-replaced":
-        write_shim(
-            fake_bin,
-            "python3",
-            real_python,
-            after_select,
-            f'cp "{secrets}/model.bin" "{step}/w.new" && mv -f "{step}/w.new" "{step}/model.bin"',
-        )
+        extra = after_choose_shim(fake_bin, f'cp "{secrets}/model.bin" "{step}/w.new" && mv -f "{step}/w.new" "{step}/model.bin"')
     else:  # after its upload (cli) or its selection (sdk), model.bin is a different file with the same size and mtime
         put_weights = '[[ " $* " == *" put-object "* && " $* " == *"/model.bin "* ]]'
         same_size_and_mtime = f'cp "{secrets}/model.bin" "{step}/w.new" && touch -r "{step}/model.bin" "{step}/w.new"'
@@ -849,8 +858,8 @@ def test_checkpoint_refuses_files_swapped_after_selection(
         if transfer == "cli":
             write_shim(fake_bin, "aws", str(VENV_BIN / "aws"), put_weights, action)
         else:
-            write_shim(fake_bin, "python3", real_python, after_select, action)
-    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB)) | {"AUTOSTOP_TRANSFER": transfer}
+            extra = after_choose_shim(fake_bin, action)
+    env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB)) | {"AUTOSTOP_TRANSFER": transfer} | extra
     env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
 
     proc, out = run(CHECKPOINT, env)

@@ -242,5 +242,6 @@ def test_the_rendered_script_is_plain_bash_with_a_compiling_helper() -> None:
     subprocess.run(["bash", "-n", str(PREFLIGHT)], check=True)
     body = text.split("<<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
     compile(body, "preflight.sh", "exec")
-    for lib in ("lib/selection.py", "lib/transfer.py", "lib/checkpoint_helper.py", "lib/pid.sh", "lib/params.sh"):
+    # The checkpoint command's own code: the PID file's reading (instance.py), the selection, the S3 client choice.
+    for lib in ("lib/instance.py", "lib/selection.py", "lib/transfer.py", "lib/s3cli.py", "lib/preflight.py"):
         assert f"# @include {lib}" in (Path(__file__).resolve().parents[2] / "infra" / "documents" / "preflight.sh").read_text()

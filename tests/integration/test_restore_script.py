@@ -554,7 +554,7 @@ def test_restore_rejects_invalid_parameters_and_never_runs_them(
 def test_restore_document_pattern_agrees_with_the_script() -> None:
     """SendCommand checks the document's pattern first; the script re-checks the same one."""
     pattern = RESTORE_PARAMETERS["ResumeCommand"]["allowedPattern"]
-    assert f"readonly RESUME_RE='{pattern}'" in RESTORE.read_text()
+    assert f'r"{pattern}"' in RESTORE.read_text()  # lib/restore_helper.py RESTORE_PARAMETERS
 
 
 def test_restore_refuses_to_start_a_second_trainer(

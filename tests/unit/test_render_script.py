@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.constructs.documents import narrow_indents, render_script, without_comments, without_docstrings
+from infra.constructs.documents import narrow_indents, render_script, without_comments, without_docstrings, without_standalone_imports
 
 LIB = Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"
 
@@ -36,9 +36,47 @@ def test_multi_line_strings_keep_their_lines() -> None:
     assert namespace["f"]() == (1, 2)  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("script", ["checkpoint.sh", "restore.sh"])
+@pytest.mark.parametrize("script", ["checkpoint.sh", "restore.sh", "preflight.sh"])
 def test_rendered_helpers_compile(script: str) -> None:
     """The python3 program between PYHELPER's heredoc markers compiles as pasted."""
     text = render_script(script)
     body = text.split("<<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
     compile(body, script, "exec")
+
+
+def test_only_the_standalone_imports_are_dropped() -> None:
+    source = (
+        "import os\n"
+        'if "select" not in globals():  # run on its own\n'
+        "    from selection import select\n"
+        "    from transfer import (\n"
+        "        b64,\n"
+        "    )\n"
+        'if "x" not in locals():\n'
+        "    y = 1\n"
+        'if "z" not in globals():\n'
+        "    z = 1\n"
+        "else:\n"
+        "    z = 2\n"
+    )
+
+    out = without_standalone_imports(source)
+
+    assert "selection" not in out and "b64" not in out
+    assert out.startswith("import os\n") and 'if "x" not in locals():' in out and "else:" in out
+
+
+@pytest.mark.parametrize(
+    ("script", "subcommand"), [("checkpoint.sh", "checkpoint"), ("restore.sh", "restore"), ("preflight.sh", "preflight")]
+)
+def test_each_document_starts_its_subcommand_of_the_one_program(script: str, subcommand: str) -> None:
+    """A few lines of bash start the program; every module the program imports on its own is pasted in."""
+    text = render_script(script)
+    bash = text.split("<<'PY' || true\n", 1)[0].splitlines() + text.split("\nPY\n", 1)[1].splitlines()
+    assert bash[-1] == f'exec python3 -I -c "$PYHELPER" {subcommand}'
+    assert len(bash) <= 12
+    body = text.split("<<'PY' || true\n", 1)[1].split("\nPY\n", 1)[0]
+    assert "not in globals()" not in body
+    namespace: dict[str, object] = {"__name__": "document"}
+    exec(compile(body, script, "exec"), namespace)  # noqa: S102 - the document's own program, not run (__name__)
+    assert callable(namespace[f"main_{subcommand}"]) and callable(namespace["run"])

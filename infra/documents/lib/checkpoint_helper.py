@@ -1,35 +1,61 @@
-"""autostop checkpoint document: the python3 helper's subcommands (stdlib only).
+"""autostop's on-instance program, subcommand ``checkpoint`` (``main_checkpoint``; stdlib, plus botocore where the
+instance has it).
 
-``infra/documents/checkpoint.sh`` carries this file, after ``lib/selection.py``, as one ``python3 -I -c``
-program and runs ``<subcommand> ARGS...``. Exit status: 0 ok; 3 NoCheckpoint, 4 UploadFailed, 5
-ManifestFailed, 6 a file changed during the checkpoint (UploadFailed, which a re-selection may cure); the
-message is then the only stdout line. Anything else is a bug (ScriptFailed).
+``infra/documents/checkpoint.sh`` carries this file after ``lib/instance.py``, ``lib/selection.py``,
+``lib/transfer.py`` and ``lib/s3cli.py`` (see ``lib/instance.py``). Failures: ``Fail`` with an error name, or with the helpers' numbers
+3 NoCheckpoint, 4 UploadFailed, 5 ManifestFailed, 6 a file changed during the checkpoint (UploadFailed, which a
+re-selection may cure in Mode interruption).
 """
 
-import base64
 import datetime
 import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-if "select" not in globals():  # run on its own (tests, linters); the document pastes lib/selection.py above
-    from selection import CONTROL_CHARS_RE, Fail, describe_rejected, listing, saving_now, select, show
-if "Pool" not in globals():  # likewise lib/transfer.py
-    from transfer import MAX_OBJECT_SIZE, Pool, client, composite, file_part_size, part_ranges, pool_size, pread_exact, sdk, sdk_available
+if "select" not in globals():  # run on its own (tests, linters); the document pastes these modules above
+    from instance import (
+        Fail,
+        Interrupted,
+        aws_environment,
+        check_all,
+        check_not_system,
+        check_segments,
+        interrupted,
+        param,
+        pid_file_stale,
+        pid_is_trainer,
+        pid_same,
+        read_pid,
+        require,
+        work_dir,
+    )
+    from s3cli import CliS3, version_id
+    from selection import CONTROL_CHARS_RE, describe_rejected, listing, no_checkpoint, saving_now, select, show, summary
+    from transfer import (
+        MAX_OBJECT_SIZE,
+        MAX_PART_SIZE,
+        MIN_PART_SIZE,
+        Pool,
+        b64,
+        client,
+        composite,
+        file_part_size,
+        part_ranges,
+        pool_size,
+        pread_exact,
+        sdk,
+        sdk_available,
+    )
 
 CHUNK = 8 * 1024 * 1024
-
-
-def b64(digest):
-    return base64.b64encode(digest).decode("ascii")
 
 
 def iso(ns):
@@ -51,39 +77,15 @@ def changed(path, detail):
     )
 
 
-NO_CHECKPOINT_HINT = (
-    "A checkpoint is a file or a directory of files whose name carries its step number (step-100, "
-    "checkpoint-100, epoch=2-step=260.ckpt) or, for a torch.save/Lightning file, whose contents do, that no "
-    "process is still writing and whose framework's files are all there"
-)
-
-
-def no_checkpoint(ckdir, found):
-    if not found["candidates"]:
-        return f"no complete checkpoint in {ckdir}: it is empty. {NO_CHECKPOINT_HINT}"
-    return f"no complete checkpoint in {ckdir}: rejected {listing(found['rejected'])}. {NO_CHECKPOINT_HINT}"
-
-
-def summary(choice):
-    """One line: what was chosen, its step and rule, and the newest rejected entry with its reason."""
-    text = f"chose {choice['name']} (step {choice['step']}, {choice['rule']})"
-    newer = [r for r in choice["rejected"] if (r["step"] if r["step"] is not None else -1) >= (choice["step"] or 0)]
-    if newer:
-        text += f"; rejected {newer[0]['name']} ({newer[0]['reason']})"
-        if len(newer) > 1:
-            text += f" and {len(newer) - 1} more"
-    return text[:600]
-
-
-def cmd_precheck(ckdir, last_try):
-    """Before the trainer is signalled (Mode stop): print ``ready`` when a complete checkpoint exists, ``saving``
-    when none does but a save is in progress (the caller waits and asks again; LAST_TRY "1": it has waited
-    enough); Fail(3) otherwise. The trainer is only ever signalled after ``ready``."""
+def precheck(ckdir, last_try):
+    """Before the trainer is signalled (Mode stop): ``ready`` when a complete checkpoint exists, ``saving`` when none
+    does but a save is in progress (the caller waits and asks again; LAST_TRY: it has waited enough); Fail(3)
+    otherwise. The trainer is only ever signalled after ``ready``."""
     found = select(ckdir)
     if found["chosen"] is not None:
-        print("ready")
-    elif saving_now(found) and last_try != "1":
-        print("saving")
+        return "ready"
+    if saving_now(found) and not last_try:
+        return "saving"
     else:
         raise Fail(
             3,
@@ -92,7 +94,9 @@ def cmd_precheck(ckdir, last_try):
         )
 
 
-def cmd_select(ckdir, prefix, manifest_key, work):
+def choose(ckdir, prefix, manifest_key):
+    """Selects the checkpoint to upload: (plan: its files [{abs, rel, key, size, mtime_ns, dev, ino}], choice: what
+    the manifest and the result line say about it). NoCheckpoint (Fail 3) when none is complete."""
     found = select(ckdir)
     chosen = found["chosen"]
     if found["open_check"]:
@@ -116,10 +120,7 @@ def cmd_select(ckdir, prefix, manifest_key, work):
         "rejected": describe_rejected(found["rejected"]),
         "open_files_check": found["open_check"] or "complete",
     }
-    with open(os.path.join(work, "plan.json"), "w", encoding="utf-8") as f:
-        json.dump(plan, f)
-    with open(os.path.join(work, "choice.json"), "w", encoding="utf-8") as f:
-        json.dump(choice, f)
+    return plan, choice
 
 
 def plan_key(f, prefix, chosen, manifest_key):
@@ -156,11 +157,6 @@ def open_chosen(path, size, mtime_ns, dev, ino):
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
-
-
-def cmd_transfer():
-    """Print ``sdk`` when this python3 can upload in-process (lib/transfer.py), else ``cli``."""
-    print("sdk" if sdk_available() else "cli")
 
 
 class Upload:
@@ -336,74 +332,16 @@ def file_record(f, hexdigest, checksum, parts, part_size, resp):
     return record
 
 
-def read_plan(work):
-    """The plan ``cmd_select`` wrote: [{abs, rel, key, size, mtime_ns, dev, ino}]."""
-    with open(os.path.join(work, "plan.json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
 def stopped(signum, _frame):
-    """Signal handler: SystemExit(128 + signal), which ``Upload.run`` answers by aborting its multipart uploads."""
+    """Signal handler during the upload: ``Interrupted``, which ``Upload.run`` answers by aborting its multipart
+    uploads."""
     log(f"stopped by signal {signum} during the upload; aborting the multipart uploads in progress")
-    raise SystemExit(128 + signum)
+    raise Interrupted(signum)
 
 
-class CliError(Exception):
-    """An AWS CLI call that failed; the message is the CLI's last stderr line."""
-
-
-class CliS3:
-    """The S3 calls ``Upload`` makes, through the AWS CLI, one process per call: the fallback when python3
-    cannot import botocore. Same keyword arguments as botocore's client; ``Body`` is a file path."""
-
-    BotoCoreError = ClientError = CliError  # what Upload catches
-    FLAGS = {
-        "Bucket": "bucket",
-        "Key": "key",
-        "UploadId": "upload-id",
-        "PartNumber": "part-number",
-        "Body": "body",
-        "ChecksumAlgorithm": "checksum-algorithm",
-        "ChecksumSHA256": "checksum-sha256",
-        "MultipartUpload": "multipart-upload",
-        "ContentType": "content-type",
-    }
-
-    def __init__(self, work):
-        self.work = work
-
-    def __getattr__(self, op):
-        return lambda **params: self.run(op, params)
-
-    def run(self, op, params):
-        """``aws s3api OP --flag=value ...``: its JSON output, or CliError."""
-        if isinstance(params.get("MultipartUpload"), dict):  # the CLI reads the part list from a file
-            fd, path = tempfile.mkstemp(prefix="complete-", suffix=".json", dir=self.work)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(params["MultipartUpload"], f)
-            try:
-                return self.run(op, dict(params, MultipartUpload=f"file://{path}"))
-            finally:
-                os.unlink(path)
-        args = ["aws", "--output", "json", "s3api", op.replace("_", "-")] + [f"--{self.FLAGS[k]}={v}" for k, v in params.items()]
-        proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        err = proc.stderr.decode("utf-8", "replace")
-        if proc.returncode != 0:
-            sys.stderr.write(err)
-            lines = [line for line in err.splitlines() if line.strip()]
-            raise CliError(lines[-1] if lines else "the AWS CLI exited with an error")
-        try:
-            out = json.loads(proc.stdout.decode("utf-8") or "{}")
-        except ValueError:
-            raise CliError("the AWS CLI printed an unreadable response")
-        return out if isinstance(out, dict) else {}
-
-
-def cmd_upload(work, bucket, part_size, transfer):
-    """Upload the plan in WORK in one process (``Upload``; TRANSFER sdk: botocore, cli: the AWS CLI); writes
-    WORK/files.jsonl; prints the file count."""
-    part_size = int(part_size)
-    plan = read_plan(work)
+def upload_plan(plan, work, bucket, part_size, transfer):
+    """Uploads the files of PLAN (``choose``) in one process (``Upload``; TRANSFER sdk: botocore, cli: the AWS CLI,
+    its part files in WORK); returns (the manifest's file records, the upload's seconds)."""
     largest = max([min(f["size"], file_part_size(f["size"], part_size)) for f in plan] or [part_size])  # one buffer's bytes
     n = pool_size(largest) if transfer == "sdk" else min(pool_size(largest), 4 * (os.cpu_count() or 2), 16)
     total = sum(f["size"] for f in plan)
@@ -415,47 +353,21 @@ def cmd_upload(work, bucket, part_size, transfer):
         upload = Upload(client(mods, n), mods[2], bucket, part_size, n)
     else:
         upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work)
+    started = time.monotonic()
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # stopped from outside: abort what was started
         signal.signal(signum, stopped)
-    started = time.monotonic()
-    records = upload.run(plan)
     try:
-        with open(os.path.join(work, "files.jsonl"), "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(r) + "\n" for r in records)
-        with open(os.path.join(work, "upload_seconds"), "w", encoding="utf-8") as out:
-            out.write("%.3f" % (time.monotonic() - started))
-    except OSError as exc:
-        raise Fail(5, f"cannot record the uploaded files for the manifest: {exc.strerror}")
-    print(len(records))
+        records = upload.run(plan)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, interrupted)
+    return records, round(time.monotonic() - started, 3)
 
 
 def same_checksum(resp, expected, what):
     got = resp.get("ChecksumSHA256")
     if got and got.split("-")[0] != expected.split("-")[0]:
         raise Fail(4, f"S3 reported SHA-256 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
-
-
-def seconds_in(path):
-    """The seconds ``cmd_upload`` wrote (a float), or None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return float(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def version_id(resp):
-    """The S3 VersionId PutObject/CompleteMultipartUpload returned (None when the bucket is not versioned)."""
-    value = resp.get("VersionId")
-    return value if isinstance(value, str) and value and value != "null" else None
-
-
-def load(work):
-    with open(os.path.join(work, "choice.json"), encoding="utf-8") as f:
-        choice = json.load(f)
-    with open(os.path.join(work, "files.jsonl"), encoding="utf-8") as f:
-        files = [json.loads(line) for line in f if line.strip()]
-    return choice, files
 
 
 def is_fresh(choice, signal_ns):
@@ -506,10 +418,11 @@ def write_manifest(work, choice, files, run_id, instance_id, execution_name, dec
     return data
 
 
-def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer, transfer):
-    """The last step: writes the manifest (``write_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI)
-    with its SHA-256, which S3 verifies, and prints the result line. Fail(4) when S3 refuses it."""
-    choice, files = load(work)
+def finish(work, uploaded, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns, manifest_key, trainer, transfer):
+    """The last step: writes the manifest of UPLOADED (choice, file records, seconds: ``upload_newest``)
+    (``write_manifest``), puts it (TRANSFER sdk: botocore, cli: the AWS CLI) with its SHA-256, which S3 verifies, and
+    returns the result line. Fail(4) when S3 refuses it."""
+    choice, files, seconds = uploaded
     data = write_manifest(work, choice, files, run_id, instance_id, execution_name, decision_time, bucket, mode, signal_ns)
     target = f"s3://{bucket}/{manifest_key}"
     log(f"uploading the manifest to {target}")
@@ -531,23 +444,167 @@ def cmd_finish(work, run_id, instance_id, execution_name, decision_time, bucket,
         )
     # The result line reaches the control plane through SSM from this instance only, so it pins what Verify reads:
     # the manifest's S3 VersionId and SHA-256 (hex), and the file and byte counts of this upload.
-    print(
-        json.dumps(
-            {
-                "result": "uploaded",
-                "manifest": target,
-                "manifest_version_id": version_id(resp),
-                "manifest_sha256": hashlib.sha256(data).hexdigest(),
-                "files": len(files),
-                "bytes": sum(f["size"] for f in files),
-                "trainer": trainer,
-                "upload_seconds": seconds_in(os.path.join(work, "upload_seconds")),
-                "checkpoint": choice["name"],
-                "step": choice["step"],
-                "fresh": is_fresh(choice, signal_ns),
-                "rule": choice["rule"],
-                "rejected": choice["rejected"],
-                "summary": summary(choice),
-            }
-        )
+    return json.dumps(
+        {
+            "result": "uploaded",
+            "manifest": target,
+            "manifest_version_id": version_id(resp),
+            "manifest_sha256": hashlib.sha256(data).hexdigest(),
+            "files": len(files),
+            "bytes": sum(f["size"] for f in files),
+            "trainer": trainer,
+            "upload_seconds": seconds,
+            "checkpoint": choice["name"],
+            "step": choice["step"],
+            "fresh": is_fresh(choice, signal_ns),
+            "rule": choice["rule"],
+            "rejected": choice["rejected"],
+            "summary": summary(choice),
+        }
     )
+
+
+CHECKPOINT_PARAMETERS = {
+    "Signal": (r"^(TERM|INT|HUP|USR1|USR2)$", "expected TERM, INT, HUP, USR1 or USR2"),
+    "GraceSeconds": (r"^[0-9]{1,5}$", "expected a whole number of seconds (0-99999)"),
+    "PartSizeBytes": (r"^[0-9]{7,11}$", "expected a whole number of bytes between 5242880 and 5368709120"),
+    "DecisionTime": (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$", "expected a UTC time like 2025-01-31T23:59:00Z"),
+    "Mode": (r"^(stop|interruption)$", "expected stop or interruption"),
+}
+"""The checkpoint's own parameters (the others: ``PARAMETERS`` of lib/instance.py)."""
+CHECKPOINT_VARIABLES = (  # noqa: SIM905 - fewer bytes in the document than a list literal
+    "SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_PidFile SSM_Bucket SSM_UploadPrefix SSM_ManifestKey "
+    "SSM_Signal SSM_GraceSeconds SSM_PartSizeBytes SSM_DecisionTime SSM_Mode"
+).split()
+
+
+def checkpoint_parameters():
+    """Re-validates the document's parameters (InvalidParameter); returns (grace seconds, part size in bytes)."""
+    require(CHECKPOINT_VARIABLES)
+    check_all(CHECKPOINT_VARIABLES + ["SSM_SaveOnSignal"], CHECKPOINT_PARAMETERS)
+    for name, kind in (("CheckpointDir", "path"), ("PidFile", "path"), ("UploadPrefix", "key"), ("ManifestKey", "key")):
+        check_segments(name, kind)
+    check_not_system("CheckpointDir")  # root uploads it: never /etc, /root, /var/log, ...
+    part_size = int(param("PartSizeBytes"))
+    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise Fail("InvalidParameter", f"parameter PartSizeBytes ({part_size}) must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes")
+    return int(param("GraceSeconds")), part_size
+
+
+def main_checkpoint():
+    """``checkpoint``: the checkpoint document's contract (infra/documents/checkpoint.sh): signal the trainer once,
+    choose and upload its newest complete checkpoint, write the manifest last; returns the result line."""
+    grace, part_size = checkpoint_parameters()
+    aws_environment()
+    if shutil.which("aws") is None:
+        raise Fail(
+            "UploadFailed", "the AWS CLI (aws) is not installed or not on PATH; install it on the instance (the trainer was not signalled)"
+        )
+    work = work_dir("checkpoint", " (the trainer was not signalled)")
+    try:
+        trainer, signal_ns = stop_trainer(grace)
+        transfer = "sdk" if sdk_available() else "cli"
+        log(f"transfer: {transfer}")
+        uploaded = upload_newest(work, part_size, transfer)
+        values = ("RunId", "InstanceId", "ExecutionName", "DecisionTime", "Bucket", "Mode")
+        return finish(work, uploaded, *map(param, values), signal_ns, param("ManifestKey"), trainer, transfer)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_trainer(grace):
+    """Signals the trainer named by SSM_PidFile once, if it is provably the trainer, and waits for it to exit.
+    Returns (trainer state, when it was signalled in ns since the epoch or 0). TrainerUnverified when a live process
+    cannot be shown to be the trainer; NoCheckpoint (Mode stop, not SaveOnSignal) when nothing complete is on disk."""
+    pid_file = param("PidFile")
+    if not pid_file:
+        return "not_configured", 0
+    if not os.path.lexists(pid_file):
+        log(f"pid file {pid_file} does not exist; not signalling anything")
+        return "pid_file_missing", 0
+    pid = read_pid(pid_file)
+    if pid is None:
+        log(f"pid file {pid_file} is unreadable or holds no process id; not signalling anything")
+        return "pid_file_unreadable", 0
+    if pid_file_stale(pid_file):  # written before this boot: whatever has that pid now is not its trainer
+        log(f"pid file {pid_file} is stale (last written before this boot); not signalling anything")
+        return "not_running", 0
+    status, why, start = pid_is_trainer(pid, pid_file)
+    if status == 2:  # alive, but maybe a reused pid or a stepped clock: unknown is not "exited"
+        raise Fail(
+            "TrainerUnverified",
+            f"pid {pid} from {pid_file} is a live process that cannot be shown to be the trainer ({why}); nothing was signalled "
+            "or uploaded. If the trainer has exited, remove the stale PID file; if it runs, rewrite the PID file from the trainer",
+        )
+    if status == 1:
+        log(f"trainer pid {pid} from {pid_file} is not running")
+        return "not_running", 0
+    if param("Mode") == "stop" and param("SaveOnSignal") != "true":
+        wait_for_checkpoint(grace)
+    return signal_trainer(pid, start, grace)
+
+
+def wait_for_checkpoint(grace):
+    """Decides before signalling: a trainer that exits on the signal must leave something to upload. A save in
+    progress with nothing complete yet is waited for (up to GRACE, at most 120 s), never signalled over."""
+    waited, state = 0, precheck(param("CheckpointDir"), False)
+    while state == "saving":
+        last = not (waited + 2 < grace and waited + 2 < 120)
+        time.sleep(2)
+        waited += 2
+        state = precheck(param("CheckpointDir"), last)
+    log(f"before signalling: a complete checkpoint is on disk (waited {waited} s for a save in progress)")
+
+
+def signal_trainer(pid, start, grace):
+    """Sends SIG<Signal> to the trainer (PID, START ticks) once and waits up to GRACE s for it to exit: (state, ns)."""
+    name, pid_file, mode = param("Signal"), param("PidFile"), param("Mode")
+    log(f"sending SIG{name} to trainer pid {pid}; waiting up to {grace} s for it to exit")
+    signal_ns = time.time_ns()
+    try:
+        os.kill(pid, getattr(signal, "SIG" + name))
+    except OSError as exc:
+        why = f"kill: ({pid}) - {exc.strerror}"
+        if not pid_same(pid, start):
+            return "not_running", 0  # it exited just before the signal
+        if mode == "interruption":
+            log(f"could not send SIG{name} to the trainer (pid {pid}): {why}; uploading the newest checkpoint on disk")
+            return "still_running", signal_ns
+        raise Fail(
+            "TrainerDidNotExit",
+            f"could not send SIG{name} to the trainer (pid {pid} from {pid_file}): {why}; the checkpoint command must run as root",
+        )
+    waited = 0
+    while pid_same(pid, start):
+        if waited >= grace:
+            if mode == "stop":
+                raise Fail(
+                    "TrainerDidNotExit",
+                    f"the trainer (pid {pid} from {pid_file}) was sent SIG{name} but was still running after {grace} s; nothing was "
+                    f"uploaded. Make the trainer save and exit on SIG{name}, or raise the grace-seconds tag",
+                )
+            # Interruption: the instance is about to be reclaimed; save what is on disk rather than nothing.
+            log(f"the trainer (pid {pid}) was still running {grace} s after SIG{name}; uploading the newest complete checkpoint on disk")
+            return "still_running", signal_ns
+        time.sleep(1)
+        waited += 1
+    log(f"trainer pid {pid} exited after about {waited} s")
+    return "exited", signal_ns
+
+
+def upload_newest(work, part_size, transfer):
+    """Chooses the checkpoint and uploads it (``choose``, ``upload_plan``): (choice, file records, seconds). Where the
+    trainer keeps running (Mode interruption: a Spot notice or a rebalance) it may rotate the chosen checkpoint away
+    meanwhile: chosen again, once. Otherwise a changed file fails (UploadFailed)."""
+    for attempt in (1, 2):
+        plan, choice = choose(param("CheckpointDir"), param("UploadPrefix"), param("ManifestKey"))
+        try:
+            records, seconds = upload_plan(plan, work, param("Bucket"), part_size, transfer)
+            break
+        except Fail as exc:
+            if exc.code != 6 or attempt == 2 or param("Mode") != "interruption":
+                raise
+            log(f"{exc}; the trainer is still running, so choosing the newest complete checkpoint again")
+    if not records:
+        raise Fail("NoCheckpoint", "the chosen checkpoint holds no files")
+    return choice, records, seconds

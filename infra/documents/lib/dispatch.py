@@ -1,23 +1,18 @@
-"""The documents' python3 helpers end here: ``<subcommand> ARGS...`` runs ``cmd_<subcommand>``.
+"""autostop's on-instance program ends here: ``<subcommand> ARGS...`` runs ``main_<subcommand>`` (lib/instance.py ``run``).
 
-Pasted last into the checkpoint and the restore document (after ``lib/checkpoint_helper.py`` or
-``lib/restore_helper.py``, whose ``cmd_*`` functions and ``Fail`` share its namespace). A ``Fail`` prints its
-message as the only stdout line and exits with its code; anything else is a bug (a traceback, ScriptFailed).
+Pasted last into every document but the probe, after the modules its subcommand needs: the checkpoint document's
+``checkpoint``, the restore document's ``restore``, the preflight document's ``preflight`` (and ``select``). Run on
+its own (``python3 infra/documents/lib/dispatch.py select DIR``), it imports them all.
 """
 
-import json
 import sys
 
-
-def cmd_failline(error, message):
-    print(json.dumps({"result": "failed", "error": error, "message": message}))
-
-
-COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith("cmd_")}
+if "run" not in globals():  # run on its own; a document pastes the modules above
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    from checkpoint_helper import main_checkpoint  # noqa: F401 - found through globals()
+    from instance import run
+    from preflight import main_preflight, main_select  # noqa: F401
+    from restore_helper import main_restore  # noqa: F401
 
 if __name__ == "__main__":
-    try:
-        COMMANDS[sys.argv[1]](*sys.argv[2:])
-    except Fail as exc:  # noqa: F821 - the helper pasted above defines it
-        print(str(exc))
-        sys.exit(exc.code)
+    sys.exit(run(sys.argv[1] if len(sys.argv) > 1 else "", sys.argv[2:], globals()))

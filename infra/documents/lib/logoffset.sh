@@ -1,5 +1,6 @@
 # autostop: the log baseline of a boot, shared by the probe (which reads it, and records it at its first run in a
-# boot) and the restore script (which records it before a resumed trainer writes). Log lines count as completion
+# boot) and the restore (which records it before a resumed trainer writes: the Python port of boot_key, state_dir
+# and log_baseline_file is in lib/restore_helper.py, keep them the same). Log lines count as completion
 # evidence only when written after this boot's baseline: an earlier session's "training complete" never ends a
 # new session. Pasted in at the scripts' include line; needs boot_time (lib/pid.sh).
 #

@@ -1,5 +1,6 @@
-# autostop: parameter checks of the checkpoint and restore scripts (each value re-validated with its
-# document's regex). Pasted in at the scripts' include line; needs fail() (lib/fail.sh) and EX_INVALID.
+# autostop: parameter checks in bash, pasted into the probe (its system_location); the checkpoint, restore and
+# preflight documents run the Python port of this file, lib/instance.py (check, check_segments, system_location,
+# check_not_system: keep the two deny lists the same). check() and friends need a fail() and EX_INVALID.
 
 # check NAME REGEX HINT: SSM_<NAME> must match REGEX.
 check() {

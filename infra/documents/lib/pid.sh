@@ -1,5 +1,6 @@
-# autostop: shared by the probe, checkpoint and restore scripts; infra/constructs/documents.py pastes this
-# file in place of their include line when it builds the SSM documents (a document is one script).
+# autostop: the PID file's reading in bash, pasted into the probe (infra/constructs/documents.py pastes this file
+# in place of its include line). The checkpoint, restore and preflight documents run the Python port of this file,
+# lib/instance.py (read_pid, pid_is_trainer, pid_same, pid_file_stale): a change here belongs there too.
 readonly PID_MAX=4194304 # PID_MAX_LIMIT on 64-bit Linux
 readonly PID_FILE_SLACK=2 # seconds a trainer may seem to have started after writing its PID file (clock rounding)
 PID_WHY=""   # why pid_is_trainer rejected a live process

@@ -1,9 +1,10 @@
-"""autostop restore document: the python3 helper's subcommands (stdlib, plus botocore where the instance has it).
+"""autostop's on-instance program, subcommand ``restore`` (``main_restore``; stdlib, plus botocore where the
+instance has it).
 
-``infra/documents/restore.sh`` carries this file, after ``lib/transfer.py`` and ``lib/download.py``, as one
-``python3 -I -c`` program and runs ``<subcommand> ARGS...``. Exit status: 0 ok; 3 ManifestInvalid, 4
-DownloadFailed, 5 ChecksumMismatch, 6 RestoreConflict, 7 ResumeCommandFailed, 8 ScriptFailed; the message is
-then the only stdout line.
+``infra/documents/restore.sh`` carries this file after ``lib/instance.py``, ``lib/transfer.py`` and
+``lib/download.py`` (see ``lib/instance.py``). Failures: ``Fail`` with an error name, or with the helpers' numbers
+3 ManifestInvalid, 4 DownloadFailed, 5 ChecksumMismatch, 6 RestoreConflict, 7 ResumeCommandFailed, 8
+ScriptFailed, 9 ResumeCommandRefused.
 """
 
 import contextlib
@@ -14,13 +15,32 @@ import json
 import os
 import pwd
 import re
+import shutil
 import stat
 import subprocess
 import sys
 import time
 
-if "Pool" not in globals():  # run on its own (tests, linters); the document pastes lib/transfer.py and lib/download.py above
+if "Pool" not in globals():  # run on its own (tests, linters); the document pastes these modules above
     from download import Download, DownloadError, SizeMismatch
+    from instance import (
+        HELPER_ERRORS,
+        PARAMETERS,
+        Fail,
+        aws_environment,
+        boot_time,
+        check_all,
+        check_not_system,
+        check_segments,
+        open_child_dir,
+        open_dir_nofollow,
+        param,
+        pid_file_stale,
+        pid_is_trainer,
+        read_pid,
+        require,
+        work_dir,
+    )
     from transfer import (
         MAX_OBJECT_SIZE,
         MAX_PART_SIZE,
@@ -44,15 +64,16 @@ STAGING_PREFIX = ".autostop-restore-"
 ALIVE_CHECK_SECONDS = 2
 ALLOWLIST = "/etc/autostop/resume-commands"
 PR_SET_NO_NEW_PRIVS = 38
-
-
 REFUSED = 9
-
-
-class Fail(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
+HELPER_ERRORS["restore"] = {
+    3: "ManifestInvalid",
+    4: "DownloadFailed",
+    5: "ChecksumMismatch",
+    6: "RestoreConflict",
+    7: "ResumeCommandFailed",
+    8: "ScriptFailed",
+    9: "ResumeCommandRefused",
+}
 
 
 def log(message):
@@ -63,38 +84,22 @@ def show(path):
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def open_dir_nofollow(path, create_owner=None):
-    """A descriptor of directory PATH, opened one component at a time without following symbolic links.
-
-    With CREATE_OWNER (a function of the parent's stat), missing components are created: mode and owner
-    of their nearest existing ancestor."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in path.split("/"):
-            if not part:
-                continue
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-            except FileNotFoundError:
-                if create_owner is None:
-                    raise
-                parent = os.fstat(fd)
-                if parent.st_uid != 0:
-                    raise Fail(
-                        6,
-                        "{} does not exist, and root does not create it in a directory of uid {}: the trainer's "
-                        "user must create it (mkdir -p {}) so that it owns it".format(path, parent.st_uid, path),
-                    )
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, stat.S_IMODE(parent.st_mode), dir_fd=fd)
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-                create_owner(child, parent)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def create_like_parent(fd, part, path):
+    """``open_dir_nofollow``'s MISSING for the checkpoint dir PATH: creates its missing component PART in the
+    directory FD with FD's mode and owner, only where root owns FD (RestoreConflict otherwise: root never creates a
+    directory for a user); its descriptor."""
+    parent = os.fstat(fd)
+    if parent.st_uid != 0:
+        raise Fail(
+            6,
+            "{} does not exist, and root does not create it in a directory of uid {}: the trainer's "
+            "user must create it (mkdir -p {}) so that it owns it".format(path, parent.st_uid, path),
+        )
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(part, stat.S_IMODE(parent.st_mode), dir_fd=fd)
+    child = open_child_dir(part, fd)
+    chown_like(child, parent)
+    return child
 
 
 def chown_like(fd, st):
@@ -380,7 +385,7 @@ def empty_staging(fd):
             log("could not remove {} from the staging directory: {}".format(show(entry), exc.strerror))
 
 
-def cmd_restore(
+def restore_files(
     ckdir,
     bucket,
     manifest_key,
@@ -416,7 +421,7 @@ def cmd_restore(
     if os.path.lexists(ckdir) and real != os.path.normpath(ckdir):
         raise Fail(6, "checkpoint-dir {} is or passes through a symbolic link (to {}); tag the real path".format(ckdir, real))
     try:
-        ckfd = open_dir_nofollow(ckdir, create_owner=chown_like)
+        ckfd = open_dir_nofollow(ckdir, missing=create_like_parent)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise Fail(6, "checkpoint-dir {} is not a directory or passes through a symbolic link".format(ckdir))
@@ -457,19 +462,15 @@ def cmd_restore(
             except OSError as exc:
                 log("could not remove the staging directory {}: {}".format(staging_name, exc.strerror))
     os.close(ckfd)
-    print(
-        json.dumps(
-            {
-                "checkpoint": m["name"],
-                "path": os.path.join(ckdir, m["name"]),
-                "files": len(m["files"]),
-                "bytes": sum(f["size"] for f in m["files"]),
-                "step": m["step"],
-                "present": "downloaded" if todo else "already_present",
-                "owner": [ckstat.st_uid, ckstat.st_gid],
-            }
-        )
-    )
+    return {
+        "checkpoint": m["name"],
+        "path": os.path.join(ckdir, m["name"]),
+        "files": len(m["files"]),
+        "bytes": sum(f["size"] for f in m["files"]),
+        "step": m["step"],
+        "present": "downloaded" if todo else "already_present",
+        "owner": [ckstat.st_uid, ckstat.st_gid],
+    }
 
 
 def download_parallel(bucket, todo, sfd, mods):
@@ -583,8 +584,9 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
             os.close(pfd)
 
 
-def cmd_baseline(log_file, baseline_file, boot):
-    """Records LOG_FILE's size now as this boot's log baseline in BASELINE_FILE (format: lib/logoffset.sh)."""
+def record_baseline(log_file, baseline_file, boot):
+    """Records LOG_FILE's size now as this boot's log baseline in BASELINE_FILE (format: lib/logoffset.sh); returns
+    the size."""
     try:
         st = os.stat(log_file)
         dev, ino, size = st.st_dev, st.st_ino, st.st_size
@@ -609,7 +611,7 @@ def cmd_baseline(log_file, baseline_file, boot):
             8,
             "cannot record the log baseline in {}: {}; set AUTOSTOP_STATE_DIR to a writable directory".format(baseline_file, exc.strerror),
         )
-    print(size)
+    return size
 
 
 def program_problem(program, uid):
@@ -774,8 +776,8 @@ def write_pid_file(pid_file, pid, uid, gid):
         os.close(dfd)
 
 
-def cmd_launch(run_id, ckpt_path, ckdir, uid, gid, log_file, default_log, pid_file, command):
-    uid, gid = int(uid), int(gid)
+def launch(run_id, ckpt_path, ckdir, uid, gid, log_file, default_log, pid_file, command):
+    """Starts COMMAND detached as UID/GID (see restore.sh, step 7); returns its pid once it has lived 2 s."""
     argv = command.split(" ")  # the document's pattern allows single spaces only: no quoting, no globbing
     switch = os.geteuid() == 0 and uid != 0
     try:
@@ -866,27 +868,158 @@ def cmd_launch(run_id, ckpt_path, ckdir, uid, gid, log_file, default_log, pid_fi
                 pid, ALIVE_CHECK_SECONDS, how, out
             ),
         )
-    print(pid)
+    return pid
 
 
-def cmd_success(restored, trainer, pid):
-    r = json.loads(restored)
-    print(
-        json.dumps(
-            {
-                "result": "restored",
-                "checkpoint": r["checkpoint"],
-                "files": r["files"],
-                "bytes": r["bytes"],
-                "step": r["step"],
-                "present": r["present"],
-                "trainer": trainer,
-                "pid": int(pid) if pid else None,
-            }
+RESTORE_PARAMETERS = {
+    "ManifestVersionId": (r"^[A-Za-z0-9._+/=-]{1,1024}$", "expected the S3 VersionId of the verified manifest"),
+    "ManifestSha256": (r"^[0-9a-f]{64}$", "expected the SHA-256 (64 lowercase hex digits) of the verified manifest"),
+    "UploadPrefix": (r"^[A-Za-z0-9._/=+:-]{1,900}/$", "expected the verified upload's S3 key prefix, ending with /"),
+    "LogFile": PARAMETERS["PidFile"],
+    "ResumeCommand": (
+        r"^(|/[A-Za-z0-9._/-]{1,254}( [A-Za-z0-9._/=:,+@%-]{1,255}){0,31})$",
+        "expected empty or an absolute program path followed by up to 31 arguments, separated by single spaces, of letters, "
+        "digits and . _ / = : , + @ % - (no quotes, no shell syntax)",
+    ),
+}
+"""The restore's own parameters (the others: ``PARAMETERS`` of lib/instance.py)."""
+RESTORE_VARIABLES = (  # noqa: SIM905 - fewer bytes in the document than a list literal
+    "SSM_RunId SSM_InstanceId SSM_ExecutionName SSM_CheckpointDir SSM_Bucket SSM_ManifestKey SSM_ManifestVersionId "
+    "SSM_ManifestSha256 SSM_UploadPrefix SSM_PidFile SSM_LogFile SSM_ResumeCommand"
+).split()
+
+
+def restore_parameters():
+    """Re-validates the document's parameters (InvalidParameter)."""
+    require(RESTORE_VARIABLES)
+    check_all(RESTORE_VARIABLES, RESTORE_PARAMETERS)
+    for name, kind in (
+        ("CheckpointDir", "path"),
+        ("PidFile", "path"),
+        ("LogFile", "path"),
+        ("ManifestKey", "key"),
+        ("UploadPrefix", "key"),
+    ):
+        check_segments(name, kind)
+    for name in ("CheckpointDir", "PidFile", "LogFile"):
+        check_not_system(name)
+    program = param("ResumeCommand").split(" ")[0] + "/"
+    if program != "/" and ("//" in program or "/./" in program or "/../" in program):
+        raise Fail(
+            "InvalidParameter", f"parameter ResumeCommand: the program path {program[:-1]} may not contain '.', '..' or empty segments"
         )
-    )
+    if param("PidFile") and (param("PidFile") + "/").startswith(param("CheckpointDir") + "/"):
+        raise Fail("InvalidParameter", "parameter PidFile may not be inside CheckpointDir")
 
 
-def cmd_field(data, name):
-    value = json.loads(data)[name]
-    print(" ".join(str(v) for v in value) if isinstance(value, list) else value)
+def main_restore():
+    """``restore``: the restore document's contract (infra/documents/restore.sh): download the verified checkpoint,
+    verify it, place it without overwriting anything, start the resume command; returns the result line."""
+    restore_parameters()
+    aws_environment()
+    if shutil.which("aws") is None:
+        raise Fail("DownloadFailed", "the AWS CLI (aws) is not installed or not on PATH; install it on the instance")
+    work = work_dir("restore", "")
+    try:
+        refuse_second_trainer()
+        state = record_log_baseline()
+        names = ("CheckpointDir", "Bucket", "ManifestKey", "ManifestVersionId", "ManifestSha256", "UploadPrefix", "RunId", "InstanceId")
+        restored = restore_files(*map(param, names), param("ExecutionName"), work, *map(param, ("PidFile", "LogFile", "ResumeCommand")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"restored {restored['path']}")
+    trainer, pid = "not_configured", None
+    if param("ResumeCommand"):
+        refuse_second_trainer()
+        uid, gid = restored["owner"]
+        default_log = f"{state}/resume-{param('RunId')}.log"
+        pid = launch(
+            param("RunId"),
+            restored["path"],
+            param("CheckpointDir"),
+            uid,
+            gid,
+            param("LogFile"),
+            default_log,
+            param("PidFile"),
+            param("ResumeCommand"),
+        )
+        trainer = "started"
+    keep = ("checkpoint", "files", "bytes", "step", "present")
+    return json.dumps(dict({"result": "restored"}, **{k: restored[k] for k in keep}, trainer=trainer, pid=pid))
+
+
+def refuse_second_trainer():
+    """ResumeCommandFailed when PidFile names a live trainer of this boot: a second one must not start."""
+    pid_file = param("PidFile")
+    pid = read_pid(pid_file) if param("ResumeCommand") and pid_file else None
+    if pid is None or pid_file_stale(pid_file):
+        return
+    status, why, _ = pid_is_trainer(pid, pid_file)
+    if status == 0:
+        raise Fail("ResumeCommandFailed", f"a trainer is already running (pid {pid} from {pid_file}); the resume command was not started")
+    if why:
+        log(f"pid {pid} from {pid_file} is alive but not the trainer that wrote it ({why})")
+
+
+def record_log_baseline():
+    """With LogFile, before anything else: records this boot's log baseline (whatever happens next, the previous
+    session's lines never count). Returns the state directory (None without LogFile and ResumeCommand)."""
+    if not param("LogFile") and not param("ResumeCommand"):
+        return None
+    state = state_dir()
+    if state is None:
+        raise Fail(
+            "ScriptFailed",
+            f"the state directory {os.environ.get('AUTOSTOP_STATE_DIR') or '/var/lib/autostop'} is unusable: it must be an absolute path "
+            "to a directory owned by root and not writable by group or others",
+        )
+    if param("LogFile"):
+        boot = boot_key()
+        if boot is None:
+            raise Fail("ScriptFailed", "cannot identify this boot (/proc/sys/kernel/random/boot_id)")
+        baseline_file = log_baseline_file(state, param("LogFile"))
+        offset = record_baseline(param("LogFile"), baseline_file, boot)
+        log(f"recorded log baseline {offset} of {param('LogFile')} in {baseline_file}")
+    return state
+
+
+def state_dir():
+    """AUTOSTOP_STATE_DIR (default /var/lib/autostop), created 0755 when missing; None unless it is an absolute path
+    to a real directory owned by this user and not writable by group or others."""
+    path = os.environ.get("AUTOSTOP_STATE_DIR") or "/var/lib/autostop"
+    try:
+        if not path.startswith("/"):
+            return None
+        if not os.path.isdir(path):
+            os.makedirs(path, 0o755)
+            os.chmod(path, 0o755)
+        st = os.lstat(path)
+    except OSError:
+        return None
+    private = st.st_uid == os.geteuid() and not st.st_mode & 0o022 and not os.path.islink(path)
+    return path if private else None
+
+
+def boot_key():
+    """This boot's identity: AUTOSTOP_BOOT_ID (tests), else boot-time-<AUTOSTOP_BOOT_TIME> (the local simulation),
+    else /proc/sys/kernel/random/boot_id, else btime-<btime of /proc/stat>; None when none is known."""
+    given, simulated = os.environ.get("AUTOSTOP_BOOT_ID", ""), os.environ.get("AUTOSTOP_BOOT_TIME", "")
+    if re.fullmatch(r"[A-Za-z0-9-]{1,64}", given):
+        return given
+    if re.fullmatch(r"[0-9]{1,12}", simulated):
+        return f"boot-time-{int(simulated)}"
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            found = f.readline().strip()
+    except (OSError, ValueError):
+        found = ""
+    if re.fullmatch(r"[0-9a-f-]{36}", found):
+        return found
+    btime = boot_time()
+    return None if btime is None else f"btime-{btime}"
+
+
+def log_baseline_file(state, log_file):
+    """``STATE/log-baselines/<hex SHA-256 of the LOG_FILE path>``: where the probe finds this boot's baseline."""
+    return os.path.join(state, "log-baselines", hashlib.sha256(os.fsencode(log_file)).hexdigest())

@@ -64,13 +64,8 @@ MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 SHOW_REJECTED = 5
 
 
-class Fail(Exception):
-    """A failure the checkpoint document reports: code 3 NoCheckpoint, 4 UploadFailed, 5 ManifestFailed,
-    6 changed during the checkpoint (an UploadFailed that a re-selection may cure)."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
+if "Fail" not in globals():  # run on its own (tests, linters); the documents paste lib/instance.py above
+    from instance import Fail, open_dir_nofollow  # Fail: 3 NoCheckpoint, 4 UploadFailed, 6 a file changed during the checkpoint
 
 
 def show(path):
@@ -249,21 +244,6 @@ def _pickle_ints(data):
 
 
 # --- the entries of the checkpoint directory ------------------------------------------------------------
-
-
-def open_dir_nofollow(path):
-    """A descriptor of directory PATH, opened one component at a time without following symbolic links."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for part in path.split("/"):
-            if part:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-                os.close(fd)
-                fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def refuse_symlinked(ckdir):
@@ -580,3 +560,27 @@ def listing(rejected, limit=SHOW_REJECTED):
 def saving_now(selection):
     """Is a save in progress (some rejected candidate has a file open for writing)?"""
     return any("is open for writing" in (c["why"] or "") for c in selection["rejected"])
+
+
+NO_CHECKPOINT_HINT = (
+    "A checkpoint is a file or a directory of files whose name carries its step number (step-100, "
+    "checkpoint-100, epoch=2-step=260.ckpt) or, for a torch.save/Lightning file, whose contents do, that no "
+    "process is still writing and whose framework's files are all there"
+)
+
+
+def no_checkpoint(ckdir, found):
+    if not found["candidates"]:
+        return f"no complete checkpoint in {ckdir}: it is empty. {NO_CHECKPOINT_HINT}"
+    return f"no complete checkpoint in {ckdir}: rejected {listing(found['rejected'])}. {NO_CHECKPOINT_HINT}"
+
+
+def summary(choice):
+    """One line: what was chosen, its step and rule, and the newest rejected entry with its reason."""
+    text = f"chose {choice['name']} (step {choice['step']}, {choice['rule']})"
+    newer = [r for r in choice["rejected"] if (r["step"] if r["step"] is not None else -1) >= (choice["step"] or 0)]
+    if newer:
+        text += f"; rejected {newer[0]['name']} ({newer[0]['reason']})"
+        if len(newer) > 1:
+            text += f" and {len(newer) - 1} more"
+    return text[:600]
