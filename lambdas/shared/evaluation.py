@@ -121,6 +121,7 @@ class Evaluator:
             self.clients.ssm,
             self.settings.probe_document,
             to_probe,
+            run_ids={iid: configs[iid].run_id for iid in to_probe},
             timeout_seconds=self.settings.probe_timeout_seconds,
             poll_seconds=self.settings.poll_seconds,
             sleep=self.sleep,

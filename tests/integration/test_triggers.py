@@ -74,6 +74,37 @@ def test_sweep_groups_batches_by_probe_parameters(world: World) -> None:
         world.instance(f"b-{n}", pid_tags(f"b{n}", "/srv/b.pid"))
     sweep()
     assert sorted((c["parameters"]["PidFile"], len(c["instance_ids"])) for c in world.fleet.sent) == [("/srv/a.pid", 3), ("/srv/b.pid", 3)]
+    # paths without the run id keep the plain parameters: no RunIds
+    assert all(c["parameters"].get("RunIds", "") == "" for c in world.fleet.sent)
+
+
+def test_a_log_fleet_with_per_run_paths_is_probed_in_batches_of_50(world: World) -> None:
+    # Given 60 instances, each logging to its own /.../logs/<run id>/train.log (the run id is required in the log path),
+    # of which 5 logged their completion line.
+    ckpt = world.tmp / "ckpt"
+    ckpt.mkdir()
+    finished = set()
+    for n in range(60):
+        run = f"run-{n:02d}"
+        log = world.tmp / "logs" / run / "train.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("training complete\n" if n % 12 == 0 else "step 1\n")
+        tags = {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": str(ckpt)}
+        inst = world.instance(f"log-{n:02d}", {**tags, "autostop:log-file": str(log), "autostop:log-pattern": "training complete"})
+        if n % 12 == 0:
+            finished.add(inst.instance_id)
+    world.count_calls()
+
+    summary = sweep()
+
+    # Then two commands probe all 60, each instance reading its own log, and exactly the finished runs start
+    assert world.calls["SendCommand"] == 2
+    assert sorted(len(c["instance_ids"]) for c in world.fleet.sent) == [10, 50]
+    for command in world.fleet.sent:
+        assert command["parameters"]["LogFile"] == f"{world.tmp}/logs/{{run-id}}/train.log"
+        assert len(command["parameters"]["RunIds"].split(" ")) == len(command["instance_ids"])
+    assert summary["decisions"] == {"complete": 5, "not_complete": 55}
+    assert {e["name"].split("-run-")[0] for e in summary["executions"]} == finished
 
 
 def test_sweep_skips_invalid_tags_and_never_starts_them(world: World) -> None:
