@@ -4,6 +4,11 @@ Instances whose paths differ only by their run id share parameters too: where th
 PidFile, LogFile or CheckpointDir (:func:`templated`), it is sent as ``{run-id}`` with a ``RunIds`` parameter of
 ``<instance id>=<run id>`` pairs, and the probe substitutes its own (infra/documents/probe.sh). A fleet that logs to
 ``/data/runs/<run id>/train.log`` costs one SendCommand per 50 instances, like one whose paths are all alike.
+The probe finds its pair by ``AWS_SSM_INSTANCE_ID``, which the SSM agent sets for every process it runs (amazon-ssm-agent,
+agent/executers/executers.go: ``envVarInstanceId``). 50 pairs are at most 4,200 characters; SSM's 64 KB document
+limit "also includes the content specified for input parameters at runtime" (CreateDocument ``Content``,
+https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CreateDocument.html), and the probe document is
+about 18 KB.
 
 AWS calls per probe: ceil(n/50) DescribeInstanceInformation, one SendCommand per batch, and one
 ListCommandInvocations page per batch per poll. Results come from each invocation's plugin output
