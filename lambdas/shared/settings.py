@@ -41,6 +41,8 @@ class Settings(BaseModel):
     part_size_bytes: int = Field(64 * 1024 * 1024, alias=c.ENV_PART_SIZE_BYTES, ge=c.MIN_PART_SIZE_BYTES, le=c.MAX_SINGLE_PUT_BYTES)
     probe_timeout_seconds: int = Field(60, alias=c.ENV_PROBE_TIMEOUT_SECONDS, ge=5, le=600)
     poll_seconds: float = Field(2.0, alias=c.ENV_POLL_SECONDS, ge=0, le=60)
+    probe_trust_seconds: int = Field(120, alias=c.ENV_PROBE_TRUST_SECONDS, ge=0, le=600)
+    """Evaluate completion reuses the starting trigger's probe (same parameters) while it is younger than this; 0 never."""
     runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)
     """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""
     restore_document: str | None = Field(None, alias=c.ENV_RESTORE_DOCUMENT)

@@ -94,7 +94,9 @@ def evaluate_and_start(
     """Evaluate ``snapshots``; start one lifecycle execution per instance judged complete.
 
     Only instances whose every configured completion signal says complete get an execution;
-    StartExecution's deterministic name makes a repeated trigger a no-op. With ``ec2``, instances that could
+    StartExecution's deterministic name makes a repeated trigger a no-op. The execution's ``trigger`` input carries
+    the probe this evaluation ran (``probe``: :class:`shared.models.ProbeEvidence`), which Evaluate completion reuses
+    instead of probing again while it is recent. With ``ec2``, instances that could
     not be acted on are made visible (:func:`shared.visibility.report_not_evaluated`: the last-error tag, and
     one notice through ``outlets`` for those whose reason changed).
     """
@@ -117,7 +119,7 @@ def evaluate_and_start(
             instance_id=ev.instance_id,
             run_id=ev.config.run_id,
             reason=c.REASON_COMPLETE,
-            trigger=trigger,
+            trigger={**trigger, "probe": ev.probe.model_dump(mode="json")} if ev.probe else trigger,
             session=sessions.get(ev.instance_id),
         )
         logger.info("lifecycle execution", extra={**extra, "execution": result.name, "status": result.status, "detail": result.detail})
