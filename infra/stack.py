@@ -169,6 +169,8 @@ class AutostopStack(Stack):
         on_instance.add_to_role_policy(
             iam.PolicyStatement(sid="ReadRunRecords", actions=["dynamodb:GetItem", "dynamodb:Query"], resources=[runs.table_arn])
         )
+        # The sweep reads run records' locks (shared/records.py lock_holders): a handled run costs no StartExecution.
+        sweep.add_to_role_policy(iam.PolicyStatement(sid="ReadRunLocks", actions=["dynamodb:BatchGetItem"], resources=[runs.table_arn]))
         for fn in (evaluate, verify, record):
             fn.add_to_role_policy(
                 iam.PolicyStatement(

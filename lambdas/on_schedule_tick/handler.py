@@ -12,6 +12,7 @@ from shared.clients import client
 from shared.evaluation import Clients, Evaluator
 from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
+from shared.records import RunRecords
 from shared.settings import settings
 from shared.triggers import parse_trigger_event
 
@@ -27,8 +28,15 @@ def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
         return {"ignored": event}
     evaluator = Evaluator(clients=Clients(s3=client("s3"), ssm=client("ssm")), settings=settings())
     outlets = Outlets(sns=client("sns"), topic_arn=settings().outcome_topic_arn or "", events=client("events"))
+    table = settings().runs_table
+    records = RunRecords(client("dynamodb"), table) if table else None
     summary = sweep(
-        ec2=client("ec2"), sfn=client("stepfunctions"), evaluator=evaluator, scheduled_at=event.time.isoformat(), outlets=outlets
+        ec2=client("ec2"),
+        sfn=client("stepfunctions"),
+        evaluator=evaluator,
+        scheduled_at=event.time.isoformat(),
+        outlets=outlets,
+        records=records,
     )
     logger.info("sweep finished", extra=summary.log_line())
     metrics.add_metric(name="SweepInstances", unit="Count", value=summary.instances)

@@ -32,15 +32,19 @@ def opted_in_candidates(ec2: Any, prefix: str, states: Iterable[str] = ("running
     The tag *value* is not filtered here (EC2 filters are case-sensitive); callers apply
     :func:`shared.tags.is_opted_in`. AWS calls: one DescribeInstances per page of up to 1000 instances.
     """
+    for page in opted_in_pages(ec2, prefix, states):
+        yield from page
+
+
+def opted_in_pages(ec2: Any, prefix: str, states: Iterable[str] = ("running",)) -> Iterator[list[InstanceSnapshot]]:
+    """:func:`opted_in_candidates` one DescribeInstances page (up to 1000 instances) at a time."""
     paginator = ec2.get_paginator("describe_instances")
     filters = [
         {"Name": "tag-key", "Values": opt_in_key_filters(prefix)},
         {"Name": "instance-state-name", "Values": list(states)},
     ]
     for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
-        for reservation in page.get("Reservations", []):
-            for raw in reservation.get("Instances", []):
-                yield snapshot(raw)
+        yield [snapshot(raw) for reservation in page.get("Reservations", []) for raw in reservation.get("Instances", [])]
 
 
 def describe_instance(ec2: Any, instance_id: str) -> InstanceSnapshot | None:

@@ -107,6 +107,36 @@ def test_a_log_fleet_with_per_run_paths_is_probed_in_batches_of_50(world: World)
     assert {e["name"].split("-run-")[0] for e in summary["executions"]} == finished
 
 
+def test_runs_whose_record_holds_the_complete_lock_cost_no_start_execution(world: World) -> None:
+    from shared.instances import describe_instance
+    from shared.records import RunKey, RunRecords
+    from tests.integration.conftest import RUNS_TABLE
+
+    # Given three finished runs: one an execution already handled (its record holds the complete lock), one whose
+    # record has only another reason's lock, one without a record
+    exited = world.tmp / "exited.pid"
+    exited.write_text(f"{dead_pid()}\n")
+    insts = [world.instance(f"rec-{n}", pid_tags(f"run-{n}", str(exited))) for n in range(3)]
+    records = RunRecords(world.client("dynamodb"), RUNS_TABLE)
+    keys = [RunKey(i.instance_id, f"run-{n}", describe_instance(world.client("ec2"), i.instance_id).session) for n, i in enumerate(insts)]
+    records.claim(keys[0], "complete", "handled-before")
+    records.claim(keys[1], "rebalance", "a-rebalance", acting=False)
+    world.count_calls()
+    from shared.clients import client
+
+    client("dynamodb").meta.events.register("before-call", lambda model, **_: world.calls.update([model.name]))
+
+    summary = sweep()
+
+    # Then the handled run is reported from its record, and only the two others are started
+    by_instance = {e["name"].split("-run-")[0]: e for e in summary["executions"] if e["status"] == "started"}
+    assert set(by_instance) == {insts[1].instance_id, insts[2].instance_id}
+    (claimed,) = [e for e in summary["executions"] if e["status"] == "claimed"]
+    assert claimed["name"] == "handled-before" and claimed["execution_arn"].endswith(":handled-before")
+    assert world.calls["StartExecution"] == 2 and world.calls["DescribeExecution"] == 0
+    assert world.calls["BatchGetItem"] == 1
+
+
 def test_sweep_skips_invalid_tags_and_never_starts_them(world: World) -> None:
     bad = world.instance("bad", {"autostop:enabled": "true", "autostop:run-id": "r", "autostop:checkpoint-dir": "../etc"})
     out = world.instance("out", {"autostop:enabled": "false", "autostop:run-id": "r2", "autostop:checkpoint-dir": "/c"})
