@@ -110,18 +110,25 @@ class FakeAWS:
         self.sleeps = 0
         self.ids = [f"i-{i:017x}" for i in range(n)]
         self.index = {iid: i for i, iid in enumerate(self.ids)}
-        session = LAUNCH.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.session = LAUNCH.strftime("%Y-%m-%dT%H:%M:%SZ")
         self.executions: dict[str, dict[str, Any]] = {}
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        """Run records: the DryRun executions below took the complete lock, as Evaluate does (shared/records.py)."""
         for i, iid in enumerate(self.ids):
             run = f"run-{i:05d}"
             if role(i) == "ended":
-                self.executions[execution_name(iid, run, "complete", 1, session)] = self._closed("DryRun")
+                self.executions[execution_name(iid, run, "complete", 1, self.session)] = self._closed("DryRun")
+                self._lock(iid, run, execution_name(iid, run, "complete", 1, self.session))
             elif role(i) == "retried":
                 for attempt, outcome in ((1, "Inconclusive"), (2, "Inconclusive"), (3, "DryRun")):
-                    self.executions[execution_name(iid, run, "complete", attempt, session)] = self._closed(outcome)
+                    self.executions[execution_name(iid, run, "complete", attempt, self.session)] = self._closed(outcome)
+                self._lock(iid, run, execution_name(iid, run, "complete", 3, self.session))
         self.pages = [self._page(start) for start in range(0, n, 1000)] or [[]]
         self.commands: dict[str, dict[str, Any]] = {}
-        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _lock(self, iid: str, run: str, execution: str) -> None:
+        sort = f"{run}#{self.session}"
+        self.items[(iid, sort)] = {"instance_id": {"S": iid}, "run": {"S": sort}, "locks": {"M": {"complete": {"S": execution}}}}
 
     @staticmethod
     def _closed(outcome: str) -> dict[str, Any]:
@@ -204,6 +211,8 @@ class FakeAWS:
         if name in self.executions:
             return {"Error": {"Code": "ExecutionAlreadyExists", "Message": name}}
         self.executions[name] = {"status": "RUNNING"}
+        payload = json.loads(params["input"])
+        self._lock(payload["instance_id"], payload["run_id"], name)  # its Evaluate claims the run seconds later
         return {"executionArn": MACHINE.replace(":stateMachine:", ":execution:") + ":" + name, "startDate": LAUNCH}
 
     def op_DescribeExecution(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +305,11 @@ def run_case(kind: str, n: int, lambdas: Path) -> list[dict[str, Any]]:
         fake.fake_cpu, fake.sleeps = 0.0, 0
         kwargs: dict[str, Any] = {"ec2": clients["ec2"], "sfn": clients["stepfunctions"], "evaluator": evaluator, "outlets": outlets}
         kwargs["scheduled_at"] = tick
-        optional = {"dynamodb": clients["dynamodb"], "lambda_client": clients["lambda"], "context": Context(lambda: 0.0)}
+        optional: dict[str, Any] = {"lambda_client": clients["lambda"], "context": Context(lambda: 0.0)}
+        if "records" in accepted:
+            from shared.records import RunRecords
+
+            optional["records"] = RunRecords(clients["dynamodb"], "autostop-runs", sleep=sleep)
         kwargs |= {k: v for k, v in optional.items() if k in accepted}
         before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.process_time()
@@ -358,7 +371,8 @@ def assumptions() -> None:
     )
     print(
         "fleet per sweep: 1 % of runs newly finished, 2 % ended earlier (execution closed DryRun, instance running), 1 % "
-        "retried (attempts 1-2 Inconclusive, 3 DryRun), the rest training; sweep 2 follows sweep 1 (its executions RUNNING); "
+        "retried (attempts 1-2 Inconclusive, 3 DryRun), the rest training; sweep 2 follows sweep 1 (its executions RUNNING, "
+        "their runs claimed in the run records as Evaluate does); "
         "marker fleets: ordinary ticks trust S3 events, 'recheck' is the hourly tick that reads every marker"
     )
     print(f"Sched.DI = Instance Scheduler's yardstick, one DescribeInstances per {SCHEDULER_PER_PAGE:,} instances per period")
