@@ -69,6 +69,8 @@ class TriggerSummary(BaseModel):
     """Instance id to why a valid, opted-in run got no execution (``not_complete`` / ``inconclusive``: reason)."""
     marked: dict[str, str] = {}
     """Instance id to the last-error tag written because its reason for not being acted on changed."""
+    continued: bool = False
+    """The sweep handed the pages it did not reach to a continuation (``on_schedule_tick.logic``)."""
 
     @classmethod
     def merge(cls, parts: Iterable[TriggerSummary]) -> TriggerSummary:
@@ -90,6 +92,7 @@ class TriggerSummary(BaseModel):
         """The summary for the log: counts, and at most :data:`LOG_LIST_MAX` instances of each list (bounded size
         whatever the fleet; the full lists are the function's return value)."""
         line: dict[str, Any] = {"instances": self.instances, "decisions": self.decisions, "executions": len(self.executions)}
+        line["continued"] = self.continued
         for name in ("skipped", "waiting", "marked"):
             items = sorted(getattr(self, name).items())
             line[name] = dict(items[:LOG_LIST_MAX])
