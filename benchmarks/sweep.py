@@ -20,7 +20,10 @@ logged); 2 % finished earlier and their execution ended (DryRun) while the insta
 are reported by S3 events) and once on the hourly recheck tick.
 
 Modelled duration at 256 MB = measured CPU x CPU_FACTOR + the calls x LATENCY (per operation, below; HeadObject in the
-Evaluator's 16 threads) + probe waits x poll seconds. The CPU is the sweep's process time minus the fake's own.
+Evaluator's 16 threads) + probe waits x poll seconds. The CPU is the sweep's process time minus the fake's own. When
+the sweep hands the pages left to a continuation (it does when the modelled time left falls under its margin), the
+benchmark runs that continuation too: "hops" counts the invocations, "model s" is the longest one (each has its own
+300 s timeout), the calls and CPU are their sum.
 """
 
 from __future__ import annotations
@@ -260,26 +263,37 @@ def environment(lambdas: Path) -> None:
     sys.path.insert(0, str(lambdas))
 
 
-class Context:
-    """The parts of a LambdaContext the sweep reads: remaining time follows the modelled duration."""
-
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.function_name = "autostop-sweep"
-        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:autostop-sweep"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return int((LAMBDA_TIMEOUT - self.clock()) * 1000)
-
-
 def modelled(calls: Counter[str], cpu: float, sleeps: int) -> float:
-    """Modelled seconds of one sweep at 256 MB (see the module docstring)."""
+    """Modelled seconds of one sweep invocation at 256 MB (see the module docstring)."""
     io = sum(n * LATENCY.get(op, DEFAULT_LATENCY) / (HEAD_THREADS if op == "HeadObject" else 1) for op, n in calls.items())
     return cpu * CPU_FACTOR + io + sleeps * POLL_SECONDS
 
 
+class Invocation:
+    """One invocation of the sweep function: its own calls, CPU and probe waits, and the modelled time left."""
+
+    def __init__(self, fake: FakeAWS) -> None:
+        self.fake, self.calls0, self.fake_cpu0, self.sleeps0 = fake, Counter(fake.calls), fake.fake_cpu, fake.sleeps
+        self.started = time.process_time()
+        self.handed: list[str] = []
+
+    def figures(self) -> tuple[Counter[str], float, int]:
+        calls = Counter(self.fake.calls)
+        calls.subtract(self.calls0)
+        cpu = max(time.process_time() - self.started - (self.fake.fake_cpu - self.fake_cpu0), 0.0)
+        return +calls, cpu, self.fake.sleeps - self.sleeps0
+
+    def seconds_left(self) -> float:
+        return LAMBDA_TIMEOUT - modelled(*self.figures())
+
+    def hand_over(self, token: str) -> bool:
+        self.fake.calls["Invoke"] += 1  # an Event Invoke of the function itself
+        self.handed.append(token)
+        return True
+
+
 def run_case(kind: str, n: int, lambdas: Path) -> list[dict[str, Any]]:
-    """Sweep one fleet twice in this process; one row of figures per sweep."""
+    """Sweep one fleet on two (marker: three) ticks in this process, following continuations; one row per tick."""
     environment(lambdas)
     import boto3
 
@@ -305,27 +319,33 @@ def run_case(kind: str, n: int, lambdas: Path) -> list[dict[str, Any]]:
         fake.fake_cpu, fake.sleeps = 0.0, 0
         kwargs: dict[str, Any] = {"ec2": clients["ec2"], "sfn": clients["stepfunctions"], "evaluator": evaluator, "outlets": outlets}
         kwargs["scheduled_at"] = tick
-        optional: dict[str, Any] = {"lambda_client": clients["lambda"], "context": Context(lambda: 0.0)}
         if "records" in accepted:
             from shared.records import RunRecords
 
-            optional["records"] = RunRecords(clients["dynamodb"], "autostop-runs", sleep=sleep)
-        kwargs |= {k: v for k, v in optional.items() if k in accepted}
-        before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        started = time.process_time()
-        sweep(**kwargs)
-        cpu = max(time.process_time() - started - fake.fake_cpu, 0.0)
+            kwargs["records"] = RunRecords(clients["dynamodb"], "autostop-runs", sleep=sleep)
+        invocations: list[Invocation] = []
+        token: str | None = None
+        while True:
+            inv = Invocation(fake)
+            invocations.append(inv)
+            if "hand_over" in accepted:
+                kwargs |= {"next_token": token, "seconds_left": inv.seconds_left, "hand_over": inv.hand_over}
+            sweep(**kwargs)
+            if not inv.handed:
+                break
+            token = inv.handed[0]
         label = "recheck" if tick.endswith("12:00:00Z") else f"sweep {number}"
+        figures = [inv.figures() for inv in invocations]
         rows.append(
             {
                 "kind": kind,
                 "n": n,
                 "sweep": label,
                 "calls": dict(fake.calls),
-                "cpu": cpu,
-                "sleeps": fake.sleeps,
+                "cpu": sum(f[1] for f in figures),
+                "hops": len(invocations),
+                "model_s": max(modelled(*f) for f in figures),
                 "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "grew_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_rss) / 1024,
                 "finished": sum(role(i) == "finished" for i in range(n)) if number == 1 or label == "recheck" else 0,
             }
         )
@@ -348,14 +368,13 @@ COLUMNS = (
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     print(title)
     head = f"{'fleet':<7}{'N':>7} {'sweep':<8}" + "".join(f"{short:>9}" for _, short in COLUMNS)
-    print(head + f"{'other':>7}{'new runs':>9}{'CPU s':>8}{'peak MB':>8}{'model s':>9}{'Sched.DI':>9}")
+    print(head + f"{'other':>7}{'new runs':>9}{'CPU s':>8}{'peak MB':>8}{'hops':>5}{'model s':>9}{'Sched.DI':>9}")
     for r in rows:
         calls = Counter(r["calls"])
         shown = "".join(f"{calls.pop(op, 0):>9}" for op, _ in COLUMNS)
         other = sum(calls.values())
-        model = modelled(Counter(r["calls"]), r["cpu"], r["sleeps"])
         yard = -(-r["n"] // SCHEDULER_PER_PAGE)
-        figures = f"{other:>7}{r['finished']:>9}{r['cpu']:>8.2f}{r['peak_mb']:>8.0f}{model:>9.1f}{yard:>9}"
+        figures = f"{other:>7}{r['finished']:>9}{r['cpu']:>8.2f}{r['peak_mb']:>8.0f}{r['hops']:>5}{r['model_s']:>9.1f}{yard:>9}"
         print(f"{r['kind']:<7}{r['n']:>7} {r['sweep']:<8}{shown}{figures}")
     others = sorted({op for r in rows for op in r["calls"]} - {op for op, _ in COLUMNS})
     if others:
@@ -376,6 +395,7 @@ def assumptions() -> None:
         "marker fleets: ordinary ticks trust S3 events, 'recheck' is the hourly tick that reads every marker"
     )
     print(f"Sched.DI = Instance Scheduler's yardstick, one DescribeInstances per {SCHEDULER_PER_PAGE:,} instances per period")
+    print("hops = invocations of the sweep function (continuations included); model s = the longest one")
 
 
 def main() -> None:
