@@ -162,6 +162,8 @@ class Evaluator:
     def trusted(self, evidence: ProbeEvidence, parameters: Mapping[str, list[str]]) -> bool:
         """True when ``evidence`` may stand in for probing with ``parameters`` now: a result, the same parameters, and
         at most ``probe_trust_seconds`` old (a time more than CLOCK_SKEW_SECONDS ahead of this clock is not trusted)."""
+        if self.settings.probe_trust_seconds <= 0:
+            return False
         age = (self.clock() - evidence.at).total_seconds()
         fresh = -CLOCK_SKEW_SECONDS <= age <= self.settings.probe_trust_seconds
         return evidence.result.ok and fresh and dict(evidence.parameters) == dict(parameters)
