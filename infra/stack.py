@@ -184,6 +184,12 @@ class AutostopStack(Stack):
         on_instance.add_to_role_policy(
             iam.PolicyStatement(sid="ReadRunRecords", actions=["dynamodb:GetItem", "dynamodb:Query"], resources=[runs.table_arn])
         )
+        # The sweep reads run records' locks (shared/records.py lock_holders): a handled run costs no StartExecution.
+        sweep.add_to_role_policy(iam.PolicyStatement(sid="ReadRunLocks", actions=["dynamodb:BatchGetItem"], resources=[runs.table_arn]))
+        # A sweep short of time hands the pages left to an Event invocation of itself (on_schedule_tick/logic.py). In the
+        # function's resource policy, for its own role only: in its role's policy the function's ARN would be a circular
+        # reference (the function depends on that policy); within one account either policy allows the call.
+        sweep.add_permission("ContinuationBySweep", principal=sweep.role, action="lambda:InvokeFunction")
         for fn in (evaluate, verify, record):
             fn.add_to_role_policy(
                 iam.PolicyStatement(

@@ -38,17 +38,38 @@ RESUME_COMMAND = r"^(|/[A-Za-z0-9._/-]{1,254}( [A-Za-z0-9._/=:,+@%-]{1,255}){0,3
 """An absolute program path, then up to 31 arguments separated by single spaces: no quotes, no shell syntax."""
 INSTANCE_PREFIX = r"^instances/arn:[a-z-]+:ec2:[a-z0-9-]+:[0-9]{12}:instance/i-[0-9a-f]{8,17}/$"
 """``instances/<instance ARN>/``: the only keys the instance policy lets an instance write (infra/constructs/storage.py)."""
+RUN_ID_TEMPLATE = "{run-id}"
+"""In a probe path parameter: the run id RunIds gives the instance the command runs on (lambdas/shared/probe.py)."""
+PROBE_PATH_OR_EMPTY = r"^(|/(\{run-id\}|[A-Za-z0-9._/-]){0,254})$"
+"""ABS_PATH_OR_EMPTY, where ``{run-id}`` may stand for a run id anywhere after the first '/' (probe.sh substitutes it and
+checks the result against ABS_PATH_OR_EMPTY again); no other '{' or '}'."""
+RUN_IDS = r"^(|i-[0-9a-f]{8,17}=[A-Za-z0-9][A-Za-z0-9._-]{0,62}( i-[0-9a-f]{8,17}=[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,49})$"
+"""Up to 50 (SendCommand batch) ``<instance id>=<run id>`` pairs separated by single spaces (RUN_ID without anchors)."""
 PROBE_PARAMETERS: dict[str, dict[str, Any]] = {
-    "PidFile": {"description": "Trainer PID file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
-    "LogFile": {"description": "Trainer log file (absolute path) or empty", "allowedPattern": ABS_PATH_OR_EMPTY, "default": ""},
+    "PidFile": {
+        "description": "Trainer PID file (absolute path, may hold {run-id}) or empty",
+        "allowedPattern": PROBE_PATH_OR_EMPTY,
+        "default": "",
+    },
+    "LogFile": {
+        "description": "Trainer log file (absolute path, may hold {run-id}) or empty",
+        "allowedPattern": PROBE_PATH_OR_EMPTY,
+        "default": "",
+    },
     "LogPattern": {
         "description": "Extended regular expression that marks completion, or empty",
         "allowedPattern": r"^[ -~]{0,200}$",
         "default": "",
     },
     "CheckpointDir": {
-        "description": "Checkpoint directory (absolute path) or empty: the log is read only when its owner owns it",
-        "allowedPattern": ABS_PATH_OR_EMPTY,
+        "description": "Checkpoint directory (absolute path, may hold {run-id}) or empty: the log is read only when its owner owns it",
+        "allowedPattern": PROBE_PATH_OR_EMPTY,
+        "default": "",
+    },
+    "RunIds": {
+        "description": "Space-separated <instance id>=<run id> pairs, one per instance of a batched command: {run-id} in "
+        "the paths is the run id of the instance the probe runs on; or empty",
+        "allowedPattern": RUN_IDS,
         "default": "",
     },
 }

@@ -2,8 +2,8 @@
 # autostop completion probe: run by the probe SSM Command document (aws:runShellScript).
 #
 # Contract
-#   Input   SSM_PidFile, SSM_LogFile, SSM_LogPattern, SSM_CheckpointDir: the document's parameters, passed by the SSM
-#           agent as environment variables (interpolationType ENV_VAR, agent 3.3.2746.0 or later).
+#   Input   SSM_PidFile, SSM_LogFile, SSM_LogPattern, SSM_CheckpointDir, SSM_RunIds: the document's parameters,
+#           passed by the SSM agent as environment variables (interpolationType ENV_VAR, agent 3.3.2746.0 or later).
 #           Each may be the empty string, meaning "not configured". Re-validated here with the
 #           document's regexes; this script never contains document placeholders. LogFile and CheckpointDir may
 #           not name a system location (the deny list in lib/params.sh). From the environment, not from the
@@ -72,6 +72,30 @@ check_path() {
 }
 
 SSM_CheckpointDir=${SSM_CheckpointDir-} # a document without the parameter (older stack): owner not checked
+
+# RunIds (batched probe of a fleet whose paths hold each run's id): "i-<id>=<run-id>" pairs separated by single
+# spaces, one per instance of the command; "{run-id}" in PidFile, LogFile or CheckpointDir is this instance's run
+# id (AWS_SSM_INSTANCE_ID, set by the agent, picks the pair). Substituted before every check below.
+readonly RUN_IDS_RE='^(|i-[0-9a-f]{8,17}=[A-Za-z0-9][A-Za-z0-9._-]{0,62}( i-[0-9a-f]{8,17}=[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,49})$'
+SSM_RunIds=${SSM_RunIds-}
+[[ $SSM_RunIds =~ $RUN_IDS_RE ]] || invalid "RunIds must be up to 50 i-<id>=<run-id> pairs separated by single spaces"
+if [[ -n $SSM_RunIds ]]; then
+  own_run=""
+  for pair in $SSM_RunIds; do # word splitting only: RUN_IDS_RE admits no glob character
+    if [[ ${pair%%=*} == "${AWS_SSM_INSTANCE_ID:-}" ]]; then
+      [[ -z $own_run ]] || invalid "RunIds names this instance twice"
+      own_run=${pair#*=}
+    fi
+  done
+  [[ -n $own_run ]] || invalid "RunIds names no run id for this instance (AWS_SSM_INSTANCE_ID)"
+  SSM_PidFile=${SSM_PidFile//"{run-id}"/"$own_run"}
+  SSM_LogFile=${SSM_LogFile//"{run-id}"/"$own_run"}
+  SSM_CheckpointDir=${SSM_CheckpointDir//"{run-id}"/"$own_run"}
+fi
+for name in SSM_PidFile SSM_LogFile SSM_CheckpointDir; do
+  [[ ${!name} != *"{"* ]] || invalid "${name#SSM_} still holds '{' after the {run-id} substitution (RunIds names no run id for this instance)"
+done
+
 check_path PidFile "$SSM_PidFile"
 check_path LogFile "$SSM_LogFile"
 check_path CheckpointDir "$SSM_CheckpointDir"

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from shared import constants as c
 from shared.evaluation import Evaluator
 from shared.instances import action_refusal, describe_instance
-from shared.models import Evaluation, InstanceConfig, InstanceSnapshot, S3Uri
+from shared.models import Evaluation, InstanceConfig, InstanceSnapshot, ProbeEvidence, S3Uri
 from shared.naming import manifest_uri, upload_prefix
 from shared.observability import logger
 from shared.probe import agents_online
@@ -197,8 +197,13 @@ def lease_seconds(settings: Settings) -> int:
 
 
 def _complete(plan: Plan, *, ec2: Any, evaluator: Evaluator, records: RunRecords) -> EvaluateOutput:
-    """The run is checked against its completion signals; complete → checkpoint, verify, stop."""
-    result = evaluator.evaluate([plan.snap])[0]
+    """The run is checked against its completion signals; complete → checkpoint, verify, stop.
+
+    The tags are read again (DescribeInstances) and the marker too; the on-instance probe is not run again when the
+    starting trigger's probe (input ``trigger.probe``) is recent and was run with the same parameters.
+    """
+    evidence = trigger_probe(plan.lifecycle.trigger)
+    result = evaluator.evaluate([plan.snap], evidence={plan.snap.instance_id: evidence} if evidence else None)[0]
     if result.decision != "complete" or result.config is None:
         return _ended(result, plan.config.run_id, plan.decided_at, plan.lifecycle)
     refusal = action_refusal(ec2, plan.snap, plan.config)
@@ -212,6 +217,16 @@ def _complete(plan: Plan, *, ec2: Any, evaluator: Evaluator, records: RunRecords
         return plan.output("skipped", f"not acting: {claim.why}", outcome=c.OUTCOME_SKIPPED)
     location, command = checkpoint_command(plan.config, plan.execution, plan.decided_at, evaluator.settings)
     return plan.output("complete", result.reason, checkpoint=location, command=command)
+
+
+def trigger_probe(trigger: dict[str, Any]) -> ProbeEvidence | None:
+    """The probe the starting trigger ran (``trigger.probe`` of the execution input), or None when there is none or
+    it is malformed (then Evaluate probes, as for an execution started by hand)."""
+    try:
+        return ProbeEvidence.model_validate(trigger["probe"]) if "probe" in trigger else None
+    except ValidationError:
+        logger.warning("the trigger's probe in the execution input is malformed; probing again")
+        return None
 
 
 def _spot(plan: Plan, *, evaluator: Evaluator, records: RunRecords) -> EvaluateOutput:

@@ -4,15 +4,18 @@ Used by the schedule sweep (all opted-in running instances), by the marker trigg
 marker belongs to) and by the Evaluate Task state (one instance). AWS calls: one HeadObject per
 configured marker, the batched probe of :mod:`shared.probe` for instances whose marker does not
 already rule completion out, and one DescribeInstanceInformation per 50 instances judged complete
-without a probe (the checkpoint needs an online SSM agent).
+without a probe (the checkpoint needs an online SSM agent). A probe a trigger ran moments ago (its
+:class:`ProbeEvidence`, passed in the execution input) stands in for a new one while it is younger than
+``probe_trust_seconds`` and was run with the parameters the instance's tags give now.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -20,11 +23,14 @@ from botocore.exceptions import ClientError
 from shared import constants as c
 from shared.completion import decide_completion, marker_is_negative
 from shared.errors import error_code
-from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceSnapshot, MarkerFact, S3Uri
+from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceSnapshot, MarkerFact, ProbeEvidence, ProbeResult, S3Uri
 from shared.observability import logger
 from shared.probe import agents_online, probe_instances
 from shared.settings import Settings
 from shared.tags import InvalidTags, TagPolicy, is_opted_in, opt_in_problem, parse_instance_config
+
+CLOCK_SKEW_SECONDS = 5
+"""How far ahead of this function's clock a probe time may be and still count (both clocks are Lambda's)."""
 
 
 def watched_by_event(config: InstanceConfig) -> bool:
@@ -60,6 +66,7 @@ class Evaluator:
     clients: Clients
     settings: Settings
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     max_workers: int = 16
     policy: TagPolicy = field(init=False)
 
@@ -86,11 +93,19 @@ class Evaluator:
                 instance_id=snap.instance_id, decision="skipped", reason=f"cannot read tags: {type(exc).__name__}: {exc}", run_id=run_id
             )
 
-    def evaluate(self, snapshots: Iterable[InstanceSnapshot], *, trust_marker_events: bool = False) -> list[Evaluation]:
+    def evaluate(
+        self,
+        snapshots: Iterable[InstanceSnapshot],
+        *,
+        trust_marker_events: bool = False,
+        evidence: Mapping[str, ProbeEvidence] | None = None,
+    ) -> list[Evaluation]:
         """Decide for each instance; the order of the result follows ``snapshots``.
 
         ``trust_marker_events``: an instance whose only signal is a ``_SUCCESS`` marker (which S3's Object Created
         event reports to the marker trigger within seconds) is not HeadObject-ed: ``not_complete``, saying so.
+        ``evidence``: instance id to an earlier probe, used instead of probing when :meth:`trusted` (each
+        evaluation that ran a probe carries it as ``probe``, for the execution it may start).
         """
         snaps = list(snapshots)
         configs: dict[str, InstanceConfig] = {}
@@ -117,14 +132,20 @@ class Evaluator:
         to_probe = {
             iid: cfg.probe_parameters() for iid, cfg in configs.items() if cfg.probe_needed and not marker_is_negative(cfg, facts[iid])
         }
-        probes = probe_instances(
+        reused = {iid: ev.result for iid, ev in (evidence or {}).items() if iid in to_probe and self.trusted(ev, to_probe[iid])}
+        fresh = {iid: params for iid, params in to_probe.items() if iid not in reused}
+        probed_at = self.clock()
+        probes: dict[str, ProbeResult] = probe_instances(
             self.clients.ssm,
             self.settings.probe_document,
-            to_probe,
+            fresh,
+            run_ids={iid: configs[iid].run_id for iid in fresh},
             timeout_seconds=self.settings.probe_timeout_seconds,
             poll_seconds=self.settings.poll_seconds,
             sleep=self.sleep,
         )
+        ran = {iid: ProbeEvidence(at=probed_at, parameters=fresh[iid], result=result) for iid, result in probes.items() if result.ok}
+        probes |= reused
         decisions = {iid: decide_completion(cfg, facts[iid].model_copy(update={"probe": probes.get(iid)})) for iid, cfg in configs.items()}
         # The checkpoint command needs the SSM agent: a run judged complete on an instance whose agent is
         # not online cannot be checkpointed, so it is inconclusive (a probe that ran proved the agent online).
@@ -135,8 +156,17 @@ class Evaluator:
             if ping.get(iid, "Online") != "Online":
                 verdict = "inconclusive"
                 reason = f"{reason}; but the SSM agent is not online (PingStatus={ping[iid]}), so no checkpoint can be taken"
-            out[iid] = Evaluation(instance_id=iid, decision=verdict, reason=reason, config=cfg, run_id=cfg.run_id)
+            out[iid] = Evaluation(instance_id=iid, decision=verdict, reason=reason, config=cfg, run_id=cfg.run_id, probe=ran.get(iid))
         return [out[s.instance_id] for s in snaps]
+
+    def trusted(self, evidence: ProbeEvidence, parameters: Mapping[str, list[str]]) -> bool:
+        """True when ``evidence`` may stand in for probing with ``parameters`` now: a result, the same parameters, and
+        at most ``probe_trust_seconds`` old (a time more than CLOCK_SKEW_SECONDS ahead of this clock is not trusted)."""
+        if self.settings.probe_trust_seconds <= 0:
+            return False
+        age = (self.clock() - evidence.at).total_seconds()
+        fresh = -CLOCK_SKEW_SECONDS <= age <= self.settings.probe_trust_seconds
+        return evidence.result.ok and fresh and dict(evidence.parameters) == dict(parameters)
 
     def _markers(self, wanted: dict[str, S3Uri]) -> dict[str, MarkerFact]:
         if not wanted:

@@ -15,7 +15,9 @@ from shared.naming import execution_name
 MAX_ATTEMPTS = 20
 """Upper bound on attempts per (instance, run, reason); each attempt is one execution."""
 
-StartStatus = Literal["started", "already_running", "already_finished", "attempts_exhausted"]
+StartStatus = Literal["started", "already_running", "already_finished", "attempts_exhausted", "claimed"]
+"""``claimed``: not asked for: the run record shows an execution already took the reason's lock (never released), so
+any new one would end without acting (:meth:`shared.records.RunRecords.lock_holders`)."""
 
 
 class StartResult(BaseModel):

@@ -32,15 +32,26 @@ def opted_in_candidates(ec2: Any, prefix: str, states: Iterable[str] = ("running
     The tag *value* is not filtered here (EC2 filters are case-sensitive); callers apply
     :func:`shared.tags.is_opted_in`. AWS calls: one DescribeInstances per page of up to 1000 instances.
     """
-    paginator = ec2.get_paginator("describe_instances")
+    for page, _ in opted_in_pages(ec2, prefix, states):
+        yield from page
+
+
+def opted_in_pages(
+    ec2: Any, prefix: str, states: Iterable[str] = ("running",), *, next_token: str | None = None
+) -> Iterator[tuple[list[InstanceSnapshot], str | None]]:
+    """:func:`opted_in_candidates` one DescribeInstances page (``MaxResults`` 1000) at a time, each with the
+    ``NextToken`` of the pages after it (None after the last); ``next_token`` starts from such a token (the same
+    filters and page size, as the API requires of a token's next request)."""
     filters = [
         {"Name": "tag-key", "Values": opt_in_key_filters(prefix)},
         {"Name": "instance-state-name", "Values": list(states)},
     ]
-    for page in paginator.paginate(Filters=filters, PaginationConfig={"PageSize": 1000}):
-        for reservation in page.get("Reservations", []):
-            for raw in reservation.get("Instances", []):
-                yield snapshot(raw)
+    while True:
+        resp = ec2.describe_instances(Filters=filters, MaxResults=1000, **({"NextToken": next_token} if next_token else {}))
+        next_token = resp.get("NextToken") or None
+        yield [snapshot(raw) for reservation in resp.get("Reservations", []) for raw in reservation.get("Instances", [])], next_token
+        if next_token is None:
+            return
 
 
 def describe_instance(ec2: Any, instance_id: str) -> InstanceSnapshot | None:

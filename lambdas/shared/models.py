@@ -179,6 +179,24 @@ class ProbeResult(Frozen):
     """Why the probe has no result (agent offline, command failed, output unreadable...)."""
 
 
+class ProbeEvidence(Frozen):
+    """A trigger's probe of one instance, handed to the execution it starts (input ``trigger.probe``), so Evaluate
+    completion need not probe again while it is younger than ``probe_trust_seconds`` (:mod:`shared.evaluation`)."""
+
+    at: datetime
+    """When the probe command was sent (UTC; the result describes a moment after it)."""
+    parameters: dict[str, list[str]]
+    """The probe document parameters it ran with (``InstanceConfig.probe_parameters``): trusted only for the same."""
+    result: ProbeResult
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("a probe time needs its time zone")
+        return value
+
+
 class CompletionFacts(Frozen):
     """Everything :func:`shared.completion.decide_completion` needs; gathered by :mod:`shared.evaluation`."""
 
@@ -204,6 +222,8 @@ class Evaluation(Frozen):
     reason: str
     config: InstanceConfig | None = None
     run_id: str | None = None
+    probe: ProbeEvidence | None = None
+    """The on-instance probe this evaluation ran (None when it ran none, or reused one)."""
 
 
 # --- Manifest ----------------------------------------------------------------------------------------

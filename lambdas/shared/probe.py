@@ -1,5 +1,15 @@
 """The on-instance probe: one SSM SendCommand per batch of up to 50 instances that share parameters.
 
+Instances whose paths differ only by their run id share parameters too: where the run id stands as a whole token in
+PidFile, LogFile or CheckpointDir (:func:`templated`), it is sent as ``{run-id}`` with a ``RunIds`` parameter of
+``<instance id>=<run id>`` pairs, and the probe substitutes its own (infra/documents/probe.sh). A fleet that logs to
+``/data/runs/<run id>/train.log`` costs one SendCommand per 50 instances, like one whose paths are all alike.
+The probe finds its pair by ``AWS_SSM_INSTANCE_ID``, which the SSM agent sets for every process it runs (amazon-ssm-agent,
+agent/executers/executers.go: ``envVarInstanceId``). 50 pairs are at most 4,200 characters; SSM's 64 KB document
+limit "also includes the content specified for input parameters at runtime" (CreateDocument ``Content``,
+https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_CreateDocument.html), and the probe document is
+about 18 KB.
+
 AWS calls per probe: ceil(n/50) DescribeInstanceInformation, one SendCommand per batch, and one
 ListCommandInvocations page per batch per poll. Results come from each invocation's plugin output
 (ListCommandInvocations ``Details=True`` returns up to 2,500 characters of it; the probe prints one
@@ -10,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +34,45 @@ from shared.errors import error_code
 from shared.models import LogState, PidState, ProbeResult
 
 TERMINAL_FAILURES = {"Failed", "TimedOut", "Cancelled", "DeliveryTimedOut", "Undeliverable", "Terminated", "Cancelling"}
+RUN_ID_TEMPLATE = "{run-id}"
+"""Stands for the instance's run id in a probe path parameter (PROBE_PATH_OR_EMPTY in infra/constructs/documents.py)."""
+TEMPLATED_PARAMETERS = ("PidFile", "LogFile", "CheckpointDir")
+
+
+def templated(parameters: Mapping[str, list[str]], run_id: str) -> dict[str, list[str]] | None:
+    """``parameters`` with ``run_id`` replaced by ``{run-id}`` in the path parameters, or None when no path holds it.
+
+    Replaced only where the run id is a whole token, not run on by a letter or digit on either side (as
+    :func:`shared.tags.names_run` finds it): run ``exp1`` templates ``/logs/exp1/train.log`` and ``/logs/exp1.log``,
+    never ``/logs/exp10/train.log``. Putting the run id back gives each path exactly (checked), so the probe reads
+    the same files as with the plain parameters.
+    """
+    token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(run_id)}(?![A-Za-z0-9])")
+    out = {name: list(values) for name, values in parameters.items()}
+    for name in TEMPLATED_PARAMETERS:
+        path = (parameters.get(name) or [""])[0]
+        template = token.sub(lambda _: RUN_ID_TEMPLATE, path)
+        if template != path and template.replace(RUN_ID_TEMPLATE, run_id) == path:
+            out[name] = [template]
+    return out if out != parameters else None
+
+
+def batches(parameters: Mapping[str, dict[str, list[str]]], run_ids: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+    """SendCommand ``InstanceIds`` and ``Parameters`` for every batch of up to 50 instances sharing parameters.
+
+    An instance with a run id in ``run_ids`` that :func:`templated` applies to joins the batches of its template,
+    which carry ``RunIds``; any other is sent its plain parameters (without ``RunIds``).
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    for iid, params in parameters.items():
+        run_id = run_ids.get(iid)
+        template = templated(params, run_id) if run_id else None
+        groups[json.dumps([template is not None, template or params], sort_keys=True)].append(iid)
+    for key, ids in groups.items():
+        uses_run_ids, params = json.loads(key)
+        for batch in chunks(ids):
+            extra = {"RunIds": [" ".join(f"{iid}={run_ids[iid]}" for iid in batch)]} if uses_run_ids else {}
+            yield {"InstanceIds": batch, "Parameters": {**params, **extra}}
 
 
 def chunks(items: Sequence[str], size: int = c.SSM_BATCH_SIZE) -> Iterator[list[str]]:
@@ -77,6 +127,7 @@ def probe_instances(
     document: str,
     parameters: Mapping[str, dict[str, list[str]]],
     *,
+    run_ids: Mapping[str, str] | None = None,
     timeout_seconds: float,
     poll_seconds: float,
     sleep: Callable[[float], None] = time.sleep,
@@ -88,6 +139,7 @@ def probe_instances(
         ssm: boto3 SSM client.
         document: name of the stack's probe Command document.
         parameters: instance id to SendCommand ``Parameters`` (see ``InstanceConfig.probe_parameters``).
+        run_ids: instance id to its run id (tag run-id): instances whose paths hold it share batches (:func:`batches`).
         timeout_seconds: give up waiting after this long; unfinished invocations count as failed probes.
         poll_seconds: pause between ListCommandInvocations polls.
 
@@ -100,30 +152,28 @@ def probe_instances(
         return results
     deadline = clock() + timeout_seconds
     ping = agents_online(ssm, list(parameters))
-    groups: dict[str, list[str]] = defaultdict(list)
+    online: dict[str, dict[str, list[str]]] = {}
     for iid, params in parameters.items():
         if ping[iid] != "Online":
             results[iid] = ProbeResult(ok=False, error=f"SSM agent is not online (PingStatus={ping[iid]})")
         else:
-            groups[json.dumps(params, sort_keys=True)].append(iid)
+            online[iid] = params
 
     pending: dict[str, set[str]] = {}
-    for key, ids in groups.items():
-        for batch in chunks(ids):
-            try:
-                resp = ssm.send_command(
-                    InstanceIds=batch,
-                    DocumentName=document,
-                    DocumentVersion=c.PINNED_DOCUMENT_VERSION,
-                    Parameters=json.loads(key),
-                    TimeoutSeconds=max(30, int(timeout_seconds)),
-                    Comment="autostop completion probe",
-                )
-            except ClientError as exc:
-                for iid in batch:
-                    results[iid] = ProbeResult(ok=False, error=f"SendCommand refused: {error_code(exc)}")
-                continue
-            pending[resp["Command"]["CommandId"]] = set(batch)
+    for batch in batches(online, run_ids or {}):
+        try:
+            resp = ssm.send_command(
+                **batch,
+                DocumentName=document,
+                DocumentVersion=c.PINNED_DOCUMENT_VERSION,
+                TimeoutSeconds=max(30, int(timeout_seconds)),
+                Comment="autostop completion probe",
+            )
+        except ClientError as exc:
+            for iid in batch["InstanceIds"]:
+                results[iid] = ProbeResult(ok=False, error=f"SendCommand refused: {error_code(exc)}")
+            continue
+        pending[resp["Command"]["CommandId"]] = set(batch["InstanceIds"])
 
     while pending:
         for command_id in list(pending):

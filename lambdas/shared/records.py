@@ -24,7 +24,7 @@ Item attributes::
 
 Every write is conditional: :meth:`RunRecords.claim` succeeds for one execution per (record, reason), and
 no execution may start acting on the trainer while another one is (``active``), so the trainer is never
-signalled twice. AWS calls: GetItem, PutItem, UpdateItem, Query (DynamoDB).
+signalled twice. AWS calls: GetItem, PutItem, UpdateItem, Query, BatchGetItem (DynamoDB).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ HISTORY_MAX = 50
 OBJECTS_MAX = 100
 """The record lists at most this many checkpoint objects; the manifest (its URI is kept) lists them all."""
 MAX_CONFLICT_RETRIES = 8
+BATCH_GET_MAX = 100
+"""BatchGetItem reads at most 100 items per call."""
 DEFAULT_LEASE_SECONDS = 6 * 3600
 """How long an ``active`` claim holds without a recorded outcome: longer than any execution may run."""
 
@@ -170,6 +172,36 @@ class RunRecords:
             Limit=1,
         )
         return int(resp.get("Count", 0)) > 0
+
+    def lock_holders(self, keys: list[RunKey], reason: str) -> dict[RunKey, str]:
+        """Which of ``keys`` have the lock for ``reason``, and the execution holding it (records without it are absent).
+
+        A lock is never released (:meth:`claim`): every later execution of that reason for the record ends without
+        acting, so a trigger need not start one. BatchGetItem per BATCH_GET_MAX keys, eventually consistent (a lock
+        missed here only costs the StartExecution it would have saved), unprocessed keys retried
+        MAX_CONFLICT_RETRIES times and then left out.
+        """
+        wanted = {(k.instance_id, k.sort_key): k for k in keys}
+        pending = [k.item_key() for k in dict.fromkeys(keys)]
+        out: dict[RunKey, str] = {}
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            unprocessed: list[dict[str, Any]] = []
+            for start in range(0, len(pending), BATCH_GET_MAX):
+                names = {"#i": "instance_id", "#run": "run", "#locks": "locks"}  # RUN and LOCKS are reserved words
+                spec = {"Keys": pending[start : start + BATCH_GET_MAX], "ProjectionExpression": "#i, #run, #locks"}
+                resp = self.dynamodb.batch_get_item(RequestItems={self.table: {**spec, "ExpressionAttributeNames": names}})
+                for item in resp.get("Responses", {}).get(self.table, []):
+                    record = from_item(item)
+                    holder = (record.get("locks") or {}).get(reason)
+                    key = wanted.get((str(record.get("instance_id")), str(record.get("run"))))
+                    if holder and key is not None:
+                        out[key] = str(holder)
+                unprocessed += resp.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+            if not unprocessed:
+                break
+            pending = unprocessed
+            self.sleep(0.05 * (attempt + 1))
+        return out
 
     # --- writes ---------------------------------------------------------------------------------------------
 

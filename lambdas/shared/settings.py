@@ -43,6 +43,8 @@ class Settings(BaseModel):
     settle_after_seconds: int = Field(120, alias=c.ENV_SETTLE_AFTER_SECONDS, ge=0, le=3600)
     """The sweep completes a waiting task token itself (its status event was lost) once it is this old."""
     poll_seconds: float = Field(2.0, alias=c.ENV_POLL_SECONDS, ge=0, le=60)
+    probe_trust_seconds: int = Field(120, alias=c.ENV_PROBE_TRUST_SECONDS, ge=0, le=600)
+    """Evaluate completion reuses the starting trigger's probe (same parameters) while it is younger than this; 0 never."""
     runs_table: str | None = Field(None, alias=c.ENV_RUNS_TABLE)
     """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""
     restore_document: str | None = Field(None, alias=c.ENV_RESTORE_DOCUMENT)

@@ -11,10 +11,11 @@ from pydantic import BaseModel, ValidationError
 
 from shared import constants as c
 from shared.evaluation import Evaluator
-from shared.executions import StartResult, start_lifecycle_execution
-from shared.models import InstanceSnapshot
+from shared.executions import StartResult, execution_arn, start_lifecycle_execution
+from shared.models import Evaluation, InstanceSnapshot
 from shared.notifications import Outlets
 from shared.observability import count_evaluations, logger
+from shared.records import RunKey, RunRecords
 from shared.visibility import report_not_evaluated
 
 MAX_EVENT_BYTES = 256 * 1024
@@ -68,11 +69,30 @@ class TriggerSummary(BaseModel):
     """Instance id to why a valid, opted-in run got no execution (``not_complete`` / ``inconclusive``: reason)."""
     marked: dict[str, str] = {}
     """Instance id to the last-error tag written because its reason for not being acted on changed."""
+    continued: bool = False
+    """The sweep handed the pages it did not reach to a continuation (``on_schedule_tick.logic``)."""
+
+    @classmethod
+    def merge(cls, parts: Iterable[TriggerSummary]) -> TriggerSummary:
+        """One summary of several (a sweep's pages)."""
+        parts = list(parts)
+        decisions: Counter[str] = Counter()
+        for part in parts:
+            decisions.update(part.decisions)
+        return cls(
+            instances=sum(p.instances for p in parts),
+            decisions=dict(decisions),
+            executions=[e for p in parts for e in p.executions],
+            skipped={k: v for p in parts for k, v in p.skipped.items()},
+            waiting={k: v for p in parts for k, v in p.waiting.items()},
+            marked={k: v for p in parts for k, v in p.marked.items()},
+        )
 
     def log_line(self) -> dict[str, Any]:
         """The summary for the log: counts, and at most :data:`LOG_LIST_MAX` instances of each list (bounded size
         whatever the fleet; the full lists are the function's return value)."""
         line: dict[str, Any] = {"instances": self.instances, "decisions": self.decisions, "executions": len(self.executions)}
+        line["continued"] = self.continued
         for name in ("skipped", "waiting", "marked"):
             items = sorted(getattr(self, name).items())
             line[name] = dict(items[:LOG_LIST_MAX])
@@ -90,11 +110,15 @@ def evaluate_and_start(
     ec2: Any = None,
     outlets: Outlets | None = None,
     trust_marker_events: bool = False,
+    records: RunRecords | None = None,
 ) -> TriggerSummary:
     """Evaluate ``snapshots``; start one lifecycle execution per instance judged complete.
 
     Only instances whose every configured completion signal says complete get an execution;
-    StartExecution's deterministic name makes a repeated trigger a no-op. With ``ec2``, instances that could
+    StartExecution's deterministic name makes a repeated trigger a no-op. The execution's ``trigger`` input carries
+    the probe this evaluation ran (``probe``: :class:`shared.models.ProbeEvidence`), which Evaluate completion reuses
+    instead of probing again while it is recent. With ``records``, a run whose record shows the complete lock taken
+    gets no StartExecution (status ``claimed``: :func:`claimed_runs`). With ``ec2``, instances that could
     not be acted on are made visible (:func:`shared.visibility.report_not_evaluated`: the last-error tag, and
     one notice through ``outlets`` for those whose reason changed).
     """
@@ -102,6 +126,7 @@ def evaluate_and_start(
     sessions = {s.instance_id: s.session for s in snaps}
     evaluations = evaluator.evaluate(snaps, trust_marker_events=trust_marker_events)
     state_machine_arn = evaluator.settings.require_state_machine_arn()
+    claimed = claimed_runs(records, evaluations, sessions) if records is not None else {}
     started: list[StartResult] = []
     for ev in evaluations:
         extra = {"instance_id": ev.instance_id, "run_id": ev.run_id, "decision": ev.decision, "reason": ev.reason}
@@ -111,13 +136,19 @@ def evaluate_and_start(
             logger.info("instance evaluated", extra=extra)
         if ev.decision != "complete" or ev.config is None:
             continue
+        if ev.instance_id in claimed:
+            holder = claimed[ev.instance_id]
+            detail = f"the run record shows execution {holder} took this run's complete lock"
+            arn = execution_arn(state_machine_arn, holder)
+            started.append(StartResult(name=holder, status="claimed", execution_arn=arn, detail=detail))
+            continue
         result = start_lifecycle_execution(
             sfn,
             state_machine_arn,
             instance_id=ev.instance_id,
             run_id=ev.config.run_id,
             reason=c.REASON_COMPLETE,
-            trigger=trigger,
+            trigger={**trigger, "probe": ev.probe.model_dump(mode="json")} if ev.probe else trigger,
             session=sessions.get(ev.instance_id),
         )
         logger.info("lifecycle execution", extra={**extra, "execution": result.name, "status": result.status, "detail": result.detail})
@@ -135,3 +166,25 @@ def evaluate_and_start(
         skipped={ev.instance_id: ev.reason for ev in evaluations if ev.decision == "skipped"},
         waiting={ev.instance_id: f"{ev.decision}: {ev.reason}" for ev in evaluations if ev.decision in ("not_complete", "inconclusive")},
     )
+
+
+def claimed_runs(records: RunRecords, evaluations: list[Evaluation], sessions: dict[str, str | None]) -> dict[str, str]:
+    """Instance id to the execution holding the complete lock of its run and session, for the runs judged complete.
+
+    These runs were handled (or are being handled): StartExecution would only find that execution, or start one that
+    ends without acting. Read with BatchGetItem per 100 instances judged complete; when the records cannot be read,
+    none is taken as claimed (every run goes through StartExecution, as without records).
+    """
+    keys = {}
+    for ev in evaluations:
+        session = sessions.get(ev.instance_id)
+        if ev.decision == "complete" and ev.config is not None and session:
+            keys[RunKey(ev.instance_id, ev.config.run_id, session)] = ev.instance_id
+    if not keys:
+        return {}
+    try:
+        holders = records.lock_holders(list(keys), c.REASON_COMPLETE)
+    except Exception:  # reading records only saves calls: never let it stop a sweep
+        logger.exception("run records not read; starting executions without them")
+        return {}
+    return {keys[key]: holder for key, holder in holders.items()}

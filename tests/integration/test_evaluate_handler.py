@@ -9,10 +9,13 @@ checkpoint document.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from infra.constructs.documents import CHECKPOINT_PARAMETERS, command_content
 from tests.integration.conftest import BUCKET, CTX, World, dead_pid
@@ -36,10 +39,13 @@ def execution_for(instance_id: str, run: str) -> str:
     return execution_name(instance_id, run, "complete")
 
 
-def evaluate(instance_id: str, run: str = "run-a", *, execution: str | None = None) -> dict[str, Any]:
+def evaluate(
+    instance_id: str, run: str = "run-a", *, execution: str | None = None, trigger: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from evaluate_completion.handler import lambda_handler
 
-    payload: dict[str, Any] = {"instance_id": instance_id, "run_id": run, "reason": "complete", "attempt": 1, "trigger": {"source": "test"}}
+    payload: dict[str, Any] = {"instance_id": instance_id, "run_id": run, "reason": "complete", "attempt": 1}
+    payload["trigger"] = trigger if trigger is not None else {"source": "test"}
     name = execution if execution is not None else execution_for(instance_id, run)
     return lambda_handler({"input": payload, "execution_name": name}, CTX)
 
@@ -315,3 +321,70 @@ def test_hibernate_on_an_instance_without_hibernation_is_refused_before_the_chec
     assert (out["decision"], out["outcome"]) == ("refused", "StopFailed")
     assert "not launched with hibernation enabled" in out["reason"]
     assert out["command"] is None and world.fleet.sent == []
+
+
+# --- the trigger's probe, reused ----------------------------------------------------------------------
+
+
+def swept_trigger(world: World, instance_id: str) -> dict[str, Any]:
+    """Run the schedule sweep; the ``trigger`` of the execution it started for ``instance_id``."""
+    from on_schedule_tick.handler import lambda_handler
+    from tests import events
+
+    summary = lambda_handler(events.scheduled_event(), CTX)
+    (started,) = [e for e in summary["executions"] if e["name"].startswith(instance_id)]
+    sfn = world.client("stepfunctions")
+    return json.loads(sfn.describe_execution(executionArn=started["execution_arn"])["input"])["trigger"]
+
+
+def test_evaluate_reuses_the_sweeps_recent_probe_instead_of_probing_again(world: World) -> None:
+    # Given a sweep that probed an exited trainer and started the execution
+    inst = world.instance("reuse", pid_tags("run-r"))
+    (inst.root / "train.pid").write_text(f"{dead_pid()}\n")
+    trigger = swept_trigger(world, inst.instance_id)
+    assert trigger["source"] == "schedule" and trigger["probe"]["result"]["pid"]["state"] == "exited"
+    assert trigger["probe"]["parameters"]["PidFile"] == [str(inst.root / "train.pid")]
+    assert len(world.fleet.sent) == 1
+
+    # When Evaluate runs with that input, it decides complete from the sweep's probe: no second command
+    out = evaluate(inst.instance_id, "run-r", trigger=trigger)
+    assert out["decision"] == "complete", out["reason"]
+    assert len(world.fleet.sent) == 1
+
+
+def _aged(trigger: dict[str, Any], seconds: float) -> dict[str, Any]:
+    at = datetime.fromisoformat(trigger["probe"]["at"]) - timedelta(seconds=seconds)
+    return {**trigger, "probe": {**trigger["probe"], "at": at.isoformat()}}
+
+
+def _other_parameters(trigger: dict[str, Any]) -> dict[str, Any]:
+    return {**trigger, "probe": {**trigger["probe"], "parameters": {**trigger["probe"]["parameters"], "PidFile": ["/srv/other.pid"]}}}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda t: _aged(t, 121), id="older than probe_trust_seconds"),
+        pytest.param(lambda t: _aged(t, -60), id="from the future"),
+        pytest.param(_other_parameters, id="other parameters than the tags give now"),
+        pytest.param(lambda t: {**t, "probe": {**t["probe"], "result": {"ok": False, "error": "x"}}}, id="no result"),
+        pytest.param(lambda t: {**t, "probe": {"at": "yesterday"}}, id="malformed"),
+        pytest.param(lambda t: {"source": "hand"}, id="started by hand"),
+    ],
+)
+def test_evaluate_probes_again_unless_the_trigger_probe_is_recent_and_the_same(world: World, change: Any) -> None:
+    # Given the sweep's probe said exited, but the trainer is alive now
+    inst = world.instance("again", pid_tags("run-g"))
+    (inst.root / "train.pid").write_text(f"{dead_pid()}\n")
+    trigger = change(swept_trigger(world, inst.instance_id))
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        (inst.root / "train.pid").write_text(f"{alive.pid}\n")
+        out = evaluate(inst.instance_id, "run-g", trigger=trigger)
+    finally:
+        alive.kill()
+        alive.wait()
+
+    # Then Evaluate probed again and saw it
+    assert len(world.fleet.sent) == 2
+    assert out["decision"] == "not_complete", out["reason"]

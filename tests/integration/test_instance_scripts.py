@@ -375,6 +375,47 @@ def test_probe_without_env_var_support(base_env: dict[str, str]) -> None:
     assert "SSM Agent 3.3.2746.0 or later is required" in out["message"]
 
 
+def test_probe_reads_its_own_run_from_run_ids(base_env: dict[str, str], tmp_path: Path) -> None:
+    # A batched probe: one command for several instances, each substituting its own run id into the paths.
+    for run_id in ("r-1", "r-2"):
+        (tmp_path / run_id).mkdir()
+    (tmp_path / "r-1" / "train.log").write_text("step 9\n")
+    (tmp_path / "r-2" / "train.log").write_text("training complete\n")
+    template = f"{tmp_path}/{{run-id}}/train.log"
+    other = "i-0aaaaaaaaaaaaaaaa"
+    for run_id, state in (("r-1", "not_matched"), ("r-2", "matched")):
+        env = {**probe_env(base_env, log_file=template, pattern="training complete"), "SSM_CheckpointDir": f"{tmp_path}/{{run-id}}"}
+        env["SSM_RunIds"] = f"{other}=r-0 {INSTANCE_ID}={run_id}"
+        proc, out = run(PROBE, env)
+        assert proc.returncode == 0, proc.stderr
+        assert out["log"] == {"state": state}
+
+
+@pytest.mark.parametrize(
+    ("run_ids", "log_file", "why"),
+    [
+        ("i-0aaaaaaaaaaaaaaaa=r-0", "/data/{run-id}/train.log", "names no run id for this instance"),
+        ("", "/data/{run-id}/train.log", "still holds '{'"),
+        ("{me}=r-1 {me}=r-2", "/data/{run-id}/train.log", "names this instance twice"),
+        ("{me}=r-1;reboot", "/data/{run-id}/train.log", "RunIds must be"),
+        ("{me}=r-1", "/data/{run}/train.log", "still holds '{'"),
+        ("{me}=..", "/data/{run-id}/train.log", "RunIds must be"),
+    ],
+)
+def test_probe_refuses_run_ids_that_do_not_give_a_plain_path(base_env: dict[str, str], run_ids: str, log_file: str, why: str) -> None:
+    env = {**probe_env(base_env, log_file=log_file, pattern="done"), "SSM_RunIds": run_ids.replace("{me}", INSTANCE_ID)}
+    proc, out = run(PROBE, env)
+    assert proc.returncode == 64
+    assert out["error"] == "InvalidParameter" and why in out["message"], out
+
+
+def test_probe_rechecks_the_substituted_path(base_env: dict[str, str]) -> None:
+    # "{run-id}" cannot smuggle a '..' segment past the checks: they run on the substituted value.
+    env = {**probe_env(base_env, log_file="/data/{run-id}/../etc/shadow.log", pattern="x"), "SSM_RunIds": f"{INSTANCE_ID}=r-1"}
+    proc, out = run(PROBE, env)
+    assert proc.returncode == 64 and "may not contain" in out["message"]
+
+
 # --- checkpoint.sh -------------------------------------------------------------------------------------
 
 

@@ -74,6 +74,67 @@ def test_sweep_groups_batches_by_probe_parameters(world: World) -> None:
         world.instance(f"b-{n}", pid_tags(f"b{n}", "/srv/b.pid"))
     sweep()
     assert sorted((c["parameters"]["PidFile"], len(c["instance_ids"])) for c in world.fleet.sent) == [("/srv/a.pid", 3), ("/srv/b.pid", 3)]
+    # paths without the run id keep the plain parameters: no RunIds
+    assert all(c["parameters"].get("RunIds", "") == "" for c in world.fleet.sent)
+
+
+def test_a_log_fleet_with_per_run_paths_is_probed_in_batches_of_50(world: World) -> None:
+    # Given 60 instances, each logging to its own /.../logs/<run id>/train.log (the run id is required in the log path),
+    # of which 5 logged their completion line.
+    ckpt = world.tmp / "ckpt"
+    ckpt.mkdir()
+    finished = set()
+    for n in range(60):
+        run = f"run-{n:02d}"
+        log = world.tmp / "logs" / run / "train.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("training complete\n" if n % 12 == 0 else "step 1\n")
+        tags = {"autostop:enabled": "true", "autostop:run-id": run, "autostop:checkpoint-dir": str(ckpt)}
+        inst = world.instance(f"log-{n:02d}", {**tags, "autostop:log-file": str(log), "autostop:log-pattern": "training complete"})
+        if n % 12 == 0:
+            finished.add(inst.instance_id)
+    world.count_calls()
+
+    summary = sweep()
+
+    # Then two commands probe all 60, each instance reading its own log, and exactly the finished runs start
+    assert world.calls["SendCommand"] == 2
+    assert sorted(len(c["instance_ids"]) for c in world.fleet.sent) == [10, 50]
+    for command in world.fleet.sent:
+        assert command["parameters"]["LogFile"] == f"{world.tmp}/logs/{{run-id}}/train.log"
+        assert len(command["parameters"]["RunIds"].split(" ")) == len(command["instance_ids"])
+    assert summary["decisions"] == {"complete": 5, "not_complete": 55}
+    assert {e["name"].split("-run-")[0] for e in summary["executions"]} == finished
+
+
+def test_runs_whose_record_holds_the_complete_lock_cost_no_start_execution(world: World) -> None:
+    from shared.instances import describe_instance
+    from shared.records import RunKey, RunRecords
+    from tests.integration.conftest import RUNS_TABLE
+
+    # Given three finished runs: one an execution already handled (its record holds the complete lock), one whose
+    # record has only another reason's lock, one without a record
+    exited = world.tmp / "exited.pid"
+    exited.write_text(f"{dead_pid()}\n")
+    insts = [world.instance(f"rec-{n}", pid_tags(f"run-{n}", str(exited))) for n in range(3)]
+    records = RunRecords(world.client("dynamodb"), RUNS_TABLE)
+    keys = [RunKey(i.instance_id, f"run-{n}", describe_instance(world.client("ec2"), i.instance_id).session) for n, i in enumerate(insts)]
+    records.claim(keys[0], "complete", "handled-before")
+    records.claim(keys[1], "rebalance", "a-rebalance", acting=False)
+    world.count_calls()
+    from shared.clients import client
+
+    client("dynamodb").meta.events.register("before-call", lambda model, **_: world.calls.update([model.name]))
+
+    summary = sweep()
+
+    # Then the handled run is reported from its record, and only the two others are started
+    by_instance = {e["name"].split("-run-")[0]: e for e in summary["executions"] if e["status"] == "started"}
+    assert set(by_instance) == {insts[1].instance_id, insts[2].instance_id}
+    (claimed,) = [e for e in summary["executions"] if e["status"] == "claimed"]
+    assert claimed["name"] == "handled-before" and claimed["execution_arn"].endswith(":handled-before")
+    assert world.calls["StartExecution"] == 2 and world.calls["DescribeExecution"] == 0
+    assert world.calls["BatchGetItem"] == 1
 
 
 def test_sweep_skips_invalid_tags_and_never_starts_them(world: World) -> None:

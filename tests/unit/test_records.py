@@ -399,3 +399,44 @@ def test_resume_source_stops_at_a_hibernated_session() -> None:
     # a resumable session newer than the hibernated one still wins
     newer = session_record("2026-01-04T00:00:00Z", "Stopped", resumable=True)
     assert resume_source([newer, *earlier]) == (newer, "")
+
+
+# --- lock holders (the sweep's one read per 100 runs judged complete) -------------------------------------------
+
+
+def test_lock_holders_names_only_records_whose_reason_is_locked(records: RunRecords) -> None:
+    keys = [RunKey(f"i-{n:017x}", f"run-{n}", "2026-11-30T03:18:03Z") for n in range(250)]
+    for key in keys[::10]:
+        records.claim(key, "complete", f"exec-{key.run_id}")
+    records.claim(keys[1], "interruption", "exec-spot", acting=False)  # another reason's lock does not count
+    records.ensure(keys[2])  # a record without any lock
+
+    holders = records.lock_holders([*keys, keys[0]], "complete")
+
+    assert holders == {key: f"exec-{key.run_id}" for key in keys[::10]}
+
+
+class _Throttled:
+    """BatchGetItem that leaves every second call's keys unprocessed once, and counts calls."""
+
+    def __init__(self, dynamodb: Any) -> None:
+        self.dynamodb, self.calls = dynamodb, []
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+        (spec,) = RequestItems.values()
+        self.calls.append(len(spec["Keys"]))
+        if len(self.calls) == 2:
+            return {"Responses": {TABLE: []}, "UnprocessedKeys": RequestItems}
+        return self.dynamodb.batch_get_item(RequestItems=RequestItems)
+
+
+def test_lock_holders_reads_100_keys_a_call_and_retries_unprocessed_keys(records: RunRecords, dynamodb: Any) -> None:
+    keys = [RunKey(f"i-{n:017x}", f"run-{n}", "2026-11-30T03:18:03Z") for n in range(150)]
+    for key in keys:
+        records.claim(key, "complete", f"exec-{key.run_id}")
+    throttled = _Throttled(dynamodb)
+
+    holders = RunRecords(throttled, TABLE, sleep=lambda _s: None).lock_holders(keys, "complete")
+
+    assert len(holders) == 150
+    assert throttled.calls == [100, 50, 50]
