@@ -123,11 +123,13 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 	touch $@
 
 ## Print figures: the checkpoint data path's throughput beside aws s3 cp, boto3 and s5cmd, and the Spot budget
-## (benchmarks/throughput.py; AUTOSTOP_BENCH_SCALE=0.25 for a quick look), then demo and synth time and memory.
+## (benchmarks/throughput.py; AUTOSTOP_BENCH_SCALE=0.25 for a quick look), then demo and synth time and memory,
+## every handler's cold import against `import boto3`, and the monthly cost model (benchmarks/cost.py).
 bench: install $(BENCH_STAMP)
 	$(WITH_NODE) $(PY) benchmarks/throughput.py
 	$(WITH_NODE) $(PY) benchmarks/run.py
 	$(PY) benchmarks/imports.py
+	$(PY) benchmarks/cost.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache build
