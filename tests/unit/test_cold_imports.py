@@ -72,3 +72,10 @@ def test_tracing_on_patches_botocore_only() -> None:
 def test_every_handler_imports_with_tracing_off_without_the_xray_sdk() -> None:
     code = "import importlib, json, sys\n" + "".join(f"importlib.import_module('{h}.handler')\n" for h in HANDLERS)
     assert fresh(code + "print(json.dumps(any(m.startswith('aws_xray_sdk') for m in sys.modules)))") is False
+
+
+def test_no_handler_imports_boto3() -> None:
+    """Clients come from botocore and records convert with shared.dynamodb_types: boto3's package (s3transfer, the
+    resource layer) stays out of every cold start."""
+    code = "import importlib, json, sys\n" + "".join(f"importlib.import_module('{h}.handler')\n" for h in HANDLERS)
+    assert fresh(code + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 's3transfer'})))") == []
