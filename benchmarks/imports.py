@@ -12,11 +12,14 @@ The interpreters are made to start as a function's does:
   overstates tracing's cost about five times;
 - ``-S`` with site-packages on ``PYTHONPATH``: this virtualenv's ``.pth`` files (the editable install's finder,
   setuptools' distutils hack) would add about 10 ms to both sides that no function pays, flattering the ratio;
+- the functions' code as the asset holds it, without ``__pycache__``: Lambda's /var/task is read-only, so every
+  cold start compiles those sources (``--bytecode`` measures them precompiled as well);
 - ``os._exit`` right after the import: a cold start ends when the handler is imported, and Lambda never tears the
   interpreter down on that path, while a normal exit would add the finalization of every module to both sides.
 
     python benchmarks/imports.py                  # every handler, tracing off and on
     python benchmarks/imports.py --before REV     # also lambdas/ as of git REV, in the same rounds
+    python benchmarks/imports.py --bytecode       # also this lambdas/ precompiled (an asset could ship .pyc)
     python benchmarks/imports.py --top HANDLER    # -X importtime: what the handler adds to `import boto3`
 
 ``AUTOSTOP_BENCH_IMPORT_ROUNDS`` (default 7) sets the rounds.
@@ -28,6 +31,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,13 +93,26 @@ def paired(handler: str, trees: list[Path], trace_disabled: str) -> list[tuple[f
 
 
 def tree_at(rev: str, into: Path) -> Path:
-    """``lambdas/`` as of git ``rev``, extracted below ``into``."""
+    """``lambdas/`` as of git ``rev``, extracted into the directory ``into`` (sources only, as git holds them)."""
+    into.mkdir(parents=True)
     archive = into / "lambdas.tar"
     with archive.open("wb") as out:
         subprocess.run(["git", "-C", str(REPO), "archive", rev, "lambdas"], stdout=out, check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     return into / "lambdas"
+
+
+def deployed(into: Path, *, bytecode: bool = False) -> Path:
+    """This checkout's ``lambdas/`` as the function asset holds it: sources without ``__pycache__`` (ASSET_EXCLUDE in
+    infra/constructs/functions.py), so every cold start compiles them, as on Lambda's read-only /var/task; with
+    ``bytecode``, precompiled as an asset could ship them (unchecked-hash .pyc, PEP 552: used without reading the
+    source's mtime, which a zip does not keep exactly)."""
+    tree = into / "lambdas"
+    shutil.copytree(LAMBDAS, tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if bytecode:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", str(tree)], check=True)
+    return tree
 
 
 def table(trees: list[Path], labels: list[str]) -> None:
@@ -118,10 +135,10 @@ def self_times(statement: str, env: dict[str, str]) -> dict[str, int]:
     return {m[4]: int(m[1]) for line in out.stderr.splitlines() if (m := IMPORTTIME.match(line))}
 
 
-def top(handler: str, trace_disabled: str, limit: int = 12) -> None:
+def top(handler: str, trace_disabled: str, tree: Path, limit: int = 12) -> None:
     """Print what ``import handler.handler`` adds to ``import boto3``: median self ms per top-level package, then
     per module (modules ``import boto3`` loads itself are left out, since both pay them)."""
-    env = lambda_env(LAMBDAS, trace_disabled)
+    env = lambda_env(tree, trace_disabled)
     floor = set(self_times("import boto3", env))
     rounds = [self_times(f"import {handler}.handler", env) for _ in range(ROUNDS)]
     per_module = {m: statistics.median(r.get(m, 0) for r in rounds) / 1000 for m in set().union(*rounds) - floor}
@@ -138,17 +155,20 @@ def top(handler: str, trace_disabled: str, limit: int = 12) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", metavar="REV", help="also measure lambdas/ as of this git revision, in the same rounds")
+    parser.add_argument("--bytecode", action="store_true", help="also measure this checkout's lambdas/ precompiled")
     parser.add_argument("--top", metavar="HANDLER", help="print the import costs HANDLER adds to `import boto3` instead")
     args = parser.parse_args()
-    if args.top:
-        for trace_disabled in ("true", "false"):
-            top(args.top, trace_disabled)
-        return
-    if not args.before:
-        table([LAMBDAS], ["now"])
-        return
     with tempfile.TemporaryDirectory(prefix="autostop-imports-") as tmp:
-        table([tree_at(args.before, Path(tmp)), LAMBDAS], [args.before[:7], "now"])
+        if args.top:
+            for trace_disabled in ("true", "false"):
+                top(args.top, trace_disabled, deployed(Path(tmp) / trace_disabled))
+            return
+        trees = {"now": deployed(Path(tmp) / "now")}
+        if args.before:
+            trees = {args.before[:7]: tree_at(args.before, Path(tmp) / "before"), **trees}
+        if args.bytecode:
+            trees["now+pyc"] = deployed(Path(tmp) / "pyc", bytecode=True)
+        table(list(trees.values()), list(trees))
 
 
 if __name__ == "__main__":
