@@ -124,14 +124,16 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 
 ## Print figures: the checkpoint data path's throughput beside aws s3 cp, boto3 and s5cmd, and the Spot budget
 ## (benchmarks/throughput.py; AUTOSTOP_BENCH_SCALE=0.25 for a quick look), then demo and synth time and memory,
-## handler import ratios, the state transitions of one run at 1 MiB and 768 MiB (benchmarks/transitions.py), and
-## the schedule sweep's AWS calls, CPU and memory at 100 to 10,000 instances (benchmarks/sweep.py).
+## every handler's cold import against `import boto3`, the state transitions of one run at 1 MiB and 768 MiB
+## (benchmarks/transitions.py), the schedule sweep's AWS calls, CPU and memory at 100 to 10,000 instances
+## (benchmarks/sweep.py), and the monthly cost model (benchmarks/cost.py).
 bench: install $(BENCH_STAMP)
 	$(WITH_NODE) $(PY) benchmarks/throughput.py
 	$(WITH_NODE) $(PY) benchmarks/run.py
 	$(PY) benchmarks/imports.py
 	$(WITH_NODE) $(PY) benchmarks/transitions.py
 	$(PY) benchmarks/sweep.py
+	$(PY) benchmarks/cost.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .autostop-local .pytest_cache build

@@ -1,60 +1,174 @@
 #!/usr/bin/env python3
 """Cold-start import cost of every Lambda handler as a paired ratio against ``import boto3`` (the floor any of
-them pays), with tracing off and on. Each round runs a fresh interpreter for boto3 and for the handler, one right
-after the other, so a busy machine slows both alike; the median of the per-round ratios is printed. Asserts nothing.
+them pays), with tracing off and on. Asserts nothing.
 
-    python benchmarks/imports.py            # AUTOSTOP_BENCH_IMPORT_ROUNDS=7 by default
+Each round runs a fresh interpreter for ``import boto3`` and, right after it, one for each handler tree, so a busy
+machine slows both alike; the medians of the per-round ratios are printed, of wall time and of the child's CPU
+time (user + system, from ``os.wait4``: on a machine shared with other work CPU time is the steadier figure).
+
+The interpreters are made to start as a function's does:
+- the environment a Lambda function has (``LAMBDA_TASK_ROOT``, ``AWS_LAMBDA_FUNCTION_NAME``): the X-Ray SDK's
+  recorder takes its Lambda path there (a local sampler); outside Lambda it creates two X-Ray clients at import and
+  overstates tracing's cost about five times;
+- ``-S`` with site-packages on ``PYTHONPATH``: this virtualenv's ``.pth`` files (the editable install's finder,
+  setuptools' distutils hack) would add about 10 ms to both sides that no function pays, flattering the ratio;
+- the functions' code as the asset holds it, without ``__pycache__``: Lambda's /var/task is read-only, so every
+  cold start compiles those sources (``--bytecode`` measures them precompiled as well);
+- ``os._exit`` right after the import: a cold start ends when the handler is imported, and Lambda never tears the
+  interpreter down on that path, while a normal exit would add the finalization of every module to both sides.
+
+    python benchmarks/imports.py                  # every handler, tracing off and on
+    python benchmarks/imports.py --before REV     # also lambdas/ as of git REV, in the same rounds
+    python benchmarks/imports.py --bytecode       # also this lambdas/ precompiled (an asset could ship .pyc)
+    python benchmarks/imports.py --top HANDLER    # -X importtime: what the handler adds to `import boto3`
+
+``AUTOSTOP_BENCH_IMPORT_ROUNDS`` (default 7) sets the rounds.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
+import tarfile
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAMBDAS = REPO / "lambdas"
 HANDLERS = sorted(p.parent.name for p in LAMBDAS.glob("*/handler.py"))
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 ROUNDS = int(os.environ.get("AUTOSTOP_BENCH_IMPORT_ROUNDS", "7"))
+IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$")
 
 
-def seconds(statement: str, trace_disabled: str) -> float:
-    """Wall seconds of a fresh ``python -c statement`` (interpreter start included, as in a cold start)."""
-    env = {
+def lambda_env(tree: Path, trace_disabled: str) -> dict[str, str]:
+    """The environment of a function whose code is ``tree`` (Powertools service, tracing switch, Lambda markers)."""
+    return {
         "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(LAMBDAS),
+        "PYTHONPATH": os.pathsep.join([str(tree), SITE_PACKAGES]),
+        "LAMBDA_TASK_ROOT": str(tree),
+        "AWS_LAMBDA_FUNCTION_NAME": "autostop-bench",
         "POWERTOOLS_SERVICE_NAME": "autostop",
         "POWERTOOLS_TRACE_DISABLED": trace_disabled,
+        "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def run(statement: str, env: dict[str, str]) -> tuple[float, float]:
+    """(wall s, CPU s) of a fresh ``python -S -c statement``: interpreter start and the statement, as in a cold start
+    (the interpreter leaves by ``os._exit``, without finalizing its modules)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", statement], env=env, check=True)
-    return time.perf_counter() - started
+    child = subprocess.Popen([sys.executable, "-S", "-c", f"{statement}; import os; os._exit(0)"], env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"{statement!r} exited {child.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
-def paired(handler: str, trace_disabled: str) -> tuple[float, float]:
-    """(median handler seconds, median ratio handler / boto3) over ROUNDS pairs."""
-    ratios, times = [], []
+def paired(handler: str, trees: list[Path], trace_disabled: str) -> list[tuple[float, float, float]]:
+    """Per tree: (median wall s, median wall ratio, median CPU ratio) of ``import handler.handler`` / ``import boto3``."""
+    rows: list[list[tuple[float, float, float]]] = [[] for _ in trees]
     for _ in range(ROUNDS):
-        base = seconds("import boto3", trace_disabled)
-        took = seconds(f"import {handler}.handler", trace_disabled)
-        times.append(took)
-        ratios.append(took / base)
-    return statistics.median(times), statistics.median(ratios)
+        base_wall, base_cpu = run("import boto3", lambda_env(trees[-1], trace_disabled))
+        for row, tree in zip(rows, trees, strict=True):
+            if not (tree / handler / "handler.py").exists():  # a handler the older tree does not have
+                row.append((math.nan, math.nan, math.nan))
+                continue
+            wall, cpu = run(f"import {handler}.handler", lambda_env(tree, trace_disabled))
+            row.append((wall, wall / base_wall, cpu / base_cpu))
+    return [tuple(statistics.median(col) for col in zip(*row, strict=True)) for row in rows]  # type: ignore[misc]
+
+
+def tree_at(rev: str, into: Path) -> Path:
+    """``lambdas/`` as of git ``rev``, extracted into the directory ``into`` (sources only, as git holds them)."""
+    into.mkdir(parents=True)
+    archive = into / "lambdas.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "-C", str(REPO), "archive", rev, "lambdas"], stdout=out, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into / "lambdas"
+
+
+def deployed(into: Path, *, bytecode: bool = False) -> Path:
+    """This checkout's ``lambdas/`` as the function asset holds it: sources without ``__pycache__`` (ASSET_EXCLUDE in
+    infra/constructs/functions.py), so every cold start compiles them, as on Lambda's read-only /var/task; with
+    ``bytecode``, precompiled as an asset could ship them (unchecked-hash .pyc, PEP 552: used without reading the
+    source's mtime, which a zip does not keep exactly)."""
+    tree = into / "lambdas"
+    shutil.copytree(LAMBDAS, tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if bytecode:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", str(tree)], check=True)
+    return tree
+
+
+def table(trees: list[Path], labels: list[str]) -> None:
+    """Print one line per handler: per tree and tracing switch, seconds, wall ratio and CPU ratio."""
+    run("import boto3; import aws_lambda_powertools", lambda_env(LAMBDAS, "true"))  # warm the page cache once
+    print(f"handler import, paired against `import boto3` ({ROUNDS} rounds, medians; goal <= 1.5x)")
+    cols = [f"{label} {mode}" for label in labels for mode in ("off", "on")]
+    print(f"{'handler':<22}" + "".join(f" {c + ' s':>14} {'wall':>6} {'cpu':>6}" for c in cols))
+    for handler in HANDLERS:
+        off = paired(handler, trees, "true")
+        on = paired(handler, trees, "false")
+        cells = [cell for pair in zip(off, on, strict=True) for cell in pair]
+        print(f"{handler:<22}" + "".join(f" {s:>14.3f} {w:>5.2f}x {c:>5.2f}x" for s, w, c in cells))
+
+
+def self_times(statement: str, env: dict[str, str]) -> dict[str, int]:
+    """Self microseconds per module that ``python -X importtime -c statement`` imported."""
+    command = [sys.executable, "-S", "-X", "importtime", "-c", statement]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return {m[4]: int(m[1]) for line in out.stderr.splitlines() if (m := IMPORTTIME.match(line))}
+
+
+def top(handler: str, trace_disabled: str, tree: Path, limit: int = 12) -> None:
+    """Print what ``import handler.handler`` adds to ``import boto3``: median self ms per top-level package, then
+    per module (modules ``import boto3`` loads itself are left out, since both pay them)."""
+    env = lambda_env(tree, trace_disabled)
+    floor = set(self_times("import boto3", env))
+    rounds = [self_times(f"import {handler}.handler", env) for _ in range(ROUNDS)]
+    per_module = {m: statistics.median(r.get(m, 0) for r in rounds) / 1000 for m in set().union(*rounds) - floor}
+    per_package: dict[str, float] = defaultdict(float)
+    for module, ms in per_module.items():
+        per_package[module.split(".")[0]] += ms
+    print(f"{handler} (tracing {'off' if trace_disabled == 'true' else 'on'}): {sum(per_module.values()):.1f} ms beyond `import boto3`")
+    for name, ms in sorted(per_package.items(), key=lambda kv: -kv[1])[:limit]:
+        print(f"  package {name:<40} {ms:6.1f} ms")
+    for name, ms in sorted(per_module.items(), key=lambda kv: -kv[1])[:limit]:
+        print(f"  module  {name:<40} {ms:6.1f} ms")
 
 
 def main() -> None:
-    seconds("import boto3; import aws_lambda_powertools", "true")  # warm the page cache once
-    print(f"handler import, paired against `import boto3` ({ROUNDS} rounds, medians; goal <= 1.5x)")
-    print(f"{'handler':<22} {'trace off s':>11} {'ratio':>6} {'trace on s':>11} {'ratio':>6}")
-    for handler in HANDLERS:
-        off_s, off_r = paired(handler, "true")
-        on_s, on_r = paired(handler, "false")
-        print(f"{handler:<22} {off_s:>11.3f} {off_r:>5.2f}x {on_s:>11.3f} {on_r:>5.2f}x")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", metavar="REV", help="also measure lambdas/ as of this git revision, in the same rounds")
+    parser.add_argument("--bytecode", action="store_true", help="also measure this checkout's lambdas/ precompiled")
+    parser.add_argument("--top", metavar="HANDLER", help="print the import costs HANDLER adds to `import boto3` instead")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="autostop-imports-") as tmp:
+        if args.top:
+            for trace_disabled in ("true", "false"):
+                top(args.top, trace_disabled, deployed(Path(tmp) / trace_disabled))
+            return
+        trees = {"now": deployed(Path(tmp) / "now")}
+        if args.before:
+            trees = {args.before[:7]: tree_at(args.before, Path(tmp) / "before"), **trees}
+        if args.bytecode:
+            trees["now+pyc"] = deployed(Path(tmp) / "pyc", bytecode=True)
+        table(list(trees.values()), list(trees))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from on_object_created.logic import on_marker
 from shared.clients import client
 from shared.evaluation import Clients, Evaluator
+from shared.events import ObjectCreatedEventModel
 from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
 from shared.settings import settings
@@ -20,7 +20,7 @@ from shared.triggers import parse_trigger_event
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
-    event = parse_trigger_event(raw, S3EventNotificationEventBridgeModel, source="aws.s3", detail_types=("Object Created",))
+    event = parse_trigger_event(raw, ObjectCreatedEventModel, source="aws.s3", detail_types=("Object Created",))
     if isinstance(event, str):  # never raise for a bad event: it would only be retried
         logger.warning("event ignored", extra={"ignored": event})
         metrics.add_metric(name="EventsIgnored", unit="Count", value=1)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from on_schedule_tick.logic import Continuation, invoke_continuation, sweep
 from shared.clients import client
 from shared.evaluation import Clients, Evaluator
+from shared.events import EventBridgeEventModel
 from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
 from shared.records import RunRecords
@@ -39,7 +39,7 @@ def parse_tick(raw: Any) -> Tick | str:
         except ValidationError as exc:
             return f"malformed continuation: {exc.errors()[0]['msg']}"
         return Tick(cont.scheduled_at, cont.next_token, cont.hop)
-    event = parse_trigger_event(raw, EventBridgeModel, source="aws.events", detail_types=("Scheduled Event",))
+    event = parse_trigger_event(raw, EventBridgeEventModel, source="aws.events", detail_types=("Scheduled Event",))
     return event if isinstance(event, str) else Tick(event.time, None, 0)
 
 

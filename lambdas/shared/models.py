@@ -19,7 +19,13 @@ S3_KEY_RE = re.compile(r"^[A-Za-z0-9._/=+:-]{0,900}$")
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Base of the frozen models. ``defer_build``: a model's validator is built on its first use, not at import,
+    so a function pays only for the models it uses (pydantic's ``defer_build``). A model first used inside worker
+    threads builds at import instead (``defer_build=False``): pydantic releases before the rebuild lock
+    (pydantic/pydantic#13438, whatever version the Powertools layer bundles) could validate with the parent's
+    validator while another thread rebuilds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Action(StrEnum):
@@ -150,7 +156,9 @@ class SignalVerdict(Frozen):
 
 
 class MarkerFact(Frozen):
-    """HeadObject of the completion marker."""
+    """HeadObject of the completion marker (built in the Evaluator's HeadObject threads: not deferred)."""
+
+    model_config = ConfigDict(defer_build=False)
 
     state: Literal["present", "absent", "error"]
     last_modified: datetime | None = None
@@ -275,7 +283,7 @@ class ManifestSelection(BaseModel):
     """How the checkpoint document chose the checkpoint: the rule that made it complete, where its step came
     from, the newest entries it rejected ({name, step, reason}) and a one-line summary."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     rule: str = Field(default="", max_length=1000)
     step_source: str | None = Field(default=None, max_length=100)
@@ -286,7 +294,7 @@ class ManifestSelection(BaseModel):
 class Manifest(BaseModel):
     """The checkpoint manifest the checkpoint document writes last, at ``<prefix>manifests/<execution>.json``."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     schema_version: Literal[1]
     run_id: str

@@ -31,13 +31,19 @@ def tracing_on(environ: Mapping[str, str] = os.environ) -> bool:
 logger = Logger()
 
 
+TRACED_MODULES = ("botocore",)
+"""What the X-Ray SDK patches: every AWS call of a function goes through botocore. Powertools' default patches every
+library the SDK supports that it finds installed (``requests``, ``httplib``, ``sqlite3``...), importing each one
+into the cold start for calls the functions never make."""
+
+
 def _tracer() -> Any:
     if not tracing_on():
         return NoTracer()
     from aws_lambda_powertools import Tracer
 
     try:
-        return Tracer()
+        return Tracer(patch_modules=TRACED_MODULES)
     except Exception:  # tracing must never keep a function from starting (a broken AWS config, say)  # noqa: BLE001
         return NoTracer()
 

@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from shared.dynamodb_types import TypeDeserializer, TypeSerializer
 from shared.errors import error_code
 
 HISTORY_MAX = 50
