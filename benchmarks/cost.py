@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """What autostop costs a month at AWS list prices (us-east-1, before any free tier), as a model: every line is
 printed as count x assumption x price, for a fleet of ``INSTANCES`` at a ``SWEEP_MINUTES`` sweep, at
-``RUNS_PER_INSTANCE`` runs per instance per month, for today's state machine and for issue 12's target design.
+``RUNS_PER_INSTANCE`` runs per instance per month, for the polling state machine (before issue 12) and for the
+event-driven one this tree deploys.
 Monitoring (alarms, dashboard, the topic's KMS key, steady custom metrics) does not grow with the fleet and is
 printed apart, as fixed cost. Provisioned concurrency for the Spot path's first function is priced as an option.
 
-Counts come from the tables at the top: DESIGNS (state transitions per run: today's as issue 12 measured them from
-the execution history, the target's as its goal; update with measured values), TASK_SECONDS, EVENT_SECONDS and
+Counts come from the tables at the top: DESIGNS (state transitions per run, both measured from the execution
+history: the polling design as issue 12 measured it, the event-driven one by benchmarks/transitions.py), TASK_SECONDS, EVENT_SECONDS and
 PARAMETERS (stated assumptions: durations, cold shares, log bytes, record units). Prices come from
 PRICES, each with the title of the AWS pricing page it is read from, or "assumed" where the stored page text does
 not show the rate. Nothing here calls AWS. Asserts nothing.
@@ -36,17 +37,18 @@ TASK_SECONDS = {  # assumed warm durations at 256 MB of the Task Lambdas every r
     "Stop instance": 0.5,
     "Record outcome": 0.6,
 }
-EVENT_SECONDS = {  # target design only: the Lambdas that turn an AWS event into SendTaskSuccess (assumed)
+EVENT_SECONDS = {  # event-driven design only: the Lambdas that turn an AWS event into SendTaskSuccess (assumed)
     "checkpoint command completed (SSM status event)": 0.3,
     "stop confirmed (EC2 state-change event)": 0.3,
 }
 DESIGNS = {
     # issue 12, measured on the landed code: 15 + 4k + 4m transitions for k checkpoint polls and m stop polls at the
     # deployed 10 s poll; 87 for a 2-minute checkpoint and a 1-minute stop (Record outcome and Notify merged since: -1)
-    "today": {"transitions": 86, "tasks": TASK_SECONDS, "events": {}},
-    # the target: marker -> StopInstances <= 12 and the whole run <= 20, the checkpoint command completed by an SSM
-    # status-change event and a Lambda (one invocation per command), the stop confirmed by EC2's state-change event
-    "target": {"transitions": 20, "tasks": TASK_SECONDS, "events": EVENT_SECONDS},
+    "polling (before)": {"transitions": 86, "tasks": TASK_SECONDS, "events": {}},
+    # this tree, measured by benchmarks/transitions.py at 1 MiB and 768 MiB: 11 transitions (6 up to Stop instance)
+    # whatever the checkpoint's size; Send command records the task token and sends the command (one more Task
+    # Lambda), on_status_event completes the command's and the stop's tokens (two event Lambdas)
+    "event-driven": {"transitions": 11, "tasks": {**TASK_SECONDS, "Send command": 0.3}, "events": EVENT_SECONDS},
 }
 PARAMETERS = {
     "sweep_seconds": 1.5,  # assumed: warm sweep of 100 instances at 256 MB (DescribeInstances, evaluation, one probe)
