@@ -367,9 +367,10 @@ def _install_agent(aws: LocalAws, injector: FaultInjector) -> None:
                 time.sleep(0.05)
             if inv["Status"] == "Pending":
                 inv.update(Status="DeliveryTimedOut", StatusDetails="DeliveryTimedOut")
+                fleet._ended(command, inv)  # SSM's status-change event, as for any invocation that ended
             fleet._aggregate(command)
             return
-        if "stuck_in_progress" in faults:
+        if "stuck_in_progress" in faults:  # never ends, so no status-change event: the Task state's timeout decides
             injector._record({**entry, "fault": "stuck_in_progress"})
             inv.update(Status="InProgress", StatusDetails="InProgress", ExecutionStartDateTime=datetime.now(UTC).isoformat())
             fleet._aggregate(command)
