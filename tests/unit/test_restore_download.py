@@ -1,7 +1,8 @@
-"""The restore's read path (infra/documents/lib/download.py): bodies read into one buffer, lengths and connections.
+"""The restore's read path (infra/documents/lib/download.py): bodies read from the socket into one buffer, lengths
+and connections.
 
-Against a small local HTTP server and the real botocore client, so that urllib3's and http.client's internals the
-fast path relies on are the ones this botocore has.
+Against a small local HTTP server (and the same over TLS) and the real botocore client, so that urllib3's and
+http.client's internals the fast path relies on are the ones this botocore has.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import download  # noqa: E402
 import transfer  # noqa: E402
 
 MIB = 1024 * 1024
-DATA = {"one": os.urandom(3 * transfer.READ_CHUNK + 17), "big": os.urandom(3 * MIB + 5), "empty": b""}
+DATA = {"one": os.urandom(3 * download.BODY_CHUNK + 17), "big": os.urandom(3 * MIB + 5), "empty": b""}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -92,7 +93,7 @@ def test_bodies_are_read_past_urllib3_and_connections_are_reused(server: Threadi
     entries.append({"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4})
     entries.append({"key": "empty", "version": "v1", "size": 0})
     body = s3(server, 1).get_object(Bucket="b", Key="one")["Body"]
-    assert body_reader_is_http_client(body)
+    assert body_reader_is_the_socket(body)
     body.close()
     server.peers.clear()  # type: ignore[attr-defined]
 
@@ -107,8 +108,22 @@ def test_bodies_are_read_past_urllib3_and_connections_are_reused(server: Threadi
     assert got[5]["sha256"] == hashlib.sha256(b"").hexdigest()
 
 
-def body_reader_is_http_client(body: Any) -> bool:
-    return getattr(download.body_reader(body), "__self__", None) is body._raw_stream._fp  # noqa: SLF001
+def body_reader_is_the_socket(body: Any) -> bool:
+    reader = getattr(download.body_reader(body), "__self__", None)
+    return isinstance(reader, download.SocketBody) and reader.sock is body._raw_stream._fp.fp.raw._sock  # noqa: SLF001
+
+
+def test_a_body_read_from_the_socket_ends_in_http_client(server: ThreadingHTTPServer) -> None:
+    body = s3(server, 1).get_object(Bucket="b", Key="big")["Body"]
+    readinto, buf, got, reads = download.body_reader(body), bytearray(download.BODY_CHUNK), bytearray(), 0
+    while n := readinto(buf):
+        got += buf[:n]
+        reads += 1
+
+    assert bytes(got) == DATA["big"]
+    assert body._raw_stream._fp.isclosed()  # noqa: SLF001 # http.client read the last byte and ended the response
+    assert body._raw_stream._fp.length == 0  # noqa: SLF001
+    assert reads > 3  # 3 MiB + 5 bytes came in reads of at most 1 MiB each
 
 
 def test_another_length_is_a_size_mismatch(server: ThreadingHTTPServer, tmp_path: Path) -> None:
