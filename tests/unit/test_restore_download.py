@@ -7,9 +7,12 @@ http.client's internals the fast path relies on are the ones this botocore has.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
 import os
 import re
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -56,7 +59,15 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[ThreadingHTTPServer]:
+    yield from serve()
+
+
+def serve(context: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if context:
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.scheme = "https" if context else "http"  # type: ignore[attr-defined]
+    httpd.verify = True  # type: ignore[attr-defined]
     httpd.daemon_threads = True
     httpd.peers = set()  # type: ignore[attr-defined]
     httpd.short = 0  # type: ignore[attr-defined]
@@ -67,11 +78,49 @@ def server() -> Iterator[ThreadingHTTPServer]:
     httpd.server_close()
 
 
+@pytest.fixture
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadingHTTPServer]:
+    """The same server over TLS, with a self-signed certificate for 127.0.0.1 that the client trusts."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    for httpd in serve(context):
+        httpd.verify = str(cert)  # type: ignore[attr-defined]
+        yield httpd
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (directory / "key.pem").write_bytes(pem)
+    return directory / "cert.pem", directory / "key.pem"
+
+
 def s3(httpd: ThreadingHTTPServer, pool: int) -> Any:
     return botocore.session.Session().create_client(
         "s3",
         region_name="us-east-1",
-        endpoint_url=f"http://127.0.0.1:{httpd.server_address[1]}",
+        endpoint_url=f"{httpd.scheme}://127.0.0.1:{httpd.server_address[1]}",  # type: ignore[attr-defined]
+        verify=httpd.verify,  # type: ignore[attr-defined]
         aws_access_key_id="x",
         aws_secret_access_key="x",
         config=Config(max_pool_connections=pool, retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
@@ -88,7 +137,9 @@ def restore(httpd: ThreadingHTTPServer, entries: list[dict[str, Any]], tmp_path:
         os.close(dfd)
 
 
-def test_bodies_are_read_past_urllib3_and_connections_are_reused(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_bodies_are_read_past_urllib3_and_connections_are_reused(scheme: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    server = request.getfixturevalue("server" if scheme == "http" else "tls_server")
     entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])} for _ in range(4)]
     entries.append({"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4})
     entries.append({"key": "empty", "version": "v1", "size": 0})
