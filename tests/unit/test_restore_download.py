@@ -213,3 +213,27 @@ def test_bodies_urllib3_would_decode_are_read_through_it() -> None:
     assert (readinto(buf), bytes(buf)) == (4, b"abcd")
     assert (readinto(memoryview(buf)[:2]), bytes(buf[:2])) == (2, b"ef")
     assert readinto(buf) == 0
+
+
+def test_bodies_cross_read_and_write_boundaries_whole(server: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download, "BODY_CHUNK", 65_536)
+    monkeypatch.setattr(download, "WRITE_CHUNK", 10_007)  # neither a multiple of the reads nor of the ranges
+    entries = [
+        {"key": "one", "version": "v1", "size": len(DATA["one"])},
+        {"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4},
+    ]
+
+    got = restore(server, entries, tmp_path, pool=3)
+
+    assert (tmp_path / "0").read_bytes() == DATA["one"] and (tmp_path / "1").read_bytes() == DATA["big"]
+    assert got[0]["sha256"] == hashlib.sha256(DATA["one"]).hexdigest()
+    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
+    assert got[1]["checksum"] == transfer.composite(parts)
+
+
+def test_a_full_disk_is_a_failed_download_that_says_so(server: ThreadingHTTPServer) -> None:
+    s3_client = s3(server, 1)
+    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])}]
+
+    with pytest.raises(download.DownloadError, match="cannot write the restored file: No space left on device; free disk space"):
+        download.Download(s3_client, 1, botocore.exceptions).run("b", entries, lambda i: os.open("/dev/full", os.O_WRONLY))
