@@ -13,7 +13,9 @@ Tools, interleaved per repetition:
 The endpoint is ``benchmarks/s3sink.py`` (it verifies every checksum offered, keeps no data, and serves
 downloads from the source files). Files are written once and read from the page cache by every tool. Printed
 per case: MB/s (median of the repetitions), the ratio to the fastest tool, and CPU seconds per GB of the tool's
-processes (the sink's own CPU excluded); then the Spot budget table. Nothing is asserted.
+processes (the sink's own CPU excluded), with the load average before and after; then what a restore costs besides
+moving bytes (each restore tool on a 1-byte checkpoint, and SHA-256 per GB on this CPU: the restore hashes every
+byte, s5cmd verifies nothing) and the Spot budget table. Nothing is asserted.
 
 Environment: AUTOSTOP_BENCH_SCALE (default 1: the sizes above; 0.25 for a quick look), AUTOSTOP_BENCH_REPEAT
 (default 3), AUTOSTOP_BENCH_DIR (default build/bench), AUTOSTOP_BENCH_CLI=1 (also the document's AWS CLI path,
@@ -26,6 +28,7 @@ is measured too, as the restore tool ``baseline``, to compare a change with what
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -271,6 +274,7 @@ UPLOAD_ONLY = ("autostop_cli",) if os.environ.get("AUTOSTOP_BENCH_CLI") == "1" e
 
 def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
     results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    LOAD.append(os.getloadavg())
     for case, sizes in CASES.items():
         ckdir = make_files(case, sizes)
         files = sorted(p for p in ckdir.rglob("*.bin"))
@@ -286,11 +290,17 @@ def measure(bench: Bench) -> dict[tuple[str, str, str], list[tuple[float, float]
                     wall, cpu = getattr(bench, f"down_{tool}")()
                     results.setdefault((case, "restore", tool), []).append((total / wall, cpu))
         print(f"  measured {case}", file=sys.stderr, flush=True)
+    LOAD.append(os.getloadavg())
     return results
 
 
+LOAD: list[tuple[float, float, float]] = []  # load averages (1, 5, 15 min) when measure() started and ended
+
+
 def report(results: dict[tuple[str, str, str], list[tuple[float, float]]]) -> dict[str, float]:
+    loads = "; ".join(" ".join(f"{x:.1f}" for x in load) for load in LOAD)
     print(f"\nThroughput (medians of {REPEAT}; MB = 10^6 bytes; CPU-s/GB: the tool's processes, not the endpoint's)")
+    print(f"Load average (1, 5, 15 min) before; after: {loads}")
     columns = RESTORE_TOOLS + UPLOAD_ONLY
     print(f"| case | direction | {' | '.join(columns)} |")
     print("|---|---|" + "---|" * len(columns))
@@ -349,12 +359,33 @@ def many_files(bench: Bench, count: int = 3000, size: int = 64 * 1024) -> None:
     print(f"\n{count} files x {size // 1024} KiB, upload: " + "; ".join(cells))
 
 
-def fixed_cost(bench: Bench) -> float:
-    """Seconds the checkpoint document takes for a 1-byte checkpoint (median of 3)."""
+def restore_costs(bench: Bench) -> None:
+    """What a restore costs besides moving bytes: each restore tool on a 1-byte checkpoint (wall and CPU seconds,
+    medians of 3: process start, imports, the manifest), and SHA-256 on this CPU in CPU-s/GB."""
+    tiny_checkpoint(bench)
+    cells = []
+    for tool in RESTORE_TOOLS:
+        if tool != "s5cmd" or shutil.which("s5cmd", path=bench.env["PATH"]):
+            runs = [getattr(bench, f"down_{tool}")() for _ in range(3)]
+            cells.append(f"{tool} {statistics.median(r[0] for r in runs):.2f} s ({statistics.median(r[1] for r in runs):.2f} CPU-s)")
+    print("\nRestore of a 1-byte checkpoint (fixed cost, medians of 3): " + "; ".join(cells))
+    block, h, started = os.urandom(MIB), hashlib.sha256(), time.process_time()
+    for _ in range(256):
+        h.update(block)
+    print(f"SHA-256 on this CPU (hashlib, 1 MiB updates, 256 MiB): {(time.process_time() - started) / (256 * MIB / 1e9):.2f} CPU-s/GB")
+
+
+def tiny_checkpoint(bench: Bench) -> float:
+    """Uploads a 1-byte checkpoint with the checkpoint document (the next restores read it); returns the seconds."""
     ckdir = WORK / "data" / "tiny" / "ckpt"
     ckdir.mkdir(parents=True, exist_ok=True)
     (ckdir / "model_step_1.bin").write_bytes(b"x")
-    return statistics.median(bench.up_autostop(ckdir, [])[0] for _ in range(3))
+    return bench.up_autostop(ckdir, [])[0]
+
+
+def fixed_cost(bench: Bench) -> float:
+    """Seconds the checkpoint document takes for a 1-byte checkpoint (median of 3)."""
+    return statistics.median(tiny_checkpoint(bench) for _ in range(3))
 
 
 def main() -> None:
@@ -366,9 +397,11 @@ def main() -> None:
         bench = Bench(f"http://127.0.0.1:{port}")
         if ONLY == "restore":
             report(measure(bench))
+            restore_costs(bench)
             return
         fixed = fixed_cost(bench)
         ours = report(measure(bench))
+        restore_costs(bench)
         single, many = ours["1 file x 2 GiB/upload"], ours["200 files x 20 MiB/upload"]
         print(f"\nautostop: 200 files x 20 MiB uploads at {many / single:.2f} x the single-file MB/s; fixed cost {fixed:.2f} s")
         many_files(bench)

@@ -1,14 +1,18 @@
-"""The restore's read path (infra/documents/lib/download.py): bodies read into one buffer, lengths and connections.
+"""The restore's read path (infra/documents/lib/download.py): bodies read from the socket into one buffer, lengths
+and connections.
 
-Against a small local HTTP server and the real botocore client, so that urllib3's and http.client's internals the
-fast path relies on are the ones this botocore has.
+Against a small local HTTP server (and the same over TLS) and the real botocore client, so that urllib3's and
+http.client's internals the fast path relies on are the ones this botocore has.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
 import os
 import re
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,7 +30,7 @@ import download  # noqa: E402
 import transfer  # noqa: E402
 
 MIB = 1024 * 1024
-DATA = {"one": os.urandom(3 * transfer.READ_CHUNK + 17), "big": os.urandom(3 * MIB + 5), "empty": b""}
+DATA = {"one": os.urandom(3 * download.BODY_CHUNK + 17), "big": os.urandom(3 * MIB + 5), "empty": b""}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,7 +59,15 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[ThreadingHTTPServer]:
+    yield from serve()
+
+
+def serve(context: ssl.SSLContext | None = None) -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if context:
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.scheme = "https" if context else "http"  # type: ignore[attr-defined]
+    httpd.verify = True  # type: ignore[attr-defined]
     httpd.daemon_threads = True
     httpd.peers = set()  # type: ignore[attr-defined]
     httpd.short = 0  # type: ignore[attr-defined]
@@ -66,11 +78,49 @@ def server() -> Iterator[ThreadingHTTPServer]:
     httpd.server_close()
 
 
+@pytest.fixture
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadingHTTPServer]:
+    """The same server over TLS, with a self-signed certificate for 127.0.0.1 that the client trusts."""
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    for httpd in serve(context):
+        httpd.verify = str(cert)  # type: ignore[attr-defined]
+        yield httpd
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (directory / "key.pem").write_bytes(pem)
+    return directory / "cert.pem", directory / "key.pem"
+
+
 def s3(httpd: ThreadingHTTPServer, pool: int) -> Any:
     return botocore.session.Session().create_client(
         "s3",
         region_name="us-east-1",
-        endpoint_url=f"http://127.0.0.1:{httpd.server_address[1]}",
+        endpoint_url=f"{httpd.scheme}://127.0.0.1:{httpd.server_address[1]}",  # type: ignore[attr-defined]
+        verify=httpd.verify,  # type: ignore[attr-defined]
         aws_access_key_id="x",
         aws_secret_access_key="x",
         config=Config(max_pool_connections=pool, retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
@@ -87,12 +137,14 @@ def restore(httpd: ThreadingHTTPServer, entries: list[dict[str, Any]], tmp_path:
         os.close(dfd)
 
 
-def test_bodies_are_read_past_urllib3_and_connections_are_reused(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_bodies_are_read_past_urllib3_and_connections_are_reused(scheme: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    server = request.getfixturevalue("server" if scheme == "http" else "tls_server")
     entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])} for _ in range(4)]
     entries.append({"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4})
     entries.append({"key": "empty", "version": "v1", "size": 0})
     body = s3(server, 1).get_object(Bucket="b", Key="one")["Body"]
-    assert body_reader_is_http_client(body)
+    assert body_reader_is_the_socket(body)
     body.close()
     server.peers.clear()  # type: ignore[attr-defined]
 
@@ -107,8 +159,22 @@ def test_bodies_are_read_past_urllib3_and_connections_are_reused(server: Threadi
     assert got[5]["sha256"] == hashlib.sha256(b"").hexdigest()
 
 
-def body_reader_is_http_client(body: Any) -> bool:
-    return getattr(download.body_reader(body), "__self__", None) is body._raw_stream._fp  # noqa: SLF001
+def body_reader_is_the_socket(body: Any) -> bool:
+    reader = getattr(download.body_reader(body), "__self__", None)
+    return isinstance(reader, download.SocketBody) and reader.sock is body._raw_stream._fp.fp.raw._sock  # noqa: SLF001
+
+
+def test_a_body_read_from_the_socket_ends_in_http_client(server: ThreadingHTTPServer) -> None:
+    body = s3(server, 1).get_object(Bucket="b", Key="big")["Body"]
+    readinto, buf, got, reads = download.body_reader(body), bytearray(download.BODY_CHUNK), bytearray(), 0
+    while n := readinto(buf):
+        got += buf[:n]
+        reads += 1
+
+    assert bytes(got) == DATA["big"]
+    assert body._raw_stream._fp.isclosed()  # noqa: SLF001 # http.client read the last byte and ended the response
+    assert body._raw_stream._fp.length == 0  # noqa: SLF001
+    assert reads > 3  # 3 MiB + 5 bytes came in reads of at most 1 MiB each
 
 
 def test_another_length_is_a_size_mismatch(server: ThreadingHTTPServer, tmp_path: Path) -> None:
@@ -147,3 +213,27 @@ def test_bodies_urllib3_would_decode_are_read_through_it() -> None:
     assert (readinto(buf), bytes(buf)) == (4, b"abcd")
     assert (readinto(memoryview(buf)[:2]), bytes(buf[:2])) == (2, b"ef")
     assert readinto(buf) == 0
+
+
+def test_bodies_cross_read_and_write_boundaries_whole(server: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download, "BODY_CHUNK", 65_536)
+    monkeypatch.setattr(download, "WRITE_CHUNK", 10_007)  # neither a multiple of the reads nor of the ranges
+    entries = [
+        {"key": "one", "version": "v1", "size": len(DATA["one"])},
+        {"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4},
+    ]
+
+    got = restore(server, entries, tmp_path, pool=3)
+
+    assert (tmp_path / "0").read_bytes() == DATA["one"] and (tmp_path / "1").read_bytes() == DATA["big"]
+    assert got[0]["sha256"] == hashlib.sha256(DATA["one"]).hexdigest()
+    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
+    assert got[1]["checksum"] == transfer.composite(parts)
+
+
+def test_a_full_disk_is_a_failed_download_that_says_so(server: ThreadingHTTPServer) -> None:
+    s3_client = s3(server, 1)
+    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])}]
+
+    with pytest.raises(download.DownloadError, match="cannot write the restored file: No space left on device; free disk space"):
+        download.Download(s3_client, 1, botocore.exceptions).run("b", entries, lambda i: os.open("/dev/full", os.O_WRONLY))
