@@ -39,7 +39,6 @@ MAX_PART_SIZE = 5 * 1024 * MIB  # S3: the largest part and the largest PutObject
 MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB  # S3: the largest object
 MAX_PARTS = 10000
 MAX_POOL = 64
-READ_CHUNK = 256 * 1024  # bytes per read of a GetObject body into one reused buffer: measured fastest (0.5-1 MiB: twice the CPU)
 PREAD_MAX = 1024 * MIB  # Linux returns at most ~2 GiB per read(2)
 
 
