@@ -78,7 +78,7 @@ class AutostopStack(Stack):
             "StopInstance",
             handler_package="stop_instance",
             description="autostop Task state: re-check the instance, then StopInstances/TerminateInstances",
-            timeout=Duration.minutes(1),
+            timeout=Duration.minutes(3),  # longer than its calls with their retries (a timeout is retried, see workflow)
         )
 
         confirm_resume = functions.function(
@@ -103,7 +103,7 @@ class AutostopStack(Stack):
             "SendCommand",
             handler_package="send_command",
             description="autostop Task state (task token): record the token, send the checkpoint or restore command once",
-            timeout=Duration.seconds(30),
+            timeout=Duration.seconds(90),  # longer than its calls' own timeouts, so that a SendCommand timeout is seen
         )
 
         workflow = LifecycleStateMachine(
@@ -387,7 +387,7 @@ class AutostopStack(Stack):
             statements=[
                 iam.PolicyStatement(
                     sid="CompleteTaskTokens",
-                    actions=["states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"],
+                    actions=["states:SendTaskSuccess"],
                     resources=[state_machine_arn],
                 )
             ],
@@ -397,7 +397,7 @@ class AutostopStack(Stack):
         acknowledge(
             responses,
             "NIST.800.53.R5-IAMNoInlinePolicy",
-            "SendTaskSuccess/Failure/Heartbeat on the lifecycle state machine only, attached to the four roles that complete "
+            "SendTaskSuccess on the lifecycle state machine only, attached to the four roles that complete "
             "its task tokens; inline because their default policies cannot name the state machine (it names two of them).",
         )
 

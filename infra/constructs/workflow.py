@@ -43,6 +43,8 @@ LAMBDA_SERVICE_ERRORS = [
 """CDK's built-in LambdaInvoke retry is turned off (``retry_on_service_exceptions=False``) so that one
 explicit policy applies: these errors plus our own TransientAwsError, 4 attempts, 2 s doubling."""
 TRANSIENT_ERROR = "TransientAwsError"
+FUNCTION_ENDED = ["Sandbox.Timedout", "Lambda.Unknown"]
+"""The function itself ended (timeout, out of memory) before answering: whatever it was doing may have happened."""
 STOP_WAIT_SECONDS = 1260
 """How long Stop instance waits for the final state after the call (21 minutes; the sweep confirms a stop whose
 event was lost within one schedule period)."""
@@ -291,7 +293,8 @@ class LifecycleStateMachine(Construct):
             {"evaluation.$": "$.evaluation", "error.$": "$.error", "execution_name.$": "$$.Execution.Name"},
             "$.lookup",
         )
-        run.add_catch(find, errors=["CommandOutcomeUnknown", "States.Timeout"], result_path="$.error")
+        # Also the function's own end (Sandbox.Timedout, Lambda.Unknown): it may have sent the command. Find never re-sends.
+        run.add_catch(find, errors=["CommandOutcomeUnknown", "States.Timeout", *FUNCTION_ENDED], result_path="$.error")
         self._on_error(run, f"{what.capitalize()} status unknown", failed_outcome, f"the end of the {what} command is not known")
         self._on_error(
             find, f"{what.capitalize()} command lookup failed", failed_outcome, "SendCommand failed and the command lookup failed"
@@ -445,6 +448,8 @@ class LifecycleStateMachine(Construct):
         task = self._wait_for_token(
             "Stop instance", stop, {"verification.$": "$.verification"}, "$.stop", sfn.Timeout.duration(Duration.seconds(STOP_WAIT_SECONDS))
         )
+        # The function timing out may follow an accepted call: run it again (the guard and the stop mark make that safe).
+        task.add_retry(errors=FUNCTION_ENDED, interval=Duration.seconds(5), max_attempts=2, backoff_rate=2)
         self._on_error(task, "Stop error", c.OUTCOME_STOP_FAILED, "Stop instance failed or its final state was not seen")
         called = sfn.Condition.boolean_equals("$.stop.called", True)
         reached = sfn.Condition.and_(called, sfn.Condition.string_equals_json_path("$.stop.state", "$.stop.expected_state"))

@@ -56,6 +56,12 @@ def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
     outlets = Outlets(sns=client("sns"), topic_arn=settings().outcome_topic_arn or "", events=client("events"))
     table = settings().runs_table
     scheduled_at = tick.scheduled_at.isoformat()
+    # First the waits whose status event was lost (one Query when none): a sweep that fails or runs out of time below
+    # must not hold them up. Once per tick, not again in its continuations.
+    settled = settle_waiters() if tick.hop == 0 else {}
+    if settled:
+        logger.info("waiters settled", extra=settled)
+        metrics.add_metric(name="TaskTokensSettledBySweep", unit="Count", value=settled["completed"])
     summary = sweep(
         ec2=client("ec2"),
         sfn=client("stepfunctions"),
@@ -68,10 +74,6 @@ def lambda_handler(raw: Any, context: LambdaContext) -> dict[str, Any]:
         hand_over=invoke_continuation(lambda: client("lambda"), context.function_name, scheduled_at, tick.hop),
     )
     logger.info("sweep finished", extra={**summary.log_line(), "hop": tick.hop})
-    settled = settle_waiters() if tick.hop == 0 else {}  # once per tick, not again in its continuations
-    if settled:
-        logger.info("waiters settled", extra=settled)
-        metrics.add_metric(name="TaskTokensSettledBySweep", unit="Count", value=settled["completed"])
     metrics.add_metric(name="SweepInstances", unit="Count", value=summary.instances)
     metrics.add_metric(name="ExecutionsStarted", unit="Count", value=sum(e.status == "started" for e in summary.executions))
     return {**summary.model_dump(mode="json"), "waiters": settled}

@@ -15,15 +15,18 @@ instances" (detail ``instance-id``, ``state``). An event of any other shape is l
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared import constants as c
 from shared.errors import TransientAwsError
 from shared.waiters import FINAL_STATES, STOP, Waiters, complete_command, complete_stop
 
 INVOCATION_STATUS_CHANGE = "EC2 Command Invocation Status-change Notification"
+EVENT_TIME_SLACK_SECONDS = 2
+"""An event's ``time`` has whole seconds: a waiter written up to this much after it may still be the event's own."""
 
 
 class CommandDetail(BaseModel):
@@ -46,6 +49,7 @@ class StatusEvent(BaseModel):
 
     source: Literal["aws.ssm", "aws.ec2"]
     detail_type: str = Field(alias="detail-type")
+    time: AwareDatetime | None = None
     detail: dict[str, Any]
 
 
@@ -63,7 +67,7 @@ def handle(event: dict[str, Any], *, ssm: Any, sfn: Any, waiters: Waiters) -> di
             return _command_ended(command, ssm=ssm, sfn=sfn, waiters=waiters)
         if parsed.source == "aws.ec2" and parsed.detail_type == c.STATE_CHANGE:
             change = StateDetail.model_validate(parsed.detail)
-            return _state_changed(change, sfn=sfn, waiters=waiters)
+            return _state_changed(change, parsed.time, sfn=sfn, waiters=waiters)
     except ValidationError as exc:
         return {"ignored": f"malformed event: {exc.errors(include_url=False)[:3]}"}
     return {"ignored": f"not a status event: {event.get('source')} {event.get('detail-type')}"}
@@ -77,9 +81,11 @@ def _command_ended(command: CommandDetail, *, ssm: Any, sfn: Any, waiters: Waite
     return {"kind": "command", "instance_id": command.instance_id, "command_id": command.command_id, "results": [result]}
 
 
-def _state_changed(change: StateDetail, *, sfn: Any, waiters: Waiters) -> dict[str, Any]:
+def _state_changed(change: StateDetail, when: datetime | None, *, sfn: Any, waiters: Waiters) -> dict[str, Any]:
     if change.state not in FINAL_STATES:
         return {"ignored": f"state {change.state} ends no stop"}
     stops = [w for w in waiters.query(change.instance_id) if w.get("kind") == STOP]
+    if when is not None:  # a late event of an earlier stop never completes a later stop's wait
+        stops = [w for w in stops if float(w.get("created", 0)) <= when.timestamp() + EVENT_TIME_SLACK_SECONDS]
     results = [complete_stop(sfn, waiters, w, state=change.state, launch_time=None) for w in stops]
     return {"kind": "stop", "instance_id": change.instance_id, "results": results}

@@ -15,6 +15,7 @@ AWS calls: PutItem, UpdateItem (DynamoDB); SendCommand (one attempt, never repea
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -41,14 +42,20 @@ def send_command(ssm: Any, waiters: Waiters, evaluation: EvaluateOutput, *, exec
     """Record the waiter, then send ``evaluation.command`` to the instance once.
 
     Raises:
-        TransientAwsError: SendCommand was throttled (SSM accepted nothing): the Task state sends again.
+        TransientAwsError: SendCommand was throttled (SSM accepted nothing; the waiter is removed): the Task state
+            sends again.
         CommandNotSent: SSM refused the command (4xx): nothing runs on the instance.
-        CommandOutcomeUnknown: 5xx, a timeout or a lost connection: SSM may have accepted the command.
+        CommandOutcomeUnknown: 5xx, a timeout or a lost connection (SSM may have accepted the command), or an
+            earlier attempt of this Task state already recorded its waiter (it may have sent it).
     """
     command = evaluation.command
     if command is None:
         raise CommandNotSent("the evaluation planned no command")
     iid = evaluation.instance_id
+    if waiters.get(iid, execution, COMMAND) is not None:
+        # An earlier attempt of this Task state got as far as its waiter and may have sent the command (a Lambda
+        # service error after the function ran): look it up, never send again.
+        raise CommandOutcomeUnknown(f"an earlier attempt of this step may have sent the command to {iid}; not sending again")
     waiters.put(iid, execution, COMMAND, token)
     try:
         resp = ssm.send_command(
@@ -63,15 +70,18 @@ def send_command(ssm: Any, waiters: Waiters, evaluation: EvaluateOutput, *, exec
         code = error_code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         message = exc.response.get("Error", {}).get("Message", "")
-        if code in THROTTLED or (code in RETRYABLE_CODES and status < 500):
-            raise TransientAwsError(f"SendCommand {iid}: {code}") from exc
         if status >= 500:
             raise CommandOutcomeUnknown(f"SendCommand {iid}: {code} (HTTP {status}): {message}") from exc
+        waiters.delete(iid, execution, COMMAND, token=token)  # SSM accepted nothing: the waiter goes with it
+        if code in THROTTLED or code in RETRYABLE_CODES:
+            raise TransientAwsError(f"SendCommand {iid}: {code}") from exc
         raise CommandNotSent(f"{code}: {message}") from exc
     except BotoCoreError as exc:
         raise CommandOutcomeUnknown(f"SendCommand {iid}: {type(exc).__name__}: {exc}") from exc
     command_id = str(resp["Command"]["CommandId"])
-    waiters.set_command(iid, execution, command_id)
+    # The status event finds the waiter by the command's comment; only the sweep's fallback needs the id.
+    with contextlib.suppress(ClientError, BotoCoreError):
+        waiters.set_command(iid, execution, command_id)
     return SendOutput(command_id=command_id, mode="send")
 
 
@@ -86,5 +96,5 @@ def follow_command(ssm: Any, sfn: Any, waiters: Waiters, *, instance_id: str, ex
     if resp is None or resp.get("Status") not in ENDED:
         return SendOutput(command_id=command_id, mode="follow")
     send_task_success(sfn, token, {**invocation_output(resp), "CommandId": command_id})
-    waiters.delete(instance_id, execution, COMMAND)
+    waiters.delete(instance_id, execution, COMMAND, token=token)
     return SendOutput(command_id=command_id, mode="follow", completed=True)

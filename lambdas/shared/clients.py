@@ -28,7 +28,7 @@ def client(service: str) -> Any:
     return session().create_client(service, config=CLIENT_CONFIG)
 
 
-SINGLE_ATTEMPT = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=30)
+SINGLE_ATTEMPT = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=20)
 """``total_max_attempts`` counts the first request (botocore's ``max_attempts`` counts only the retries)."""
 
 

@@ -133,8 +133,19 @@ class Waiters:
         resp = self.dynamodb.get_item(TableName=self.table, Key=self._key(instance_id, execution, kind), ConsistentRead=True)
         return from_item(resp["Item"]) if "Item" in resp else None
 
-    def delete(self, instance_id: str, execution: str, kind: str) -> None:
-        self.dynamodb.delete_item(TableName=self.table, Key=self._key(instance_id, execution, kind))
+    def delete(self, instance_id: str, execution: str, kind: str, token: str | None = None) -> None:
+        """Remove the waiter; with ``token``, only while it still holds that token (a retried Task state's newer
+        waiter is never removed by the completion of its stale token). DeleteItem."""
+        kwargs: dict[str, Any] = {"TableName": self.table, "Key": self._key(instance_id, execution, kind)}
+        if token is not None:
+            kwargs.update(
+                ConditionExpression="#t = :t", ExpressionAttributeNames={"#t": "token"}, ExpressionAttributeValues={":t": {"S": token}}
+            )
+        try:
+            self.dynamodb.delete_item(**kwargs)
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
 
     def query(self, instance_id: str | None = None) -> list[dict[str, Any]]:
         """Every waiter (of ``instance_id`` when given), all pages. Query on the ``waiter`` partition."""
@@ -143,7 +154,12 @@ class Waiters:
         if instance_id:
             condition += " AND begins_with(#run, :i)"
             values[":i"] = {"S": f"{instance_id}#"}
-        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": condition, "ExpressionAttributeValues": values}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
         if instance_id:
             kwargs["ExpressionAttributeNames"] = {"#run": "run"}
         out: list[dict[str, Any]] = []
@@ -196,8 +212,8 @@ def complete_command(ssm: Any, sfn: Any, waiters: Waiters, *, command_id: str, i
     """Complete the waiter of the execution that sent ``command_id`` to ``instance_id`` with the command invocation.
 
     Returns what happened, one of ``completed``, ``duplicate`` (the task no longer waited), ``not_ours`` (no
-    autostop comment), ``no_waiter``, ``running`` (the invocation has not ended: its event came early, nothing
-    done), ``unknown`` (SSM does not know the invocation).
+    autostop comment), ``no_waiter``, ``other_command`` (the waiter names another command id), ``running`` (the
+    invocation has not ended: its event came early, nothing done), ``unknown`` (SSM does not know the invocation).
     """
     resp = read_invocation(ssm, command_id, instance_id)
     if resp is None:
@@ -210,8 +226,11 @@ def complete_command(ssm: Any, sfn: Any, waiters: Waiters, *, command_id: str, i
     waiter = waiters.get(instance_id, execution, COMMAND)
     if waiter is None:
         return "no_waiter"
-    done = send_task_success(sfn, str(waiter["token"]), {**invocation_output(resp), "CommandId": command_id})
-    waiters.delete(instance_id, execution, COMMAND)
+    if waiter.get("command_id") not in (None, command_id):
+        return "other_command"  # the execution waits for another command of its own (never completed by this one)
+    token = str(waiter["token"])
+    done = send_task_success(sfn, token, {**invocation_output(resp), "CommandId": command_id})
+    waiters.delete(instance_id, execution, COMMAND, token=token)
     return "completed" if done else "duplicate"
 
 
@@ -222,8 +241,9 @@ def complete_stop(sfn: Any, waiters: Waiters, waiter: dict[str, Any], *, state: 
     Returns ``completed`` or ``duplicate``.
     """
     output = {**(waiter.get("stop") or {}), "state": state, "launch_time": launch_time}
-    done = send_task_success(sfn, str(waiter["token"]), output)
-    waiters.delete(str(waiter["instance_id_of"]), str(waiter["execution"]), STOP)
+    token = str(waiter["token"])
+    done = send_task_success(sfn, token, output)
+    waiters.delete(str(waiter["instance_id_of"]), str(waiter["execution"]), STOP, token=token)
     return "completed" if done else "duplicate"
 
 

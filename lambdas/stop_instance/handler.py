@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.clients import client
 from shared.evaluation import tag_policy
@@ -61,11 +62,14 @@ def deliver(waiters: Waiters, evaluation: EvaluateOutput, execution: str, token:
     waiter (with this result) stays for the state-change event."""
     iid = evaluation.instance_id
     if not result.called:
-        waiters.delete(iid, execution, STOP)
+        waiters.delete(iid, execution, STOP, token=token)
         send_task_success(client("stepfunctions"), token, result.model_dump(mode="json"))
         return
     waiter = {"instance_id_of": iid, "execution": execution, "token": token, "stop": result.model_dump(mode="json")}
     waiters.put(iid, execution, STOP, token, stop=waiter["stop"], session=evaluation.session)
-    snap = describe_instance(client("ec2"), iid)
+    try:
+        snap = describe_instance(client("ec2"), iid)
+    except (ClientError, BotoCoreError):
+        return  # the call was accepted: the state-change event (or the sweep) completes the wait
     if snap is not None and stop_settled(snap.state, snap.session, evaluation.session):
         complete_stop(client("stepfunctions"), waiters, waiter, state=snap.state, launch_time=snap.session)

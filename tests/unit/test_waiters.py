@@ -224,3 +224,51 @@ def test_follow_completes_at_once_when_the_command_already_ended(waiters: Waiter
     running = FakeSsm(invocation=ended("InProgress"))
     waiting = follow_command(running, sfn, waiters, instance_id=IID, execution=EXEC, token="t2", command_id=CMD)
     assert not waiting.completed and waiters.get(IID, EXEC, COMMAND)["token"] == "t2"
+
+
+# --- found by an adversarial review: stale tokens, repeated attempts, late events -------------------------------
+
+
+def test_a_stale_token_never_removes_the_waiter_of_a_retried_task(waiters: Waiters) -> None:
+    from shared.waiters import complete_stop
+
+    sfn = FakeSfn(fail=client_error("TaskTimedOut"))  # T1's task attempt is over
+    stale = {"instance_id_of": IID, "execution": EXEC, "token": "T1", "stop": {"outcome": "Stopped", "called": True}}
+    waiters.put(IID, EXEC, STOP, "T2", stop=stale["stop"], session=SESSION)  # the retried attempt's waiter
+    assert complete_stop(sfn, waiters, stale, state="stopped", launch_time=None) == "duplicate"
+    assert waiters.get(IID, EXEC, STOP)["token"] == "T2"
+
+
+def test_a_second_attempt_of_run_command_looks_the_command_up_instead_of_sending(waiters: Waiters) -> None:
+    waiters.put(IID, EXEC, COMMAND, "tok-1")  # attempt 1 got as far as its waiter (a Lambda service error after)
+    ssm = FakeSsm()
+    with pytest.raises(CommandOutcomeUnknown):
+        send_command(ssm, waiters, evaluation(), execution=EXEC, token="tok-2")
+    assert not hasattr(ssm, "sent")
+
+
+def test_a_throttled_send_leaves_no_waiter_so_the_retry_sends(waiters: Waiters) -> None:
+    with pytest.raises(TransientAwsError):
+        send_command(FakeSsm(send_error=client_error("ThrottlingException")), waiters, evaluation(), execution=EXEC, token="tok-1")
+    assert waiters.get(IID, EXEC, COMMAND) is None
+    assert send_command(FakeSsm(), waiters, evaluation(), execution=EXEC, token="tok-2").command_id == CMD
+
+
+def test_an_event_for_another_command_of_the_execution_completes_nothing(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, COMMAND, "tok", command_id="99999999-2222-3333-4444-555555555555")
+    assert complete_command(FakeSsm(invocation=ended()), sfn, waiters, command_id=CMD, instance_id=IID) == "other_command"
+    assert sfn.sent == []
+
+
+def test_a_late_stopped_event_of_an_earlier_stop_completes_no_later_wait(waiters: Waiters) -> None:
+    sfn = FakeSfn()
+    waiters.put(IID, EXEC, STOP, "tok-stop", stop={"outcome": "Stopped", "called": True, "expected_state": "stopped"})
+    late = {
+        "source": "aws.ec2",
+        "detail-type": c.STATE_CHANGE,
+        "time": "2020-01-01T00:00:00Z",  # long before the waiter was written
+        "detail": {"instance-id": IID, "state": "stopped"},
+    }
+    assert handle(late, ssm=FakeSsm(), sfn=sfn, waiters=waiters)["results"] == []
+    assert sfn.sent == [] and waiters.get(IID, EXEC, STOP) is not None
