@@ -313,7 +313,8 @@ def test_rotation_during_the_upload(
         assert name.startswith("checkpoint-") and out["step"] == int(name.removeprefix("checkpoint-")), out
         files = manifest(s3, bucket, params["ManifestKey"])["files"]
         assert {f["path"] for f in files} == HF_CHECKPOINT_FILES, files
-        path = restored(run_restore, instance_dirs(f"restore-{attempt}") / "hf-out", name, ManifestKey=params["ManifestKey"])
+        restore_params = {"ManifestKey": params["ManifestKey"], "UploadPrefix": params["UploadPrefix"]}  # this upload's own
+        path = restored(run_restore, instance_dirs(f"restore-{attempt}") / "hf-out", name, **restore_params)
         resumed = run_framework("hf_trainer", "resume", path, "--embd", 32, "--out", instance_dirs(f"restore-{attempt}") / "out").ok()
         assert resumed == {"resumed_step": out["step"], "step": out["step"] + 2}
         outcomes.append("uploaded, then rotated away" if gone else "uploaded")
