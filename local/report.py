@@ -194,7 +194,7 @@ POLLING = {
 
 def state_lines(states: list[dict[str, str]], definition: dict[str, Any] | None = None) -> list[str]:
     """The states an execution entered as numbered lines; each pass through a poll loop (consecutive states on the
-    same cycle) becomes one line: ``   5-12  Wait for checkpoint command → Get checkpoint command invocation  ×2 (...)``."""
+    same cycle) becomes one line: ``   5-12  Wait for SSM agent → Describe SSM agent  ×2 (...)`` (the resume path's agent wait)."""
     defined = (definition or {}).get("States", {})
     loops = poll_loops(definition) if definition else {}
     lines: list[str] = []

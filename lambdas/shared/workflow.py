@@ -40,7 +40,7 @@ class LifecycleInput(Payload):
 
 
 class CheckpointCommand(Payload):
-    """What the Send checkpoint command Task state passes to SSM SendCommand."""
+    """What the Run checkpoint command Task state has the Send command function pass to SSM SendCommand."""
 
     document: str
     parameters: dict[str, list[str]]

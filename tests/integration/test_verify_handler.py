@@ -82,7 +82,7 @@ def plan(world: World, name: str, run: str, files: dict[str, bytes], **tags: str
 
 
 def send_checkpoint(world: World, evaluation: dict[str, Any], **overrides: str) -> str:
-    """SendCommand as the state machine's Send checkpoint command state does; returns the command id."""
+    """SendCommand as the Send command function does for the Run checkpoint command state; returns the command id."""
     params = {k: list(v) for k, v in evaluation["command"]["parameters"].items()}
     params.update({k: [v] for k, v in overrides.items()})
     resp = world.client("ssm").send_command(
