@@ -120,15 +120,21 @@ class LifecycleStateMachine(Construct):
 
     # --- helpers -------------------------------------------------------------------------------------
 
-    def _lambda(self, name: str, fn: lambda_.IFunction, payload: dict[str, Any], result_path: str) -> tasks.LambdaInvoke:
+    def _lambda(
+        self, name: str, fn: lambda_.IFunction, payload: dict[str, Any], result_path: str, *, wait: sfn.Timeout | None = None
+    ) -> tasks.LambdaInvoke:
+        """A Task state invoking ``fn`` with ``payload``; its result goes to ``result_path``. With ``wait``, a
+        ``lambda:invoke.waitForTaskToken`` state instead: the result is what completes its token, within ``wait``."""
+        waits = {"integration_pattern": sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN, "task_timeout": wait} if wait else {}
         task = tasks.LambdaInvoke(
             self,
             name,
             lambda_function=fn,
             payload=sfn.TaskInput.from_object(payload),
-            payload_response_only=True,
+            payload_response_only=not waits,
             retry_on_service_exceptions=False,
             result_path=result_path,
+            **waits,  # type: ignore[arg-type]
         )
         task.add_retry(errors=[*LAMBDA_SERVICE_ERRORS, TRANSIENT_ERROR], interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
         return task
@@ -327,24 +333,8 @@ class LifecycleStateMachine(Construct):
     ) -> tasks.LambdaInvoke:
         """A ``lambda:invoke.waitForTaskToken`` Task state: ``fn`` gets the evaluation, the execution's name and the
         token (plus ``extra``); the state's result is what completes the token."""
-        payload = {
-            "evaluation.$": "$.evaluation",
-            "execution_name.$": "$$.Execution.Name",
-            "task_token": sfn.JsonPath.task_token,
-            **extra,
-        }
-        task = tasks.LambdaInvoke(
-            self,
-            name,
-            lambda_function=fn,
-            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-            payload=sfn.TaskInput.from_object(payload),
-            retry_on_service_exceptions=False,
-            result_path=result_path,
-            task_timeout=timeout,
-        )
-        task.add_retry(errors=[*LAMBDA_SERVICE_ERRORS, TRANSIENT_ERROR], interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
-        return task
+        payload = {"evaluation.$": "$.evaluation", "execution_name.$": "$$.Execution.Name", "task_token": sfn.JsonPath.task_token}
+        return self._lambda(name, fn, {**payload, **extra}, result_path, wait=timeout)
 
     def _build_checkpoint(self, on_finished: sfn.IChainable) -> sfn.IChainable:
         return self._send_and_wait("checkpoint", on_finished, failed_outcome=c.OUTCOME_CHECKPOINT_FAILED, timeout=COMMAND_TIMEOUT)
