@@ -35,6 +35,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, BotoCoreError)
 
 
+def transient(what: str, exc: BaseException) -> TransientAwsError:
+    """The TransientAwsError to raise for ``exc`` (throttling, 5xx, botocore's own timeouts and connection errors:
+    ReadTimeoutError, ConnectTimeoutError, EndpointConnectionError), named ``<what>: <error code>``; the Task
+    state's Retry, or the caller's next attempt, repeats the work."""
+    return TransientAwsError(f"{what}: {error_code(exc)}")
+
+
 def error_code(exc: BaseException) -> str:
     """The AWS error code of a ClientError, else the exception's class name."""
     if isinstance(exc, ClientError):

@@ -104,6 +104,12 @@ def from_item(item: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
 
 
+def query_all(dynamodb: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every item a DynamoDB Query (``kwargs`` as for ``query``) returns, all pages (botocore's Query paginator), as
+    plain values."""
+    return [from_item(item) for page in dynamodb.get_paginator("query").paginate(**kwargs) for item in page.get("Items", [])]
+
+
 def _plain(value: Any) -> Any:
     """DynamoDB numbers come back as Decimal; records are read as JSON-like values (int where whole)."""
     if isinstance(value, Decimal):
@@ -146,7 +152,6 @@ class RunRecords:
 
     def sessions(self, instance_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every record of ``run_id`` on ``instance_id``, newest session first (Query, all pages)."""
-        out: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "instance_id = :i AND begins_with(#run, :prefix)",
@@ -155,12 +160,7 @@ class RunRecords:
             "ScanIndexForward": False,
             "ConsistentRead": True,
         }
-        while True:
-            resp = self.dynamodb.query(**kwargs)
-            out.extend(from_item(i) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return query_all(self.dynamodb, **kwargs)
 
     def any_for(self, instance_id: str) -> bool:
         """True when ``instance_id`` has at least one run record (one Query, ``Limit=1``, ``Select=COUNT``)."""

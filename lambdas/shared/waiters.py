@@ -36,8 +36,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import constants as c
-from shared.errors import TransientAwsError, error_code, is_transient
-from shared.records import from_item, to_item
+from shared.errors import TransientAwsError, error_code, is_transient, transient
+from shared.records import from_item, query_all, to_item
 
 PARTITION = c.WAITER_PARTITION
 COMMAND = "command"
@@ -78,10 +78,6 @@ def invocation_output(resp: dict[str, Any]) -> dict[str, Any]:
         "StandardOutputContent": resp.get("StandardOutputContent", ""),
         "StandardErrorContent": resp.get("StandardErrorContent", ""),
     }
-
-
-def _transient(what: str, exc: Exception) -> TransientAwsError:
-    return TransientAwsError(f"{what}: {error_code(exc)}")
 
 
 @dataclass
@@ -162,13 +158,7 @@ class Waiters:
         }
         if instance_id:
             kwargs["ExpressionAttributeNames"] = {"#run": "run"}
-        out: list[dict[str, Any]] = []
-        while True:
-            resp = self.dynamodb.query(**kwargs)
-            out.extend(from_item(i) for i in resp.get("Items", []))
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return query_all(self.dynamodb, **kwargs)
 
 
 def send_task_success(sfn: Any, token: str, output: dict[str, Any]) -> bool:
@@ -183,10 +173,10 @@ def send_task_success(sfn: Any, token: str, output: dict[str, Any]) -> bool:
         if error_code(exc) in CLOSED_TASK:
             return False
         if is_transient(exc):
-            raise _transient("SendTaskSuccess", exc) from exc
+            raise transient("SendTaskSuccess", exc) from exc
         raise
     except BotoCoreError as exc:
-        raise _transient("SendTaskSuccess", exc) from exc
+        raise transient("SendTaskSuccess", exc) from exc
     return True
 
 
@@ -202,10 +192,10 @@ def read_invocation(ssm: Any, command_id: str, instance_id: str) -> dict[str, An
         if error_code(exc) in ("InvocationDoesNotExist", "InvalidCommandId"):
             return None
         if is_transient(exc):
-            raise _transient("GetCommandInvocation", exc) from exc
+            raise transient("GetCommandInvocation", exc) from exc
         raise
     except BotoCoreError as exc:
-        raise _transient("GetCommandInvocation", exc) from exc
+        raise transient("GetCommandInvocation", exc) from exc
 
 
 def complete_command(ssm: Any, sfn: Any, waiters: Waiters, *, command_id: str, instance_id: str) -> str:

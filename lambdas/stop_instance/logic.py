@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import constants as c
-from shared.errors import TransientAwsError, error_code, is_transient
+from shared.errors import error_code, is_transient, transient
 from shared.instances import action_refusal, describe_instance
 from shared.models import Action
 from shared.records import RunKey, RunRecords, stop_was_requested
@@ -47,12 +47,6 @@ def _fail(reason: str) -> StopOutput:
 def _accepted(action: Action, reason: str) -> StopOutput:
     expected = "terminated" if action is Action.TERMINATE else "stopped"
     return StopOutput(outcome=OUTCOME_OF[action], reason=reason, called=True, expected_state=expected)
-
-
-def _transient(what: str, exc: Exception) -> TransientAwsError:
-    """Throttling, 5xx and botocore's own timeouts and connection errors (ReadTimeoutError, ConnectTimeoutError,
-    EndpointConnectionError) are worth a retry: the Task state's Retry runs the whole guard again."""
-    return TransientAwsError(f"{what}: {error_code(exc)}")
 
 
 def stop_instance(
@@ -96,10 +90,10 @@ def stop_instance(
         snap = describe_instance(ec2, iid)
     except ClientError as exc:
         if is_transient(exc):
-            raise _transient(f"DescribeInstances {iid}", exc) from exc
+            raise transient(f"DescribeInstances {iid}", exc) from exc
         return _fail(f"cannot re-read the instance: {error_code(exc)}")
     except BotoCoreError as exc:
-        raise _transient(f"DescribeInstances {iid}", exc) from exc
+        raise transient(f"DescribeInstances {iid}", exc) from exc
     if snap is None:
         return _skip("instance no longer exists")
     if snap.state != "running":
@@ -132,10 +126,10 @@ def stop_instance(
             refused = records.mark_stop_requested(key, execution, config.action.value)
         except ClientError as exc:
             if is_transient(exc):
-                raise _transient("run record stop mark", exc) from exc
+                raise transient("run record stop mark", exc) from exc
             return _fail(f"the run record's stop mark could not be written ({error_code(exc)}); nothing was stopped")
         except BotoCoreError as exc:
-            raise _transient("run record stop mark", exc) from exc
+            raise transient("run record stop mark", exc) from exc
         if refused:
             return _fail(f"not stopping: {refused}")
 
@@ -151,7 +145,7 @@ def stop_instance(
     except ClientError as exc:
         if is_transient(exc):
             # EC2 may have accepted it (a 5xx after the fact): the mark stays, the retry tells.
-            raise _transient(f"{config.action} {iid}", exc) from exc
+            raise transient(f"{config.action} {iid}", exc) from exc
         why = f"EC2 refused to {config.action} the instance: {error_code(exc)}: {exc.response.get('Error', {}).get('Message', '')}"
         if records is not None and key is not None:
             # The outcome stands if this fails; a leftover mark only makes a later start try a restore.
@@ -160,7 +154,7 @@ def stop_instance(
         return _fail(why)
     except BotoCoreError as exc:
         # A read timeout or a lost connection: EC2 may have accepted the call. The mark stays, the retry tells.
-        raise _transient(f"{config.action} {iid}", exc) from exc
+        raise transient(f"{config.action} {iid}", exc) from exc
     return accepted
 
 
@@ -182,10 +176,10 @@ def _our_earlier_call(
         record = records.get(key) or {}
     except ClientError as exc:
         if is_transient(exc):
-            raise _transient("run record read", exc) from exc
+            raise transient("run record read", exc) from exc
         return None
     except BotoCoreError as exc:
-        raise _transient("run record read", exc) from exc
+        raise transient("run record read", exc) from exc
     mark = stop_was_requested(record) or {}
     if mark.get("execution") != execution or mark.get("action") != action.value:
         return None

@@ -233,7 +233,7 @@ def test_update_raises_record_conflict_after_too_many_lost_races(dynamodb: Any) 
 
 
 class SmallPages:
-    """A DynamoDB client whose Query returns one item per page (to exercise the pagination loop)."""
+    """A DynamoDB client whose Query returns one item per page, called or paginated (to exercise the pagination)."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
@@ -242,6 +242,17 @@ class SmallPages:
     def query(self, **kwargs: Any) -> Any:
         self.queries += 1
         return self.real.query(Limit=1, **kwargs)
+
+    def get_paginator(self, name: str) -> Any:
+        real, outer = self.real.get_paginator(name), self
+
+        class OneItemPages:
+            def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+                for page in real.paginate(PaginationConfig={"PageSize": 1}, **kwargs):
+                    outer.queries += 1
+                    yield page
+
+        return OneItemPages()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
