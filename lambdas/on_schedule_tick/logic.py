@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.errors import error_code
-from shared.evaluation import Evaluator
+from shared.evaluation import Evaluator, MarkerRecheck
 from shared.instances import opted_in_pages
 from shared.notifications import Outlets
 from shared.observability import logger
@@ -62,21 +62,22 @@ def sweep(
     ``continued`` says so. ``next_token`` starts from a page a sweep handed over.
 
     AWS calls grow with pages and batches: DescribeInstances pages, one HeadObject per configured
-    marker (for a ``_SUCCESS`` marker alone, which its S3 event reports, only on the recheck sweep:
-    :func:`marker_recheck_due`), the batched probe (one SendCommand per 50 instances sharing probe parameters, also
+    marker (for a ``_SUCCESS`` marker alone, which its S3 event reports, only when its recheck slot comes:
+    :class:`shared.evaluation.MarkerRecheck`, about 15 per 1,000 such instances), the batched probe (one SendCommand
+    per 50 instances sharing probe parameters, also
     when their paths differ only by the run id), one BatchGetItem per 100 instances judged complete (``records``:
     runs already handled get no StartExecution), and one StartExecution per other instance judged complete;
     CreateTags/DeleteTags and one SNS Publish and PutEvents per page only for instances whose reason for not being
     acted on changed (:mod:`shared.visibility`); one Lambda Invoke per continuation.
     """
     trigger = {"source": "schedule", "time": scheduled_at}
-    trust = not marker_recheck_due(scheduled_at, evaluator.settings)
+    recheck = marker_recheck(scheduled_at, evaluator.settings)
     parts: list[TriggerSummary] = []
     continued = False
     for page, token in opted_in_pages(ec2, evaluator.settings.tag_prefix, next_token=next_token):
         parts.append(
             evaluate_and_start(
-                page, evaluator=evaluator, sfn=sfn, trigger=trigger, ec2=ec2, outlets=outlets, trust_marker_events=trust, records=records
+                page, evaluator=evaluator, sfn=sfn, trigger=trigger, ec2=ec2, outlets=outlets, marker_recheck=recheck, records=records
             )
         )
         if token and hand_over and seconds_left and seconds_left() < CONTINUE_MARGIN_SECONDS and hand_over(token):
@@ -106,14 +107,9 @@ def invoke_continuation(lambda_client: Callable[[], Any], function_name: str, sc
     return hand_over
 
 
-def marker_recheck_due(scheduled_at: str, settings: Settings) -> bool:
-    """True on the sweep that reads every marker itself: each ``marker_recheck_minutes`` period's first
-    ``schedule_minutes`` (once per period, the rate schedule firing once in that window); always when 0."""
-    period = settings.marker_recheck_minutes
-    if period <= 0:
-        return True
+def marker_recheck(scheduled_at: str, settings: Settings) -> MarkerRecheck:
+    """The :class:`MarkerRecheck` of the sweep scheduled at ``scheduled_at`` (every marker when its time is unreadable)."""
     when = parse_time(scheduled_at)
     if when is None:
-        return True
-    minutes = int(when.timestamp() // 60)
-    return minutes % period < settings.schedule_minutes
+        return MarkerRecheck(tick=0, period_ticks=1, schedule_minutes=settings.schedule_minutes)
+    return MarkerRecheck.at(int(when.timestamp() // 60), settings)

@@ -11,6 +11,7 @@ without a probe (the checkpoint needs an online SSM agent). A probe a trigger ra
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,56 @@ def watched_by_event(config: InstanceConfig) -> bool:
     in ``_SUCCESS``, as the rule matches; other keys start nothing by event)."""
     marker = config.completion_marker
     return marker is not None and not config.probe_needed and marker.key.endswith(c.DEFAULT_MARKER_NAME)
+
+
+MARKER_READS_PER_PAGE = 15
+"""A sweep's average HeadObject per DescribeInstances page (1,000 instances) for markers S3 events already report: 1.5
+per 100 instances, so 10,000 such instances cost about 150 per sweep (the hash spread varies it: 200 lies 4 standard
+deviations above)."""
+
+
+@dataclass(frozen=True)
+class MarkerRecheck:
+    """Which markers watched by S3 events (:func:`watched_by_event`) one sweep reads itself: the safety net for a
+    lost Object Created event, spread evenly over the sweeps instead of all on one.
+
+    ``tick``: the sweep's number, its scheduled minute since the epoch // ``schedule_minutes``. ``period_ticks``: the
+    configured period in sweeps, ``ceil(marker_recheck_minutes / schedule_minutes)`` (1: every sweep, as with an
+    existing bucket, whose markers send no events; never stretched). Each instance
+    has a slot, SHA-256 of its id modulo the period, and is read on the sweeps whose tick falls in it. A page of ``m``
+    watched instances stretches the period to ``ceil(m / MARKER_READS_PER_PAGE)`` sweeps when that is longer, so each
+    marker is read every ``max(marker_recheck_minutes, schedule_minutes * m / 15)`` minutes (60 up to 180 such
+    instances in a page; 335 at a full page, 10,000 instances in 10 pages).
+    """
+
+    tick: int
+    period_ticks: int
+    schedule_minutes: int = 5
+
+    @classmethod
+    def at(cls, scheduled_minute: int, settings: Settings) -> MarkerRecheck:
+        """The recheck of the sweep scheduled ``scheduled_minute`` minutes after the epoch (UTC)."""
+        every = settings.schedule_minutes
+        period = max(1, -(-settings.marker_recheck_minutes // every))
+        return cls(tick=scheduled_minute // every, period_ticks=period, schedule_minutes=every)
+
+    def period(self, watched: int) -> int:
+        """The period in sweeps for a page of ``watched`` instances watched by S3 events (1, every sweep and never
+        stretched, when so configured: an existing bucket's markers send no events)."""
+        if self.period_ticks == 1:
+            return 1
+        return max(self.period_ticks, -(-watched // MARKER_READS_PER_PAGE))
+
+    def due(self, instance_ids: Iterable[str]) -> set[str]:
+        """The ids among ``instance_ids`` (one page's watched instances) this sweep reads."""
+        ids = list(instance_ids)
+        period = self.period(len(ids))
+        return {i for i in ids if period == 1 or slot(i, period) == self.tick % period}
+
+
+def slot(instance_id: str, period: int) -> int:
+    """The instance's recheck slot in ``0 .. period - 1`` (stable across sweeps and functions)."""
+    return int.from_bytes(hashlib.sha256(instance_id.encode()).digest()[:8], "big") % period
 
 
 def tag_policy(settings: Settings) -> TagPolicy:
@@ -97,13 +148,14 @@ class Evaluator:
         self,
         snapshots: Iterable[InstanceSnapshot],
         *,
-        trust_marker_events: bool = False,
+        marker_recheck: MarkerRecheck | None = None,
         evidence: Mapping[str, ProbeEvidence] | None = None,
     ) -> list[Evaluation]:
         """Decide for each instance; the order of the result follows ``snapshots``.
 
-        ``trust_marker_events``: an instance whose only signal is a ``_SUCCESS`` marker (which S3's Object Created
-        event reports to the marker trigger within seconds) is not HeadObject-ed: ``not_complete``, saying so.
+        ``marker_recheck`` (the sweep's): an instance whose only signal is a ``_SUCCESS`` marker (which S3's Object
+        Created event reports to the marker trigger within seconds) is HeadObject-ed only when the recheck says it is
+        due; otherwise ``not_complete``, saying so. None (triggers by event, Evaluate) reads every marker.
         ``evidence``: instance id to an earlier probe, used instead of probing when :meth:`trusted` (each
         evaluation that ran a probe carries it as ``probe``, for the execution it may start).
         """
@@ -114,17 +166,13 @@ class Evaluator:
             conf = self.configure(snap)
             if isinstance(conf, Evaluation):
                 out[snap.instance_id] = conf
-            elif trust_marker_events and watched_by_event(conf):
-                out[snap.instance_id] = Evaluation(
-                    instance_id=snap.instance_id,
-                    decision="not_complete",
-                    reason=f"completion marker {conf.completion_marker} is watched by its S3 event; this sweep did not "
-                    f"read it (it does every {self.settings.marker_recheck_minutes} minutes)",
-                    config=conf,
-                    run_id=conf.run_id,
-                )
             else:
                 configs[snap.instance_id] = conf
+        if marker_recheck is not None:
+            watched = [iid for iid, conf in configs.items() if watched_by_event(conf)]
+            minutes = marker_recheck.period(len(watched)) * marker_recheck.schedule_minutes
+            for iid in set(watched) - marker_recheck.due(watched):
+                out[iid] = self._left_to_event(configs.pop(iid), minutes)
         launch = {s.instance_id: s.launch_time for s in snaps}
 
         markers = self._markers({iid: cfg.completion_marker for iid, cfg in configs.items() if cfg.completion_marker})
@@ -158,6 +206,14 @@ class Evaluator:
                 reason = f"{reason}; but the SSM agent is not online (PingStatus={ping[iid]}), so no checkpoint can be taken"
             out[iid] = Evaluation(instance_id=iid, decision=verdict, reason=reason, config=cfg, run_id=cfg.run_id, probe=ran.get(iid))
         return [out[s.instance_id] for s in snaps]
+
+    @staticmethod
+    def _left_to_event(conf: InstanceConfig, minutes: int) -> Evaluation:
+        reason = (
+            f"completion marker {conf.completion_marker} is watched by its S3 event; this sweep did not read it (the "
+            f"sweep reads it once every {minutes} minutes)"
+        )
+        return Evaluation(instance_id=conf.instance_id, decision="not_complete", reason=reason, config=conf, run_id=conf.run_id)
 
     def trusted(self, evidence: ProbeEvidence, parameters: Mapping[str, list[str]]) -> bool:
         """True when ``evidence`` may stand in for probing with ``parameters`` now: a result, the same parameters, and

@@ -49,8 +49,9 @@ class Settings(BaseModel):
     """DynamoDB table of run records (every function of the stack has it; tests of other parts may omit it)."""
     restore_document: str | None = Field(None, alias=c.ENV_RESTORE_DOCUMENT)
     marker_recheck_minutes: int = Field(0, alias=c.ENV_MARKER_RECHECK_MINUTES, ge=0, le=1440)
-    """The sweep's own HeadObject of a ``_SUCCESS`` marker (which an S3 event already reports) runs only on the sweep
-    whose scheduled minute falls in the first ``schedule_minutes`` of each such period; 0 checks on every sweep."""
+    """The sweep's own HeadObject of a ``_SUCCESS`` marker (which an S3 event already reports) runs once per such
+    period for each instance, spread over the period's sweeps (:class:`shared.evaluation.MarkerRecheck`, which
+    stretches it in big fleets); 0 checks on every sweep."""
     schedule_minutes: int = Field(5, alias=c.ENV_SCHEDULE_MINUTES, ge=1, le=1440)
     outcome_topic_arn: str | None = Field(None, alias=c.ENV_OUTCOME_TOPIC_ARN)
     """The SNS topic outcomes and not-evaluated notices go to (every function of the stack has it)."""

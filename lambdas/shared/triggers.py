@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from shared import constants as c
-from shared.evaluation import Evaluator
+from shared.evaluation import Evaluator, MarkerRecheck
 from shared.executions import StartResult, execution_arn, start_lifecycle_execution
 from shared.models import Evaluation, InstanceSnapshot
 from shared.notifications import Outlets
@@ -109,7 +109,7 @@ def evaluate_and_start(
     trigger: dict[str, Any],
     ec2: Any = None,
     outlets: Outlets | None = None,
-    trust_marker_events: bool = False,
+    marker_recheck: MarkerRecheck | None = None,
     records: RunRecords | None = None,
 ) -> TriggerSummary:
     """Evaluate ``snapshots``; start one lifecycle execution per instance judged complete.
@@ -124,7 +124,7 @@ def evaluate_and_start(
     """
     snaps = list(snapshots)
     sessions = {s.instance_id: s.session for s in snaps}
-    evaluations = evaluator.evaluate(snaps, trust_marker_events=trust_marker_events)
+    evaluations = evaluator.evaluate(snaps, marker_recheck=marker_recheck)
     state_machine_arn = evaluator.settings.require_state_machine_arn()
     claimed = claimed_runs(records, evaluations, sessions) if records is not None else {}
     started: list[StartResult] = []

@@ -307,7 +307,7 @@ def tick_at(when: str) -> dict[str, Any]:
     return lambda_handler({**events.scheduled_event(), "time": when}, CTX)
 
 
-def test_success_markers_are_read_by_the_sweep_only_on_its_hourly_recheck(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_success_markers_are_read_by_the_sweep_once_an_hour_spread_over_its_sweeps(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.settings import settings
 
     monkeypatch.setenv("AUTOSTOP_MARKER_RECHECK_MINUTES", "60")  # the deployed default (schedule every 5 minutes)
@@ -321,11 +321,15 @@ def test_success_markers_are_read_by_the_sweep_only_on_its_hourly_recheck(world:
     other = world.instance("o", {**other_key, "autostop:completion-marker": "s3://" + BUCKET + "/markers/run-o/done.txt"})
     world.count_calls()
 
-    between = tick_at("2026-12-05T10:07:00Z")
-    assert world.calls["HeadObject"] == 1 and between["executions"] == [], world.calls  # only the non-event marker
-    assert all("is watched by its S3 event" in between["waiting"][i.instance_id] for i in watched)
-    assert between["marked"] == {}  # waiting, not a problem: nothing tagged, nobody notified
-    recheck = tick_at("2026-12-05T11:02:00Z")
-    assert world.calls["HeadObject"] == 1 + 5  # the recheck reads them all and finds the finished runs
-    started = sorted(e["name"].split("-run-")[0] for e in recheck["executions"])
-    assert started == sorted(i.instance_id for i in watched) and other.instance_id in recheck["waiting"]
+    started: dict[str, int] = {}
+    for minute in range(0, 60, 5):  # one hour of sweeps: each watched marker is read on exactly one of them
+        heads = world.calls["HeadObject"]
+        tick = tick_at(f"2026-12-05T10:{minute:02d}:00Z")
+        for e in tick["executions"]:
+            started[e["name"].split("-run-")[0]] = minute
+        assert world.calls["HeadObject"] - heads == 1 + sum(started.get(i.instance_id) == minute for i in watched), tick
+        assert other.instance_id in tick["waiting"] and tick["marked"] == {}  # waiting is no problem: nothing tagged
+        waiting = [tick["waiting"][i.instance_id] for i in watched if i.instance_id not in started]
+        assert all("is watched by its S3 event" in why and "once every 60 minutes" in why for why in waiting)
+    assert sorted(started) == sorted(i.instance_id for i in watched)
+    assert world.calls["HeadObject"] == 12 + 4  # the other marker on every sweep, each watched one once
