@@ -283,12 +283,17 @@ def settle_stale(ssm: Any, ec2: Any, sfn: Any, waiters: Waiters, *, older_than: 
 
 
 def _instance_states(ec2: Any, ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-    """{instance id: (state, LaunchTime)} by DescribeInstances, 200 ids per call; ids EC2 no longer knows are absent."""
+    """{instance id: (state, LaunchTime)} by DescribeInstances, 200 ids per call; ids EC2 no longer knows are absent.
+
+    The ids go in an ``instance-id`` filter, not ``InstanceIds``: with ``InstanceIds`` one id EC2 no longer knows
+    (terminated more than about an hour ago) fails the whole call with InvalidInstanceID.NotFound and would keep the
+    other 199 waiters from settling; a filter only leaves it out."""
     wanted = sorted(set(ids))
     out: dict[str, tuple[str, str | None]] = {}
     for start in range(0, len(wanted), 200):
         try:
-            pages = ec2.get_paginator("describe_instances").paginate(InstanceIds=wanted[start : start + 200])
+            batch = wanted[start : start + 200]
+            pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "instance-id", "Values": batch}])
             for page in pages:
                 for reservation in page.get("Reservations", []):
                     for inst in reservation.get("Instances", []):

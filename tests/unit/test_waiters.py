@@ -3,6 +3,7 @@ of SSM, EC2 and Step Functions that record what they were asked."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,8 +137,9 @@ class FakeEc2:
         ec2 = self
 
         class Pages:
-            def paginate(self, InstanceIds: list[str]) -> list[dict[str, Any]]:  # noqa: N803
-                insts = [{"InstanceId": i, "State": {"Name": ec2.state}, "LaunchTime": ec2.launch} for i in InstanceIds]
+            def paginate(self, Filters: list[dict[str, Any]]) -> list[dict[str, Any]]:  # noqa: N803
+                (ids,) = [f["Values"] for f in Filters if f["Name"] == "instance-id"]
+                insts = [{"InstanceId": i, "State": {"Name": ec2.state}, "LaunchTime": ec2.launch} for i in ids]
                 return [{"Reservations": [{"Instances": insts}]}]
 
         return Pages()
@@ -153,6 +155,22 @@ def test_the_sweep_settles_stale_waiters_whose_event_was_lost(waiters: Waiters) 
     assert settled == {"waiting": 2, "stale": 2, "completed": 2}
     assert sorted(t for t, _ in sfn.sent) == ["tok-cmd", "tok-stop"]
     assert waiters.query() == []
+
+
+def test_an_instance_ec2_no_longer_knows_keeps_no_other_stop_from_settling(waiters: Waiters) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    (inst,) = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"]
+    ec2.stop_instances(InstanceIds=[inst["InstanceId"]])
+    session = inst["LaunchTime"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    gone = "i-0fffffffffffffff0"  # terminated long ago: DescribeInstances with InstanceIds=[it] fails the whole call
+    with pytest.raises(ClientError, match="InvalidInstanceID.NotFound"):
+        ec2.describe_instances(InstanceIds=[inst["InstanceId"], gone])
+    sfn = FakeSfn()
+    waiters.put(inst["InstanceId"], EXEC, STOP, "tok-stopped", stop={"outcome": "Stopped", "called": True}, session=session)
+    waiters.put(gone, EXEC, STOP, "tok-gone", stop={"outcome": "Terminated", "called": True}, session=SESSION)
+    assert settle_stale(FakeSsm(), ec2, sfn, waiters, older_than=0)["completed"] == 2
+    outputs = {token: json.loads(out)["state"] for token, out in sfn.sent}
+    assert outputs == {"tok-stopped": "stopped", "tok-gone": "terminated"} and waiters.query() == []
 
 
 def test_the_sweep_leaves_a_stop_that_is_still_on_its_way(waiters: Waiters) -> None:
