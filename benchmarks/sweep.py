@@ -16,8 +16,11 @@ ExecutionAlreadyExists. Each fleet size runs in its own process (peak RSS is per
 The fleet, each sweep: 1 % of the runs finished since the last sweep (marker present, trainer exited, completion line
 logged); 2 % finished earlier and their execution ended (DryRun) while the instance still runs; 1 % were retried
 (attempts 1 and 2 ended Inconclusive, attempt 3 ended DryRun); the rest still train. Two sweeps run back to back
-(the second sees the first one's executions RUNNING). Marker fleets are swept twice on ordinary ticks (their markers
-are reported by S3 events) and once on the hourly recheck tick.
+(the second sees the first one's executions RUNNING). Marker fleets are swept on three ticks: their markers are reported
+by S3 events, and each sweep reads only the markers whose recheck slot it is (``shared.evaluation.MarkerRecheck``,
+every marker about once per period); every marker is present, as if every S3 event had been lost. A second table
+spreads each fleet's markers over one whole period with the product's MarkerRecheck: HeadObject per sweep (mean, max)
+and the period.
 
 Modelled duration at 256 MB = measured CPU x CPU_FACTOR + the calls x LATENCY (per operation, below; HeadObject in the
 Evaluator's 16 threads) + probe waits x poll seconds. The CPU is the sweep's process time minus the fake's own. When
@@ -127,6 +130,8 @@ class FakeAWS:
                     self.executions[execution_name(iid, run, "complete", attempt, self.session)] = self._closed(outcome)
                 self._lock(iid, run, execution_name(iid, run, "complete", 3, self.session))
         self.pages = [self._page(start) for start in range(0, n, 1000)] or [[]]
+        self.found: set[str] = set()
+        """Finished runs whose marker a sweep has read (each is a run that sweep finds finished, once)."""
         self.commands: dict[str, dict[str, Any]] = {}
 
     def _lock(self, iid: str, run: str, execution: str) -> None:
@@ -206,6 +211,8 @@ class FakeAWS:
         iid = params["Key"].split("instance/")[1].split("/")[0]
         if role(self.index[iid]) == "training":
             return {"Error": {"Code": "404", "Message": "Not Found"}}
+        if role(self.index[iid]) == "finished":
+            self.found.add(iid)
         return {"LastModified": LAUNCH + timedelta(hours=3), "ContentLength": 0}
 
     # --- Step Functions ---
@@ -312,9 +319,10 @@ def run_case(kind: str, n: int, lambdas: Path) -> list[dict[str, Any]]:
     evaluator = Evaluator(clients=Clients(s3=clients["s3"], ssm=clients["ssm"]), settings=settings(), sleep=sleep)
     outlets = Outlets(sns=clients["sns"], topic_arn=f"arn:aws:sns:{REGION}:{ACCOUNT}:autostop", events=clients["events"])
     accepted = inspect.signature(sweep).parameters
-    ticks = ["2026-12-01T11:05:00Z", "2026-12-01T11:10:00Z"] + (["2026-12-01T12:00:00Z"] if kind == "marker" else [])
+    ticks = ["2026-12-01T11:05:00Z", "2026-12-01T11:10:00Z"] + (["2026-12-01T11:15:00Z"] if kind == "marker" else [])
     rows = []
     for number, tick in enumerate(ticks, 1):
+        found_before = len(fake.found)
         fake.calls.clear()
         fake.fake_cpu, fake.sleeps = 0.0, 0
         kwargs: dict[str, Any] = {"ec2": clients["ec2"], "sfn": clients["stepfunctions"], "evaluator": evaluator, "outlets": outlets}
@@ -334,7 +342,7 @@ def run_case(kind: str, n: int, lambdas: Path) -> list[dict[str, Any]]:
             if not inv.handed:
                 break
             token = inv.handed[0]
-        label = "recheck" if tick.endswith("12:00:00Z") else f"sweep {number}"
+        label = f"sweep {number}"
         figures = [inv.figures() for inv in invocations]
         rows.append(
             {
@@ -346,10 +354,26 @@ def run_case(kind: str, n: int, lambdas: Path) -> list[dict[str, Any]]:
                 "hops": len(invocations),
                 "model_s": max(modelled(*f) for f in figures),
                 "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "finished": sum(role(i) == "finished" for i in range(n)) if number == 1 or label == "recheck" else 0,
+                "finished": len(fake.found) - found_before
+                if kind == "marker"
+                else (sum(role(i) == "finished" for i in range(n)) if number == 1 else 0),
             }
         )
+    if kind == "marker":
+        rows[0]["spread"] = recheck_spread(fake.ids, settings())
     return rows
+
+
+def recheck_spread(ids: list[str], settings: Any) -> dict[str, float]:
+    """HeadObject per sweep over one whole recheck period of a marker fleet (DescribeInstances pages of 1,000, every
+    marker watched by its S3 event), by the product's MarkerRecheck: mean, max, and the longest period in minutes."""
+    from shared.evaluation import MarkerRecheck
+
+    pages = [ids[k : k + 1000] for k in range(0, len(ids), 1000)]
+    first = MarkerRecheck.at(int(datetime(2026, 12, 1, 11, 5, tzinfo=UTC).timestamp() // 60), settings)
+    period = max(first.period(len(p)) for p in pages)
+    reads = [sum(len(MarkerRecheck(tick=first.tick + t, period_ticks=first.period_ticks).due(p)) for p in pages) for t in range(period)]
+    return {"mean": sum(reads) / period, "max": max(reads), "minutes": period * settings.schedule_minutes}
 
 
 COLUMNS = (
@@ -392,7 +416,7 @@ def assumptions() -> None:
         "fleet per sweep: 1 % of runs newly finished, 2 % ended earlier (execution closed DryRun, instance running), 1 % "
         "retried (attempts 1-2 Inconclusive, 3 DryRun), the rest training; sweep 2 follows sweep 1 (its executions RUNNING, "
         "their runs claimed in the run records as Evaluate does); "
-        "marker fleets: ordinary ticks trust S3 events, 'recheck' is the hourly tick that reads every marker"
+        "marker fleets: each sweep reads the markers whose recheck slot it is (every marker present: all S3 events lost)"
     )
     print(f"Sched.DI = Instance Scheduler's yardstick, one DescribeInstances per {SCHEDULER_PER_PAGE:,} instances per period")
     print("hops = invocations of the sweep function (continuations included); model s = the longest one")
@@ -416,6 +440,18 @@ def main() -> None:
             rows.extend(json.loads(out.strip().splitlines()[-1]))
     print_table(rows, f"schedule sweep at fleet scale{args.title} ({args.lambdas})")
     assumptions()
+    print_spread(rows)
+
+
+def print_spread(rows: list[dict[str, Any]]) -> None:
+    spread = [r for r in rows if "spread" in r]
+    if not spread:
+        return
+    print("\nmarker recheck spread over one whole period (the safety net for lost S3 events; marker_recheck_minutes 60):")
+    print(f"{'N':>7}{'HeadObject/sweep mean':>23}{'max':>6}{'each marker every':>19}")
+    for r in spread:
+        sp = r["spread"]
+        print(f"{r['n']:>7}{sp['mean']:>23.1f}{sp['max']:>6}{sp['minutes']:>15} min")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from local.deploy import Deployment, deploy, synthesize
 LOCAL_OVERRIDES = {
     "AUTOSTOP_POLL_SECONDS": "0.2",
     # Scenarios tick the schedule at arbitrary times and lose S3 events on purpose: every local sweep reads every
-    # marker (tests/integration/test_triggers.py covers the deployed default, an hourly recheck).
+    # marker (tests/integration/test_triggers.py covers the deployed default: each marker once an hour, spread over the sweeps).
     "AUTOSTOP_MARKER_RECHECK_MINUTES": "0",
     "AUTOSTOP_PROBE_TIMEOUT_SECONDS": "20",
     # A scenario's sweep completes a waiting task token whose status event was lost at once, not two minutes later.
