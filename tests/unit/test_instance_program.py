@@ -560,3 +560,50 @@ def test_the_log_is_read_from_the_given_byte(tmp_path: Path) -> None:
     finally:
         os.close(fd)
 
+
+# --- the restore's walk below the checkpoint dir (lib/restore_helper.py make_parents, by open_dir_nofollow) ---------
+
+
+def test_make_parents_creates_missing_directories_like_the_checkpoint_dir(tmp_path: Path) -> None:
+    import restore_helper
+
+    ckdir = tmp_path / "ckpt"
+    ckdir.mkdir(mode=0o750)
+    (ckdir / "a").mkdir()
+    ckfd = os.open(ckdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = restore_helper.make_parents(ckfd, ["a", "b", "c", "weights.bin"], os.lstat(ckdir))
+        try:
+            assert os.path.samestat(os.fstat(fd), os.stat(ckdir / "a" / "b" / "c"))
+        finally:
+            os.close(fd)
+        assert (ckdir / "a" / "b").stat().st_mode & 0o777 == 0o750 and (ckdir / "a" / "b" / "c").stat().st_mode & 0o777 == 0o750
+        top = restore_helper.make_parents(ckfd, ["weights.bin"], os.lstat(ckdir))  # no parent to make: the checkpoint dir
+        try:
+            assert os.path.samestat(os.fstat(top), os.stat(ckdir))
+        finally:
+            os.close(top)
+    finally:
+        os.close(ckfd)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_make_parents_never_passes_a_symbolic_link_or_a_file(tmp_path: Path, kind: str) -> None:
+    import restore_helper
+
+    ckdir = tmp_path / "ckpt"
+    (ckdir / "a").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if kind == "symlink":
+        (ckdir / "a" / "b").symlink_to(elsewhere)
+    else:
+        (ckdir / "a" / "b").write_bytes(b"x")
+    ckfd = os.open(ckdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(Fail) as failed:
+            restore_helper.make_parents(ckfd, ["a", "b", "c", "w.bin"], os.lstat(ckdir))
+    finally:
+        os.close(ckfd)
+    assert (failed.value.code, str(failed.value)) == (6, "cannot restore a/b/c/w.bin: b is not a directory")
+    assert list(elsewhere.iterdir()) == []

@@ -210,11 +210,12 @@ def work_dir(command, hint):
         raise Fail("ScriptFailed", f"cannot create a temporary directory under {base}; free disk space{hint}")
 
 
-def open_dir_nofollow(path, missing=None):
+def open_dir_nofollow(path, missing=None, start=None):
     """A descriptor of directory PATH, opened one component at a time without following symbolic links (ELOOP or
-    ENOTDIR where one is). A missing component: FileNotFoundError, or, with MISSING (the parent's descriptor, the
-    component, PATH -> the component's descriptor), what MISSING makes of it."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    ENOTDIR where one is; the OSError's filename is the component): from "/", or from the directory descriptor START
+    (left open; PATH then relative to it, "" is START itself). A missing component: FileNotFoundError, or, with
+    MISSING (the parent's descriptor, the component, PATH -> the component's descriptor), what MISSING makes of it."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY) if start is None else os.dup(start)
     try:
         for part in path.split("/"):
             if part:

@@ -332,27 +332,30 @@ def existing(ckfd, entry):
 
 
 def make_parents(ckfd, target, ckstat):
-    """A descriptor of the directory that holds TARGET below the checkpoint dir, creating what is missing."""
-    fd = os.dup(ckfd)
+    """A descriptor of the directory that holds TARGET (its path segments below the checkpoint dir, whose descriptor
+    is CKFD and lstat CKSTAT), walked by ``open_dir_nofollow`` from CKFD: never through a symbolic link. A missing
+    directory is created with the checkpoint dir's mode and, when this call created it, owner. RestoreConflict when a
+    segment is not a directory (a file, a symbolic link); ScriptFailed when one cannot be created or chowned."""
+
+    def create(fd, part, _path):
+        try:
+            os.mkdir(part, stat.S_IMODE(ckstat.st_mode), dir_fd=fd)
+        except FileExistsError:  # created meanwhile, not by this call: not chowned
+            return open_child_dir(part, fd)
+        except OSError as exc:
+            raise Fail(8, "cannot restore {}: cannot create the directory {}: {}".format("/".join(target), part, exc.strerror))
+        child = open_child_dir(part, fd)
+        try:
+            chown_like(child, ckstat)
+        except OSError as exc:
+            os.close(child)
+            raise Fail(8, "cannot restore {}: cannot give the directory {} its owner: {}".format("/".join(target), part, exc.strerror))
+        return child
+
     try:
-        for part in target[:-1]:
-            try:
-                os.mkdir(part, stat.S_IMODE(ckstat.st_mode), dir_fd=fd)
-                created = True
-            except FileExistsError:
-                created = False
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError:
-                raise Fail(6, "cannot restore {}: {} is not a directory".format("/".join(target), part))
-            if created:
-                chown_like(child, ckstat)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_dir_nofollow("/".join(target[:-1]), missing=create, start=ckfd)
+    except OSError as exc:
+        raise Fail(6, "cannot restore {}: {} is not a directory".format("/".join(target), exc.filename))
 
 
 def open_staging(ckfd, name):
