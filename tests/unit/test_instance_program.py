@@ -435,6 +435,17 @@ def test_the_probe_reads_a_pid_file_as_the_checkpoint_does(
         assert "was last written before this boot" in err
 
 
+def test_the_probe_checks_with_its_documents_patterns() -> None:
+    import probe
+
+    from infra.constructs.documents import ABS_PATH_OR_EMPTY, PROBE_PARAMETERS, RUN_IDS
+
+    assert f"^{probe.PROBE_PATH_RE}$" == ABS_PATH_OR_EMPTY  # each path once {run-id} is substituted
+    assert f"^{probe.RUN_IDS_RE}$" == RUN_IDS == PROBE_PARAMETERS["RunIds"]["allowedPattern"]
+    assert f"^{probe.LOG_PATTERN_RE}$" == PROBE_PARAMETERS["LogPattern"]["allowedPattern"]
+    assert {*probe.PROBE_VARIABLES, *probe.PROBE_PATHS.values(), "SSM_RunIds"} == {f"SSM_{name}" for name in PROBE_PARAMETERS}
+
+
 def probe_parameters(env: pytest.MonkeyPatch, **values: str) -> None:
     for name in ("PidFile", "LogFile", "LogPattern"):
         env.setenv(f"SSM_{name}", values.pop(name, ""))
