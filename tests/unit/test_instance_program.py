@@ -532,6 +532,23 @@ def test_a_baseline_is_never_written_or_read_through_a_symbolic_link(tmp_path: P
     assert probe.read_baseline(str(elsewhere / "real")) == ("boot-1", 1, 2, 3)
 
 
+def test_a_state_dir_below_a_linked_system_directory_still_holds_baselines(tmp_path: Path) -> None:
+    """Only the state directory and log-baselines/ may not be symbolic links: what is above them is the system's
+    (/var may be a link to another disk), as root configured it."""
+    import baseline
+    import probe
+
+    (tmp_path / "disk" / "lib" / "autostop").mkdir(parents=True)
+    (tmp_path / "var").symlink_to(tmp_path / "disk")
+    path = tmp_path / "var" / "lib" / "autostop" / "log-baselines" / "abc"
+    baseline.write_baseline(str(path), "boot-1", 1, 2, 3)
+    assert probe.read_baseline(str(path)) == ("boot-1", 1, 2, 3)
+    (tmp_path / "linked-state").symlink_to(tmp_path / "disk" / "lib" / "autostop")
+    with pytest.raises(OSError):
+        baseline.write_baseline(str(tmp_path / "linked-state" / "log-baselines" / "abc"), "boot-2", 1, 2, 3)
+    assert probe.read_baseline(str(tmp_path / "linked-state" / "log-baselines" / "abc")) is None
+
+
 @pytest.mark.parametrize(
     ("pattern", "state"),
     [

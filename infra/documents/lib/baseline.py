@@ -15,8 +15,8 @@ import json
 import os
 import re
 
-if "open_dir_nofollow" not in globals():  # run on its own (tests, linters); the documents paste lib/instance.py above
-    from instance import boot_time, open_child_dir, open_dir_nofollow
+if "open_child_dir" not in globals():  # run on its own (tests, linters); the documents paste lib/instance.py above
+    from instance import boot_time, open_child_dir
 
 
 def state_dir():
@@ -61,11 +61,11 @@ def log_baseline_file(state, log_file):
 
 
 def write_baseline(path, boot, dev, ino, offset):
-    """Records the baseline ``(boot, dev, ino, offset)`` in PATH: a new file (0600, O_EXCL) in PATH's directory,
-    synced, then renamed over PATH. The directory is created (0755) when missing and, like every directory above
-    it, never reached through a symbolic link. OSError when it cannot."""
+    """Records the baseline ``(boot, dev, ino, offset)`` in PATH (``log_baseline_file``): a new file (0600, O_EXCL)
+    in log-baselines/ (``open_baselines_dir``, created 0755 when missing), synced, then renamed over PATH. OSError
+    when it cannot."""
     directory, name = os.path.split(path)
-    dfd = open_dir_nofollow(directory, missing=make_child_dir)
+    dfd = open_baselines_dir(directory, create=True)
     try:
         tmp = ".baseline.{}.{}".format(os.getpid(), os.urandom(4).hex())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY, 0o600, dir_fd=dfd)
@@ -85,8 +85,17 @@ def write_baseline(path, boot, dev, ino, offset):
         os.close(dfd)
 
 
-def make_child_dir(fd, part, _path):
-    """``open_dir_nofollow``'s MISSING that creates the missing directory PART (0755) in the directory FD."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(part, 0o755, dir_fd=fd)
-    return open_child_dir(part, fd)
+def open_baselines_dir(directory, create=False):
+    """A descriptor of DIRECTORY, ``STATE/log-baselines``: STATE (``state_dir``) and log-baselines are opened
+    O_NOFOLLOW, never through a symbolic link of their own; the directories above STATE are root's configuration
+    (/var/lib, as the system has it: /var may be a link) and are followed, as they always were. With CREATE,
+    log-baselines is created (0755) when missing. OSError when it cannot be opened."""
+    state, name = os.path.split(directory)
+    sfd = os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=sfd)
+        return open_child_dir(name, sfd)
+    finally:
+        os.close(sfd)

@@ -18,7 +18,7 @@ import stat
 import subprocess
 
 if "write_baseline" not in globals():  # run on its own (tests, linters); the document pastes these modules above
-    from baseline import boot_key, log_baseline_file, state_dir, write_baseline
+    from baseline import boot_key, log_baseline_file, open_baselines_dir, state_dir, write_baseline
     from instance import (
         Fail,
         boot_time,
@@ -253,11 +253,11 @@ def log_offset(baseline_file, boot, st):
 
 
 def read_baseline(path):
-    """The baseline the file PATH holds, ``(boot, dev, ino, offset)``, or None: PATH must be a regular file reached
-    without a symbolic link (none of its directories either) holding one baseline line."""
+    """The baseline the file PATH holds, ``(boot, dev, ino, offset)``, or None: PATH must be a regular file, opened
+    O_NOFOLLOW in log-baselines/ (``open_baselines_dir``), holding one baseline line."""
     directory, name = os.path.split(path)
     try:
-        dfd = open_dir_nofollow(directory)
+        dfd = open_baselines_dir(directory)
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dfd)
         finally:
