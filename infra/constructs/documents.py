@@ -41,8 +41,8 @@ INSTANCE_PREFIX = r"^instances/arn:[a-z-]+:ec2:[a-z0-9-]+:[0-9]{12}:instance/i-[
 RUN_ID_TEMPLATE = "{run-id}"
 """In a probe path parameter: the run id RunIds gives the instance the command runs on (lambdas/shared/probe.py)."""
 PROBE_PATH_OR_EMPTY = r"^(|/(\{run-id\}|[A-Za-z0-9._/-]){0,254})$"
-"""ABS_PATH_OR_EMPTY, where ``{run-id}`` may stand for a run id anywhere after the first '/' (probe.sh substitutes it and
-checks the result against ABS_PATH_OR_EMPTY again); no other '{' or '}'."""
+"""ABS_PATH_OR_EMPTY, where ``{run-id}`` may stand for a run id anywhere after the first '/' (the probe, lib/probe.py,
+substitutes it and checks the result against ABS_PATH_OR_EMPTY again); no other '{' or '}'."""
 RUN_IDS = r"^(|i-[0-9a-f]{8,17}=[A-Za-z0-9][A-Za-z0-9._-]{0,62}( i-[0-9a-f]{8,17}=[A-Za-z0-9][A-Za-z0-9._-]{0,62}){0,49})$"
 """Up to 50 (SendCommand batch) ``<instance id>=<run id>`` pairs separated by single spaces (RUN_ID without anchors)."""
 PROBE_PARAMETERS: dict[str, dict[str, Any]] = {

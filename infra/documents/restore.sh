@@ -12,7 +12,7 @@
 #           list in lib/instance.py). This script never contains document placeholders. Region: AWS_DEFAULT_REGION,
 #           else AWS_SSM_REGION_NAME (set by the agent). AWS_ENDPOINT_URL is honoured by the CLI. From the
 #           environment, not the document: AUTOSTOP_STATE_DIR (default /var/lib/autostop), AUTOSTOP_BOOT_TIME and
-#           AUTOSTOP_BOOT_ID (see lib/instance.py), AUTOSTOP_RESUME_ALLOWLIST (default
+#           AUTOSTOP_BOOT_ID (see lib/baseline.py), AUTOSTOP_RESUME_ALLOWLIST (default
 #           /etc/autostop/resume-commands).
 #   Effect  1. Downloads the manifest's version ManifestVersionId only (GetObject with VersionId, ChecksumMode
 #              ENABLED); its SHA-256 must be ManifestSha256 before anything in it is trusted (ChecksumMismatch).
@@ -77,6 +77,7 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 IFS= read -r -d '' PYHELPER <<'PY' || true
 # @include lib/instance.py
+# @include lib/baseline.py
 # @include lib/transfer.py
 # @include lib/download.py
 # @include lib/restore_helper.py

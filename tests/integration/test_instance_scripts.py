@@ -416,6 +416,54 @@ def test_probe_rechecks_the_substituted_path(base_env: dict[str, str]) -> None:
     assert proc.returncode == 64 and "may not contain" in out["message"]
 
 
+def test_probe_never_reads_a_log_through_a_symbolic_link_in_its_path(base_env: dict[str, str], tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "train.log").write_text("training complete\n")
+    (tmp_path / "linked").symlink_to(real)
+    env = {
+        **probe_env(base_env, log_file=str(tmp_path / "linked" / "train.log"), pattern="complete"),
+        "AUTOSTOP_STATE_DIR": str(tmp_path / "state"),
+    }
+    proc, out = run(PROBE, env)
+    assert proc.returncode == 0 and out["log"] == {"state": "unreadable"}
+    assert f"its path passes through a symbolic link (it is {real / 'train.log'})" in proc.stderr
+    env["SSM_LogFile"] = str(real / "train.log")
+    assert run(PROBE, env)[1]["log"] == {"state": "matched"}
+
+
+def test_probe_without_python3_reports_no_state(base_env: dict[str, str], tmp_path: Path) -> None:
+    """The probe runs the on-instance program in python3. Without python3 it reports no state at all (exit 70): a PID
+    file of an exited trainer, complete by itself with the bash probe, is then never read as complete."""
+    from types import SimpleNamespace
+
+    from local.agent import AgentFleet
+    from shared.completion import probe_verdicts
+    from shared.probe import parse_probe_output
+
+    pid_file = tmp_path / "train.pid"
+    pid_file.write_text(f"{exited_pid()}\n")
+    env = probe_env(base_env, pid_file=str(pid_file))
+    env["PATH"] = str(AgentFleet._path_without(SimpleNamespace(root=tmp_path, hidden_tools=("python3",)), env["PATH"]))  # type: ignore[arg-type]
+
+    proc, out = run(PROBE, env)
+
+    assert proc.returncode == 70
+    assert out["probe"] == 1 and out["error"] == "ScriptFailed" and out["message"].startswith("python3 is not installed on this instance")
+    result = parse_probe_output(proc.stdout)
+    assert not result.ok
+    config = SimpleNamespace(probe_needed=True, pid_is_completion_signal=True, log_file=None, pid_file=str(pid_file))
+    verdicts = probe_verdicts(config, SimpleNamespace(probe=result))  # type: ignore[arg-type]
+    assert [(v.signal, v.verdict) for v in verdicts] == [("pid", "inconclusive")]
+
+
+def test_probe_program_is_the_one_program_with_only_what_it_needs() -> None:
+    """The probe document pastes lib/instance.py, lib/baseline.py and lib/probe.py only: no selection, no transfer."""
+    text = PROBE.read_text()
+    assert text.rstrip().splitlines()[-1] == 'exec python3 -I -c "$PYHELPER" probe'
+    assert "def main_probe(" in text and "def main_checkpoint(" not in text and "def select(" not in text
+
+
 # --- checkpoint.sh -------------------------------------------------------------------------------------
 
 

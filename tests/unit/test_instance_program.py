@@ -1,5 +1,6 @@
 """The on-instance program's shared part (infra/documents/lib/instance.py) and its entry (``run``), imported directly
-as the documents' tests import selection: parameter checks, the PID file's reading, the result line and exit codes."""
+as the documents' tests import selection: parameter checks, the PID file's reading, the result line and exit codes;
+and the probe's own parts (lib/probe.py, lib/baseline.py)."""
 
 from __future__ import annotations
 
@@ -388,43 +389,249 @@ def test_a_live_process_that_is_not_the_trainer_is_never_signalled(
     assert sleeper.poll() is None
 
 
-# --- the probe still reads the PID file in bash (lib/pid.sh): both readings agree ---------------------------------
+# --- the probe (lib/probe.py), called directly -----------------------------------------------------------------
 
 
-def bash_reading(pid_file: Path, env: dict[str, str]) -> tuple[int | None, int, str, bool]:
-    """lib/pid.sh's answers for PID_FILE: (read_pid, pid_is_trainer's status, PID_WHY, pid_file_stale)."""
-    script = (
-        f"source {LIB / 'pid.sh'}\n"
-        'if ! pid=$(read_pid "$1"); then echo "|1||1"; exit 0; fi\n'
-        'rc=0; pid_is_trainer "$pid" "$1" || rc=$?\n'
-        'stale=1; pid_file_stale "$1" && stale=0\n'
-        'echo "$pid|$rc|$PID_WHY|$stale"\n'
-    )
-    proc = subprocess.run(["bash", "-c", script, "bash", str(pid_file)], capture_output=True, text=True, check=True, env=env)
-    pid, rc, why, stale = proc.stdout.strip().split("|")
-    return (int(pid) if pid else None), int(rc), why, stale == "0"
-
-
-@pytest.mark.parametrize("case", ["trainer", "started-after-the-file", "exited", "garbage", "init", "earlier-boot"])
-def test_the_bash_and_the_python_reading_of_a_pid_file_agree(
-    env: pytest.MonkeyPatch, tmp_path: Path, sleeper: subprocess.Popen[bytes], case: str
+@pytest.mark.parametrize(
+    ("case", "state"),
+    [
+        ("trainer", "running"),
+        ("started-after-the-file", "unverified"),
+        ("exited", "exited"),
+        ("garbage", "unreadable"),
+        ("init", "unverified"),
+        ("earlier-boot", "stale"),
+        ("missing", "missing"),
+    ],
+)
+def test_the_probe_reads_a_pid_file_as_the_checkpoint_does(
+    env: pytest.MonkeyPatch, tmp_path: Path, sleeper: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str], case: str, state: str
 ) -> None:
+    """The probe's PID states come from the same reading the checkpoint signals by (read_pid, pid_file_stale,
+    pid_is_trainer): a live process that is not provably the trainer is unverified, never exited."""
+    import probe
+
     pid_file = tmp_path / "train.pid"
     pid = {"exited": None, "init": 1}.get(case, sleeper.pid)
     if pid is None:
         proc = subprocess.Popen(["true"])
         proc.wait()
         pid = proc.pid
-    pid_file.write_text("not a pid\n" if case == "garbage" else f"{pid}\n")
+    if case != "missing":
+        pid_file.write_text("not a pid\n" if case == "garbage" else f"{pid}\n")
     if case == "started-after-the-file":
         old = time.time() - 3600
         os.utime(pid_file, (old, old))
     if case == "earlier-boot":
         env.setenv("AUTOSTOP_BOOT_TIME", str(int(pid_file.stat().st_mtime) + 60))
 
-    read = instance.read_pid(str(pid_file))
-    python = (
-        (read, *instance.pid_is_trainer(read, str(pid_file))[:2], instance.pid_file_stale(str(pid_file))) if read else (None, 1, "", False)
-    )
+    got = probe.probe_pid(str(pid_file))
 
-    assert bash_reading(pid_file, dict(os.environ)) == python
+    assert got == (state, None if state in ("unreadable", "missing") else pid)
+    err = capsys.readouterr().err
+    if state == "unverified":
+        assert f"pid {pid} from {pid_file} is alive but cannot be shown to be the trainer (" in err
+    if state == "stale":
+        assert "was last written before this boot" in err
+
+
+def test_the_probe_checks_with_its_documents_patterns() -> None:
+    import probe
+
+    from infra.constructs.documents import ABS_PATH_OR_EMPTY, PROBE_PARAMETERS, RUN_IDS
+
+    assert f"^{probe.PROBE_PATH_RE}$" == ABS_PATH_OR_EMPTY  # each path once {run-id} is substituted
+    assert f"^{probe.RUN_IDS_RE}$" == RUN_IDS == PROBE_PARAMETERS["RunIds"]["allowedPattern"]
+    assert f"^{probe.LOG_PATTERN_RE}$" == PROBE_PARAMETERS["LogPattern"]["allowedPattern"]
+    assert {*probe.PROBE_VARIABLES, *probe.PROBE_PATHS.values(), "SSM_RunIds"} == {f"SSM_{name}" for name in PROBE_PARAMETERS}
+
+
+def probe_parameters(env: pytest.MonkeyPatch, **values: str) -> None:
+    for name in ("PidFile", "LogFile", "LogPattern"):
+        env.setenv(f"SSM_{name}", values.pop(name, ""))
+    for name, value in values.items():
+        env.setenv(f"SSM_{name}", value)
+
+
+def test_the_probe_result_line_is_compact_json(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The line lambdas/shared/probe.py parses, byte for byte what the bash probe printed."""
+    import probe
+
+    probe_parameters(env)
+    code = instance.run("probe", [], {"main_probe": probe.main_probe})
+    assert code == 0
+    assert capsys.readouterr().out == '{"probe":1,"pid":{"state":"not_configured","pid":null},"log":{"state":"not_configured"}}\n'
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"PidFile": "relative"}, "PidFile must be empty or an absolute path of letters, digits and . _ / - (at most 255 characters)"),
+        ({"LogFile": "/data/../x", "LogPattern": "x"}, "LogFile may not contain '.', '..' or empty path segments"),
+        ({"LogFile": "/data/x.log"}, "LogPattern is required when LogFile is set"),
+        ({"LogPattern": "caf\u00e9"}, "LogPattern must be at most 200 printable ASCII characters"),
+        ({"CheckpointDir": "/etc/x"}, "CheckpointDir names a system location: autostop never reads system locations"),
+        ({"RunIds": "i-0123456789abcdef0=r1 i-0123456789abcdef0=r2"}, "RunIds names this instance twice"),
+        ({"LogFile": "/d/{run-id}.log", "LogPattern": "x"}, "LogFile still holds '{' after the {run-id} substitution"),
+    ],
+)
+def test_an_invalid_probe_parameter_is_the_probes_failure_line_and_exit_64(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], values: dict[str, str], message: str
+) -> None:
+    import probe
+
+    env.setenv("AWS_SSM_INSTANCE_ID", "i-0123456789abcdef0")
+    probe_parameters(env, **values)
+
+    code = instance.run("probe", [], {"main_probe": probe.main_probe})
+
+    out = capsys.readouterr().out
+    assert code == 64
+    assert out.startswith('{"probe":1,"error":"InvalidParameter","message":"')
+    assert json.loads(out)["message"].startswith(message)
+
+
+def test_the_probe_substitutes_its_own_run_id(env: pytest.MonkeyPatch) -> None:
+    import probe
+
+    env.setenv("AWS_SSM_INSTANCE_ID", "i-0123456789abcdef0")
+    probe_parameters(env, PidFile="/data/{run-id}/pid", CheckpointDir="/data/{run-id}", RunIds="i-0aaaaaaaa=r0 i-0123456789abcdef0=r-7")
+    assert probe.probe_parameters() == {"PidFile": "/data/r-7/pid", "LogFile": "", "CheckpointDir": "/data/r-7"}
+
+
+def test_the_baseline_is_written_privately_and_read_back(tmp_path: Path) -> None:
+    import baseline
+    import probe
+
+    path = tmp_path / "log-baselines" / "abc"
+    baseline.write_baseline(str(path), "boot-1", 7, 8, 9)
+
+    assert probe.read_baseline(str(path)) == ("boot-1", 7, 8, 9)
+    assert path.read_text() == '{"boot":"boot-1","dev":7,"ino":8,"offset":9}\n'
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in path.parent.iterdir()) == ["abc"]  # no temp file left
+
+
+def test_a_baseline_is_never_written_or_read_through_a_symbolic_link(tmp_path: Path) -> None:
+    import baseline
+    import probe
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "log-baselines").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        baseline.write_baseline(str(tmp_path / "state" / "log-baselines" / "abc"), "boot-1", 1, 2, 3)
+    assert list(elsewhere.iterdir()) == []
+
+    baseline.write_baseline(str(elsewhere / "real"), "boot-1", 1, 2, 3)
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "abc").symlink_to(elsewhere / "real")
+    assert probe.read_baseline(str(tmp_path / "own" / "abc")) is None
+    assert probe.read_baseline(str(tmp_path / "state" / "log-baselines" / "real")) is None  # a linked directory
+    assert probe.read_baseline(str(elsewhere / "real")) == ("boot-1", 1, 2, 3)
+
+
+def test_a_state_dir_below_a_linked_system_directory_still_holds_baselines(tmp_path: Path) -> None:
+    """Only the state directory and log-baselines/ may not be symbolic links: what is above them is the system's
+    (/var may be a link to another disk), as root configured it."""
+    import baseline
+    import probe
+
+    (tmp_path / "disk" / "lib" / "autostop").mkdir(parents=True)
+    (tmp_path / "var").symlink_to(tmp_path / "disk")
+    path = tmp_path / "var" / "lib" / "autostop" / "log-baselines" / "abc"
+    baseline.write_baseline(str(path), "boot-1", 1, 2, 3)
+    assert probe.read_baseline(str(path)) == ("boot-1", 1, 2, 3)
+    (tmp_path / "linked-state").symlink_to(tmp_path / "disk" / "lib" / "autostop")
+    with pytest.raises(OSError):
+        baseline.write_baseline(str(tmp_path / "linked-state" / "log-baselines" / "abc"), "boot-2", 1, 2, 3)
+    assert probe.read_baseline(str(tmp_path / "linked-state" / "log-baselines" / "abc")) is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "state"),
+    [
+        ("^step [[:digit:]]+ done$", "matched"),  # POSIX classes: grep -E's meaning, not Python's
+        (r"\<done\>", "matched"),
+        ("^done", "not_matched"),  # lines anchor at their own start
+        ("(unclosed", "unreadable"),
+    ],
+)
+def test_the_log_pattern_keeps_its_grep_meaning(tmp_path: Path, capsys: pytest.CaptureFixture[str], pattern: str, state: str) -> None:
+    import probe
+
+    log = tmp_path / "train.log"
+    log.write_bytes(b"step 12 done\n")
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        try:
+            got = probe.grep_log(fd, pattern, 0)
+        except probe.Unreadable as exc:
+            got = "unreadable"
+            assert "reading failed (grep 2)" in str(exc)
+    finally:
+        os.close(fd)
+    assert got == state
+
+
+def test_the_log_is_read_from_the_given_byte(tmp_path: Path) -> None:
+    import probe
+
+    log = tmp_path / "train.log"
+    log.write_bytes(b"training complete\nstep 2\n")
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        assert probe.grep_log(fd, "training complete", 0) == "matched"
+        assert probe.grep_log(fd, "training complete", len(b"training complete\n")) == "not_matched"
+        assert probe.grep_log(fd, "^raining complete$", 1) == "matched"  # mid-line, as tail -c read it
+    finally:
+        os.close(fd)
+
+
+# --- the restore's walk below the checkpoint dir (lib/restore_helper.py make_parents, by open_dir_nofollow) ---------
+
+
+def test_make_parents_creates_missing_directories_like_the_checkpoint_dir(tmp_path: Path) -> None:
+    import restore_helper
+
+    ckdir = tmp_path / "ckpt"
+    ckdir.mkdir(mode=0o750)
+    (ckdir / "a").mkdir()
+    ckfd = os.open(ckdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = restore_helper.make_parents(ckfd, ["a", "b", "c", "weights.bin"], os.lstat(ckdir))
+        try:
+            assert os.path.samestat(os.fstat(fd), os.stat(ckdir / "a" / "b" / "c"))
+        finally:
+            os.close(fd)
+        assert (ckdir / "a" / "b").stat().st_mode & 0o777 == 0o750 and (ckdir / "a" / "b" / "c").stat().st_mode & 0o777 == 0o750
+        top = restore_helper.make_parents(ckfd, ["weights.bin"], os.lstat(ckdir))  # no parent to make: the checkpoint dir
+        try:
+            assert os.path.samestat(os.fstat(top), os.stat(ckdir))
+        finally:
+            os.close(top)
+    finally:
+        os.close(ckfd)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_make_parents_never_passes_a_symbolic_link_or_a_file(tmp_path: Path, kind: str) -> None:
+    import restore_helper
+
+    ckdir = tmp_path / "ckpt"
+    (ckdir / "a").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if kind == "symlink":
+        (ckdir / "a" / "b").symlink_to(elsewhere)
+    else:
+        (ckdir / "a" / "b").write_bytes(b"x")
+    ckfd = os.open(ckdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(Fail) as failed:
+            restore_helper.make_parents(ckfd, ["a", "b", "c", "w.bin"], os.lstat(ckdir))
+    finally:
+        os.close(ckfd)
+    assert (failed.value.code, str(failed.value)) == (6, "cannot restore a/b/c/w.bin: b is not a directory")
+    assert list(elsewhere.iterdir()) == []

@@ -36,7 +36,7 @@ def test_multi_line_strings_keep_their_lines() -> None:
     assert namespace["f"]() == (1, 2)  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("script", ["checkpoint.sh", "restore.sh", "preflight.sh"])
+@pytest.mark.parametrize("script", ["probe.sh", "checkpoint.sh", "restore.sh", "preflight.sh"])
 def test_rendered_helpers_compile(script: str) -> None:
     """The python3 program between PYHELPER's heredoc markers compiles as pasted."""
     text = render_script(script)
@@ -67,7 +67,8 @@ def test_only_the_standalone_imports_are_dropped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("script", "subcommand"), [("checkpoint.sh", "checkpoint"), ("restore.sh", "restore"), ("preflight.sh", "preflight")]
+    ("script", "subcommand"),
+    [("probe.sh", "probe"), ("checkpoint.sh", "checkpoint"), ("restore.sh", "restore"), ("preflight.sh", "preflight")],
 )
 def test_each_document_starts_its_subcommand_of_the_one_program(script: str, subcommand: str) -> None:
     """A few lines of bash start the program; every module the program imports on its own is pasted in."""

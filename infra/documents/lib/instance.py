@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 
 EXIT = {
     "InvalidParameter": 64,
@@ -80,13 +79,17 @@ def interrupted(signum, _frame):
     raise Interrupted(signum)
 
 
-def failure_line(error, message):
+def failure_line(command, error, message):
+    """The failed result line: ``{"result":"failed",...}``, for the probe ``{"probe":1,...}`` in the compact form of
+    its result line (lambdas/shared/probe.py reads it)."""
+    if command == "probe":
+        return json.dumps({"probe": 1, "error": error, "message": message[:2000]}, separators=(",", ":"))
     return json.dumps({"result": "failed", "error": error, "message": message[:2000]})
 
 
 def run(command, args, mains):
     """Runs ``mains["main_" + command](*args)``, which returns the result line, and prints that line; on a ``Fail``,
-    a signal or a bug, prints ``{"result":"failed","error":E,"message":M}`` instead. Returns the exit code:
+    a signal or a bug, prints ``{"result":"failed","error":E,"message":M}`` instead (``failure_line``). Returns the exit code:
     0, ``EXIT[E]``, 128 + the signal. Either way the result is the last (only) stdout line."""
     PROGRAM[0] = command
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -108,7 +111,7 @@ def run(command, args, mains):
         error, message, code = "ScriptFailed", f"unexpected failure in {command}.sh: {type(exc).__name__}: {exc}"[:600], 70
     if error:
         note(f"{error}: {message[:2000]}")
-        line = failure_line(error, message)
+        line = failure_line(command, error, message)
     print(line, flush=True)
     return code
 
@@ -198,6 +201,8 @@ def aws_environment():
 
 def work_dir(command, hint):
     """A new private temp directory under TMPDIR (removed by the caller); ScriptFailed when none can be made."""
+    import tempfile  # here: the probe, which never needs it, starts faster without it
+
     base = os.environ.get("TMPDIR") or "/tmp"
     try:
         return tempfile.mkdtemp(prefix=f"autostop-{command}.", dir=base)
@@ -205,11 +210,12 @@ def work_dir(command, hint):
         raise Fail("ScriptFailed", f"cannot create a temporary directory under {base}; free disk space{hint}")
 
 
-def open_dir_nofollow(path, missing=None):
+def open_dir_nofollow(path, missing=None, start=None):
     """A descriptor of directory PATH, opened one component at a time without following symbolic links (ELOOP or
-    ENOTDIR where one is). A missing component: FileNotFoundError, or, with MISSING (the parent's descriptor, the
-    component, PATH -> the component's descriptor), what MISSING makes of it."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    ENOTDIR where one is; the OSError's filename is the component): from "/", or from the directory descriptor START
+    (left open; PATH then relative to it, "" is START itself). A missing component: FileNotFoundError, or, with
+    MISSING (the parent's descriptor, the component, PATH -> the component's descriptor), what MISSING makes of it."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY) if start is None else os.dup(start)
     try:
         for part in path.split("/"):
             if part:

@@ -1,8 +1,8 @@
 """autostop's on-instance program, subcommand ``restore`` (``main_restore``; stdlib, plus botocore where the
 instance has it).
 
-``infra/documents/restore.sh`` carries this file after ``lib/instance.py``, ``lib/transfer.py`` and
-``lib/download.py`` (see ``lib/instance.py``). Failures: ``Fail`` with an error name, or with the helpers' numbers
+``infra/documents/restore.sh`` carries this file after ``lib/instance.py``, ``lib/baseline.py``, ``lib/transfer.py``
+and ``lib/download.py`` (see ``lib/instance.py``). Failures: ``Fail`` with an error name, or with the helpers' numbers
 3 ManifestInvalid, 4 DownloadFailed, 5 ChecksumMismatch, 6 RestoreConflict, 7 ResumeCommandFailed, 8
 ScriptFailed, 9 ResumeCommandRefused.
 """
@@ -22,13 +22,13 @@ import sys
 import time
 
 if "Pool" not in globals():  # run on its own (tests, linters); the document pastes these modules above
+    from baseline import boot_key, log_baseline_file, state_dir, write_baseline
     from download import Download, DownloadError, SizeMismatch
     from instance import (
         HELPER_ERRORS,
         PARAMETERS,
         Fail,
         aws_environment,
-        boot_time,
         check_all,
         check_not_system,
         check_segments,
@@ -332,27 +332,30 @@ def existing(ckfd, entry):
 
 
 def make_parents(ckfd, target, ckstat):
-    """A descriptor of the directory that holds TARGET below the checkpoint dir, creating what is missing."""
-    fd = os.dup(ckfd)
+    """A descriptor of the directory that holds TARGET (its path segments below the checkpoint dir, whose descriptor
+    is CKFD and lstat CKSTAT), walked by ``open_dir_nofollow`` from CKFD: never through a symbolic link. A missing
+    directory is created with the checkpoint dir's mode and, when this call created it, owner. RestoreConflict when a
+    segment is not a directory (a file, a symbolic link); ScriptFailed when one cannot be created or chowned."""
+
+    def create(fd, part, _path):
+        try:
+            os.mkdir(part, stat.S_IMODE(ckstat.st_mode), dir_fd=fd)
+        except FileExistsError:  # created meanwhile, not by this call: not chowned
+            return open_child_dir(part, fd)
+        except OSError as exc:
+            raise Fail(8, "cannot restore {}: cannot create the directory {}: {}".format("/".join(target), part, exc.strerror))
+        child = open_child_dir(part, fd)
+        try:
+            chown_like(child, ckstat)
+        except OSError as exc:
+            os.close(child)
+            raise Fail(8, "cannot restore {}: cannot give the directory {} its owner: {}".format("/".join(target), part, exc.strerror))
+        return child
+
     try:
-        for part in target[:-1]:
-            try:
-                os.mkdir(part, stat.S_IMODE(ckstat.st_mode), dir_fd=fd)
-                created = True
-            except FileExistsError:
-                created = False
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            except OSError:
-                raise Fail(6, "cannot restore {}: {} is not a directory".format("/".join(target), part))
-            if created:
-                chown_like(child, ckstat)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_dir_nofollow("/".join(target[:-1]), missing=create, start=ckfd)
+    except OSError as exc:
+        raise Fail(6, "cannot restore {}: {} is not a directory".format("/".join(target), exc.filename))
 
 
 def open_staging(ckfd, name):
@@ -585,8 +588,8 @@ def place(ckdir, ckfd, ckstat, sfd, bucket, m, todo):
 
 
 def record_baseline(log_file, baseline_file, boot):
-    """Records LOG_FILE's size now as this boot's log baseline in BASELINE_FILE (format: lib/logoffset.sh); returns
-    the size."""
+    """Records LOG_FILE's size now as this boot's log baseline in BASELINE_FILE (``write_baseline``, lib/baseline.py);
+    returns the size."""
     try:
         st = os.stat(log_file)
         dev, ino, size = st.st_dev, st.st_ino, st.st_size
@@ -594,18 +597,8 @@ def record_baseline(log_file, baseline_file, boot):
         dev = ino = size = 0
     except OSError as exc:
         raise Fail(8, "cannot read the size of the log file {}: {}".format(log_file, exc.strerror))
-    directory = os.path.dirname(baseline_file)
-    tmp = "{}.{}.tmp".format(baseline_file, os.getpid())
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            line = json.dumps({"boot": boot, "dev": dev, "ino": ino, "offset": size}, separators=(",", ":")) + "\n"
-            os.write(fd, line.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, baseline_file)
+        write_baseline(baseline_file, boot, dev, ino, size)
     except OSError as exc:
         raise Fail(
             8,
@@ -982,44 +975,3 @@ def record_log_baseline():
         offset = record_baseline(param("LogFile"), baseline_file, boot)
         log(f"recorded log baseline {offset} of {param('LogFile')} in {baseline_file}")
     return state
-
-
-def state_dir():
-    """AUTOSTOP_STATE_DIR (default /var/lib/autostop), created 0755 when missing; None unless it is an absolute path
-    to a real directory owned by this user and not writable by group or others."""
-    path = os.environ.get("AUTOSTOP_STATE_DIR") or "/var/lib/autostop"
-    try:
-        if not path.startswith("/"):
-            return None
-        if not os.path.isdir(path):
-            os.makedirs(path, 0o755)
-            os.chmod(path, 0o755)
-        st = os.lstat(path)
-    except OSError:
-        return None
-    private = st.st_uid == os.geteuid() and not st.st_mode & 0o022 and not os.path.islink(path)
-    return path if private else None
-
-
-def boot_key():
-    """This boot's identity: AUTOSTOP_BOOT_ID (tests), else boot-time-<AUTOSTOP_BOOT_TIME> (the local simulation),
-    else /proc/sys/kernel/random/boot_id, else btime-<btime of /proc/stat>; None when none is known."""
-    given, simulated = os.environ.get("AUTOSTOP_BOOT_ID", ""), os.environ.get("AUTOSTOP_BOOT_TIME", "")
-    if re.fullmatch(r"[A-Za-z0-9-]{1,64}", given):
-        return given
-    if re.fullmatch(r"[0-9]{1,12}", simulated):
-        return f"boot-time-{int(simulated)}"
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            found = f.readline().strip()
-    except (OSError, ValueError):
-        found = ""
-    if re.fullmatch(r"[0-9a-f-]{36}", found):
-        return found
-    btime = boot_time()
-    return None if btime is None else f"btime-{btime}"
-
-
-def log_baseline_file(state, log_file):
-    """``STATE/log-baselines/<hex SHA-256 of the LOG_FILE path>``: where the probe finds this boot's baseline."""
-    return os.path.join(state, "log-baselines", hashlib.sha256(os.fsencode(log_file)).hexdigest())
