@@ -363,7 +363,8 @@ def test_state_machine_invokes_only_its_task_functions(model: Model) -> None:
 
 FREE_TEXT_PARAMETERS = {"LogPattern"}
 """An extended regular expression: printable ASCII by design (it legitimately contains ``$ ( ) | ;``). It is
-safe only because it reaches the script as an environment variable (asserted below) that probe.sh quotes."""
+safe only because it reaches the script as an environment variable (asserted below) that the probe hands to grep -E
+as one argument, never through a shell."""
 OPAQUE_TOKENS = {"ManifestVersionId"}
 """An S3 VersionId, as S3 issued it (it may hold ``/ + = .``): restore.sh passes it as the one argument of
 ``--version-id`` and never as a path; its pattern still refuses every shell metacharacter."""
