@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from on_execution_ended.logic import ENV_TOPIC_ARN, handle_ended
 from shared.clients import client
 from shared.observability import emit, logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)
