@@ -57,9 +57,11 @@ def test_triggers_do_not_load_powertools_parser_models(handler: str) -> None:
     assert loaded == []
 
 
-def test_tracing_on_patches_botocore_only() -> None:
+@pytest.mark.parametrize("handler", [h for h in HANDLERS if h != "confirm_resume"])
+def test_tracing_on_patches_botocore_only(handler: str) -> None:
+    """Every function that makes AWS calls traces them (shared.clients patches botocore when imported)."""
     seen = fresh(
-        "import json, sys, stop_instance.handler\n"
+        f"import json, sys, {handler}.handler\n"
         "from aws_xray_sdk.core import patcher\n"
         "print(json.dumps({'patched': sorted(patcher._PATCHED_MODULES), 'requests': 'requests' in sys.modules}))",
         POWERTOOLS_TRACE_DISABLED="false",
@@ -67,6 +69,21 @@ def test_tracing_on_patches_botocore_only() -> None:
         AWS_LAMBDA_FUNCTION_NAME="autostop-test",
     )
     assert seen == {"patched": ["botocore"], "requests": False}
+
+
+def test_tracing_on_patches_nothing_in_a_function_that_makes_no_aws_call() -> None:
+    """Confirm resume judges the command output it is given: with tracing on its handler is still traced, while
+    botocore's client (imported by the patch) stays out of its cold start."""
+    seen = fresh(
+        "import json, sys, confirm_resume.handler as h\n"
+        "from aws_xray_sdk.core import patcher\n"
+        "print(json.dumps({'patched': sorted(patcher._PATCHED_MODULES), 'client': 'botocore.client' in sys.modules,"
+        " 'traced': type(h.tracer).__name__}))",
+        POWERTOOLS_TRACE_DISABLED="false",
+        LAMBDA_TASK_ROOT=str(LAMBDAS),
+        AWS_LAMBDA_FUNCTION_NAME="autostop-test",
+    )
+    assert seen == {"patched": [], "client": False, "traced": "Tracer"}
 
 
 def test_every_handler_imports_with_tracing_off_without_the_xray_sdk() -> None:
