@@ -30,8 +30,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         state_machine_arn=config.state_machine_arn,
     )
     if result.ignored:
-        logger.info("event ignored", extra=result.model_dump())
+        logger.info("event ignored", extra=result.as_dict())
     metrics.add_metric(name="SilentEndingsNotified", unit="Count", value=int(result.notified))
     if result.outcome:  # an outcome no Record outcome counted: the same Outcomes metric (service, outcome)
         emit("Outcomes", MetricUnit.Count, 1, outcome=result.outcome)
-    return result.model_dump(mode="json")
+    return result.as_dict()

@@ -91,6 +91,15 @@ def test_every_handler_imports_with_tracing_off_without_the_xray_sdk() -> None:
     assert fresh(code + "print(json.dumps(any(m.startswith('aws_xray_sdk') for m in sys.modules)))") is False
 
 
+@pytest.mark.parametrize("handler", ["on_status_event", "on_execution_ended"])
+def test_functions_whose_events_need_no_model_import_no_pydantic(handler: str) -> None:
+    """Their events are read by hand and their settings are a dataclass: pydantic (about 0.45x of `import boto3`)
+    stays out of their cold start, tracing on or off."""
+    code = f"import json, sys, {handler}.handler; print(json.dumps(sorted(m for m in sys.modules if m.startswith('pydantic'))))"
+    assert fresh(code) == []
+    assert fresh(code, POWERTOOLS_TRACE_DISABLED="false", LAMBDA_TASK_ROOT=str(LAMBDAS), AWS_LAMBDA_FUNCTION_NAME="autostop-test") == []
+
+
 def test_no_handler_imports_boto3() -> None:
     """Clients come from botocore and records convert with shared.dynamodb_types: boto3's package (s3transfer, the
     resource layer) stays out of every cold start."""
