@@ -100,6 +100,13 @@ def test_functions_whose_events_need_no_model_import_no_pydantic(handler: str) -
     assert fresh(code, POWERTOOLS_TRACE_DISABLED="false", LAMBDA_TASK_ROOT=str(LAMBDAS), AWS_LAMBDA_FUNCTION_NAME="autostop-test") == []
 
 
+@pytest.mark.parametrize("handler", ["send_command", "find_command"])
+def test_task_functions_that_read_only_the_workflow_payloads_do_not_define_the_other_models(handler: str) -> None:
+    """shared.workflow takes Action from shared.constants: shared.models (instance, probe and manifest models, one of
+    them built at import) is no part of these cold starts."""
+    assert fresh(f"import json, sys, {handler}.handler; print(json.dumps('shared.models' in sys.modules))") is False
+
+
 def test_no_handler_imports_boto3() -> None:
     """Clients come from botocore and records convert with shared.dynamodb_types: boto3's package (s3transfer, the
     resource layer) stays out of every cold start."""
