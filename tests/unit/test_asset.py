@@ -12,12 +12,7 @@ from infra.config import LAMBDA_PYTHON
 
 LAMBDAS = Path(__file__).resolve().parents[2] / "lambdas"
 RUNTIME = LAMBDA_PYTHON.removeprefix("python")
-
-
-def test_the_runtime_is_the_version_the_asset_compiles_for() -> None:
-    from aws_cdk import aws_lambda as lambda_
-
-    assert lambda_.Runtime.PYTHON_3_13.name == LAMBDA_PYTHON  # the Runtime in infra/constructs/functions.py
+"""The functions' runtime (tests/infra/test_stack.py checks every function's Runtime is LAMBDA_PYTHON)."""
 
 
 def test_sources_only_without_an_interpreter(tmp_path: Path) -> None:
