@@ -23,6 +23,7 @@ The interpreters are made to start as a function's does:
     python benchmarks/imports.py --before REV     # also lambdas/ as of git REV, in the same rounds
     python benchmarks/imports.py --sources        # also every tree as sources only (the asset before infra/asset.py)
     python benchmarks/imports.py --top HANDLER    # -X importtime: what the handler adds to `import boto3`
+    python benchmarks/imports.py --parts          # botocore, Powertools, pydantic, X-Ray SDK against `import boto3`
 
 ``AUTOSTOP_BENCH_IMPORT_ROUNDS`` (default 7) sets the rounds.
 """
@@ -152,12 +153,45 @@ def top(handler: str, trace_disabled: str, tree: Path, limit: int = 12) -> None:
         print(f"  module  {name:<40} {ms:6.1f} ms")
 
 
+BOTOCORE = "import botocore.session, botocore.config, botocore.client"
+PARTS = {
+    "botocore's client stack (every function but Confirm resume)": (BOTOCORE, "true"),
+    "+ Powertools Logger and Metrics": (f"{BOTOCORE}; import aws_lambda_powertools", "true"),
+    "+ pydantic: one model defined and validated": (
+        f"{BOTOCORE}; from pydantic import BaseModel, Field\nclass M(BaseModel):\n    x: int = Field(ge=1)\nM(x=1)",
+        "true",
+    ),
+    "+ X-Ray SDK, botocore patched (tracing on)": (f"{BOTOCORE}; import aws_xray_sdk.core as x; x.patch(['botocore'])", "false"),
+    "+ asyncio alone (wrapt >= 2, the SDK's dependency, imports it)": (f"{BOTOCORE}; import asyncio", "true"),
+}
+"""What a handler's import is made of: each statement in a fresh interpreter, as the handlers are measured."""
+
+
+def parts(tree: Path) -> None:
+    """Print the median CPU ratio of each of PARTS against ``import boto3`` in the same rounds, and what it adds to
+    botocore's client stack."""
+    ratios: dict[str, list[float]] = {name: [] for name in PARTS}
+    for _ in range(ROUNDS):
+        base = run("import boto3", lambda_env(tree, "true"))[1]
+        for name, (statement, trace_disabled) in PARTS.items():
+            ratios[name].append(run(statement, lambda_env(tree, trace_disabled))[1] / base)
+    floor = statistics.median(ratios[next(iter(PARTS))])
+    print(f"what a handler's import is made of, CPU against `import boto3` ({ROUNDS} rounds, medians)")
+    for name, values in ratios.items():
+        ratio = statistics.median(values)
+        print(f"  {name:<66} {ratio:5.2f}x  (+{ratio - floor:4.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", metavar="REV", help="also measure lambdas/ as of this git revision, in the same rounds")
     parser.add_argument("--sources", action="store_true", help="also measure every tree as sources only, without bytecode")
     parser.add_argument("--top", metavar="HANDLER", help="print the import costs HANDLER adds to `import boto3` instead")
+    parser.add_argument("--parts", action="store_true", help="print what a handler's import is made of instead")
     args = parser.parse_args()
+    if args.parts:
+        parts(LAMBDAS)
+        return
     asset_bytecode = python_for(RUNTIME_PYTHON) is not None  # what infra/asset.py ships from this machine
     with tempfile.TemporaryDirectory(prefix="autostop-imports-") as tmp:
         if args.top:
