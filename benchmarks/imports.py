@@ -12,15 +12,18 @@ The interpreters are made to start as a function's does:
   overstates tracing's cost about five times;
 - ``-S`` with site-packages on ``PYTHONPATH``: this virtualenv's ``.pth`` files (the editable install's finder,
   setuptools' distutils hack) would add about 10 ms to both sides that no function pays, flattering the ratio;
-- the functions' code as the asset holds it, without ``__pycache__``: Lambda's /var/task is read-only, so every
-  cold start compiles those sources (``--bytecode`` measures them precompiled as well);
+- the functions' code as the asset holds it (infra/asset.py): the sources and, when this machine has a Python of the
+  runtime's version to compile them at synth, their bytecode, here compiled by this interpreter for itself (the
+  runtime's own .pyc would be ignored by it); without it, or with ``--sources``, sources only, which every cold start
+  compiles, as on Lambda's read-only /var/task;
 - ``os._exit`` right after the import: a cold start ends when the handler is imported, and Lambda never tears the
   interpreter down on that path, while a normal exit would add the finalization of every module to both sides.
 
     python benchmarks/imports.py                  # every handler, tracing off and on
     python benchmarks/imports.py --before REV     # also lambdas/ as of git REV, in the same rounds
-    python benchmarks/imports.py --bytecode       # also this lambdas/ precompiled (an asset could ship .pyc)
+    python benchmarks/imports.py --sources        # also every tree as sources only (the asset before infra/asset.py)
     python benchmarks/imports.py --top HANDLER    # -X importtime: what the handler adds to `import boto3`
+    python benchmarks/imports.py --parts          # botocore, Powertools, pydantic, X-Ray SDK against `import boto3`
 
 ``AUTOSTOP_BENCH_IMPORT_ROUNDS`` (default 7) sets the rounds.
 """
@@ -31,7 +34,6 @@ import argparse
 import math
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,10 +45,15 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from infra.asset import python_for, stage  # noqa: E402  (no CDK import: the asset's staging only)
+
 LAMBDAS = REPO / "lambdas"
 HANDLERS = sorted(p.parent.name for p in LAMBDAS.glob("*/handler.py"))
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 ROUNDS = int(os.environ.get("AUTOSTOP_BENCH_IMPORT_ROUNDS", "7"))
+RUNTIME_PYTHON = "3.13"
+"""The functions' runtime (infra/config.py LAMBDA_PYTHON), whose bytecode infra/asset.py compiles."""
 IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$")
 
 
@@ -103,16 +110,10 @@ def tree_at(rev: str, into: Path) -> Path:
     return into / "lambdas"
 
 
-def deployed(into: Path, *, bytecode: bool = False) -> Path:
-    """This checkout's ``lambdas/`` as the function asset holds it: sources without ``__pycache__`` (ASSET_EXCLUDE in
-    infra/constructs/functions.py), so every cold start compiles them, as on Lambda's read-only /var/task; with
-    ``bytecode``, precompiled as an asset could ship them (unchecked-hash .pyc, PEP 552: used without reading the
-    source's mtime, which a zip does not keep exactly)."""
-    tree = into / "lambdas"
-    shutil.copytree(LAMBDAS, tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if bytecode:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", str(tree)], check=True)
-    return tree
+def deployed(source: Path, into: Path, *, bytecode: bool) -> Path:
+    """``source`` (a ``lambdas/`` tree) as the function asset holds it (infra/asset.py ``stage``), in the new
+    directory ``into``: with ``bytecode``, compiled by this interpreter (unchecked-hash .pyc, PEP 552)."""
+    return stage(source, into / "lambdas", sys.executable if bytecode else None)
 
 
 def table(trees: list[Path], labels: list[str]) -> None:
@@ -152,22 +153,62 @@ def top(handler: str, trace_disabled: str, tree: Path, limit: int = 12) -> None:
         print(f"  module  {name:<40} {ms:6.1f} ms")
 
 
+BOTOCORE = "import botocore.session, botocore.config, botocore.client"
+PARTS = {
+    "botocore's client stack (every function but Confirm resume)": (BOTOCORE, "true"),
+    "+ Powertools Logger and Metrics": (f"{BOTOCORE}; import aws_lambda_powertools", "true"),
+    "+ pydantic: one model defined and validated": (
+        f"{BOTOCORE}; from pydantic import BaseModel, Field\nclass M(BaseModel):\n    x: int = Field(ge=1)\nM(x=1)",
+        "true",
+    ),
+    "+ X-Ray SDK, botocore patched (tracing on)": (f"{BOTOCORE}; import aws_xray_sdk.core as x; x.patch(['botocore'])", "false"),
+    "+ asyncio alone (wrapt >= 2, the SDK's dependency, imports it)": (f"{BOTOCORE}; import asyncio", "true"),
+}
+"""What a handler's import is made of: each statement in a fresh interpreter, as the handlers are measured."""
+
+
+def parts(tree: Path) -> None:
+    """Print the median CPU ratio of each of PARTS against ``import boto3`` in the same rounds, and what it adds to
+    botocore's client stack."""
+    ratios: dict[str, list[float]] = {name: [] for name in PARTS}
+    for _ in range(ROUNDS):
+        base = run("import boto3", lambda_env(tree, "true"))[1]
+        for name, (statement, trace_disabled) in PARTS.items():
+            ratios[name].append(run(statement, lambda_env(tree, trace_disabled))[1] / base)
+    floor = statistics.median(ratios[next(iter(PARTS))])
+    print(f"what a handler's import is made of, CPU against `import boto3` ({ROUNDS} rounds, medians)")
+    for name, values in ratios.items():
+        ratio = statistics.median(values)
+        print(f"  {name:<66} {ratio:5.2f}x  (+{ratio - floor:4.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", metavar="REV", help="also measure lambdas/ as of this git revision, in the same rounds")
-    parser.add_argument("--bytecode", action="store_true", help="also measure this checkout's lambdas/ precompiled")
+    parser.add_argument("--sources", action="store_true", help="also measure every tree as sources only, without bytecode")
     parser.add_argument("--top", metavar="HANDLER", help="print the import costs HANDLER adds to `import boto3` instead")
+    parser.add_argument("--parts", action="store_true", help="print what a handler's import is made of instead")
     args = parser.parse_args()
+    if args.parts:
+        parts(LAMBDAS)
+        return
+    asset_bytecode = python_for(RUNTIME_PYTHON) is not None  # what infra/asset.py ships from this machine
     with tempfile.TemporaryDirectory(prefix="autostop-imports-") as tmp:
         if args.top:
             for trace_disabled in ("true", "false"):
-                top(args.top, trace_disabled, deployed(Path(tmp) / trace_disabled))
+                top(args.top, trace_disabled, deployed(LAMBDAS, Path(tmp) / trace_disabled, bytecode=asset_bytecode))
             return
-        trees = {"now": deployed(Path(tmp) / "now")}
+        sources = {"now": LAMBDAS}
         if args.before:
-            trees = {args.before[:7]: tree_at(args.before, Path(tmp) / "before"), **trees}
-        if args.bytecode:
-            trees["now+pyc"] = deployed(Path(tmp) / "pyc", bytecode=True)
+            sources = {args.before[:7]: tree_at(args.before, Path(tmp) / "git"), **sources}
+        trees: dict[str, Path] = {}
+        for label, source in sources.items():
+            forms = [asset_bytecode, False] if args.sources and asset_bytecode else [asset_bytecode]
+            for bytecode in forms:
+                name = f"{label}{'' if bytecode else '-src'}"
+                trees[name] = deployed(source, Path(tmp) / name, bytecode=bytecode)
+        found = f"a Python {RUNTIME_PYTHON} is here" if asset_bytecode else f"no Python {RUNTIME_PYTHON} here"
+        print(f"asset bytecode: {'yes' if asset_bytecode else 'no'} ({found}: infra/asset.py)")
         table(list(trees.values()), list(trees))
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Annotations, AssetHashType, Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from infra.asset import staged
 from infra.config import LAMBDA_ARCH, LAMBDA_PYTHON, POWERTOOLS_VERSION, AutostopConfig
 from infra.nag import acknowledge
 
 LAMBDAS_DIR = Path(__file__).resolve().parents[2] / "lambdas"
-ASSET_EXCLUDE = ["**/__pycache__", "**/*.pyc", "requirements.txt", ".pytest_cache"]
 
 
 def powertools_layer(scope: Construct) -> lambda_.ILayerVersion:
@@ -26,8 +26,20 @@ def powertools_layer(scope: Construct) -> lambda_.ILayerVersion:
     return lambda_.LayerVersion.from_layer_version_arn(scope, "PowertoolsLayer", arn)
 
 
+def function_code(scope: Construct) -> lambda_.Code:
+    """``lambdas/`` with the bytecode of the runtime's Python when this machine has one (infra/asset.py: staged at
+    synth, no Docker); otherwise the sources only, and an info annotation on ``scope`` says so."""
+    tree, asset_hash = staged(LAMBDAS_DIR, LAMBDA_PYTHON.removeprefix("python"))
+    if asset_hash.endswith("-src"):
+        Annotations.of(scope).add_info(
+            f"No {LAMBDA_PYTHON} interpreter found (PATH, pyenv or AUTOSTOP_ASSET_PYTHON): the functions' asset holds "
+            "sources only, and every cold start compiles them."
+        )
+    return lambda_.Code.from_asset(str(tree), asset_hash=asset_hash, asset_hash_type=AssetHashType.CUSTOM)
+
+
 class ControlPlaneFunctions(Construct):
-    """Factory for the stack's functions: Python 3.13 on arm64, code from ``lambdas/`` (no bundling, no
+    """Factory for the stack's functions: Python 3.13 on arm64, code from ``lambdas/`` with its bytecode (no
     Docker), Powertools layer, JSON logs in a log group with retention, X-Ray tracing, its own role."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AutostopConfig, environment: dict[str, str]) -> None:
@@ -40,7 +52,7 @@ class ControlPlaneFunctions(Construct):
             **environment,
         }
         self._layer = powertools_layer(self)
-        self._code = lambda_.Code.from_asset(str(LAMBDAS_DIR), exclude=ASSET_EXCLUDE)
+        self._code = function_code(self)
         # NIST 800-53 rev 5 findings on every function this factory makes (and its role and log group):
         acknowledge(
             self,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from evaluate_completion.logic import evaluate
 from shared.clients import client
@@ -13,6 +12,9 @@ from shared.evaluation import Clients, Evaluator
 from shared.observability import logger, metrics, tracer, trigger_source
 from shared.records import RunRecords
 from shared.settings import settings
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)

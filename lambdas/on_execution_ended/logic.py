@@ -15,12 +15,11 @@ AWS calls: GetItem, PutItem (DynamoDB, through :class:`RunRecords`), Publish (SN
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from shared import constants as c
-from shared.executions import MAX_ATTEMPTS
+from shared.constants import MAX_ATTEMPTS
 from shared.notifications import clean_reason, outcome_notice, publish
 from shared.observability import logger
 from shared.records import RunKey, RunRecords
@@ -36,8 +35,10 @@ ENV_TOPIC_ARN = c.ENV_OUTCOME_TOPIC_ARN
 """The outcome topic's ARN in this function's environment (set by infra/stack.py)."""
 
 
-class EndedResult(BaseModel):
-    """What one status-change event did (the function's return value, also logged)."""
+@dataclass
+class EndedResult:
+    """What one status-change event did (the function's return value, also logged; :meth:`as_dict`). A plain
+    dataclass: nothing this function runs needs pydantic (benchmarks/imports.py)."""
 
     execution: str = ""
     outcome: str | None = None
@@ -45,6 +46,10 @@ class EndedResult(BaseModel):
     recorded: bool = False
     notified: bool = False
     ignored: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, JSON-ready."""
+        return asdict(self)
 
 
 def _json(text: Any) -> dict[str, Any]:
@@ -144,5 +149,5 @@ def handle_ended(event: Any, *, records: RunRecords | None, sns: Any, topic_arn:
     notice = outcome_notice(message, instance_name=None, execution_arn=str(detail.get("executionArn", "")))
     publish(sns, topic_arn, notice, outcome=outcome)
     result.notified = True
-    logger.info("execution ended without its own notification", extra=result.model_dump())
+    logger.info("execution ended without its own notification", extra=result.as_dict())
     return result

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from on_instance_event.logic import handle_event
 from shared.clients import client
@@ -12,6 +10,9 @@ from shared.evaluation import Clients, Evaluator
 from shared.observability import logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)

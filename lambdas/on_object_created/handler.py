@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from on_object_created.logic import on_marker
 from shared.clients import client
@@ -14,6 +12,9 @@ from shared.notifications import Outlets
 from shared.observability import logger, metrics, tracer
 from shared.settings import settings
 from shared.triggers import parse_trigger_event
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -11,14 +11,16 @@ Two EventBridge rules feed it (``infra/constructs/triggers.py``):
 Event shapes: "Amazon EventBridge events for Systems Manager" (Run Command: detail ``command-id``,
 ``document-name``, ``instance-id``, ``requested-date-time``, ``status``) and "State change events for Amazon EC2
 instances" (detail ``instance-id``, ``state``). An event of any other shape is logged and ignored: it never acts.
+The event is read by hand, without pydantic: nothing else this function runs needs it (benchmarks/imports.py).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from shared import constants as c
 from shared.errors import TransientAwsError
@@ -27,49 +29,68 @@ from shared.waiters import FINAL_STATES, STOP, Waiters, complete_command, comple
 INVOCATION_STATUS_CHANGE = "EC2 Command Invocation Status-change Notification"
 EVENT_TIME_SLACK_SECONDS = 2
 """An event's ``time`` has whole seconds: a waiter written up to this much after it may still be the event's own."""
+COMMAND_ID_PATTERN = r"[0-9a-f-]{36}"
+SOURCES = ("aws.ssm", "aws.ec2")
 
 
-class CommandDetail(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+@dataclass(frozen=True)
+class CommandDetail:
+    command_id: str
+    instance_id: str
+    status: str
 
-    command_id: str = Field(alias="command-id", pattern=r"^[0-9a-f-]{36}$")
-    instance_id: str = Field(alias="instance-id", pattern=rf"^{c.INSTANCE_ID_PATTERN}$")
-    status: str = ""
 
-
-class StateDetail(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
-
-    instance_id: str = Field(alias="instance-id", pattern=rf"^{c.INSTANCE_ID_PATTERN}$")
+@dataclass(frozen=True)
+class StateDetail:
+    instance_id: str
     state: str
 
 
-class StatusEvent(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+def _text(record: Mapping[str, Any], key: str, pattern: str | None = None, default: str | None = None) -> str:
+    """``record[key]``, a string (matching ``pattern`` whole, if given); raises ValueError naming the key."""
+    value = record.get(key, default)
+    if not isinstance(value, str) or (pattern is not None and not re.fullmatch(pattern, value)):
+        raise ValueError(f"{key}: {value!r} is not a string" + (f" matching {pattern}" if pattern else ""))
+    return value
 
-    source: Literal["aws.ssm", "aws.ec2"]
-    detail_type: str = Field(alias="detail-type")
-    time: AwareDatetime | None = None
-    detail: dict[str, Any]
+
+def _time(value: Any) -> datetime | None:
+    """The event's ``time`` (ISO 8601 with a zone, or Unix seconds), None when absent; raises ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ValueError(f"time: {value!r} is not a time with a zone")
+    return when
 
 
 def handle(event: dict[str, Any], *, ssm: Any, sfn: Any, waiters: Waiters) -> dict[str, Any]:
-    """Complete what ``event`` ends. Returns ``{"kind", "instance_id", "results": [...]}`` or ``{"ignored": why}``.
+    """Complete what ``event`` ends. Returns ``{"kind", "instance_id", "results": [...]}`` or ``{"ignored": why}``
+    (``malformed event: ...`` when a field the event needs is missing or of the wrong shape).
 
     Raises:
         TransientAwsError: a call was throttled, failed server-side or timed out, or the invocation had not ended
             yet in GetCommandInvocation: the asynchronous invocation is retried by Lambda.
     """
     try:
-        parsed = StatusEvent.model_validate(event)
-        if parsed.source == "aws.ssm" and parsed.detail_type == INVOCATION_STATUS_CHANGE:
-            command = CommandDetail.model_validate(parsed.detail)
+        source = _text(event, "source", "|".join(re.escape(s) for s in SOURCES))
+        detail_type, when, detail = _text(event, "detail-type"), _time(event.get("time")), event.get("detail")
+        if not isinstance(detail, dict):
+            raise ValueError(f"detail: {detail!r} is not an object")
+        if source == "aws.ssm" and detail_type == INVOCATION_STATUS_CHANGE:
+            instance_id = _text(detail, "instance-id", c.INSTANCE_ID_PATTERN)
+            command = CommandDetail(_text(detail, "command-id", COMMAND_ID_PATTERN), instance_id, _text(detail, "status", default=""))
             return _command_ended(command, ssm=ssm, sfn=sfn, waiters=waiters)
-        if parsed.source == "aws.ec2" and parsed.detail_type == c.STATE_CHANGE:
-            change = StateDetail.model_validate(parsed.detail)
-            return _state_changed(change, parsed.time, sfn=sfn, waiters=waiters)
-    except ValidationError as exc:
-        return {"ignored": f"malformed event: {exc.errors(include_url=False)[:3]}"}
+        if source == "aws.ec2" and detail_type == c.STATE_CHANGE:
+            change = StateDetail(_text(detail, "instance-id", c.INSTANCE_ID_PATTERN), _text(detail, "state"))
+            return _state_changed(change, when, sfn=sfn, waiters=waiters)
+    except ValueError as exc:
+        return {"ignored": f"malformed event: {exc}"}
     return {"ignored": f"not a status event: {event.get('source')} {event.get('detail-type')}"}
 
 

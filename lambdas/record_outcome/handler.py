@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from record_outcome.logic import finish, outcome_metrics
 from shared.clients import client
@@ -14,6 +13,9 @@ from shared.notifications import Outlets, clean_reason
 from shared.observability import logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 UNITS = {"Outcomes": MetricUnit.Count, "CheckpointBytes": MetricUnit.Bytes}
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from send_command.logic import follow_command, send_command
 from shared.clients import client, single_attempt_client
@@ -12,6 +10,9 @@ from shared.observability import logger, metrics, tracer
 from shared.settings import settings
 from shared.waiters import Waiters
 from shared.workflow import EvaluateOutput
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)

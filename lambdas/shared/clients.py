@@ -13,6 +13,10 @@ from typing import Any
 from botocore.config import Config
 from botocore.session import Session, get_session
 
+from shared.observability import trace_aws_calls
+
+trace_aws_calls()  # with tracing on, every call of every client below is an X-Ray subsegment
+
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 

@@ -6,6 +6,7 @@ breaks a test instead of a deployment.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 # --- Tags (the part after "<prefix>:") -------------------------------------------------------------
@@ -67,6 +68,20 @@ PIPELINE_MARKERS_PREFIX: Final = "markers/"
 """Completion markers that pipelines outside the instance put (the stack's PipelineMarkerPolicy)."""
 DEFAULT_MARKER_NAME: Final = "_SUCCESS"
 """Object name of the default completion marker, ``<checkpoint-s3-uri>/_SUCCESS``."""
+
+# --- Actions -------------------------------------------------------------------------------------------------
+
+
+class Action(StrEnum):
+    """What to do with the instance after a verified checkpoint (tag ``<prefix>:action``)."""
+
+    STOP = "stop"
+    TERMINATE = "terminate"
+    HIBERNATE = "hibernate"
+
+
+MAX_ATTEMPTS: Final = 20
+"""Upper bound on attempts per (instance, run, reason); each attempt is one execution (shared.executions)."""
 
 # --- Execution outcomes (the ``outcome`` field of every execution's output) -----------------------
 OUTCOME_STOPPED: Final = "Stopped"

@@ -12,8 +12,7 @@ from shared import constants as c
 from shared.errors import error_code
 from shared.naming import execution_name
 
-MAX_ATTEMPTS = 20
-"""Upper bound on attempts per (instance, run, reason); each attempt is one execution."""
+MAX_ATTEMPTS = c.MAX_ATTEMPTS
 
 StartStatus = Literal["started", "already_running", "already_finished", "attempts_exhausted", "claimed"]
 """``claimed``: not asked for: the run record shows an execution already took the reason's lock (never released), so

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.constants import Action as Action  # defined without pydantic, for shared.settings
 
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 S3_KEY_RE = re.compile(r"^[A-Za-z0-9._/=+:-]{0,900}$")
@@ -26,14 +27,6 @@ class Frozen(BaseModel):
     validator while another thread rebuilds."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-
-class Action(StrEnum):
-    """What to do with the instance after a verified checkpoint (tag ``<prefix>:action``)."""
-
-    STOP = "stop"
-    TERMINATE = "terminate"
-    HIBERNATE = "hibernate"
 
 
 class S3Uri(Frozen):

@@ -10,7 +10,6 @@ parameter (whose ``allowedPattern`` checks it again) or an S3 key. A bad value r
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,6 +151,8 @@ def parse_instance_config(instance_id: str, tags: Mapping[str, str], policy: Tag
         if name in c.INFO_TAGS:
             continue  # written by autostop itself, never configuration
         if name not in c.KNOWN_TAGS:
+            import difflib  # only for a misspelt tag: no part of the cold start of every function that reads tags
+
             hint = difflib.get_close_matches(name, c.KNOWN_TAGS, n=1)
             problems.append(f"unknown tag {p}:{name}" + (f" (did you mean {p}:{hint[0]}?)" if hint else ""))
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, computed_field
 
 from shared import constants as c
-from shared.models import Action
+from shared.constants import Action
 
 
 class Payload(BaseModel):

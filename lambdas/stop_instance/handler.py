@@ -8,9 +8,8 @@ is returned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.clients import client
@@ -22,6 +21,9 @@ from shared.settings import settings
 from shared.waiters import STOP, Waiters, complete_stop, send_task_success, stop_settled
 from shared.workflow import EvaluateOutput, StopOutput, VerifyOutput
 from stop_instance.logic import stop_instance
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)

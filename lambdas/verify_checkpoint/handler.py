@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from shared.clients import client
 from shared.observability import logger, metrics, tracer
@@ -12,6 +10,9 @@ from shared.records import RunRecords
 from shared.settings import settings
 from shared.workflow import EvaluateOutput
 from verify_checkpoint.logic import Verifier
+
+if TYPE_CHECKING:  # the type only: its module is no part of a cold start
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -57,9 +57,11 @@ def test_triggers_do_not_load_powertools_parser_models(handler: str) -> None:
     assert loaded == []
 
 
-def test_tracing_on_patches_botocore_only() -> None:
+@pytest.mark.parametrize("handler", [h for h in HANDLERS if h != "confirm_resume"])
+def test_tracing_on_patches_botocore_only(handler: str) -> None:
+    """Every function that makes AWS calls traces them (shared.clients patches botocore when imported)."""
     seen = fresh(
-        "import json, sys, stop_instance.handler\n"
+        f"import json, sys, {handler}.handler\n"
         "from aws_xray_sdk.core import patcher\n"
         "print(json.dumps({'patched': sorted(patcher._PATCHED_MODULES), 'requests': 'requests' in sys.modules}))",
         POWERTOOLS_TRACE_DISABLED="false",
@@ -69,9 +71,40 @@ def test_tracing_on_patches_botocore_only() -> None:
     assert seen == {"patched": ["botocore"], "requests": False}
 
 
+def test_tracing_on_patches_nothing_in_a_function_that_makes_no_aws_call() -> None:
+    """Confirm resume judges the command output it is given: with tracing on its handler is still traced, while
+    botocore's client (imported by the patch) stays out of its cold start."""
+    seen = fresh(
+        "import json, sys, confirm_resume.handler as h\n"
+        "from aws_xray_sdk.core import patcher\n"
+        "print(json.dumps({'patched': sorted(patcher._PATCHED_MODULES), 'client': 'botocore.client' in sys.modules,"
+        " 'traced': type(h.tracer).__name__}))",
+        POWERTOOLS_TRACE_DISABLED="false",
+        LAMBDA_TASK_ROOT=str(LAMBDAS),
+        AWS_LAMBDA_FUNCTION_NAME="autostop-test",
+    )
+    assert seen == {"patched": [], "client": False, "traced": "Tracer"}
+
+
 def test_every_handler_imports_with_tracing_off_without_the_xray_sdk() -> None:
     code = "import importlib, json, sys\n" + "".join(f"importlib.import_module('{h}.handler')\n" for h in HANDLERS)
     assert fresh(code + "print(json.dumps(any(m.startswith('aws_xray_sdk') for m in sys.modules)))") is False
+
+
+@pytest.mark.parametrize("handler", ["on_status_event", "on_execution_ended"])
+def test_functions_whose_events_need_no_model_import_no_pydantic(handler: str) -> None:
+    """Their events are read by hand and their settings are a dataclass: pydantic (about 0.45x of `import boto3`)
+    stays out of their cold start, tracing on or off."""
+    code = f"import json, sys, {handler}.handler; print(json.dumps(sorted(m for m in sys.modules if m.startswith('pydantic'))))"
+    assert fresh(code) == []
+    assert fresh(code, POWERTOOLS_TRACE_DISABLED="false", LAMBDA_TASK_ROOT=str(LAMBDAS), AWS_LAMBDA_FUNCTION_NAME="autostop-test") == []
+
+
+@pytest.mark.parametrize("handler", ["send_command", "find_command"])
+def test_task_functions_that_read_only_the_workflow_payloads_do_not_define_the_other_models(handler: str) -> None:
+    """shared.workflow takes Action from shared.constants: shared.models (instance, probe and manifest models, one of
+    them built at import) is no part of these cold starts."""
+    assert fresh(f"import json, sys, {handler}.handler; print(json.dumps('shared.models' in sys.modules))") is False
 
 
 def test_no_handler_imports_boto3() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from shared.evaluation import MARKER_READS_PER_PAGE, MarkerRecheck, slot
 from shared.settings import Settings
+from tests.conftest import function_env
 
 
 def ids(n: int) -> list[str]:
@@ -49,10 +50,13 @@ def test_ten_full_pages_stay_within_two_hundred_reads_on_every_sweep() -> None:
 
 
 def test_settings_give_the_period_and_zero_reads_every_marker_on_every_sweep() -> None:
-    deployed = Settings.model_construct(marker_recheck_minutes=60, schedule_minutes=5)
+    def settings(recheck: int, schedule: int) -> Settings:
+        return Settings.from_env(function_env(AUTOSTOP_MARKER_RECHECK_MINUTES=recheck, AUTOSTOP_SCHEDULE_MINUTES=schedule))
+
+    deployed = settings(60, 5)
     assert MarkerRecheck.at(60 * 24, deployed) == MarkerRecheck(tick=288, period_ticks=12, schedule_minutes=5)
-    assert MarkerRecheck.at(0, Settings.model_construct(marker_recheck_minutes=60, schedule_minutes=7)).period_ticks == 9
-    every = MarkerRecheck.at(7, Settings.model_construct(marker_recheck_minutes=0, schedule_minutes=5))
+    assert MarkerRecheck.at(0, settings(60, 7)).period_ticks == 9
+    every = MarkerRecheck.at(7, settings(0, 5))
     assert every.due(ids(5000)) == set(ids(5000))
 
 

@@ -181,6 +181,24 @@ def test_the_sweep_leaves_a_stop_that_is_still_on_its_way(waiters: Waiters) -> N
     assert sfn.sent == [] and len(waiters.query(IID)) == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"source": "aws.s3"}, "source: 'aws.s3'"),
+        ({"detail-type": None}, "detail-type: None"),
+        ({"time": "yesterday"}, "time: 'yesterday'"),
+        ({"time": "2026-12-05T10:00:00"}, "is not a time with a zone"),
+        ({"detail": "{}"}, "detail: '{}'"),
+        ({"detail": {"instance-id": "i-1", "state": "stopped"}}, "instance-id: 'i-1'"),
+        ({"detail": {"instance-id": IID, "state": 3}}, "state: 3"),
+    ],
+)
+def test_a_malformed_status_event_is_ignored_before_any_call(change: dict[str, Any], why: str) -> None:
+    event = {"source": "aws.ec2", "detail-type": c.STATE_CHANGE, "time": "2026-12-05T10:00:00Z", "detail": {"instance-id": IID}}
+    ignored = handle({**event, **change}, ssm=None, sfn=None, waiters=None)["ignored"]  # type: ignore[arg-type]
+    assert ignored.startswith("malformed event: ") and why in ignored
+
+
 def test_status_events_complete_stops_and_commands_and_ignore_the_rest(waiters: Waiters) -> None:
     sfn = FakeSfn()
     waiters.put(IID, EXEC, STOP, "tok-stop", stop={"outcome": "Stopped", "called": True, "expected_state": "stopped"})
