@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from on_schedule_tick.logic import Continuation, invoke_continuation, sweep
@@ -20,6 +19,9 @@ from shared.records import RunRecords
 from shared.settings import settings
 from shared.triggers import parse_trigger_event
 from shared.waiters import Waiters, settle_stale
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 @dataclass(frozen=True)

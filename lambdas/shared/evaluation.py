@@ -28,7 +28,7 @@ from shared.models import CompletionFacts, Evaluation, InstanceConfig, InstanceS
 from shared.observability import logger
 from shared.probe import agents_online, probe_instances
 from shared.settings import Settings
-from shared.tags import InvalidTags, TagPolicy, is_opted_in, opt_in_problem, parse_instance_config
+from shared.tags import InvalidTags, TagPolicy, is_opted_in, opt_in_problem, parse_instance_config, tag_policy
 
 CLOCK_SKEW_SECONDS = 5
 """How far ahead of this function's clock a probe time may be and still count (both clocks are Lambda's)."""
@@ -89,17 +89,6 @@ class MarkerRecheck:
 def slot(instance_id: str, period: int) -> int:
     """The instance's recheck slot in ``0 .. period - 1`` (stable across sweeps and functions)."""
     return int.from_bytes(hashlib.sha256(instance_id.encode()).digest()[:8], "big") % period
-
-
-def tag_policy(settings: Settings) -> TagPolicy:
-    return TagPolicy(
-        prefix=settings.tag_prefix,
-        checkpoint_bucket=settings.checkpoint_bucket,
-        instance_arn_prefix=settings.instance_arn_prefix,
-        default_action=settings.default_action,
-        default_grace_seconds=settings.default_grace_seconds,
-        max_grace_seconds=settings.max_grace_seconds,
-    )
 
 
 @dataclass

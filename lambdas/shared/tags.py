@@ -13,9 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared import constants as c
 from shared.models import Action, InstanceConfig, S3Uri
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ABS_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{0,254}$")
@@ -368,3 +372,15 @@ def _bucket_uri(raw: str, key: str, policy: TagPolicy, problems: list[str]) -> S
         problems.append(f"{key}={raw!r} must be in the stack's checkpoint bucket s3://{policy.checkpoint_bucket}/")
         return None
     return uri
+
+
+def tag_policy(settings: Settings) -> TagPolicy:
+    """The :class:`TagPolicy` of a deployment's function settings (prefix, bucket, instance ARN prefix, defaults)."""
+    return TagPolicy(
+        prefix=settings.tag_prefix,
+        checkpoint_bucket=settings.checkpoint_bucket,
+        instance_arn_prefix=settings.instance_arn_prefix,
+        default_action=settings.default_action,
+        default_grace_seconds=settings.default_grace_seconds,
+        max_grace_seconds=settings.max_grace_seconds,
+    )

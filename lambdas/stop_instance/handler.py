@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.clients import client
-from shared.evaluation import tag_policy
 from shared.instances import describe_instance
 from shared.observability import logger, metrics, tracer
 from shared.records import RunRecords
 from shared.settings import settings
+from shared.tags import tag_policy
 from shared.waiters import STOP, Waiters, complete_stop, send_task_success, stop_settled
 from shared.workflow import EvaluateOutput, StopOutput, VerifyOutput
 from stop_instance.logic import stop_instance
