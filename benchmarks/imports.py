@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Cold-start import cost of every Lambda handler as a paired ratio against ``import boto3`` (the floor any of
-them pays), with tracing off and on. Asserts nothing.
+them pays), with the X-Ray SDK off (the deployed default: ``trace_aws_calls`` false; Lambda's active tracing adds
+nothing to the import) and on (``trace_aws_calls`` true: a subsegment per AWS call). Asserts nothing.
 
 Each round runs a fresh interpreter for ``import boto3`` and, right after it, one for each handler tree, so a busy
 machine slows both alike; the medians of the per-round ratios are printed, of wall time and of the child's CPU
@@ -120,6 +121,7 @@ def table(trees: list[Path], labels: list[str]) -> None:
     """Print one line per handler: per tree and tracing switch, seconds, wall ratio and CPU ratio."""
     run("import boto3; import aws_lambda_powertools", lambda_env(LAMBDAS, "true"))  # warm the page cache once
     print(f"handler import, paired against `import boto3` ({ROUNDS} rounds, medians; goal <= 1.5x)")
+    print("off = POWERTOOLS_TRACE_DISABLED (the deployed default), on = trace_aws_calls true (the X-Ray SDK patches botocore)")
     cols = [f"{label} {mode}" for label in labels for mode in ("off", "on")]
     print(f"{'handler':<22}" + "".join(f" {c + ' s':>14} {'wall':>6} {'cpu':>6}" for c in cols))
     for handler in HANDLERS:

@@ -7,7 +7,8 @@ terminate: terminate is only ever taken from an instance's own tag], ``default_g
 name], ``checkpoint_timeout_seconds`` [3600: upload budget of one checkpoint command],
 ``part_size_bytes`` [67108864], ``log_retention_days`` [30], ``notification_emails`` [[]],
 ``stack_name`` [Autostop], ``poll_interval_seconds`` [10; unused since the state machine waits for events],
-``marker_recheck_minutes`` [60], ``tracing`` [true: X-Ray for the functions and the state machine].
+``marker_recheck_minutes`` [60], ``tracing`` [true: X-Ray for the functions and the state machine],
+``trace_aws_calls`` [false: with tracing, also an X-Ray subsegment per AWS call, the X-Ray SDK in every cold start].
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ class AutostopConfig:
     marker_recheck_minutes: int = 60
     """How often the sweep reads a ``_SUCCESS`` marker itself (S3 events report it within seconds; 0: every sweep)."""
     tracing: bool = True
-    """X-Ray tracing of the functions and the state machine; false also keeps the X-Ray SDK out of every cold start."""
+    """X-Ray tracing of the state machine and the functions (Lambda's active tracing: each invocation, its
+    initialization and errors, linked to the execution's trace)."""
+    trace_aws_calls: bool = False
+    """With ``tracing``, also one X-Ray subsegment per AWS call a function makes (Powertools' Tracer, the X-Ray SDK
+    patching botocore): the SDK joins every cold start, about 0.1-0.2x of ``import boto3`` (benchmarks/imports.py)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,6 +92,8 @@ class AutostopConfig:
             problems.append("marker_recheck_minutes must be 0..1440 (0: every sweep)")
         if not 1 <= self.poll_interval_seconds <= 300:
             problems.append("poll_interval_seconds must be 1..300")
+        if self.trace_aws_calls and not self.tracing:
+            problems.append("trace_aws_calls needs tracing true (the subsegments belong to the functions' traces)")
         if self.log_retention_days not in RETENTION:
             problems.append(f"log_retention_days must be one of {sorted(RETENTION)}")
         if problems:

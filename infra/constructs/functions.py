@@ -48,7 +48,7 @@ class ControlPlaneFunctions(Construct):
         self._environment = {
             "POWERTOOLS_SERVICE_NAME": "autostop",
             "POWERTOOLS_METRICS_NAMESPACE": "Autostop",
-            "POWERTOOLS_TRACE_DISABLED": "false" if config.tracing else "true",
+            "POWERTOOLS_TRACE_DISABLED": "false" if config.tracing and config.trace_aws_calls else "true",
             **environment,
         }
         self._layer = powertools_layer(self)

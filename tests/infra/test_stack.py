@@ -1101,6 +1101,7 @@ def test_cdk_json_context_is_a_valid_config() -> None:
         ({"checkpoint_bucket": "ab"}, ["checkpoint_bucket"]),
         ({"checkpoint_bucket": "bucket; rm -rf /"}, ["checkpoint_bucket"]),
         ({"schedule_minutes": 0}, ["schedule_minutes"]),
+        ({"tracing": False, "trace_aws_calls": True}, ["trace_aws_calls", "tracing"]),
     ],
 )
 def test_config_rejects_bad_values_naming_the_key(overrides: dict[str, Any], keys: list[str]) -> None:
