@@ -58,11 +58,11 @@ def _time(value: Any) -> datetime | None:
     """The event's ``time`` (ISO 8601 with a zone, or Unix seconds), None when absent; raises ValueError."""
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
     try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
         when = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # out of range (1e20, inf: OverflowError), NaN, not ISO 8601
         when = None
     if when is None or when.tzinfo is None:
         raise ValueError(f"time: {value!r} is not a time with a zone")

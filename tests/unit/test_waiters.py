@@ -188,6 +188,8 @@ def test_the_sweep_leaves_a_stop_that_is_still_on_its_way(waiters: Waiters) -> N
         ({"detail-type": None}, "detail-type: None"),
         ({"time": "yesterday"}, "time: 'yesterday'"),
         ({"time": "2026-12-05T10:00:00"}, "is not a time with a zone"),
+        ({"time": 1e20}, "time: 1e+20"),
+        ({"time": 253402300800}, "time: 253402300800"),
         ({"detail": "{}"}, "detail: '{}'"),
         ({"detail": {"instance-id": "i-1", "state": "stopped"}}, "instance-id: 'i-1'"),
         ({"detail": {"instance-id": IID, "state": 3}}, "state: 3"),
