@@ -40,6 +40,8 @@ def _env(
 def _parse(raw: str, check: Mapping[str, Any]) -> Any:
     """``raw`` as the field's kind; raises ValueError naming what is wrong."""
     kind = check["kind"]
+    if kind in (int, float) and not raw.isascii():  # int() and float() also read other scripts' digits ("٥": 5)
+        raise ValueError("is not a number in ASCII digits")
     value = kind(raw.strip()) if kind in (int, float) else kind(raw)
     if check["pattern"] and not re.fullmatch(check["pattern"], value):
         raise ValueError(f"does not match {check['pattern']}")

@@ -28,6 +28,8 @@ def test_the_stack_environment_parses_with_defaults_for_the_rest() -> None:
         ("AUTOSTOP_PROBE_TIMEOUT_SECONDS", "4"),
         ("AUTOSTOP_POLL_SECONDS", "nan"),
         ("AUTOSTOP_SCHEDULE_MINUTES", "5.5"),
+        ("AUTOSTOP_SCHEDULE_MINUTES", "\u0665"),  # ARABIC-INDIC DIGIT FIVE: int() reads 5, pydantic refused it
+        ("AUTOSTOP_POLL_SECONDS", "\uff12"),  # FULLWIDTH DIGIT TWO
     ],
 )
 def test_a_malformed_variable_is_refused_by_name(name: str, value: str) -> None:
