@@ -42,9 +42,8 @@ def watched_by_event(config: InstanceConfig) -> bool:
 
 
 MARKER_READS_PER_PAGE = 15
-"""A sweep's average HeadObject per DescribeInstances page (1,000 instances) for markers S3 events already report: 1.5
-per 100 instances, so 10,000 such instances cost about 150 per sweep (the hash spread varies it: 200 lies 4 standard
-deviations above)."""
+"""The most HeadObject a sweep spends on average per DescribeInstances page (1,000 instances) for markers S3 events
+already report (:class:`MarkerRecheck` lengthens the period until a page's watched markers fit)."""
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,14 @@ class MarkerRecheck:
 
     ``tick``: the sweep's number, its scheduled minute since the epoch // ``schedule_minutes``. ``period_ticks``: the
     configured period in sweeps, ``ceil(marker_recheck_minutes / schedule_minutes)`` (1: every sweep, as with an
-    existing bucket, whose markers send no events; never stretched). Each instance
-    has a slot, SHA-256 of its id modulo the period, and is read on the sweeps whose tick falls in it. A page of ``m``
-    watched instances stretches the period to ``ceil(m / MARKER_READS_PER_PAGE)`` sweeps when that is longer, so each
-    marker is read every ``max(marker_recheck_minutes, schedule_minutes * m / 15)`` minutes (60 up to 180 such
-    instances in a page; 335 at a full page, 10,000 instances in 10 pages).
+    existing bucket, whose markers send no events; never stretched). Each instance has a slot, SHA-256 of its id
+    modulo the period, and is read on the sweeps whose tick falls in it. A page of ``m`` watched instances doubles
+    the period until ``m / period <= MARKER_READS_PER_PAGE``: at the deployed 60 minutes and 5-minute sweeps, each
+    marker is read every 60 minutes up to 180 such instances in a page, 120 up to 360, 240 up to 720 and 480 up to
+    1,440 (10,000 instances: about 105 HeadObject per sweep). Only doubling keeps the promise while ``m`` changes
+    between sweeps: every period divides the longest, so the sweep whose tick is the slot modulo the longest
+    period reads the marker whatever period that sweep has (with a period that followed ``m`` exactly, a marker
+    could go unread for several periods).
     """
 
     tick: int
@@ -75,9 +77,10 @@ class MarkerRecheck:
     def period(self, watched: int) -> int:
         """The period in sweeps for a page of ``watched`` instances watched by S3 events (1, every sweep and never
         stretched, when so configured: an existing bucket's markers send no events)."""
-        if self.period_ticks == 1:
-            return 1
-        return max(self.period_ticks, -(-watched // MARKER_READS_PER_PAGE))
+        period = self.period_ticks
+        while period > 1 and period * MARKER_READS_PER_PAGE < watched:
+            period *= 2
+        return period
 
     def due(self, instance_ids: Iterable[str]) -> set[str]:
         """The ids among ``instance_ids`` (one page's watched instances) this sweep reads."""

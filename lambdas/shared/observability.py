@@ -24,7 +24,7 @@ class NoTracer:
 
 
 def tracing_on(environ: Mapping[str, str] = os.environ) -> bool:
-    """False when ``POWERTOOLS_TRACE_DISABLED`` is true (the stack sets it from cdk.json's ``tracing``)."""
+    """False when ``POWERTOOLS_TRACE_DISABLED`` is true (the stack sets it false only with ``tracing`` and ``trace_aws_calls``)."""
     return environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() not in ("true", "1")
 
 

@@ -27,7 +27,7 @@ def reads_over_a_period(recheck: MarkerRecheck, page: list[str]) -> tuple[Counte
     return seen, per_tick
 
 
-@pytest.mark.parametrize(("n", "period"), [(4, 12), (180, 12), (181, 13), (1000, 67)])
+@pytest.mark.parametrize(("n", "period"), [(4, 12), (180, 12), (181, 24), (720, 48), (721, 96), (1000, 96)])
 def test_each_marker_is_read_exactly_once_per_period(n: int, period: int) -> None:
     recheck = MarkerRecheck(tick=29_000_000, period_ticks=12)
     page = ids(n)
@@ -37,7 +37,7 @@ def test_each_marker_is_read_exactly_once_per_period(n: int, period: int) -> Non
     assert sum(per_tick) == n
 
 
-def test_a_full_page_reads_about_fifteen_markers_a_sweep() -> None:
+def test_a_full_page_reads_at_most_fifteen_markers_a_sweep_on_average() -> None:
     seen, per_tick = reads_over_a_period(MarkerRecheck(tick=0, period_ticks=12), ids(1000))
     assert sum(per_tick) / len(per_tick) <= MARKER_READS_PER_PAGE
     assert max(per_tick) < 2 * MARKER_READS_PER_PAGE  # spread, not bunched on one sweep
@@ -45,7 +45,7 @@ def test_a_full_page_reads_about_fifteen_markers_a_sweep() -> None:
 
 def test_ten_full_pages_stay_within_two_hundred_reads_on_every_sweep() -> None:
     pages = [ids(10_000)[k : k + 1000] for k in range(0, 10_000, 1000)]
-    for tick in range(67):
+    for tick in range(96):
         recheck = MarkerRecheck(tick=tick, period_ticks=12)
         assert sum(len(recheck.due(p)) for p in pages) <= 200, tick
 
@@ -66,13 +66,6 @@ def test_the_slot_is_stable_and_in_range() -> None:
     assert {slot(i, 7) for i in ids(500)} == set(range(7))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: the slot is the id's hash modulo a period that follows the page's watched count, so when "
-    "that count changes between sweeps (runs finishing, instances opted in) every marker's slot and the sweep's tick "
-    "modulo the period move, and a marker can go unread for several periods (8x here). A period that only grows by "
-    "doubling (period_ticks * 2**k) keeps each slot's sweeps a superset of the shorter periods' and passes.",
-)
 @pytest.mark.parametrize("watched_about", [900, 720])  # 720: around a point where a doubling period would double
 def test_a_marker_is_read_within_the_longest_period_while_the_page_changes(watched_about: int) -> None:
     churn = random.Random(1)
