@@ -226,7 +226,20 @@ def untrusted_pid_file(
 
 
 def probe_env(base_env: dict[str, str], pid_file: str = "", log_file: str = "", pattern: str = "") -> dict[str, str]:
-    return {**base_env, "SSM_PidFile": pid_file, "SSM_LogFile": log_file, "SSM_LogPattern": pattern}
+    """The probe's environment; a log's CheckpointDir (whose owner must own the log) is the log's directory unless
+    ``base_env`` names one."""
+    ckdir = base_env.get("SSM_CheckpointDir") or (os.path.dirname(log_file) if log_file else "")
+    return {**base_env, "SSM_PidFile": pid_file, "SSM_LogFile": log_file, "SSM_LogPattern": pattern, "SSM_CheckpointDir": ckdir}
+
+
+def test_probe_reads_no_log_without_the_checkpoint_dir_whose_owner_must_own_it(base_env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "train.log"
+    log.write_text("training complete\n")
+    env = {**probe_env(base_env, log_file=str(log), pattern="complete"), "SSM_CheckpointDir": ""}
+    proc, out = run(PROBE, env)  # the probe runs as root: no trainer's user, no log read (SendCommand by hand, say)
+    assert proc.returncode == 0 and out["log"] == {"state": "unreadable"}
+    assert "LogFile needs CheckpointDir" in proc.stderr
+    assert run(PROBE, {**env, "SSM_CheckpointDir": str(tmp_path)})[1]["log"] == {"state": "matched"}
 
 
 def test_probe_not_configured(base_env: dict[str, str]) -> None:
@@ -423,6 +436,7 @@ def test_probe_never_reads_a_log_through_a_symbolic_link_in_its_path(base_env: d
     (tmp_path / "linked").symlink_to(real)
     env = {
         **probe_env(base_env, log_file=str(tmp_path / "linked" / "train.log"), pattern="complete"),
+        "SSM_CheckpointDir": str(real),  # the trainer's directory is fine: only the log's path passes the link
         "AUTOSTOP_STATE_DIR": str(tmp_path / "state"),
     }
     proc, out = run(PROBE, env)

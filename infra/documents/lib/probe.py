@@ -152,7 +152,7 @@ def probe_log(path, pattern, ckdir):
 
 def scan_log(path, pattern, ckdir):
     """``probe_log``; Unreadable when the state directory is unusable, the log is not the trainer's (CKDIR's owner
-    must own it, when CKDIR is given), not a regular file reached without a symbolic link, holds an earlier
+    must own it; no CKDIR, no log), not a regular file reached without a symbolic link, holds an earlier
     session's lines at this boot's first probe, or grep fails."""
     state, boot = state_dir(), boot_key()
     if state is None or boot is None:
@@ -170,7 +170,7 @@ def scan_log(path, pattern, ckdir):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise Unreadable("not a regular file, or its size cannot be read")
-        if owner is not None and st.st_uid != owner:
+        if st.st_uid != owner:
             raise Unreadable(
                 f"owned by uid {st.st_uid}, not by the owner of CheckpointDir (uid {owner}): autostop reads only the trainer's own log"
             )
@@ -193,10 +193,11 @@ def record_missing(baseline_file, boot):
 
 
 def trainer_uid(ckdir):
-    """The owner of the checkpoint directory CKDIR (the trainer's user), None without CKDIR. Unreadable when CKDIR is
-    not a directory reached without a symbolic link."""
+    """The owner of the checkpoint directory CKDIR (the trainer's user). Unreadable without CKDIR (the probe runs as
+    root: without the trainer's user it would read any file's lines for whoever may send it a LogFile) and when CKDIR
+    is not a directory reached without a symbolic link."""
     if not ckdir:
-        return None
+        raise Unreadable("LogFile needs CheckpointDir: autostop reads only a log owned by the checkpoint directory's owner")
     try:
         fd = open_dir_nofollow(ckdir)
     except OSError:
