@@ -287,7 +287,8 @@ def _instance_states(ec2: Any, ids: Iterable[str]) -> dict[str, tuple[str, str |
 
     The ids go in an ``instance-id`` filter, not ``InstanceIds``: with ``InstanceIds`` one id EC2 no longer knows
     (terminated more than about an hour ago) fails the whole call with InvalidInstanceID.NotFound and would keep the
-    other 199 waiters from settling; a filter only leaves it out."""
+    other 199 waiters from settling; a filter only leaves it out. 200 is EC2's limit on a filter's values per call
+    (FilterLimitExceeded above it)."""
     wanted = sorted(set(ids))
     out: dict[str, tuple[str, str | None]] = {}
     for start in range(0, len(wanted), 200):
