@@ -7,14 +7,17 @@ http.client's internals the fast path relies on are the ones this botocore has.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import ipaddress
+import itertools
 import os
 import re
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -229,6 +232,35 @@ def test_bodies_cross_read_and_write_boundaries_whole(server: ThreadingHTTPServe
     assert got[0]["sha256"] == hashlib.sha256(DATA["one"]).hexdigest()
     parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
     assert got[1]["checksum"] == transfer.composite(parts)
+
+
+def test_ranges_of_one_file_download_together_and_write_one_at_a_time(
+    server: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "BODY_CHUNK", 65_536)
+    writing, most, ranges, guard = collections.Counter(), collections.Counter(), [], threading.Lock()
+    write_all = download.write_all
+
+    def watched(fd: int, data: memoryview, offset: int) -> None:
+        with guard:
+            writing[fd] += 1
+            most[fd] = max(most[fd], writing[fd])
+            ranges.append(offset // MIB)
+        time.sleep(0.001)  # a second writer of the same file would overlap here
+        write_all(fd, data, offset)
+        with guard:
+            writing[fd] -= 1
+
+    monkeypatch.setattr(download, "write_all", watched)
+    entries = [{"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4}]
+
+    got = restore(server, entries, tmp_path, pool=4)
+
+    assert (tmp_path / "0").read_bytes() == DATA["big"]
+    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
+    assert got[0]["checksum"] == transfer.composite(parts)
+    assert sum(a != b for a, b in itertools.pairwise(ranges)) > 3  # the ranges' writes interleaved: they ran together
+    assert set(most.values()) == {1}  # yet never two writes into the file at once
 
 
 def test_a_full_disk_is_a_failed_download_that_says_so(server: ThreadingHTTPServer) -> None:

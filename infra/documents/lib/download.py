@@ -4,6 +4,7 @@ Pasted into the restore document after ``lib/transfer.py`` (whose docstring says
 imported directly by the tests.
 """
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -18,6 +19,12 @@ BODY_CHUNK = 1024 * 1024  # bytes per read of a GetObject body, hashed at once (
 # in 128-512 KiB writes, 4-12 s in 1-8 MiB writes; 256 KiB writes put 70 % of the restore's CPU into
 # copy_folio_from_iter_atomic (perf), 6 CPU-s/GB for a 3 GiB file against 1.6 with 64 KiB writes.
 WRITE_CHUNK = 64 * 1024
+# The ranges of one file are written one read (BODY_CHUNK) at a time, under the file's lock. A buffered write holds
+# the inode's lock (ext4, XFS), and threads waiting for it spin on the CPU while its holder runs (the kernel's
+# optimistic spinning); waiting on a Python lock sleeps instead and leaves the CPU to the threads that hash and
+# read. Measured in one run (6 GiB, 96 ranges, 16 threads, 2 shared cores, medians of 3): 538 -> 646 MB/s,
+# 1.51 -> 1.46 CPU-s/GB; perf showed 5 % of the restore's CPU in rwsem_spin_on_owner before.
+NO_LOCK = contextlib.nullcontext()
 
 
 class Download:
@@ -47,7 +54,7 @@ class Download:
                     with lock:
                         multipart[i] = fd
                     os.ftruncate(fd, e["size"])
-                    state = {"digests": [None] * e["parts"], "left": e["parts"]}
+                    state = {"digests": [None] * e["parts"], "left": e["parts"], "write_lock": threading.Lock()}
                     for number, off, length in part_ranges(e["size"], e["part_size"]):
                         pool.submit(self._range, bucket, e, (i, fd, multipart, lock), number, off, length, state)
                 else:
@@ -74,11 +81,12 @@ class Download:
             )
         return resp
 
-    def _copy(self, bucket, e, resp, fd, offset, length, h):
+    def _copy(self, bucket, e, resp, fd, offset, length, h, write_lock=None):
         """Writes the LENGTH-byte body of RESP at OFFSET of FD and feeds it to the hash H, up to BODY_CHUNK bytes at
         a time through one reused buffer, each read hashed at once (while it is in the CPU's cache) and written in
-        WRITE_CHUNK-byte pwrites. Raises SizeMismatch when S3 announces another length than the manifest's,
-        DownloadError when reading (a body that ends early too) or writing fails."""
+        WRITE_CHUNK-byte pwrites, holding WRITE_LOCK (the file's, when several ranges write into it) while writing.
+        Raises SizeMismatch when S3 announces another length than the manifest's, DownloadError when reading (a body
+        that ends early too) or writing fails."""
         body = resp["Body"]
         try:
             if resp.get("ContentLength", length) != length:
@@ -87,7 +95,8 @@ class Download:
             while done < length:
                 n = self._read(bucket, e, readinto, view[: min(BODY_CHUNK, length - done)], done, length)
                 h.update(view[:n])
-                write_all(fd, view[:n], offset + done)
+                with write_lock or NO_LOCK:
+                    write_all(fd, view[:n], offset + done)
                 done += n
             release(body)
         finally:
@@ -118,7 +127,7 @@ class Download:
         i, fd, multipart, lock = target
         h = hashlib.sha256()
         resp = self._get(bucket, e, (offset, offset + length - 1))
-        self._copy(bucket, e, resp, fd, offset, length, h)
+        self._copy(bucket, e, resp, fd, offset, length, h, state["write_lock"])
         state["digests"][number - 1] = h.digest()
         with lock:
             state["left"] -= 1
