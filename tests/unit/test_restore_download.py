@@ -14,6 +14,8 @@ import ipaddress
 import itertools
 import os
 import re
+import resource
+import signal
 import ssl
 import sys
 import threading
@@ -269,3 +271,27 @@ def test_a_full_disk_is_a_failed_download_that_says_so(server: ThreadingHTTPServ
 
     with pytest.raises(download.DownloadError, match="cannot write the restored file: No space left on device; free disk space"):
         download.Download(s3_client, 1, botocore.exceptions).run("b", entries, lambda i: os.open("/dev/full", os.O_WRONLY))
+
+
+def test_a_file_the_disk_cannot_take_fails_before_it_is_downloaded(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the limit is then EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MIB, hard))
+    try:
+        with pytest.raises(download.DownloadError, match="cannot write the restored file: File too large; free disk space"):
+            restore(server, [{"key": "one", "version": "v1", "size": len(DATA["one"])}], tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert server.peers == set()  # type: ignore[attr-defined] # no GetObject was sent
+
+
+def test_an_allocated_file_has_its_size_before_its_bytes_arrive(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        assert download.allocate(fd, 3 * MIB + 5) is True
+        st = os.fstat(fd)
+        assert (st.st_size, st.st_blocks * 512 >= 3 * MIB + 5) == (3 * MIB + 5, True)
+        assert download.allocate(fd, 0) is False
+    finally:
+        os.close(fd)
