@@ -18,7 +18,9 @@ BODY_CHUNK = 1024 * 1024  # bytes per read of a GetObject body, hashed at once (
 # Bytes per pwrite. Larger writes cost far more kernel CPU here (Linux 6.18, ext4, a VM on a busy host; likely the
 # larger page-cache folios they allocate): writing 3 GiB took 0.7-1.6 s of system time in 64 KiB writes, 1.4-5.6 s
 # in 128-512 KiB writes, 4-12 s in 1-8 MiB writes; 256 KiB writes put 70 % of the restore's CPU into
-# copy_folio_from_iter_atomic (perf), 6 CPU-s/GB for a 3 GiB file against 1.6 with 64 KiB writes.
+# copy_folio_from_iter_atomic (perf), 6 CPU-s/GB for a 3 GiB file against 1.6 with 64 KiB writes. Re-measured with
+# the file's lock below (6 GiB, same runs): 256 KiB writes 2.0 against 1.46 CPU-s/GB; one os.pwritev of 16 x 64 KiB
+# costs what a 1 MiB write does (2.5-2.75 against 1.5-1.6); 32 and 16 KiB writes 1.45 and 1.52 against 1.43.
 WRITE_CHUNK = 64 * 1024
 # The ranges of one file are written one read (BODY_CHUNK) at a time, under the file's lock. A buffered write holds
 # the inode's lock (ext4, XFS), and threads waiting for it spin on the CPU while its holder runs (the kernel's
