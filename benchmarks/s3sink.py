@@ -7,7 +7,9 @@ every ``x-amz-checksum-{sha256,crc32}`` header or aws-chunked trailer and ``Cont
 objects that the benchmark mapped to local files (``POST /_seed``) with ``os.sendfile``. Manifests (keys
 ending in ``.json``) are kept whole. Operations: PutObject, CreateMultipartUpload, UploadPart,
 CompleteMultipartUpload, AbortMultipartUpload, HeadObject, GetObject (Range), HeadBucket, ListObjectsV2.
-Signatures are not checked.
+Signatures are not checked. Responses go out without Nagle's delay (TCP_NODELAY): without it a small body
+waited for the client's delayed ACK after the headers, ~40 ms per small GetObject for every tool (the 1-byte
+restore: autostop 0.31 -> 0.27 s, s5cmd 0.11 -> 0.07 s, medians of 5).
 
 Run: ``python benchmarks/s3sink.py PORT``.
 """
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import uuid
@@ -53,6 +56,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *_: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _split(self) -> tuple[str, str, dict[str, list[str]]]:
         url = urlsplit(self.path)

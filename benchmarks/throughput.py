@@ -17,6 +17,13 @@ processes (the sink's own CPU excluded), with the load average before and after;
 moving bytes (each restore tool on a 1-byte checkpoint, and SHA-256 per GB on this CPU: the restore hashes every
 byte, s5cmd verifies nothing) and the Spot budget table. Nothing is asserted.
 
+Reading the restore figures: with 64 MiB parts both single files are multipart objects (32 and 96 parts). Every
+restore writes into new page cache, and on this VM (virtio-balloon free page reporting) memory freed more than
+about 2 s earlier has gone back to the host: writing 2 GiB in 64 KiB pwrites into such memory took 3.0-3.9 CPU-s,
+into memory just freed 0.46-0.59. Each restore removes the previous tool's files just before it starts, so how
+much of a restore lands in recycled memory depends on its size, its speed and the order: the 6 GiB case's CPU per
+GB moves by up to ~1.5 for every tool from run to run. Compare tools within a run.
+
 Environment: AUTOSTOP_BENCH_SCALE (default 1: the sizes above; 0.25 for a quick look), AUTOSTOP_BENCH_REPEAT
 (default 3), AUTOSTOP_BENCH_DIR (default build/bench), AUTOSTOP_BENCH_CLI=1 (also the document's AWS CLI path,
 uploads only), AUTOSTOP_BENCH_ONLY=restore (only the restores, each of the objects one autostop upload wrote; no

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -371,6 +372,25 @@ def test_restore_missing_object_is_download_failed(s3: Any, bucket: str, base_en
     assert run(PROBE, probe)[1]["log"] == {"state": "not_matched"}
     if ckdir.exists():
         assert list(ckdir.iterdir()) == []
+    scripts.assert_no_temp_left(env)
+
+
+def test_restore_on_a_disk_without_room_fails_and_places_nothing(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+    up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
+    ckdir = tmp_path / "ckpt"
+    env = restore_env(base_env, bucket, ckdir, up, tmp_path)
+
+    def no_room() -> None:  # files over 2,000 bytes fail as on a full disk (EFBIG): the 3,000-byte model.bin
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    argv = ["bash", str(RESTORE)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, preexec_fn=no_room)
+
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert proc.returncode == 67, proc.stderr
+    assert (out["error"], out["message"]) == ("DownloadFailed", "cannot write the restored file: File too large; free disk space")
+    assert not (ckdir / "step-100").exists(), "a partial checkpoint was placed"
     scripts.assert_no_temp_left(env)
 
 

@@ -7,14 +7,19 @@ http.client's internals the fast path relies on are the ones this botocore has.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import ipaddress
+import itertools
 import os
 import re
+import resource
+import signal
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -231,9 +236,62 @@ def test_bodies_cross_read_and_write_boundaries_whole(server: ThreadingHTTPServe
     assert got[1]["checksum"] == transfer.composite(parts)
 
 
+def test_ranges_of_one_file_download_together_and_write_one_at_a_time(
+    server: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "BODY_CHUNK", 65_536)
+    writing, most, ranges, guard = collections.Counter(), collections.Counter(), [], threading.Lock()
+    write_all = download.write_all
+
+    def watched(fd: int, data: memoryview, offset: int) -> None:
+        with guard:
+            writing[fd] += 1
+            most[fd] = max(most[fd], writing[fd])
+            ranges.append(offset // MIB)
+        time.sleep(0.001)  # a second writer of the same file would overlap here
+        write_all(fd, data, offset)
+        with guard:
+            writing[fd] -= 1
+
+    monkeypatch.setattr(download, "write_all", watched)
+    entries = [{"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4}]
+
+    got = restore(server, entries, tmp_path, pool=4)
+
+    assert (tmp_path / "0").read_bytes() == DATA["big"]
+    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
+    assert got[0]["checksum"] == transfer.composite(parts)
+    assert sum(a != b for a, b in itertools.pairwise(ranges)) > 3  # the ranges' writes interleaved: they ran together
+    assert set(most.values()) == {1}  # yet never two writes into the file at once
+
+
 def test_a_full_disk_is_a_failed_download_that_says_so(server: ThreadingHTTPServer) -> None:
     s3_client = s3(server, 1)
     entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])}]
 
     with pytest.raises(download.DownloadError, match="cannot write the restored file: No space left on device; free disk space"):
         download.Download(s3_client, 1, botocore.exceptions).run("b", entries, lambda i: os.open("/dev/full", os.O_WRONLY))
+
+
+def test_a_file_the_disk_cannot_take_fails_before_it_is_downloaded(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the limit is then EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MIB, hard))
+    try:
+        with pytest.raises(download.DownloadError, match="cannot write the restored file: File too large; free disk space"):
+            restore(server, [{"key": "one", "version": "v1", "size": len(DATA["one"])}], tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert server.peers == set()  # type: ignore[attr-defined] # no GetObject was sent
+
+
+def test_an_allocated_file_has_its_size_before_its_bytes_arrive(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        assert download.allocate(fd, 3 * MIB + 5) is True
+        st = os.fstat(fd)
+        assert (st.st_size, st.st_blocks * 512 >= 3 * MIB + 5) == (3 * MIB + 5, True)
+        assert download.allocate(fd, 0) is False
+    finally:
+        os.close(fd)

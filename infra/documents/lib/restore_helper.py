@@ -23,7 +23,7 @@ import time
 
 if "Pool" not in globals():  # run on its own (tests, linters); the document pastes these modules above
     from baseline import boot_key, log_baseline_file, state_dir, write_baseline
-    from download import Download, DownloadError, SizeMismatch
+    from download import Download, DownloadError, NoRoom, SizeMismatch
     from instance import (
         HELPER_ERRORS,
         PARAMETERS,
@@ -491,6 +491,8 @@ def download_parallel(bucket, todo, sfd, mods):
         raise Fail(8, "cannot write the restored files in the staging directory: {}; free disk space".format(exc.strerror or exc))
     except SizeMismatch as exc:
         raise Fail(5, "{}; the checkpoint object was replaced or corrupted".format(exc))
+    except NoRoom as exc:
+        raise Fail(4, str(exc))
     except DownloadError as exc:
         raise Fail(4, "{}. Check that the object exists and that the instance profile may read it".format(exc))
     for entry, sums in zip(todo, got):
