@@ -169,14 +169,12 @@ def send_task_success(sfn: Any, token: str, output: dict[str, Any]) -> bool:
     """
     try:
         sfn.send_task_success(taskToken=token, output=json.dumps(output, separators=(",", ":"), default=str))
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:  # is_transient: every BotoCoreError (timeouts, connection errors)
         if error_code(exc) in CLOSED_TASK:
             return False
         if is_transient(exc):
             raise transient("SendTaskSuccess", exc) from exc
         raise
-    except BotoCoreError as exc:
-        raise transient("SendTaskSuccess", exc) from exc
     return True
 
 
@@ -188,14 +186,12 @@ def read_invocation(ssm: Any, command_id: str, instance_id: str) -> dict[str, An
     """
     try:
         return dict(ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id))
-    except ClientError as exc:
+    except (ClientError, BotoCoreError) as exc:
         if error_code(exc) in ("InvocationDoesNotExist", "InvalidCommandId"):
             return None
         if is_transient(exc):
             raise transient("GetCommandInvocation", exc) from exc
         raise
-    except BotoCoreError as exc:
-        raise transient("GetCommandInvocation", exc) from exc
 
 
 def complete_command(ssm: Any, sfn: Any, waiters: Waiters, *, command_id: str, instance_id: str) -> str:
