@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 
 from local import faults as lf
-from shared.executions import start_lifecycle_execution
 from tests import checkpoint_layouts as layouts
 from tests.faults.conftest import Collector, Plane, Row, launch_done, marker_tags, observe
-from tests.workflow.conftest import checkpoint_commands, keys, session_of, start_and_wait, wait_closed
+from tests.workflow.conftest import checkpoint_commands, keys, session_of, start_and_wait, start_as_trigger, wait_closed
 
 SAFE_OUTCOMES = {"NotComplete", "Inconclusive", "Skipped", "CheckpointFailed", "UploadUnverified", "StopFailed", "DryRun"}
 
@@ -477,16 +476,7 @@ def test_trainer_is_signalled_at_most_once_per_run(
         run = start_and_wait(cp, iid, run_id)
     injected = len(fp.faults.log) - before
     # Every later trigger for the run: a second attempt's execution and a sweep.
-    sfn = cp.aws.client("stepfunctions")
-    again = start_lifecycle_execution(
-        sfn,
-        cp.deployment.state_machine_arn,
-        instance_id=iid,
-        run_id=run_id,
-        reason="complete",
-        trigger={"source": "test-retry"},
-        session=session_of(cp, iid),
-    )
+    again = start_as_trigger(cp, iid, run_id, source="test-retry")
     if again.execution_arn:
         wait_closed(cp, again.execution_arn)
     cp.schedule_tick()
@@ -592,9 +582,7 @@ def test_an_aborted_execution_is_recorded_notified_and_releases_the_trainer(fp: 
     iid = launch_done(cp, name, run_id, faults=["stuck_in_progress"])
     session = session_of(cp, iid)
     sfn = cp.aws.client("stepfunctions")
-    started = start_lifecycle_execution(
-        sfn, cp.deployment.state_machine_arn, instance_id=iid, run_id=run_id, reason="complete", trigger={"source": "test"}, session=session
-    )
+    started = start_as_trigger(cp, iid, run_id)
     table = RunRecords(cp.aws.client("dynamodb"), cp.deployment.table)
     key = RunKey(iid, run_id, str(session))
     _wait_for(lambda: (table.get(key) or {}).get("active") == started.name and bool(checkpoint_commands(cp, iid)))

@@ -17,7 +17,7 @@ import pytest
 
 from shared import constants as c
 from tests.faults.conftest import Collector, Plane, Row, launch_done, observe, plane
-from tests.workflow.conftest import Run, checkpoint_commands, start_and_wait, wait_closed
+from tests.workflow.conftest import Run, checkpoint_commands, start_and_wait, start_as_trigger, wait_closed
 
 TASK_TIMEOUT_CAP = 8
 COMMAND_ENDED = "EC2 Command Invocation Status-change Notification"
@@ -42,19 +42,7 @@ def only(iid: str, detail_type: str, copies: int, state: str | None = None) -> C
 
 def start(p: Plane, iid: str, run_id: str) -> str:
     """Start the run's execution without waiting; returns its ARN."""
-    from shared.executions import start_lifecycle_execution
-    from tests.workflow.conftest import session_of
-
-    cp = p.cp
-    started = start_lifecycle_execution(
-        cp.aws.client("stepfunctions"),
-        cp.deployment.state_machine_arn,
-        instance_id=iid,
-        run_id=run_id,
-        reason="complete",
-        trigger={"source": "test"},
-        session=session_of(cp, iid),
-    )
+    started = start_as_trigger(p.cp, iid, run_id)
     assert started.execution_arn
     return started.execution_arn
 

@@ -18,7 +18,7 @@ import pytest
 
 from local.report import execution_states, outcome_of
 from local.runtime import LocalControlPlane
-from shared.executions import start_lifecycle_execution
+from shared.executions import StartResult, start_lifecycle_execution
 from shared.instances import snapshot
 
 
@@ -66,20 +66,23 @@ def session_of(cp: LocalControlPlane, instance_id: str) -> str | None:
     return snapshot(raw).session
 
 
-def start_and_wait(cp: LocalControlPlane, instance_id: str, run_id: str, timeout: float = 90) -> Run:
-    """Start the lifecycle execution as a trigger would (same name, so a trigger's own execution for the same
-    run and session is this one), and wait for it to close."""
-    sfn = cp.aws.client("stepfunctions")
-    started = start_lifecycle_execution(
-        sfn,
+def start_as_trigger(cp: LocalControlPlane, instance_id: str, run_id: str, source: str = "test") -> StartResult:
+    """Start the run's lifecycle execution as a trigger would (same name, so a trigger's own execution for the same
+    run and session is this one), without waiting."""
+    return start_lifecycle_execution(
+        cp.aws.client("stepfunctions"),
         cp.deployment.state_machine_arn,
         instance_id=instance_id,
         run_id=run_id,
         reason="complete",
-        trigger={"source": "test"},
+        trigger={"source": source},
         session=session_of(cp, instance_id),
     )
-    return wait_closed(cp, started.execution_arn, timeout)
+
+
+def start_and_wait(cp: LocalControlPlane, instance_id: str, run_id: str, timeout: float = 90) -> Run:
+    """:func:`start_as_trigger`, then wait for the execution to close."""
+    return wait_closed(cp, start_as_trigger(cp, instance_id, run_id).execution_arn, timeout)
 
 
 def wait_closed(cp: LocalControlPlane, arn: str, timeout: float = 90) -> Run:
