@@ -1071,9 +1071,13 @@ def test_checkpoint_aborts_a_failed_multipart_upload(s3: Any, bucket: str, base_
     assert_no_temp_left(env)
 
 
-def test_checkpoint_stopped_by_sigterm_aborts_its_multipart_upload(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("signals", [1, 3])
+def test_checkpoint_stopped_by_sigterm_aborts_its_multipart_upload(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, signals: int
+) -> None:
     """SIGTERM to the uploading python3 (an SSM timeout, an operator) while a part is on its way: the multipart upload
-    it started is aborted, no manifest is written, the command fails."""
+    it started is aborted, no manifest is written, the command fails; further SIGTERMs while it aborts (here each
+    part's hook sends SIGNALS of them) do not cut the abort short."""
     ckdir = tmp_path / "ck"
     write(ckdir / "step-3.bin", os.urandom(12 * MIB))
     fake_bin = tmp_path / "bin"
@@ -1082,7 +1086,8 @@ def test_checkpoint_stopped_by_sigterm_aborts_its_multipart_upload(s3: Any, buck
     env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB))
     env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
     # $PPID: the python3 uploading; the part waits until the signal has surely been handled.
-    env["AUTOSTOP_SDK_HOOK"] = "/step-3.bin\tkill -TERM $PPID; sleep 3\tUploadPart"
+    kills = "; sleep 0.2; ".join(["kill -TERM $PPID"] * signals)
+    env["AUTOSTOP_SDK_HOOK"] = f"/step-3.bin\t{kills}; sleep 3\tUploadPart"
 
     proc, out = run(CHECKPOINT, env)
 

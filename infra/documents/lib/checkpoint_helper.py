@@ -334,9 +334,16 @@ def file_record(f, hexdigest, checksum, parts, part_size, resp):
 
 def stopped(signum, _frame):
     """Signal handler during the upload: ``Interrupted``, which ``Upload.run`` answers by aborting its multipart
-    uploads."""
+    uploads. Signals after the first are only logged until then (``again``): a second ``Interrupted`` raised while
+    the pool drains would skip the abort."""
+    for other in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(other, again)
     log(f"stopped by signal {signum} during the upload; aborting the multipart uploads in progress")
     raise Interrupted(signum)
+
+
+def again(signum, _frame):
+    log(f"signal {signum} again; still aborting the multipart uploads")
 
 
 def upload_plan(plan, work, bucket, part_size, transfer):
