@@ -116,7 +116,7 @@ def _second_writer(bucket: str, key: str, body: bytes) -> None:
     if "checksum_mismatch" in wanted:
         data = bytearray(s3.get_object(Bucket=bucket, Key=first)["Body"].read())
         data[-1] ^= 0xFF
-        s3.put_object(Bucket=bucket, Key=first, Body=bytes(data), ChecksumAlgorithm="SHA256")
+        s3.put_object(Bucket=bucket, Key=first, Body=bytes(data), ChecksumAlgorithm="CRC32")
     if "old_checkpoint" in wanted:
         when = datetime.datetime.strptime(manifest["decision_time"], "%Y-%m-%dT%H:%M:%SZ") - datetime.timedelta(hours=1)
         manifest["decision_time"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,6 +1,6 @@
 """Confirm resume Task state: judge the restore command's result (Resumed or ResumeFailed).
 
-The restore document verifies every downloaded file's size and SHA-256 on the instance against the
+The restore document verifies every downloaded file's size and checksum on the instance against the
 manifest and prints one JSON result line; this step reads that line and the command status. Nothing is
 deleted on failure: a partial download stays in a hidden folder of the checkpoint directory.
 """

@@ -239,12 +239,15 @@ class ManifestFile(Frozen):
     """Path relative to the checkpoint (the file name for a single-file checkpoint)."""
     size: int = Field(ge=0)
     """Bytes."""
+    checksum_crc32: str | None = Field(None, pattern=r"^[A-Za-z0-9+/]{6}==(-[0-9]{1,5})?$")
+    """The value S3 stores as ``ChecksumCRC32``, computed on the instance: base64 of the big-endian CRC32 for a
+    single PUT, or the composite (base64 of the CRC32 of the concatenated part CRC32s) followed by ``-<parts>``
+    for a multipart upload. What the checkpoint writes; manifests written before it carry ``checksum_sha256``."""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    """Hex SHA-256 of the whole file, computed on the instance; None for a multipart object uploaded in parallel
-    (its parts' SHA-256 digests, ``checksum_sha256`` with ``part_size``, stand for it)."""
-    checksum_sha256: str = Field(pattern=r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
-    """The value S3 stores as ``ChecksumSHA256``: base64 of the SHA-256 for a single PUT, or the composite
-    (base64 of the SHA-256 of the concatenated part digests) followed by ``-<parts>`` for a multipart upload."""
+    """Older manifests: hex SHA-256 of the whole file; None for a multipart object uploaded in parallel (its parts'
+    SHA-256 digests, ``checksum_sha256`` with ``part_size``, stand for it)."""
+    checksum_sha256: str | None = Field(None, pattern=r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
+    """Older manifests: the value S3 stores as ``ChecksumSHA256``, single or composite like ``checksum_crc32``."""
     parts: int = Field(ge=0, le=10000)
     """0 for a single PutObject, else the number of multipart parts."""
     part_size: int | None = Field(None, ge=5 * 1024 * 1024, le=5 * 1024**3)
@@ -254,9 +257,30 @@ class ManifestFile(Frozen):
 
     @model_validator(mode="after")
     def _some_digest(self) -> ManifestFile:
-        if self.sha256 is None and not (self.parts and self.part_size):
+        if (self.checksum_crc32 is None) == (self.checksum_sha256 is None):
+            raise ValueError(f"{self.key}: needs exactly one of checksum_crc32 and checksum_sha256")
+        if self.checksum_crc32 is not None and self.sha256 is not None:
+            raise ValueError(f"{self.key}: a sha256 beside checksum_crc32")
+        crc, multipart = self.checksum_crc32, bool(self.part_size)
+        if crc is not None and (
+            ("-" in crc) != multipart or bool(self.parts) != multipart or multipart and not crc.endswith(f"-{self.parts}")
+        ):
+            raise ValueError(
+                f"{self.key}: checksum_crc32 {crc} does not fit parts {self.parts} and part_size {self.part_size} "
+                "(a multipart object: '-<parts>' and a part_size; a single PUT: neither)"
+            )
+        if self.version_id == "null":
+            raise ValueError(f"{self.key}: version_id 'null' (an unversioned object, which the next PutObject replaces)")
+        if self.checksum_sha256 is not None and self.sha256 is None and not (self.parts and self.part_size):
             raise ValueError(f"{self.key}: no sha256, and not a multipart object with a part_size")
         return self
+
+    @property
+    def checksum(self) -> tuple[str, str]:
+        """(S3's algorithm name, ``CRC32`` or ``SHA256``; the value S3 returns as ``Checksum<algorithm>``)."""
+        if self.checksum_crc32 is not None:
+            return "CRC32", self.checksum_crc32
+        return "SHA256", self.checksum_sha256 or ""
 
     @field_validator("key")
     @classmethod

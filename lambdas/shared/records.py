@@ -15,7 +15,7 @@ Item attributes::
     active_until epoch seconds             when ``active`` lapses if its execution never recorded an outcome
                                            (aborted, timed out): the lease is as long as the longest execution
     last_checkpoint {manifest_uri, execution, files, bytes, step, fresh, verified_at,
-                     objects: [{key, size, sha256}] (first OBJECTS_MAX), objects_truncated}
+                     objects: [{key, size, checksum_crc32 | sha256, version_id}] (first OBJECTS_MAX), objects_truncated}
     auto_stopped bool                      autostop stopped the instance at the end of this session
     stop_requested {execution, action, at} written (conditional UpdateItem) right BEFORE StopInstances /
                                            TerminateInstances / hibernate; removed when EC2 refused the call. A
@@ -412,6 +412,14 @@ def resume_source(earlier: list[dict[str, Any]]) -> tuple[dict[str, Any] | None,
     return None, f"no earlier session ended stopped with a verified checkpoint ({why})"
 
 
+def _checksum(f: dict[str, Any]) -> dict[str, Any]:
+    """A manifest file's checksum for the record: ``checksum_crc32``, or ``sha256`` (hex, None for a multipart
+    object) from manifests written before CRC32."""
+    if f.get("checksum_crc32"):
+        return {"checksum_crc32": f["checksum_crc32"]}
+    return {"sha256": f.get("sha256")}
+
+
 def checkpoint_entry(
     *,
     manifest_uri: str,
@@ -429,8 +437,8 @@ def checkpoint_entry(
     """The ``last_checkpoint`` value of a record: the manifest's URI, the S3 VersionId and SHA-256 (hex) of the
     manifest Verify read (the restore reads exactly that version), the upload prefix every object key must start
     with, the seconds the instance spent uploading (None when its result line had none), and the first OBJECTS_MAX
-    objects (key, size, SHA-256, VersionId)."""
-    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"], "version_id": f.get("version_id")} for f in files[:OBJECTS_MAX]]
+    objects (key, size, checksum_crc32 or, from manifests written before CRC32, sha256, VersionId)."""
+    objects = [{"key": f["key"], "size": f["size"], **_checksum(f), "version_id": f.get("version_id")} for f in files[:OBJECTS_MAX]]
     return {
         "manifest_uri": manifest_uri,
         "manifest_version_id": manifest_version_id,

@@ -4,8 +4,8 @@ The command's result line reaches the control plane through SSM from the instanc
 so it pins what is read: the manifest's S3 VersionId and SHA-256, and the file and byte counts. The manifest
 is read at exactly that version (GetObject/HeadObject with VersionId) and must hash to that SHA-256; every
 object it lists is checked at the VersionId the instance got back from S3 (HeadObject, ChecksumMode=ENABLED)
-for presence, size, S3's own SHA-256 checksum and a LastModified no older than the decision. Anything another
-writer put at the same keys is a different version and is never read.
+for presence, size, S3's own checksum (CRC32; SHA-256 in manifests written before CRC32) and a LastModified no
+older than the decision. Anything another writer put at the same keys is a different version and is never read.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def checksum_matches(expected: str, actual: str | None, parts: int) -> bool:
-    """Compare the manifest's ``checksum_sha256`` with S3's ``ChecksumSHA256``.
+    """Compare the manifest's checksum with S3's (``ChecksumCRC32`` or ``ChecksumSHA256`` from HeadObject).
 
     S3 returns a composite multipart checksum as ``<base64>-<parts>``; some emulators omit the suffix.
     The base64 digest must always be equal; a suffix, where present on either side, must name the same
@@ -80,6 +80,7 @@ def checksum_matches(expected: str, actual: str | None, parts: int) -> bool:
     return not (exp_parts and exp_parts != str(parts))
 
 
+CHECKSUM_NAMES = {"CRC32": "CRC32", "SHA256": "SHA-256"}
 VERSION_ID_RE = re.compile(r"^[A-Za-z0-9._+/=-]{1,1024}$")
 SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -126,9 +127,10 @@ class Verifier:
             return f"{f.key}: {head}"
         if head.get("ContentLength") != f.size:
             return f"{f.key}: size {head.get('ContentLength')} bytes in S3, {f.size} in the manifest"
-        if not checksum_matches(f.checksum_sha256, head.get("ChecksumSHA256"), f.parts):
-            got = head.get("ChecksumSHA256") or "none"
-            return f"{f.key}: S3 SHA-256 checksum {got} differs from the instance's {f.checksum_sha256}"
+        algorithm, want = f.checksum
+        if not checksum_matches(want, head.get(f"Checksum{algorithm}"), f.parts):
+            got = head.get(f"Checksum{algorithm}") or "none"
+            return f"{f.key}: S3 {CHECKSUM_NAMES[algorithm]} checksum {got} differs from the instance's {want}"
         ctype = head.get("ChecksumType")
         if ctype and ctype != ("COMPOSITE" if f.parts else "FULL_OBJECT"):
             return f"{f.key}: checksum type {ctype} does not match a {'multipart' if f.parts else 'single'} upload"
@@ -213,7 +215,8 @@ class Verifier:
             )
         fresh = line.get("fresh") if isinstance(line.get("fresh"), bool) else None
         trainer = str(line["trainer"]) if isinstance(line.get("trainer"), str) else None
-        reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 SHA-256 checksums"
+        names = "/".join(sorted({CHECKSUM_NAMES[f.checksum[0]] for f in manifest.files}))
+        reason = f"{len(manifest.files)} object(s), {manifest.total_bytes} bytes verified against S3 {names} checksums"
         if manifest.selection is not None and manifest.selection.summary:
             reason += f" ({manifest.selection.summary})"
         if evaluation.decision == "spot_checkpoint":

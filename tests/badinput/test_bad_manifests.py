@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +51,10 @@ def b64sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
+def b64crc(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Planned]:
     from evaluate_completion.handler import lambda_handler
@@ -79,6 +84,12 @@ def file_entry(p: Planned, name: str = "model.bin", body: bytes = BODY, **change
         "version_id": p.version_id,
     }
     return {**entry, **changes}
+
+
+def crc_entry(p: Planned, **changes: Any) -> dict[str, Any]:
+    """file_entry in the form the checkpoint writes now (checksum_crc32 alone); the planned object holds a SHA-256."""
+    entry = {k: v for k, v in file_entry(p).items() if k not in ("sha256", "checksum_sha256")}
+    return {**entry, "checksum_crc32": b64crc(BODY), **changes}
 
 
 def manifest(p: Planned, files: list[dict[str, Any]] | None = None, **changes: Any) -> dict[str, Any]:
@@ -165,6 +176,22 @@ BAD: list[tuple[str, Any, str]] = [
     ),
     ("checksum without =", lambda p: dumps(manifest(p, files=[file_entry(p, checksum_sha256=b64sha(BODY)[:-1])])), "checksum"),
     ("checksum of other bytes", lambda p: dumps(manifest(p, files=[file_entry(p, checksum_sha256=b64sha(b"other"))])), "differs"),
+    ("no checksum", lambda p: dumps(manifest(p, files=[file_entry(p, sha256=None, checksum_sha256=None)])), "exactly one of"),
+    ("CRC32 and SHA-256 checksums", lambda p: dumps(manifest(p, files=[file_entry(p, checksum_crc32=b64crc(BODY))])), "exactly one of"),
+    ("CRC32 beside a sha256", lambda p: dumps(manifest(p, files=[crc_entry(p, sha256=hashlib.sha256(BODY).hexdigest())])), "beside"),
+    ("CRC32 of SHA-256 length", lambda p: dumps(manifest(p, files=[crc_entry(p, checksum_crc32=b64sha(BODY))])), "checksum_crc32"),
+    (
+        "composite CRC32, no part_size",
+        lambda p: dumps(manifest(p, files=[crc_entry(p, checksum_crc32="AAAAAA==-2", parts=2)])),
+        "part_size",
+    ),
+    (
+        "CRC32 without its parts suffix",
+        lambda p: dumps(manifest(p, files=[crc_entry(p, parts=2, part_size=5 * 1024 * 1024)])),
+        "does not fit parts 2",
+    ),
+    ("version_id null", lambda p: dumps(manifest(p, files=[crc_entry(p, version_id="null")])), "version_id 'null'"),
+    ("CRC32 S3 does not hold", lambda p: dumps(manifest(p, files=[crc_entry(p)])), "S3 CRC32 checksum none differs"),
     ("parts 10001", lambda p: dumps(manifest(p, files=[file_entry(p, parts=10001)])), "parts"),
     ("total_bytes wrong", lambda p: dumps(manifest(p, total_bytes=1)), "total_bytes"),
     ("another instance's manifest", lambda p: dumps(manifest(p, instance_id="i-0000000000000000f")), "instance_id"),

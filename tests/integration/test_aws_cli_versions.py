@@ -7,7 +7,7 @@ package; without it the v2 cases are skipped. The v2 CLI older than 2.13 does no
 ``aws`` here is a wrapper that passes ``--endpoint-url`` (the only difference from an instance).
 
 Each case checkpoints a directory with a multipart file and small files, then restores it into an empty
-directory from the pinned manifest: the bytes on disk are the originals, and S3 holds the SHA-256 the instance
+directory from the pinned manifest: the bytes on disk are the originals, and S3 holds the CRC32 the instance
 computed for every object.
 """
 
@@ -101,7 +101,7 @@ def test_checkpoint_and_restore_round_trip(
     assert by_path["model.safetensors"]["parts"] == 3
     for f in manifest["files"]:
         head = s3.head_object(Bucket=bucket, Key=f["key"], VersionId=f["version_id"], ChecksumMode="ENABLED")
-        assert head["ChecksumSHA256"].split("-")[0] == f["checksum_sha256"].split("-")[0]
+        assert head["ChecksumCRC32"].split("-")[0] == f["checksum_crc32"].split("-")[0]
     assert set(keys(s3, bucket)) == {f["key"] for f in manifest["files"]} | {env["SSM_ManifestKey"]}
 
     up = {**env, "SSM_ManifestVersionId": out["manifest_version_id"], "SSM_ManifestSha256": out["manifest_sha256"]}

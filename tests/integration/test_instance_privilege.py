@@ -21,7 +21,7 @@ import pytest
 from tests.integration import test_restore_script as restore_tests
 from tests.integration.conftest import BUCKET, World, ended_session
 from tests.integration.test_evaluate_paths import earlier_session, evaluate, restore_document, run_tags
-from tests.integration.test_instance_scripts import probe_env, run, write
+from tests.integration.test_instance_scripts import b64crc, probe_env, run, write
 from tests.integration.test_restore_script import (
     allowlist,
     baseline,
@@ -78,8 +78,7 @@ def test_f2_a_manifest_and_objects_rewritten_after_verify_are_never_restored(
     for f in forged["files"]:
         evil = b"EVIL" * (f["size"] // 4) + b"E" * (f["size"] % 4)
         f["version_id"] = s3.put_object(Bucket=bucket, Key=f["key"], Body=evil)["VersionId"]
-        f["sha256"] = __import__("hashlib").sha256(evil).hexdigest()
-        f["checksum_sha256"] = None
+        f["checksum_crc32"] = b64crc(evil)
     s3.put_object(Bucket=bucket, Key=up["SSM_ManifestKey"], Body=json.dumps(forged).encode())
     ckdir = tmp_path / "ckpt"
     ckdir.mkdir()
@@ -114,8 +113,7 @@ def test_f2_keys_outside_the_verified_prefix_or_without_a_version_are_refused(
         other = "runs/run-7/checkpoints/x/step-100/model.bin"
         data = b"x" * entry["size"]
         entry.update(key=other, version_id=s3.put_object(Bucket=bucket, Key=other, Body=data)["VersionId"])
-        entry["sha256"] = __import__("hashlib").sha256(data).hexdigest()
-        entry["checksum_sha256"] = None
+        entry["checksum_crc32"] = b64crc(data)
         why = "outside the verified upload prefix"
     else:
         del entry["version_id"]

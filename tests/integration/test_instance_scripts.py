@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +105,11 @@ def run(script: Path, env: dict[str, str], timeout: float = 60) -> tuple[subproc
 
 def b64sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def b64crc(data: bytes) -> str:
+    """S3's ChecksumCRC32 of DATA: base64 of the big-endian CRC32."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
 def write(path: Path, data: bytes, mtime: float | None = None) -> bytes:
@@ -600,11 +606,11 @@ def test_checkpoint_uploads_newest_complete_directory(s3: Any, bucket: str, base
         data = newest[entry["path"]]
         assert entry["key"] == f"{prefix}step-300/{entry['path']}"
         assert entry["size"] == len(data)
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-        assert entry["checksum_sha256"] == b64sha(data)
+        assert entry["checksum_crc32"] == b64crc(data)
+        assert "sha256" not in entry and "checksum_sha256" not in entry  # CRC32 only: lib/transfer.py says why
         assert entry["parts"] == 0
         head = s3.head_object(Bucket=bucket, Key=entry["key"], ChecksumMode="ENABLED")
-        assert head["ChecksumSHA256"] == entry["checksum_sha256"]
+        assert head["ChecksumCRC32"] == entry["checksum_crc32"]
         assert head["ContentLength"] == len(data)
         assert s3.get_object(Bucket=bucket, Key=entry["key"])["Body"].read() == data
         assert manifest_head["LastModified"] >= head["LastModified"]
@@ -630,12 +636,14 @@ def test_checkpoint_manifest_matches_the_project_model(s3: Any, bucket: str, bas
     assert manifest.files[0].path == "iter_0042.pt"
     for f in manifest.files:
         head = s3.head_object(Bucket=bucket, Key=f.key, ChecksumMode="ENABLED")
-        assert checksum_matches(f.checksum_sha256, head.get("ChecksumSHA256"), f.parts)
+        algorithm, want = f.checksum
+        assert algorithm == "CRC32"
+        assert checksum_matches(want, head.get("ChecksumCRC32"), f.parts)
 
 
 @pytest.mark.parametrize("transfer", ["sdk", "cli"])
 def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, transfer: str) -> None:
-    """Parts in parallel, one SHA-256 per part and no whole-file hash, through botocore (sdk) or the AWS CLI, one
+    """Parts in parallel, one CRC32 per part and no whole-file checksum, through botocore (sdk) or the AWS CLI, one
     process per part (cli); S3 holds the same composite checksum either way."""
     ckdir = tmp_path / "ck"
     data = write(ckdir / "model_step_0007.pt", os.urandom(12 * MIB))
@@ -651,13 +659,13 @@ def test_checkpoint_multipart_file(s3: Any, bucket: str, base_env: dict[str, str
     assert keys(s3, bucket) == sorted([key, env["SSM_ManifestKey"]])
     (entry,) = read_manifest(s3, bucket, env)["files"]
     assert (entry["key"], entry["path"], entry["size"], entry["parts"]) == (key, "model_step_0007.pt", len(data), 3)
-    assert (entry["sha256"], entry["part_size"]) == (None, 5 * MIB)  # no whole-file pass: the parts' digests stand for it
-    part_digests = b"".join(hashlib.sha256(data[i : i + 5 * MIB]).digest() for i in range(0, len(data), 5 * MIB))
-    composite = base64.b64encode(hashlib.sha256(part_digests).digest()).decode()
-    assert entry["checksum_sha256"] == f"{composite}-3"
+    assert entry["part_size"] == 5 * MIB  # no whole-file pass: the parts' checksums stand for it
+    part_crcs = b"".join(zlib.crc32(data[i : i + 5 * MIB]).to_bytes(4, "big") for i in range(0, len(data), 5 * MIB))
+    composite = base64.b64encode(zlib.crc32(part_crcs).to_bytes(4, "big")).decode()
+    assert entry["checksum_crc32"] == f"{composite}-3"
     head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     # moto computes the composite from the bytes it received and stores it without the "-3" suffix.
-    assert head["ChecksumSHA256"].split("-")[0] == composite
+    assert head["ChecksumCRC32"].split("-")[0] == composite
     assert head["ContentLength"] == len(data)
     assert head["ETag"].strip('"').endswith("-3")
     assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).digest() == hashlib.sha256(data).digest()

@@ -107,8 +107,11 @@ def uploaded_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path
     return {**env, "SSM_ManifestVersionId": out["manifest_version_id"], "SSM_ManifestSha256": out["manifest_sha256"]}, files
 
 
-def put_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], dict[str, bytes]]:
-    """What uploaded_checkpoint leaves on the instance and in S3, written directly (each script run costs seconds)."""
+def put_checkpoint(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, algorithm: str = "CRC32"
+) -> tuple[dict[str, str], dict[str, bytes]]:
+    """What uploaded_checkpoint leaves on the instance and in S3, written directly (each script run costs seconds).
+    ALGORITHM: CRC32 (what the checkpoint writes) or SHA256 (the form of manifests written before CRC32)."""
     ckdir = tmp_path / "original"
     files = {
         "model.bin": write(ckdir / "step-100" / "model.bin", os.urandom(3000)),
@@ -118,9 +121,13 @@ def put_checkpoint(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Pat
     entries = []
     for rel, data in files.items():
         key = f"{env['SSM_UploadPrefix']}step-100/{rel}"
-        version = s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumSHA256=scripts.b64sha(data))["VersionId"]
-        entries.append({"key": key, "path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "checksum_sha256": scripts.b64sha(data), "parts": 0, "version_id": version})  # fmt: skip
+        if algorithm == "CRC32":
+            version = s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumCRC32=scripts.b64crc(data))["VersionId"]
+            checksum = {"checksum_crc32": scripts.b64crc(data)}
+        else:
+            version = s3.put_object(Bucket=bucket, Key=key, Body=data, ChecksumSHA256=scripts.b64sha(data))["VersionId"]
+            checksum = {"sha256": hashlib.sha256(data).hexdigest(), "checksum_sha256": scripts.b64sha(data)}
+        entries.append({"key": key, "path": rel, "size": len(data), **checksum, "parts": 0, "version_id": version})
     mtime = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((ckdir / "step-100" / "opt" / "optimizer.pt").stat().st_mtime))
     manifest = {
         "schema_version": 1, "run_id": RUN_ID, "instance_id": INSTANCE_ID, "execution_name": "run-42-complete-1",
@@ -284,8 +291,11 @@ def test_restore_runs_the_resume_command_as_the_owner_of_the_checkpoint_dir(
     assert probed["pid"] == {"state": "running", "pid": out["pid"]}
 
 
-def test_restore_keeps_a_checkpoint_already_in_place(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
-    up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
+@pytest.mark.parametrize("algorithm", ["CRC32", "SHA256"])  # SHA256: manifests written before CRC32
+def test_restore_keeps_a_checkpoint_already_in_place(
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, algorithm: str
+) -> None:
+    up, files = put_checkpoint(s3, bucket, base_env, tmp_path, algorithm)
     ckdir = Path(up["SSM_CheckpointDir"])  # the disk survived the stop
     before = {rel: (ckdir / "step-100" / rel).stat() for rel in files}
     env = restore_env(base_env, bucket, ckdir, up, tmp_path)
@@ -301,8 +311,9 @@ def test_restore_keeps_a_checkpoint_already_in_place(s3: Any, bucket: str, base_
     assert not (tmp_path / "state").exists(), "no LogFile: no log offset"
 
 
-def test_restore_downloads_only_what_is_missing(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path) -> None:
-    up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
+@pytest.mark.parametrize("algorithm", ["CRC32", "SHA256"])  # SHA256: manifests written before CRC32
+def test_restore_downloads_only_what_is_missing(s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, algorithm: str) -> None:
+    up, files = put_checkpoint(s3, bucket, base_env, tmp_path, algorithm)
     ckdir = Path(up["SSM_CheckpointDir"])
     (ckdir / "step-100" / "opt" / "optimizer.pt").unlink()
     inode = (ckdir / "step-100" / "model.bin").stat().st_ino
@@ -394,21 +405,23 @@ def test_restore_on_a_disk_without_room_fails_and_places_nothing(s3: Any, bucket
     scripts.assert_no_temp_left(env)
 
 
-@pytest.mark.parametrize("transfer", ["sdk", "cli"])
+@pytest.mark.parametrize(("transfer", "algorithm"), [("sdk", "CRC32"), ("cli", "CRC32"), ("sdk", "SHA256"), ("cli", "SHA256")])
 @pytest.mark.parametrize("how", ["different-bytes", "lying-checksum", "truncated"])
 def test_restore_corrupted_object_is_checksum_mismatch(
-    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, how: str, transfer: str
+    s3: Any, bucket: str, base_env: dict[str, str], tmp_path: Path, how: str, transfer: str, algorithm: str
 ) -> None:
-    up, files = put_checkpoint(s3, bucket, base_env, tmp_path)
+    """Manifests of both forms (CRC32; SHA-256 from before), through botocore and through the AWS CLI."""
+    up, files = put_checkpoint(s3, bucket, base_env, tmp_path, algorithm)
     key = f"{up['SSM_UploadPrefix']}step-100/model.bin"
     good = files["model.bin"]
     bad = bytes([good[0] ^ 0xFF]) + good[1:]
-    if how == "different-bytes":  # an object with the same size (moto then holds no SHA-256)
+    lie = {"ChecksumCRC32": scripts.b64crc(good)} if algorithm == "CRC32" else {"ChecksumSHA256": scripts.b64sha(good)}
+    if how == "different-bytes":  # an object with the same size (moto then holds no checksum)
         version = s3.put_object(Bucket=bucket, Key=key, Body=bad)["VersionId"]
-    elif how == "lying-checksum":  # moto stores the SHA-256 it was given without checking it (real S3: BadDigest)
-        version = s3.put_object(Bucket=bucket, Key=key, Body=bad, ChecksumSHA256=scripts.b64sha(good))["VersionId"]
+    elif how == "lying-checksum":  # moto stores the checksum it was given without checking it (real S3: BadDigest)
+        version = s3.put_object(Bucket=bucket, Key=key, Body=bad, **lie)["VersionId"]
     else:
-        version = s3.put_object(Bucket=bucket, Key=key, Body=good[:-1], ChecksumAlgorithm="SHA256")["VersionId"]
+        version = s3.put_object(Bucket=bucket, Key=key, Body=good[:-1], ChecksumAlgorithm=algorithm)["VersionId"]
     # The verified manifest lists that version (the bytes S3 holds for it differ from what the manifest says).
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=up["SSM_ManifestKey"])["Body"].read())
     for f in manifest["files"]:
@@ -507,6 +520,23 @@ def test_restore_refuses_a_symlinked_checkpoint_dir(s3: Any, bucket: str, base_e
             "or a sha256 beside it",
         ),
         ({"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_sha256": CHECKSUM, "parts": 3}]}, "no sha256"),
+        ({"files": [{"key": "k", "path": "a", "size": 1, "checksum_crc32": "AAAA"}]}, "invalid checksum_crc32"),
+        ({"files": [{"key": "k", "path": "a", "size": 1, "checksum_crc32": "AAAAAA==", "sha256": "0" * 64}]}, "SHA-256 beside it"),
+        ({"files": [{"key": "k", "path": "a", "size": 1, "checksum_crc32": "AAAAAA==", "checksum_sha256": CHECKSUM}]}, "SHA-256 beside"),
+        (
+            {"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_crc32": "AAAAAA==-3", "parts": 3, "part_size": 1024}]},
+            "part_size",
+        ),
+        ({"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_crc32": "AAAAAA==-3", "parts": 3}]}, "does not fit its parts"),
+        (
+            {"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_crc32": "AAAAAA==", "parts": 3, "part_size": 5 * MIB}]},
+            "does not fit its parts",
+        ),
+        (
+            {"files": [{"key": "k", "path": "a", "size": 12 * MIB, "checksum_crc32": "AAAAAA==-2", "parts": 3, "part_size": 5 * MIB}]},
+            "does not fit its parts",
+        ),
+        ({"files": [{"key": "k", "path": "a", "size": 1, "checksum_crc32": "AAAAAA==", "version_id": "null"}]}, "no valid S3 version_id"),
         (None, "not valid JSON"),
     ],
 )

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,11 @@ class Checkpoint:
 
 def b64sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def b64crc(data: bytes) -> str:
+    """S3's ChecksumCRC32 of DATA (what the checkpoint document sends): base64 of the big-endian CRC32."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
 def write(path: Path, data: bytes) -> bytes:
@@ -192,7 +198,7 @@ def test_uploaded_checkpoint_is_verified_until_its_objects_are_tampered_with(wor
         assert f["key"].startswith(ck.upload_prefix)
         body = s3.get_object(Bucket=BUCKET, Key=f["key"])["Body"].read()
         assert body == {"model.bin": MODEL, "optim/state.pt": OPTIM}[f["path"]]
-        assert (f["sha256"], f["checksum_sha256"], f["parts"]) == (hashlib.sha256(body).hexdigest(), b64sha(body), 0)
+        assert (f["checksum_crc32"], f["parts"], "sha256" in f) == (b64crc(body), 0, False)
     line = result_line(ck.invocation)
     assert line["manifest_sha256"] == hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=ck.manifest_key)["Body"].read()).hexdigest()
     assert line["manifest_version_id"] and all(f["version_id"] for f in manifest["files"])
@@ -223,10 +229,8 @@ def test_another_tenant_cannot_forge_what_verify_reads(world: World) -> None:
     forged_files = []
     for f in original["files"]:
         body = b"forged by the other tenant " + f["path"].encode()
-        resp = s3.put_object(Bucket=BUCKET, Key=f["key"], Body=body, ChecksumAlgorithm="SHA256")
-        forged_files.append(
-            dict(f, size=len(body), sha256=hashlib.sha256(body).hexdigest(), checksum_sha256=b64sha(body), version_id=resp["VersionId"])
-        )
+        resp = s3.put_object(Bucket=BUCKET, Key=f["key"], Body=body, ChecksumAlgorithm="CRC32")
+        forged_files.append(dict(f, size=len(body), checksum_crc32=b64crc(body), version_id=resp["VersionId"]))
     forged = dict(original, files=forged_files, total_bytes=sum(f["size"] for f in forged_files))
     put_manifest(world, ck, forged)  # the attacker's version is now the current one
 
@@ -239,7 +243,7 @@ def test_another_tenant_cannot_forge_what_verify_reads(world: World) -> None:
     last = record["last_checkpoint"]
     assert last["manifest_version_id"] == result_line(ck.invocation)["manifest_version_id"]
     assert last["manifest_sha256"] == result_line(ck.invocation)["manifest_sha256"]
-    assert {o["sha256"] for o in last["objects"]} == {hashlib.sha256(MODEL).hexdigest(), hashlib.sha256(OPTIM).hexdigest()}
+    assert {o["checksum_crc32"] for o in last["objects"]} == {b64crc(MODEL), b64crc(OPTIM)}
 
     # A result line that names the forged manifest's version but the instance's SHA-256 is refused
     forged_version = s3.head_object(Bucket=BUCKET, Key=ck.manifest_key)["VersionId"]
@@ -264,7 +268,7 @@ def test_multipart_upload_is_verified_with_its_composite_checksum(world: World) 
     assert ck.invocation["Status"] == "Success", ck.invocation
     (entry,) = read_manifest(world, ck)["files"]
     assert entry["parts"] == 3
-    assert entry["checksum_sha256"].endswith("-3")
+    assert entry["checksum_crc32"].endswith("-3")
 
     result = verify(ck)
 
@@ -313,12 +317,15 @@ def test_tampered_manifests_are_unverified(world: World) -> None:
 
     # An object whose listed version holds other bytes than the manifest says
     other = bytes(reversed(MODEL))
-    resp = s3.put_object(Bucket=BUCKET, Key=model_key, Body=other, ChecksumAlgorithm="SHA256")
+    resp = s3.put_object(Bucket=BUCKET, Key=model_key, Body=other, ChecksumAlgorithm="CRC32")
     files = [dict(f, version_id=resp["VersionId"]) if f["key"] == model_key else f for f in manifest["files"]]
     invocation = put_manifest(world, ck, tampered(files=files))
-    assert_unverified(
-        verify(ck, invocation=invocation), ck, f"{model_key}: S3 SHA-256 checksum {b64sha(other)} differs from the instance's"
-    )
+    assert_unverified(verify(ck, invocation=invocation), ck, f"{model_key}: S3 CRC32 checksum {b64crc(other)} differs from the instance's")
+    # ... or the same bytes with S3 holding no CRC32 for them (another algorithm): not verified either
+    resp = s3.put_object(Bucket=BUCKET, Key=model_key, Body=MODEL, ChecksumAlgorithm="SHA256")
+    files = [dict(f, version_id=resp["VersionId"]) if f["key"] == model_key else f for f in manifest["files"]]
+    invocation = put_manifest(world, ck, tampered(files=files))
+    assert_unverified(verify(ck, invocation=invocation), ck, f"{model_key}: S3 CRC32 checksum none differs from the instance's")
     # ... or no version at all
     files = [dict(f, version_id=None) if f["key"] == model_key else f for f in manifest["files"]]
     assert_unverified(
@@ -356,7 +363,8 @@ def test_a_manifest_older_than_the_decision_is_unverified(world: World) -> None:
 
 
 def test_large_manifest_is_verified_with_a_small_result(world: World) -> None:
-    # Given a planned checkpoint whose manifest lists 3000 objects that all exist with S3 SHA-256 checksums
+    # Given a planned checkpoint whose manifest lists 3000 objects that all exist with S3 SHA-256 checksums (the form
+    # manifests had before CRC32: still verified)
     n = 3000
     inst, evaluation, execution = plan(world, "big", "run-big", {"step-000001/x": b"x"})
     prefix = evaluation["checkpoint"]["upload_prefix"]

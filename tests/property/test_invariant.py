@@ -11,7 +11,7 @@ waits for every execution (bounded), and then checks, from what the control plan
 
 1. every StopInstances / TerminateInstances / hibernate it made that EC2 accepted was made inside a Step
    Functions execution and preceded by that execution's manifest in S3, for that instance and run, whose
-   objects are all present with the manifest's size and SHA-256 (HeadObject ChecksumMode=ENABLED and the
+   objects are all present with the manifest's size and checksum (HeadObject ChecksumMode=ENABLED and the
    bytes themselves, re-read here), written after the manifest's decision_time and before the call, and
    that decision_time is not older than the instance's session (LaunchTime) at the call;
 2. an instance without the opt-in tag (exact key ``autostop:enabled``, value ``true`` in any case) was never
@@ -35,6 +35,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -506,13 +507,10 @@ class SecondTenant(threading.Thread):
             files = []
             for f in manifest["files"]:
                 body = f"forged by the second tenant: {f['key']}".encode()
-                put = self.s3.put_object(Bucket=self.bucket, Key=f["key"], Body=body, ChecksumAlgorithm="SHA256")
+                put = self.s3.put_object(Bucket=self.bucket, Key=f["key"], Body=body, ChecksumAlgorithm="CRC32")
                 self.forged.add(put["VersionId"])
-                digest = hashlib.sha256(body)
-                checksum = base64.b64encode(digest.digest()).decode()
-                files.append(
-                    dict(f, size=len(body), sha256=digest.hexdigest(), checksum_sha256=checksum, parts=0, version_id=put["VersionId"])
-                )
+                checksum = base64.b64encode(_crc32(body)).decode()
+                files.append(dict(f, size=len(body), checksum_crc32=checksum, parts=0, version_id=put["VersionId"]))
             forged = dict(manifest, files=files, total_bytes=sum(f["size"] for f in files))
             put = self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(forged).encode(), ChecksumAlgorithm="SHA256")
             self.forged.add(put["VersionId"])
@@ -622,6 +620,20 @@ def prove(s3: Any, ssm: Any, bucket: str, d: Destroy, commands: list[Any], forge
     return problems
 
 
+def _crc32(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _s3_checksum(data: bytes, f: dict[str, Any]) -> tuple[str, str]:
+    """(S3's algorithm, the base64 checksum S3 must hold for DATA without a parts suffix) by manifest entry F:
+    CRC32 where it lists checksum_crc32, else SHA-256; a multipart entry's composite over its part_size parts.
+    Computed here from zlib and hashlib, not with the code under test."""
+    algorithm, fn = ("CRC32", _crc32) if f.get("checksum_crc32") else ("SHA256", lambda b: hashlib.sha256(b).digest())
+    part = f.get("part_size") if f.get("parts") else None
+    digest = fn(b"".join(fn(data[i : i + part]) for i in range(0, len(data), part))) if part else fn(data)
+    return algorithm, base64.b64encode(digest).decode()
+
+
 def _prove_object(
     s3: Any, bucket: str, f: dict[str, Any], prefix: str, forged: set[str], what: str, decision: datetime, at: datetime
 ) -> list[str]:
@@ -636,15 +648,17 @@ def _prove_object(
     except ClientError as exc:
         return [f"{what}: {fkey}@{version} missing ({exc.response['Error']['Code']})"]
     problems = []
-    sha = hashlib.sha256(data).hexdigest()
     if h["ContentLength"] != f.get("size") or len(data) != f.get("size"):
         problems.append(f"{what}: {fkey} is {h['ContentLength']} bytes, manifest says {f.get('size')}")
-    if sha != f.get("sha256"):
-        problems.append(f"{what}: {fkey} SHA-256 {sha} differs from the manifest's {f.get('sha256')}")
-    s3_sum = str(h.get("ChecksumSHA256") or "").partition("-")[0]
-    expected = base64.b64encode(bytes.fromhex(sha)).decode() if not f.get("parts") else str(f.get("checksum_sha256")).partition("-")[0]
-    if s3_sum != expected:
-        problems.append(f"{what}: {fkey} S3 ChecksumSHA256 {s3_sum or 'none'} is not {expected}")
+    if f.get("sha256") is not None and hashlib.sha256(data).hexdigest() != f["sha256"]:
+        problems.append(f"{what}: {fkey} SHA-256 differs from the manifest's {f['sha256']}")
+    algorithm, mine = _s3_checksum(data, f)
+    listed = str(f.get("checksum_crc32") or f.get("checksum_sha256") or "").partition("-")[0]
+    if f.get("sha256") is None and mine != listed:  # the bytes, checked here, against the manifest's checksum
+        problems.append(f"{what}: {fkey} has {algorithm} {mine}, the manifest says {listed or 'none'}")
+    s3_sum = str(h.get(f"Checksum{algorithm}") or "").partition("-")[0]
+    if s3_sum != mine:
+        problems.append(f"{what}: {fkey} S3 Checksum{algorithm} {s3_sum or 'none'} is not {mine}")
     if not decision <= h["LastModified"] <= at:
         problems.append(f"{what}: {fkey} last modified {h['LastModified']} outside [decision {decision}, call {at}]")
     return problems

@@ -293,6 +293,25 @@ def files(n: int) -> list[dict[str, Any]]:
     return [{"key": f"runs/run-a/ckpt/f{i:04d}", "size": i, "sha256": f"{i:064x}", "extra": "dropped"} for i in range(n)]
 
 
+def test_checkpoint_entry_objects_carry_the_manifests_checksum() -> None:
+    # A ManifestFile's model_dump: every checksum field present, the unused ones None
+    crc = {"key": "k/crc", "size": 4, "checksum_crc32": "AAAAAA==", "sha256": None, "checksum_sha256": None, "version_id": "v1"}
+    old = {"key": "k/sha", "size": 4, "checksum_crc32": None, "sha256": "ab" * 32, "checksum_sha256": "x", "version_id": "v2"}
+    entry = checkpoint_entry(
+        manifest_uri="s3://b/m.json",
+        execution=EXEC_A,
+        files=[crc, old],
+        total_bytes=8,
+        step=1,
+        fresh=None,
+        verified_at="2026-12-05T00:00:00Z",
+    )
+    assert entry["objects"] == [
+        {"key": "k/crc", "size": 4, "checksum_crc32": "AAAAAA==", "version_id": "v1"},
+        {"key": "k/sha", "size": 4, "sha256": "ab" * 32, "version_id": "v2"},
+    ]
+
+
 @pytest.mark.parametrize(("count", "truncated"), [(0, False), (1, False), (OBJECTS_MAX, False), (OBJECTS_MAX + 1, True), (250, True)])
 def test_checkpoint_entry_lists_at_most_objects_max(count: int, truncated: bool) -> None:
     entry = checkpoint_entry(

@@ -7,6 +7,7 @@ http.client's internals the fast path relies on are the ones this botocore has.
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime
 import hashlib
@@ -20,6 +21,7 @@ import ssl
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +34,6 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"))
 import download  # noqa: E402
-import transfer  # noqa: E402
 
 MIB = 1024 * 1024
 DATA = {"one": os.urandom(3 * download.BODY_CHUNK + 17), "big": os.urandom(3 * MIB + 5), "empty": b""}
@@ -132,7 +133,19 @@ def s3(httpd: ThreadingHTTPServer, pool: int) -> Any:
     )
 
 
+def crc32(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def crc32_composite(data: bytes, part: int) -> str:
+    """S3's composite CRC32 of DATA cut into PART-byte parts, computed here from zlib, not with lib/transfer.py."""
+    parts = [crc32(data[off : off + part]) for off in range(0, len(data), part)]
+    return base64.b64encode(crc32(b"".join(parts))).decode() + f"-{len(parts)}"
+
+
 def restore(httpd: ThreadingHTTPServer, entries: list[dict[str, Any]], tmp_path: Path, pool: int = 1) -> list[dict[str, Any]]:
+    """Download.run of ENTRIES (CRC32, what the checkpoint writes, unless an entry names its algorithm)."""
+    entries = [{"algorithm": "CRC32"} | e for e in entries]
     dfd = os.open(tmp_path, os.O_RDONLY)
     try:
         return download.Download(s3(httpd, pool), pool, botocore.exceptions).run(
@@ -145,7 +158,7 @@ def restore(httpd: ThreadingHTTPServer, entries: list[dict[str, Any]], tmp_path:
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_bodies_are_read_past_urllib3_and_connections_are_reused(scheme: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     server = request.getfixturevalue("server" if scheme == "http" else "tls_server")
-    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])} for _ in range(4)]
+    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"]), "algorithm": a} for a in ("CRC32", "SHA256") * 2]
     entries.append({"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4})
     entries.append({"key": "empty", "version": "v1", "size": 0})
     body = s3(server, 1).get_object(Bucket="b", Key="one")["Body"]
@@ -158,10 +171,19 @@ def test_bodies_are_read_past_urllib3_and_connections_are_reused(scheme: str, re
     assert server.peers == {next(iter(server.peers))}  # type: ignore[attr-defined] # one connection for 9 GetObjects
     for i, e in enumerate(entries):
         assert (tmp_path / str(i)).read_bytes() == DATA[e["key"]]
-    assert got[0]["sha256"] == hashlib.sha256(DATA["one"]).hexdigest()
-    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
-    assert got[4]["checksum"] == transfer.composite(parts)
-    assert got[5]["sha256"] == hashlib.sha256(b"").hexdigest()
+    assert (got[0]["digest"], got[1]["digest"]) == (crc32(DATA["one"]), hashlib.sha256(DATA["one"]).digest())
+    assert got[4]["checksum"] == crc32_composite(DATA["big"], MIB)
+    assert got[5]["digest"] == bytes(4)  # the CRC32 of no bytes
+
+
+def test_older_manifests_multipart_objects_are_checked_with_composite_sha256(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    entries = [{"key": "big", "version": "v1", "size": len(DATA["big"]), "part_size": MIB, "parts": 4, "algorithm": "SHA256"}]
+
+    got = restore(server, entries, tmp_path, pool=2)
+
+    assert (tmp_path / "0").read_bytes() == DATA["big"]
+    parts = b"".join(hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB))
+    assert got[0] == {"digest": None, "checksum": base64.b64encode(hashlib.sha256(parts).digest()).decode() + "-4"}
 
 
 def body_reader_is_the_socket(body: Any) -> bool:
@@ -231,9 +253,8 @@ def test_bodies_cross_read_and_write_boundaries_whole(server: ThreadingHTTPServe
     got = restore(server, entries, tmp_path, pool=3)
 
     assert (tmp_path / "0").read_bytes() == DATA["one"] and (tmp_path / "1").read_bytes() == DATA["big"]
-    assert got[0]["sha256"] == hashlib.sha256(DATA["one"]).hexdigest()
-    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
-    assert got[1]["checksum"] == transfer.composite(parts)
+    assert got[0]["digest"] == crc32(DATA["one"])
+    assert got[1]["checksum"] == crc32_composite(DATA["big"], MIB)
 
 
 def test_ranges_of_one_file_download_together_and_write_one_at_a_time(
@@ -259,15 +280,14 @@ def test_ranges_of_one_file_download_together_and_write_one_at_a_time(
     got = restore(server, entries, tmp_path, pool=4)
 
     assert (tmp_path / "0").read_bytes() == DATA["big"]
-    parts = [hashlib.sha256(DATA["big"][off : off + MIB]).digest() for off in range(0, len(DATA["big"]), MIB)]
-    assert got[0]["checksum"] == transfer.composite(parts)
+    assert got[0]["checksum"] == crc32_composite(DATA["big"], MIB)
     assert sum(a != b for a, b in itertools.pairwise(ranges)) > 3  # the ranges' writes interleaved: they ran together
     assert set(most.values()) == {1}  # yet never two writes into the file at once
 
 
 def test_a_full_disk_is_a_failed_download_that_says_so(server: ThreadingHTTPServer) -> None:
     s3_client = s3(server, 1)
-    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"])}]
+    entries = [{"key": "one", "version": "v1", "size": len(DATA["one"]), "algorithm": "CRC32"}]
 
     with pytest.raises(download.DownloadError, match="cannot write the restored file: No space left on device; free disk space"):
         download.Download(s3_client, 1, botocore.exceptions).run("b", entries, lambda i: os.open("/dev/full", os.O_WRONLY))

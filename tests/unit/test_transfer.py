@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +52,71 @@ def test_composite_is_s3s_form() -> None:
     digests = [hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()]
 
     assert transfer.composite(digests) == base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode() + "-2"
+
+
+def test_crc32_is_what_s3_and_botocore_compute() -> None:
+    from botocore.httpchecksum import Crc32Checksum
+
+    data = b"123456789" * 100_000
+    theirs = Crc32Checksum()
+    theirs.update(data)
+    ours = transfer.Crc32(data[:7])
+    ours.update(memoryview(data)[7:])  # fed in pieces, as a body arrives
+
+    assert transfer.b64(transfer.Crc32(b"123456789").digest()) == "y/Q5Jg=="  # CRC-32's check value, 0xCBF43926
+    assert transfer.b64(ours.digest()) == theirs.b64digest()
+
+
+def test_composite_crc32_is_the_crc32_of_the_part_crc32s() -> None:
+    import base64
+    import zlib
+
+    parts = [zlib.crc32(b"a").to_bytes(4, "big"), zlib.crc32(b"b").to_bytes(4, "big")]
+
+    assert transfer.composite(parts, "CRC32") == base64.b64encode(zlib.crc32(b"".join(parts)).to_bytes(4, "big")).decode() + "-2"
+
+
+class Sent(Exception):
+    """Raised in place of sending: carries the signed request's headers."""
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "unsigned"),
+    [
+        (None, True),  # AWS's own endpoint: TLS
+        ("https://s3.internal.example:9000", True),
+        ("http://127.0.0.1:9000", True),  # loopback: no network path in between
+        ("http://localhost:9000", True),
+        ("http://[::1]:9000", True),
+        ("http://10.0.0.5:9000", False),  # plain HTTP across a network: a CRC32 would not bind the bytes
+        ("http://minio.internal:9000", False),
+    ],
+)
+def test_the_body_goes_unsigned_only_over_tls_or_loopback(endpoint: str | None, unsigned: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mods = transfer.sdk()
+    assert mods is not None
+    s3 = transfer.client(mods, 1)
+
+    def capture(request: Any, **_: Any) -> None:
+        raise Sent(dict(request.headers))
+
+    s3.meta.events.register("before-send.s3.PutObject", capture)
+    body = b"weights" * 1000
+    checksum = transfer.b64(transfer.Crc32(body).digest())
+    with pytest.raises(Sent) as sent:
+        s3.put_object(Bucket="b", Key="k", Body=body, ChecksumAlgorithm="CRC32", ChecksumCRC32=checksum)
+
+    headers = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent.value.args[0].items()}
+    assert headers["x-amz-checksum-crc32"] == checksum
+    expected = "UNSIGNED-PAYLOAD" if unsigned else hashlib.sha256(body).hexdigest()
+    assert headers["x-amz-content-sha256"] == expected
 
 
 def test_pool_stops_at_the_first_error_and_raises_it() -> None:

@@ -109,7 +109,9 @@ def test_interruption_with_a_cooperative_trainer_saves_a_fresh_checkpoint_and_ne
     (record,) = records(cp, iid)
     assert record["outcome"] == "SpotCheckpointSaved" and record["locks"] == {"interruption": run.name}
     assert record["last_checkpoint"]["manifest_uri"] == run.output["manifest_uri"]  # type: ignore[index]
-    objects = [{"key": f["key"], "size": f["size"], "sha256": f["sha256"], "version_id": f["version_id"]} for f in saved["files"]]
+    objects = [
+        {"key": f["key"], "size": f["size"], "checksum_crc32": f["checksum_crc32"], "version_id": f["version_id"]} for f in saved["files"]
+    ]
     assert record["last_checkpoint"]["objects"] == objects
     assert "active" not in record
     tags = tags_of(cp, iid)

@@ -43,6 +43,7 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
         MAX_OBJECT_SIZE,
         MAX_PART_SIZE,
         MIN_PART_SIZE,
+        Crc32,
         Pool,
         b64,
         client,
@@ -163,12 +164,13 @@ class Upload:
     """The chosen checkpoint's files to S3 in one process: parts and files concurrently, each byte read once.
 
     Per file, through ``open_chosen`` (the very file selection saw): up to PART_SIZE bytes one PutObject, above
-    that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the SHA-256
-    of its bytes, which S3 verifies. After its last call a file must still be the file chosen. ``run`` returns
-    the manifest's file records in plan order. Failures: Fail(6) a file changed (or vanished); Fail(4) S3 refused
-    (botocore's or the CLI's message, e.g. AccessDenied); every multipart upload that was started and not
-    completed is aborted first. ``s3``: a botocore client, or ``CliS3`` (bodies are then files: the chosen file
-    itself for a PutObject, which the CLI opens, a temp file in WORK per part)."""
+    that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the CRC32
+    of its bytes (``x-amz-checksum-crc32``; lib/transfer.py says why CRC32), which S3 verifies. After its last
+    call a file must still be the file chosen. ``run`` returns the manifest's file records in plan order.
+    Failures: Fail(6) a file changed (or vanished); Fail(4) S3 refused (botocore's or the CLI's message, e.g.
+    AccessDenied); every multipart upload that was started and not completed is aborted first. ``s3``: a botocore
+    client, or ``CliS3`` (bodies are then files: the chosen file itself for a PutObject, which the CLI opens, a
+    temp file in WORK per part)."""
 
     def __init__(self, s3, errors, bucket, part_size, pool, work=None):
         self.s3, self.errors, self.bucket, self.part_size, self.work = s3, errors, bucket, part_size, work
@@ -207,20 +209,20 @@ class Upload:
             data = pread_exact(fh.fileno(), f["size"], 0)
         if len(data) != f["size"]:
             raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
-        digest = hashlib.sha256(data).digest()
+        checksum = b64(Crc32(data).digest())
         resp = self.call(
             f,
             f"uploading {f['abs']} to {target}",
             "put_object",
             Key=f["key"],
             Body=f["abs"] if self.work else data,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=b64(digest),
+            ChecksumAlgorithm="CRC32",
+            ChecksumCRC32=checksum,
         )
         del data
-        same_checksum(resp, b64(digest), f["key"])
+        same_checksum(resp, checksum, f["key"])
         check_unchanged(f)
-        records[i] = file_record(f, digest.hex(), b64(digest), 0, None, resp)
+        records[i] = file_record(f, checksum, 0, None, resp)
 
     def start_multipart(self, f, records, i):
         if f["size"] > MAX_OBJECT_SIZE:
@@ -236,7 +238,7 @@ class Upload:
                 f"starting the multipart upload of {f['abs']} to {target}",
                 "create_multipart_upload",
                 Key=f["key"],
-                ChecksumAlgorithm="SHA256",
+                ChecksumAlgorithm="CRC32",
             )
         except BaseException:
             fh.close()
@@ -251,7 +253,7 @@ class Upload:
         data = pread_exact(state["fh"].fileno(), length, offset)
         if len(data) != length:
             raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
-        digest = hashlib.sha256(data).digest()
+        digest = Crc32(data).digest()
         what = f"uploading part {number} of {len(state['parts'])} of {f['abs']} to s3://{self.bucket}/{f['key']}"
         body = self.part_file(data, state["upload_id"], number) if self.work else data
         del data
@@ -264,15 +266,15 @@ class Upload:
                 UploadId=state["upload_id"],
                 PartNumber=number,
                 Body=body,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=b64(digest),
+                ChecksumAlgorithm="CRC32",
+                ChecksumCRC32=b64(digest),
             )
         finally:
             if self.work:
                 os.unlink(body)
         same_checksum(resp, b64(digest), f"part {number}")
         with self.lock:
-            state["parts"][number - 1] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": b64(digest), "digest": digest}
+            state["parts"][number - 1] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": b64(digest), "digest": digest}
             state["left"] -= 1
             last = state["left"] == 0
         if last and not self.pool.failed.is_set():  # once anything failed or a signal came, nothing more is completed
@@ -289,7 +291,7 @@ class Upload:
         return path
 
     def complete(self, f, state, records, i):
-        checksum = composite([p.pop("digest") for p in state["parts"]])
+        checksum = composite([p.pop("digest") for p in state["parts"]], "CRC32")
         what = f"completing the multipart upload of {f['abs']} to s3://{self.bucket}/{f['key']}"
         resp = self.call(
             f, what, "complete_multipart_upload", Key=f["key"], UploadId=state["upload_id"], MultipartUpload={"Parts": state["parts"]}
@@ -299,7 +301,7 @@ class Upload:
         state["fh"].close()
         same_checksum(resp, checksum, f["key"])
         check_unchanged(f)
-        records[i] = file_record(f, None, checksum, len(state["parts"]), state["part"], resp)
+        records[i] = file_record(f, checksum, len(state["parts"]), state["part"], resp)
 
     def abort_all(self):
         for key, state in list(self.open_uploads.items()):
@@ -322,10 +324,10 @@ def check_unchanged(f):
         raise Fail(6, changed(f["abs"], "it was modified or replaced while it was being uploaded"))
 
 
-def file_record(f, hexdigest, checksum, parts, part_size, resp):
-    """The manifest's entry for file F. ``sha256``: the whole file's (single-part objects only; a multipart
-    object is checked by its composite ``checksum_sha256`` and ``part_size``)."""
-    record = {"key": f["key"], "path": f["rel"], "size": f["size"], "sha256": hexdigest, "checksum_sha256": checksum, "parts": parts}
+def file_record(f, checksum, parts, part_size, resp):
+    """The manifest's entry for file F. ``checksum_crc32``: what S3 stores as ``ChecksumCRC32`` (the whole file's
+    CRC32, or for a multipart object the composite with ``part_size``, which the restore recomputes)."""
+    record = {"key": f["key"], "path": f["rel"], "size": f["size"], "checksum_crc32": checksum, "parts": parts}
     if part_size:
         record["part_size"] = part_size
     record["version_id"] = version_id(resp)
@@ -372,9 +374,9 @@ def upload_plan(plan, work, bucket, part_size, transfer):
 
 
 def same_checksum(resp, expected, what):
-    got = resp.get("ChecksumSHA256")
+    got = resp.get("ChecksumCRC32")
     if got and got.split("-")[0] != expected.split("-")[0]:
-        raise Fail(4, f"S3 reported SHA-256 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
+        raise Fail(4, f"S3 reported CRC32 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
 
 
 def is_fresh(choice, signal_ns):

@@ -1,4 +1,4 @@
-"""autostop on-instance restore data path: parallel ranged GetObject of pinned versions, hashed as written.
+"""autostop on-instance restore data path: parallel ranged GetObject of pinned versions, checksummed as written.
 
 Pasted into the restore document after ``lib/transfer.py`` (whose docstring says why it is built this way) and
 imported directly by the tests.
@@ -7,14 +7,13 @@ imported directly by the tests.
 import contextlib
 import ctypes
 import errno
-import hashlib
 import os
 import threading
 
 if "Pool" not in globals():  # run on its own (tests); the document pastes lib/transfer.py above
-    from transfer import Pool, composite, part_ranges
+    from transfer import HASHES, Pool, composite, part_ranges
 
-BODY_CHUNK = 1024 * 1024  # bytes per read of a GetObject body, hashed at once (256 KiB measured the same)
+BODY_CHUNK = 1024 * 1024  # bytes per read of a GetObject body, checksummed at once (256 KiB measured the same)
 # Bytes per pwrite. Larger writes cost far more kernel CPU here (Linux 6.18, ext4, a VM on a busy host; likely the
 # larger page-cache folios they allocate): writing 3 GiB took 0.7-1.6 s of system time in 64 KiB writes, 1.4-5.6 s
 # in 128-512 KiB writes, 4-12 s in 1-8 MiB writes; 256 KiB writes put 70 % of the restore's CPU into
@@ -31,14 +30,15 @@ NO_LOCK = contextlib.nullcontext()
 
 
 class Download:
-    """Parallel ranged GetObject of pinned S3 versions into new files, hashed as they are written.
+    """Parallel ranged GetObject of pinned S3 versions into new files, checksummed as they are written.
 
-    ``entries``: dicts with key, version, size, and either part_size (> 0, with parts) for a multipart object
-    whose composite checksum the manifest gives, or none (one GetObject, one SHA-256 of the whole object).
-    ``run(bucket, entries, open_target)`` writes entry i into the descriptor ``open_target(i)`` returns (opened
-    when its first byte is due, closed when its last has been written, so a 3,000-file restore never holds more
-    than a pool's worth of descriptors) and gives back, per entry, ``{"sha256": hex or None, "checksum":
-    composite or None}``; errors raise ``DownloadError`` with a message naming the object (botocore's text)."""
+    ``entries``: dicts with key, version, size, algorithm (``"CRC32"`` or ``"SHA256"``, a key of ``HASHES``), and
+    either part_size (> 0, with parts) for a multipart object whose composite checksum the manifest gives, or none
+    (one GetObject, one checksum of the whole object). ``run(bucket, entries, open_target)`` writes entry i into
+    the descriptor ``open_target(i)`` returns (opened when its first byte is due, closed when its last has been
+    written, so a 3,000-file restore never holds more than a pool's worth of descriptors) and gives back, per
+    entry, ``{"digest": the whole object's raw digest or None, "checksum": composite or None}``; errors raise
+    ``DownloadError`` with a message naming the object (botocore's text)."""
 
     def __init__(self, s3, pool, errors_mod):
         import http.client  # here: the helpers' other subcommands never need it
@@ -62,7 +62,7 @@ class Download:
                     for number, off, length in part_ranges(e["size"], e["part_size"]):
                         pool.submit(self._range, bucket, e, (i, fd, multipart, lock), number, off, length, state)
                 else:
-                    state = {"sha256": None}
+                    state = {"digest": None}
                     pool.submit(self._whole, bucket, e, i, open_target, state)
                 results.append(state)
             pool.wait()
@@ -71,7 +71,10 @@ class Download:
             pool.executor.shutdown(wait=True)
             for fd in multipart.values():
                 os.close(fd)
-        return [{"sha256": s.get("sha256"), "checksum": composite(s["digests"]) if "digests" in s else None} for s in results]
+        return [
+            {"digest": s.get("digest"), "checksum": composite(s["digests"], e["algorithm"]) if "digests" in s else None}
+            for e, s in zip(entries, results)
+        ]
 
     def _get(self, bucket, e, byte_range=None):
         extra = {"Range": "bytes={}-{}".format(*byte_range)} if byte_range else {}
@@ -122,15 +125,15 @@ class Download:
         fd = open_target(i)
         try:
             allocate(fd, e["size"])
-            h = hashlib.sha256()
+            h = HASHES[e["algorithm"]]()
             self._copy(bucket, e, self._get(bucket, e), fd, 0, e["size"], h)
-            state["sha256"] = h.hexdigest()
+            state["digest"] = h.digest()
         finally:
             os.close(fd)
 
     def _range(self, bucket, e, target, number, offset, length, state):
         i, fd, multipart, lock = target
-        h = hashlib.sha256()
+        h = HASHES[e["algorithm"]]()
         resp = self._get(bucket, e, (offset, offset + length - 1))
         self._copy(bucket, e, resp, fd, offset, length, h, state["write_lock"])
         state["digests"][number - 1] = h.digest()

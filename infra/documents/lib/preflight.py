@@ -4,14 +4,13 @@ python3 has it): ``infra/documents/preflight.sh``'s checks.
 Pasted after ``lib/instance.py``, ``lib/selection.py``, ``lib/transfer.py`` and ``lib/s3cli.py`` (and before
 ``lib/dispatch.py``), so each check runs the checkpoint command's own code: the same reading of the PID file
 (``pid_is_trainer``), the same S3 client choice (``sdk()``:
-botocore, else the AWS CLI through ``CliS3``), the same PutObject with a SHA-256 checksum, the same ``select()``
+botocore, else the AWS CLI through ``CliS3``), the same PutObject with a CRC32 checksum, the same ``select()``
 and the same messages (``no_checkpoint``, ``summary``). Nothing on the instance is changed; in S3 one small object
 is written under the instance's own prefix, and one write just outside it is attempted (the instance policy must
 refuse it).
 """
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
     )
     from s3cli import CliError, CliS3, version_id
     from selection import describe_rejected, no_checkpoint, saving_now, select, show, summary
-    from transfer import b64, client, sdk
+    from transfer import Crc32, b64, client, sdk
 
 
 def denied(exc):
@@ -66,7 +65,7 @@ def caller_identity(mods):
 
 
 def test_put(s3, bucket, key, body, work):
-    """PutObject of BODY at KEY with its SHA-256, as the checkpoint command puts a file; S3's response."""
+    """PutObject of BODY at KEY with its CRC32, as the checkpoint command puts a file; S3's response."""
     path = os.path.join(work, "preflight.json")
     with open(path, "wb") as f:
         f.write(body)
@@ -75,8 +74,8 @@ def test_put(s3, bucket, key, body, work):
         Key=key,
         Body=path if isinstance(s3, CliS3) else body,
         ContentType="application/json",
-        ChecksumAlgorithm="SHA256",
-        ChecksumSHA256=b64(hashlib.sha256(body).digest()),
+        ChecksumAlgorithm="CRC32",
+        ChecksumCRC32=b64(Crc32(body).digest()),
     )
 
 

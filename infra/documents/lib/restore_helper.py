@@ -10,7 +10,6 @@ ScriptFailed, 9 ResumeCommandRefused.
 import contextlib
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import pwd
@@ -42,10 +41,12 @@ if "Pool" not in globals():  # run on its own (tests, linters); the document pas
         work_dir,
     )
     from transfer import (
+        HASHES,
         MAX_OBJECT_SIZE,
         MAX_PART_SIZE,
         MAX_PARTS,
         MIN_PART_SIZE,
+        b64,
         client,
         composite,
         part_ranges,
@@ -57,6 +58,8 @@ if "Pool" not in globals():  # run on its own (tests, linters); the document pas
 CHUNK = 8 * 1024 * 1024
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 CHECKSUM_RE = re.compile(r"^[A-Za-z0-9+/]{43}=(-[0-9]{1,5})?$")
+CRC32_RE = re.compile(r"^[A-Za-z0-9+/]{6}==(-[0-9]{1,5})?$")
+NAMES = {"SHA256": "SHA-256", "CRC32": "CRC32"}
 KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 VERSION_RE = re.compile(r"^[A-Za-z0-9._+/=-]{1,1024}$")
@@ -107,13 +110,14 @@ def chown_like(fd, st):
         os.fchown(fd, st.st_uid, st.st_gid)
 
 
-def sha256_fd(fd):
-    h = hashlib.sha256()
+def hash_fd(fd, algorithm="SHA256"):
+    """The raw digest (``HASHES[algorithm]``) of the whole file FD."""
+    h = HASHES[algorithm]()
     os.lseek(fd, 0, os.SEEK_SET)
     while True:
         chunk = os.read(fd, CHUNK)
         if not chunk:
-            return h.hexdigest()
+            return h.digest()
         h.update(chunk)
 
 
@@ -231,17 +235,22 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
             bad("file entry {} is not an object".format(i))
         key, rel, size, digest = f.get("key"), f.get("path"), f.get("size"), f.get("sha256")
         checksum, parts, version = f.get("checksum_sha256"), f.get("parts", 0), f.get("version_id")
+        algorithm, crc = "SHA256", f.get("checksum_crc32")
+        if crc is not None:  # written since CRC32 (lib/transfer.py): no SHA-256 beside it
+            if checksum is not None or digest is not None or not isinstance(crc, str) or not CRC32_RE.match(crc):
+                bad("file entry {} has an invalid checksum_crc32 (or a SHA-256 beside it)".format(i))
+            algorithm, checksum = "CRC32", crc
         if not isinstance(key, str) or not KEY_RE.match(key) or not plain_segments(key):
             bad("file entry {} has an invalid key".format(i))
         if not key.startswith(upload_prefix):
             bad("file entry {} has key {}, outside the verified upload prefix {}".format(i, key, upload_prefix))
-        if not isinstance(version, str) or not VERSION_RE.match(version):
+        if not isinstance(version, str) or not VERSION_RE.match(version) or version == "null":  # "null": unversioned, overwritable
             bad("file entry {} has no valid S3 version_id (a manifest written before version pinning cannot be restored)".format(i))
         if not isinstance(rel, str) or rel.startswith("/") or CONTROL_RE.search(rel) or not plain_segments(rel):
             bad("file entry {} has an invalid path (relative, no '.', '..' or empty segments)".format(i))
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_OBJECT_SIZE:
             bad("file entry {} has an invalid size".format(i))
-        if checksum is not None and (not isinstance(checksum, str) or not CHECKSUM_RE.match(checksum)):
+        if algorithm == "SHA256" and checksum is not None and (not isinstance(checksum, str) or not CHECKSUM_RE.match(checksum)):
             bad("file entry {} has an invalid checksum_sha256".format(i))
         if not isinstance(parts, int) or isinstance(parts, bool) or parts < 0:
             bad("file entry {} has an invalid parts count".format(i))
@@ -256,7 +265,16 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
             or digest is not None
         ):
             bad("file entry {} has an invalid part_size for {} parts (or a sha256 beside it)".format(i, parts))
-        if digest is None and part_size is None:
+        multipart = part_size is not None
+        if algorithm == "CRC32" and (
+            ("-" in checksum) != multipart or bool(parts) != multipart or multipart and not checksum.endswith("-{}".format(parts))
+        ):
+            bad(
+                "file entry {} has a checksum that does not fit its parts (multipart: '-<parts>' and a part_size; one PUT: neither)".format(
+                    i
+                )
+            )
+        if digest is None and part_size is None and algorithm == "SHA256":
             bad("file entry {} has no sha256 (only a multipart object with a part_size may go without)".format(i))
         if digest is not None and (not isinstance(digest, str) or not HEX64_RE.match(digest)):
             bad("file entry {} has an invalid sha256".format(i))
@@ -275,8 +293,10 @@ def parse_manifest(path, run_id, instance_id, bucket, manifest_uri, upload_prefi
                 "version": version,
                 "path": rel,
                 "size": size,
-                "sha256": digest,
+                "algorithm": algorithm,
                 "checksum": checksum,
+                # what the instance must compute: S3's form (the whole object's base64 digest, or the composite)
+                "want": b64(bytes.fromhex(digest)) if digest else checksum,
                 "parts": parts if part_size else 0,
                 "part_size": part_size,
                 "target": target,
@@ -291,16 +311,18 @@ def same_content(fd, entry):
 
 
 def content_matches(fd, entry):
-    """Does FD hold the entry's bytes: its whole-file SHA-256, or (a multipart object uploaded in parallel) the
-    composite of SHA-256 digests of its part_size-byte parts?"""
-    if entry["sha256"]:
-        return sha256_fd(fd) == entry["sha256"]
-    digests = [hashlib.sha256(pread_exact(fd, length, off)).digest() for _, off, length in part_ranges(entry["size"], entry["part_size"])]
-    return composite(digests) == entry["checksum"]
+    """Does FD hold the entry's bytes: its whole-file checksum (CRC32, or SHA-256 in older manifests), or (a
+    multipart object uploaded in parallel) the composite of its part_size-byte parts' checksums?"""
+    alg = entry["algorithm"]
+    if not entry["part_size"]:
+        return b64(hash_fd(fd, alg)) == entry["want"]
+    digests = [HASHES[alg](pread_exact(fd, length, off)).digest() for _, off, length in part_ranges(entry["size"], entry["part_size"])]
+    return composite(digests, alg) == entry["want"]
 
 
 def existing(ckfd, entry):
-    """'absent', 'present' (same size and SHA-256) or why the target conflicts."""
+    """'absent', 'present' (same size and checksum: the checkpoint directory's writers are trusted with its
+    content, which they could change after the restore as well) or why the target conflicts."""
     fd = os.dup(ckfd)
     try:
         *dirs, last = entry["target"]
@@ -324,7 +346,7 @@ def existing(ckfd, entry):
             return "it exists with {} bytes, the checkpoint's file has {}".format(st.st_size, entry["size"])
         ffd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
         try:
-            return "present" if same_content(ffd, entry) else "it exists with different content (SHA-256)"
+            return "present" if same_content(ffd, entry) else "it exists with different content ({})".format(NAMES[entry["algorithm"]])
         finally:
             os.close(ffd)
     finally:
@@ -409,7 +431,7 @@ def restore_files(
     fetch(bucket, manifest_key, manifest_version, manifest_path, what)
     fd = os.open(manifest_path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        digest = sha256_fd(fd)
+        digest = hash_fd(fd).hex()
     finally:
         os.close(fd)
     if digest != manifest_sha256:
@@ -478,7 +500,7 @@ def restore_files(
 
 def download_parallel(bucket, todo, sfd, mods):
     """Every file of TODO into the staging directory SFD as 000000, 000001, ... in one process (lib/transfer.py),
-    then checked: the whole-file SHA-256, or the composite of its parts' digests, computed while writing."""
+    then checked: the whole-file checksum, or the composite of its parts' checksums, computed while writing."""
     n = pool_size(DOWNLOAD_PART)
     log("downloading {} file(s), {} bytes, {} at a time".format(len(todo), sum(e["size"] for e in todo), n))
 
@@ -496,26 +518,24 @@ def download_parallel(bucket, todo, sfd, mods):
     except DownloadError as exc:
         raise Fail(4, "{}. Check that the object exists and that the instance profile may read it".format(exc))
     for entry, sums in zip(todo, got):
-        uri = "s3://{}/{}".format(bucket, entry["key"])
-        if entry["sha256"] and sums["sha256"] != entry["sha256"]:
+        value = b64(sums["digest"]) if sums["digest"] is not None else sums["checksum"]
+        if value != entry["want"]:
             raise Fail(
                 5,
-                "{} has SHA-256 {} on the instance, the manifest says {}; the checkpoint object was replaced or corrupted".format(
-                    uri, sums["sha256"], entry["sha256"]
-                ),
-            )
-        if not entry["sha256"] and sums["checksum"] != entry["checksum"]:
-            raise Fail(
-                5,
-                "{} has composite SHA-256 {} on the instance, the manifest says {}; the checkpoint object was replaced or corrupted".format(
-                    uri, sums["checksum"], entry["checksum"]
+                "s3://{}/{} has {}{} {} on the instance, the manifest says {}; the checkpoint object was replaced or corrupted".format(
+                    bucket,
+                    entry["key"],
+                    "" if sums["digest"] is not None else "composite ",
+                    NAMES[entry["algorithm"]],
+                    value,
+                    entry["want"],
                 ),
             )
 
 
 def download_with_cli(bucket, todo, sfd):
     """Every file of TODO into the staging directory SFD through the AWS CLI, one GetObject per file, each checked
-    (S3's checksum, then size and SHA-256 on the instance): the path when python3 cannot import botocore."""
+    (S3's checksum, then size and checksum on the instance): the path when python3 cannot import botocore."""
     for i, entry in enumerate(todo):
         staged = "{:06d}".format(i)
         uri = "s3://{}/{}".format(bucket, entry["key"])
@@ -523,12 +543,12 @@ def download_with_cli(bucket, todo, sfd):
         resp = get_object(
             bucket, entry["key"], entry["version"], staged, "downloading {} (version {})".format(uri, entry["version"]), cwd_fd=sfd
         )
-        got = resp.get("ChecksumSHA256")
+        got = resp.get("Checksum" + entry["algorithm"])
         if isinstance(got, str) and entry["checksum"] and got.split("-")[0] != entry["checksum"].split("-")[0]:
             raise Fail(
                 5,
-                "S3 holds SHA-256 checksum {} for {}, the manifest says {}; the checkpoint object was replaced or corrupted".format(
-                    got, uri, entry["checksum"]
+                "S3 holds {} checksum {} for {}, the manifest says {}; the checkpoint object was replaced or corrupted".format(
+                    NAMES[entry["algorithm"]], got, uri, entry["checksum"]
                 ),
             )
         fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=sfd)
@@ -544,8 +564,9 @@ def download_with_cli(bucket, todo, sfd):
             if not content_matches(fd, entry):
                 raise Fail(
                     5,
-                    "{} has other bytes on the instance than the manifest's SHA-256 {}; the checkpoint "
-                    "object was replaced or corrupted".format(uri, entry["sha256"] or entry["checksum"]),
+                    "{} has other bytes on the instance than the manifest's {} {}; the checkpoint object was replaced or corrupted".format(
+                        uri, NAMES[entry["algorithm"]], entry["want"]
+                    ),
                 )
         finally:
             os.close(fd)

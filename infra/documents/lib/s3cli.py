@@ -25,6 +25,7 @@ class CliS3:
         "Body": "body",
         "ChecksumAlgorithm": "checksum-algorithm",
         "ChecksumSHA256": "checksum-sha256",
+        "ChecksumCRC32": "checksum-crc32",
         "MultipartUpload": "multipart-upload",
         "ContentType": "content-type",
     }
