@@ -6,16 +6,16 @@ Tools, interleaved per repetition:
 
 - autostop: the real checkpoint document (rendered ``checkpoint.sh``, Mode interruption, no trainer: selection,
   upload, manifest) and the real restore document (``restore.sh``: pinned manifest, download, verify, place).
-- ``aws s3 cp`` (AWS CLI v1, ``--checksum-algorithm SHA256``; ``--recursive`` for a directory).
-- boto3 (s3transfer TransferManager, ``ChecksumAlgorithm=SHA256``; default concurrency 10).
+- ``aws s3 cp`` (AWS CLI v1, ``--checksum-algorithm CRC32``, the product's algorithm; ``--recursive`` for a directory).
+- boto3 (s3transfer TransferManager, ``ChecksumAlgorithm=CRC32``; default concurrency 10).
 - s5cmd (sends no checksum S3 could verify).
 
 The endpoint is ``benchmarks/s3sink.py`` (it verifies every checksum offered, keeps no data, and serves
 downloads from the source files). Files are written once and read from the page cache by every tool. Printed
 per case: MB/s (median of the repetitions), the ratio to the fastest tool, and CPU seconds per GB of the tool's
 processes (the sink's own CPU excluded), with the load average before and after; then what a restore costs besides
-moving bytes (each restore tool on a 1-byte checkpoint, and SHA-256 per GB on this CPU: the restore hashes every
-byte, s5cmd verifies nothing) and the Spot budget table. Nothing is asserted.
+moving bytes (each restore tool on a 1-byte checkpoint, and CRC32 and SHA-256 per GB on this CPU: the restore
+checksums every byte, s5cmd verifies nothing) and the Spot budget table. Nothing is asserted.
 
 Reading the restore figures: with 64 MiB parts both single files are multipart objects (32 and 96 parts). Every
 restore writes into new page cache, and on this VM (virtio-balloon free page reporting) memory freed more than
@@ -29,6 +29,7 @@ Environment: AUTOSTOP_BENCH_SCALE (default 1: the sizes above; 0.25 for a quick 
 uploads only), AUTOSTOP_BENCH_ONLY=restore (only the restores, each of the objects one autostop upload wrote; no
 fixed cost, many-files or Spot budget table), AUTOSTOP_BENCH_TOOLS (comma-separated, default all: autostop,
 aws_cli, boto3, s5cmd), AUTOSTOP_BENCH_CASES (comma-separated case numbers from 1, default all),
+AUTOSTOP_BENCH_YARDSTICK_CHECKSUM (default CRC32; SHA256 as the issue's first table measured the AWS CLI and boto3),
 AUTOSTOP_BENCH_BASELINE (a directory laid out like infra/documents, e.g. from ``git show``: its restore document
 is measured too, as the restore tool ``baseline``, to compare a change with what it changes in the same run).
 """
@@ -53,6 +54,9 @@ sys.path.insert(0, str(REPO))
 import infra.constructs.documents  # noqa: E402
 from infra.constructs.documents import render_script  # noqa: E402
 
+sys.path.insert(0, str(REPO / "infra" / "documents" / "lib"))
+from transfer import Crc32  # noqa: E402 - the on-instance program's CRC32
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 BUCKET = "bench-bucket"
@@ -69,13 +73,14 @@ ALL_CASES = {
 }
 PICKED = os.environ.get("AUTOSTOP_BENCH_CASES", "")
 CASES = {c: s for n, (c, s) in enumerate(ALL_CASES.items(), start=1) if not PICKED or str(n) in PICKED.split(",")}
+YARDSTICK_CHECKSUM = os.environ.get("AUTOSTOP_BENCH_YARDSTICK_CHECKSUM", "CRC32")  # the AWS CLI's and boto3's uploads
 BOTO3_UPLOAD = """
 import sys, boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 s3 = boto3.client("s3")
 with create_transfer_manager(s3, TransferConfig()) as tm:
-    futures = [tm.upload(p, sys.argv[1], sys.argv[2] + p.rsplit("/", 1)[1], extra_args={"ChecksumAlgorithm": "SHA256"})
-               for p in sys.argv[3:]]
+    futures = [tm.upload(p, sys.argv[1], sys.argv[2] + p.rsplit("/", 1)[1], extra_args={"ChecksumAlgorithm": sys.argv[3]})
+               for p in sys.argv[4:]]
     for f in futures:
         f.result()
 """
@@ -197,10 +202,11 @@ class Bench:
             argv = ["aws", "s3", "cp", str(files[0]), prefix + files[0].name]
         else:
             argv = ["aws", "s3", "cp", str(files[0].parent), prefix, "--recursive"]
-        return run([*argv, "--checksum-algorithm", "SHA256", "--only-show-errors"], self.env)[:2]
+        return run([*argv, "--checksum-algorithm", YARDSTICK_CHECKSUM, "--only-show-errors"], self.env)[:2]
 
     def up_boto3(self, ckdir: Path, files: list[Path]) -> tuple[float, float]:
-        return run([sys.executable, "-c", BOTO3_UPLOAD, BUCKET, self.prefix("boto3"), *map(str, files)], self.env)[:2]
+        argv = [sys.executable, "-c", BOTO3_UPLOAD, BUCKET, self.prefix("boto3"), YARDSTICK_CHECKSUM, *map(str, files)]
+        return run(argv, self.env)[:2]
 
     def up_s5cmd(self, ckdir: Path, files: list[Path]) -> tuple[float, float]:
         source = str(files[0]) if len(files) == 1 else f"{files[0].parent}/*"
@@ -368,7 +374,7 @@ def many_files(bench: Bench, count: int = 3000, size: int = 64 * 1024) -> None:
 
 def restore_costs(bench: Bench) -> None:
     """What a restore costs besides moving bytes: each restore tool on a 1-byte checkpoint (wall and CPU seconds,
-    medians of 3: process start, imports, the manifest), and SHA-256 on this CPU in CPU-s/GB."""
+    medians of 3: process start, imports, the manifest), and CRC32 and SHA-256 on this CPU in CPU-s/GB."""
     tiny_checkpoint(bench)
     cells = []
     for tool in RESTORE_TOOLS:
@@ -376,10 +382,12 @@ def restore_costs(bench: Bench) -> None:
             runs = [getattr(bench, f"down_{tool}")() for _ in range(3)]
             cells.append(f"{tool} {statistics.median(r[0] for r in runs):.2f} s ({statistics.median(r[1] for r in runs):.2f} CPU-s)")
     print("\nRestore of a 1-byte checkpoint (fixed cost, medians of 3): " + "; ".join(cells))
-    block, h, started = os.urandom(MIB), hashlib.sha256(), time.process_time()
-    for _ in range(256):
-        h.update(block)
-    print(f"SHA-256 on this CPU (hashlib, 1 MiB updates, 256 MiB): {(time.process_time() - started) / (256 * MIB / 1e9):.2f} CPU-s/GB")
+    block = os.urandom(MIB)
+    for name, h in (("CRC32 (zlib)", Crc32()), ("SHA-256 (hashlib)", hashlib.sha256())):
+        started = time.process_time()
+        for _ in range(256):
+            h.update(block)
+        print(f"{name} on this CPU (1 MiB updates, 256 MiB): {(time.process_time() - started) / (256 * MIB / 1e9):.2f} CPU-s/GB")
 
 
 def tiny_checkpoint(bench: Bench) -> float:

@@ -46,7 +46,8 @@ REASONS: dict[str, str] = {
     c.OUTCOME_SPOT_CHECKPOINT_FAILED: "Spot interruption warning; the checkpoint command did not finish within the 75 s grace",
     c.OUTCOME_RESUMED: "checkpoint step_012000 (step 12000, 3 file(s), 15200000000 bytes) downloaded and verified on the "
     "instance; resume command started (pid 5151)",
-    c.OUTCOME_RESUME_FAILED: "ChecksumMismatch: step_012000/model.safetensors: sha256 differs from the manifest; "
+    c.OUTCOME_RESUME_FAILED: "ChecksumMismatch: s3://ckpt-bucket/.../step_012000/model.safetensors has composite CRC32 "
+    "q0Xm5w==-75 on the instance, the manifest says 8PZ1Yg==-75; the checkpoint object was replaced or corrupted; "
     "nothing was deleted and the instance keeps running",
     "ExecutionTimedOut": f"execution {execution('complete')} timed out (the state machine's timeout); no outcome was "
     "recorded by the execution. Nothing more is done for this run and reason in this session; check the instance's "
