@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from shared.models import Manifest
 from tests.integration.test_instance_scripts import (  # noqa: F401  (fixtures among them)
     CHECKPOINT,
     MIB,
@@ -67,8 +68,17 @@ def cli_bin(tmp_path: Path, version: str, url: str) -> Path:
     return bin_dir
 
 
-@pytest.mark.parametrize("transfer", ["sdk", "cli"])
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(
+    ("version", "transfer", "checksum"),
+    [
+        ("v1", "sdk", "CRC32"),
+        ("v1", "cli", "CRC32"),
+        ("v2", "sdk", "CRC32"),
+        ("v2", "cli", "CRC32"),
+        ("v1", "sdk", "SHA256"),  # what an instance with an older zlib and SHA instructions sends
+        ("v2", "cli", "SHA256"),
+    ],
+)
 def test_checkpoint_and_restore_round_trip(
     s3: Any,  # noqa: F811
     versioned_bucket: str,  # noqa: F811
@@ -77,6 +87,7 @@ def test_checkpoint_and_restore_round_trip(
     tmp_path: Path,
     version: str,
     transfer: str,
+    checksum: str,
 ) -> None:
     if version == "v2" and (why := cli_v2_problem()):
         pytest.skip(why)
@@ -90,6 +101,7 @@ def test_checkpoint_and_restore_round_trip(
     env = checkpoint_env(base_env, bucket, ckdir, PartSizeBytes=str(5 * MIB), Mode="interruption")
     env["PATH"] = os.pathsep.join([str(cli_bin(tmp_path, version, endpoint)), "/usr/bin", "/bin"])
     env["AUTOSTOP_TRANSFER"] = transfer
+    env["AUTOSTOP_CHECKSUM"] = checksum
 
     proc, out = run(CHECKPOINT, env)
 
@@ -101,7 +113,9 @@ def test_checkpoint_and_restore_round_trip(
     assert by_path["model.safetensors"]["parts"] == 3
     for f in manifest["files"]:
         head = s3.head_object(Bucket=bucket, Key=f["key"], VersionId=f["version_id"], ChecksumMode="ENABLED")
-        assert head["ChecksumCRC32"].split("-")[0] == f["checksum_crc32"].split("-")[0]
+        assert head[f"Checksum{checksum}"].split("-")[0] == f[f"checksum_{checksum.lower()}"].split("-")[0]
+    assert f"{checksum} checksums" in proc.stderr
+    assert Manifest.model_validate(manifest).files  # the form Verify reads
     assert set(keys(s3, bucket)) == {f["key"] for f in manifest["files"]} | {env["SSM_ManifestKey"]}
 
     up = {**env, "SSM_ManifestVersionId": out["manifest_version_id"], "SSM_ManifestSha256": out["manifest_sha256"]}

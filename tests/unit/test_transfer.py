@@ -76,6 +76,33 @@ def test_composite_crc32_is_the_crc32_of_the_part_crc32s() -> None:
     assert transfer.composite(parts, "CRC32") == base64.b64encode(zlib.crc32(b"".join(parts)).to_bytes(4, "big")).decode() + "-2"
 
 
+@pytest.mark.parametrize(
+    ("zlib_version", "flags", "expected"),
+    [
+        ("1.2.13", {"sha_ni"}, "CRC32"),  # braided CRC32 (Debian 12): cheaper than SHA-256 even with SHA-NI
+        ("1.3.1", set(), "CRC32"),
+        ("1.3.0.zlib-ng", {"sha_ni"}, "CRC32"),
+        ("1.2.11", {"sha_ni", "avx2"}, "SHA256"),  # Ubuntu 22.04's slicing-by-4 on a CPU with SHA instructions
+        ("1.2.11", {"aes", "sha2", "crc32"}, "SHA256"),  # Arm's
+        ("1.2.11", {"avx512f"}, "CRC32"),  # no SHA instructions (p4d's Cascade Lake)
+        ("1.2.7", set(), "CRC32"),
+    ],
+)
+def test_the_checksum_is_the_cheaper_one_on_this_instance(
+    zlib_version: str, flags: set[str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AUTOSTOP_CHECKSUM", raising=False)
+    assert transfer.checksum_algorithm(zlib_version, flags) == expected
+    monkeypatch.setenv("AUTOSTOP_CHECKSUM", "SHA256")
+    assert transfer.checksum_algorithm(zlib_version, flags) == "SHA256"
+    monkeypatch.setenv("AUTOSTOP_CHECKSUM", "md5")  # not one it sends: ignored
+    assert transfer.checksum_algorithm(zlib_version, flags) == expected
+
+
+def test_cpu_flags_are_read_from_proc() -> None:
+    assert transfer.proc_cpu_flags()  # this Linux machine names some
+
+
 class Sent(Exception):
     """Raised in place of sending: carries the signed request's headers."""
 

@@ -7,6 +7,7 @@ instance has it).
 re-selection may cure in Mode interruption).
 """
 
+import base64
 import datetime
 import errno
 import hashlib
@@ -40,12 +41,13 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
     from s3cli import CliS3, version_id
     from selection import CONTROL_CHARS_RE, describe_rejected, listing, no_checkpoint, saving_now, select, show, summary
     from transfer import (
+        HASHES,
         MAX_OBJECT_SIZE,
         MAX_PART_SIZE,
         MIN_PART_SIZE,
-        Crc32,
         Pool,
         b64,
+        checksum_algorithm,
         client,
         composite,
         file_part_size,
@@ -164,16 +166,17 @@ class Upload:
     """The chosen checkpoint's files to S3 in one process: parts and files concurrently, each byte read once.
 
     Per file, through ``open_chosen`` (the very file selection saw): up to PART_SIZE bytes one PutObject, above
-    that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the CRC32
-    of its bytes (``x-amz-checksum-crc32``; lib/transfer.py says why CRC32), which S3 verifies. After its last
+    that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the ALGORITHM
+    checksum of its bytes (CRC32 or SHA256, ``checksum_algorithm`` in lib/transfer.py), which S3 verifies. After its last
     call a file must still be the file chosen. ``run`` returns the manifest's file records in plan order.
     Failures: Fail(6) a file changed (or vanished); Fail(4) S3 refused (botocore's or the CLI's message, e.g.
     AccessDenied); every multipart upload that was started and not completed is aborted first. ``s3``: a botocore
     client, or ``CliS3`` (bodies are then files: the chosen file itself for a PutObject, which the CLI opens, a
     temp file in WORK per part)."""
 
-    def __init__(self, s3, errors, bucket, part_size, pool, work=None):
+    def __init__(self, s3, errors, bucket, part_size, pool, work=None, algorithm="CRC32"):
         self.s3, self.errors, self.bucket, self.part_size, self.work = s3, errors, bucket, part_size, work
+        self.algorithm = algorithm
         self.pool = Pool(pool)
         self.open_uploads = {}
         self.lock = threading.Lock()
@@ -209,20 +212,20 @@ class Upload:
             data = pread_exact(fh.fileno(), f["size"], 0)
         if len(data) != f["size"]:
             raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
-        checksum = b64(Crc32(data).digest())
+        checksum = b64(HASHES[self.algorithm](data).digest())
         resp = self.call(
             f,
             f"uploading {f['abs']} to {target}",
             "put_object",
             Key=f["key"],
             Body=f["abs"] if self.work else data,
-            ChecksumAlgorithm="CRC32",
-            ChecksumCRC32=checksum,
+            ChecksumAlgorithm=self.algorithm,
+            **{"Checksum" + self.algorithm: checksum},
         )
         del data
-        same_checksum(resp, checksum, f["key"])
+        same_checksum(resp, checksum, f["key"], self.algorithm)
         check_unchanged(f)
-        records[i] = file_record(f, checksum, 0, None, resp)
+        records[i] = file_record(f, self.algorithm, checksum, 0, None, resp)
 
     def start_multipart(self, f, records, i):
         if f["size"] > MAX_OBJECT_SIZE:
@@ -238,7 +241,7 @@ class Upload:
                 f"starting the multipart upload of {f['abs']} to {target}",
                 "create_multipart_upload",
                 Key=f["key"],
-                ChecksumAlgorithm="CRC32",
+                ChecksumAlgorithm=self.algorithm,
             )
         except BaseException:
             fh.close()
@@ -253,7 +256,7 @@ class Upload:
         data = pread_exact(state["fh"].fileno(), length, offset)
         if len(data) != length:
             raise Fail(6, changed(f["abs"], "it shrank while it was being uploaded"))
-        digest = Crc32(data).digest()
+        digest = HASHES[self.algorithm](data).digest()
         what = f"uploading part {number} of {len(state['parts'])} of {f['abs']} to s3://{self.bucket}/{f['key']}"
         body = self.part_file(data, state["upload_id"], number) if self.work else data
         del data
@@ -266,15 +269,20 @@ class Upload:
                 UploadId=state["upload_id"],
                 PartNumber=number,
                 Body=body,
-                ChecksumAlgorithm="CRC32",
-                ChecksumCRC32=b64(digest),
+                ChecksumAlgorithm=self.algorithm,
+                **{"Checksum" + self.algorithm: b64(digest)},
             )
         finally:
             if self.work:
                 os.unlink(body)
-        same_checksum(resp, b64(digest), f"part {number}")
+        same_checksum(resp, b64(digest), f"part {number}", self.algorithm)
         with self.lock:
-            state["parts"][number - 1] = {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": b64(digest), "digest": digest}
+            state["parts"][number - 1] = {
+                "PartNumber": number,
+                "ETag": resp["ETag"],
+                "Checksum" + self.algorithm: b64(digest),
+                "digest": digest,
+            }
             state["left"] -= 1
             last = state["left"] == 0
         if last and not self.pool.failed.is_set():  # once anything failed or a signal came, nothing more is completed
@@ -291,7 +299,7 @@ class Upload:
         return path
 
     def complete(self, f, state, records, i):
-        checksum = composite([p.pop("digest") for p in state["parts"]], "CRC32")
+        checksum = composite([p.pop("digest") for p in state["parts"]], self.algorithm)
         what = f"completing the multipart upload of {f['abs']} to s3://{self.bucket}/{f['key']}"
         resp = self.call(
             f, what, "complete_multipart_upload", Key=f["key"], UploadId=state["upload_id"], MultipartUpload={"Parts": state["parts"]}
@@ -299,9 +307,9 @@ class Upload:
         with self.lock:
             self.open_uploads.pop(f["key"], None)
         state["fh"].close()
-        same_checksum(resp, checksum, f["key"])
+        same_checksum(resp, checksum, f["key"], self.algorithm)
         check_unchanged(f)
-        records[i] = file_record(f, checksum, len(state["parts"]), state["part"], resp)
+        records[i] = file_record(f, self.algorithm, checksum, len(state["parts"]), state["part"], resp)
 
     def abort_all(self):
         for key, state in list(self.open_uploads.items()):
@@ -324,10 +332,15 @@ def check_unchanged(f):
         raise Fail(6, changed(f["abs"], "it was modified or replaced while it was being uploaded"))
 
 
-def file_record(f, checksum, parts, part_size, resp):
-    """The manifest's entry for file F. ``checksum_crc32``: what S3 stores as ``ChecksumCRC32`` (the whole file's
-    CRC32, or for a multipart object the composite with ``part_size``, which the restore recomputes)."""
-    record = {"key": f["key"], "path": f["rel"], "size": f["size"], "checksum_crc32": checksum, "parts": parts}
+def file_record(f, algorithm, checksum, parts, part_size, resp):
+    """The manifest's entry for file F. ``checksum_crc32`` (or ``checksum_sha256``, with the whole file's ``sha256``
+    in hex for a single PUT): what S3 stores as ``Checksum<ALGORITHM>``, the whole file's or, for a multipart
+    object, the composite with ``part_size``, which the restore recomputes."""
+    if algorithm == "CRC32":
+        sums = {"checksum_crc32": checksum}
+    else:
+        sums = {"sha256": None if parts else base64.b64decode(checksum).hex(), "checksum_sha256": checksum}
+    record = {"key": f["key"], "path": f["rel"], "size": f["size"], **sums, "parts": parts}
     if part_size:
         record["part_size"] = part_size
     record["version_id"] = version_id(resp)
@@ -354,14 +367,15 @@ def upload_plan(plan, work, bucket, part_size, transfer):
     largest = max([min(f["size"], file_part_size(f["size"], part_size)) for f in plan] or [part_size])  # one buffer's bytes
     n = pool_size(largest) if transfer == "sdk" else min(pool_size(largest), 4 * (os.cpu_count() or 2), 16)
     total = sum(f["size"] for f in plan)
-    log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes)")
+    algorithm = checksum_algorithm()
+    log(f"uploading {len(plan)} file(s), {total} bytes, {n} at a time (parts of up to {part_size} bytes, {algorithm} checksums)")
     mods = sdk() if transfer == "sdk" else None
     if transfer == "sdk" and mods is None:
         log("botocore does not import or is too old; uploading through the AWS CLI")
     if mods is not None:
-        upload = Upload(client(mods, n), mods[2], bucket, part_size, n)
+        upload = Upload(client(mods, n), mods[2], bucket, part_size, n, algorithm=algorithm)
     else:
-        upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work)
+        upload = Upload(CliS3(work), CliS3, bucket, part_size, n, work=work, algorithm=algorithm)
     started = time.monotonic()
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # stopped from outside: abort what was started
         signal.signal(signum, stopped)
@@ -373,10 +387,10 @@ def upload_plan(plan, work, bucket, part_size, transfer):
     return records, round(time.monotonic() - started, 3)
 
 
-def same_checksum(resp, expected, what):
-    got = resp.get("ChecksumCRC32")
+def same_checksum(resp, expected, what, algorithm):
+    got = resp.get("Checksum" + algorithm)
     if got and got.split("-")[0] != expected.split("-")[0]:
-        raise Fail(4, f"S3 reported CRC32 checksum {got} for {what}, but the instance computed {expected}; retry the upload")
+        raise Fail(4, f"S3 reported {algorithm} checksum {got} for {what}, but the instance computed {expected}; retry the upload")
 
 
 def is_fresh(choice, signal_ns):

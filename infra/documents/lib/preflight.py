@@ -4,7 +4,7 @@ python3 has it): ``infra/documents/preflight.sh``'s checks.
 Pasted after ``lib/instance.py``, ``lib/selection.py``, ``lib/transfer.py`` and ``lib/s3cli.py`` (and before
 ``lib/dispatch.py``), so each check runs the checkpoint command's own code: the same reading of the PID file
 (``pid_is_trainer``), the same S3 client choice (``sdk()``:
-botocore, else the AWS CLI through ``CliS3``), the same PutObject with a CRC32 checksum, the same ``select()``
+botocore, else the AWS CLI through ``CliS3``), the same PutObject with the same checksum (CRC32 or SHA-256), the same ``select()``
 and the same messages (``no_checkpoint``, ``summary``). Nothing on the instance is changed; in S3 one small object
 is written under the instance's own prefix, and one write just outside it is attempted (the instance policy must
 refuse it).
@@ -35,7 +35,7 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
     )
     from s3cli import CliError, CliS3, version_id
     from selection import describe_rejected, no_checkpoint, saving_now, select, show, summary
-    from transfer import Crc32, b64, client, sdk
+    from transfer import HASHES, b64, checksum_algorithm, client, sdk
 
 
 def denied(exc):
@@ -65,17 +65,19 @@ def caller_identity(mods):
 
 
 def test_put(s3, bucket, key, body, work):
-    """PutObject of BODY at KEY with its CRC32, as the checkpoint command puts a file; S3's response."""
+    """PutObject of BODY at KEY with its checksum (``checksum_algorithm``), as the checkpoint command puts a file;
+    S3's response."""
     path = os.path.join(work, "preflight.json")
     with open(path, "wb") as f:
         f.write(body)
+    algorithm = checksum_algorithm()
     return s3.put_object(
         Bucket=bucket,
         Key=key,
         Body=path if isinstance(s3, CliS3) else body,
         ContentType="application/json",
-        ChecksumAlgorithm="CRC32",
-        ChecksumCRC32=b64(Crc32(body).digest()),
+        ChecksumAlgorithm=algorithm,
+        **{"Checksum" + algorithm: b64(HASHES[algorithm](body).digest())},
     )
 
 
