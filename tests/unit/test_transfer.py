@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"))
+import s3cli  # noqa: E402
 import transfer  # noqa: E402
 
 MIB, GIB = 1024 * 1024, 1024**3
@@ -92,15 +93,15 @@ def test_the_checksum_is_the_cheaper_one_on_this_instance(
     zlib_version: str, flags: set[str], expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AUTOSTOP_CHECKSUM", raising=False)
-    assert transfer.checksum_algorithm(zlib_version, flags) == expected
+    assert s3cli.checksum_algorithm(zlib_version, flags) == expected
     monkeypatch.setenv("AUTOSTOP_CHECKSUM", "SHA256")
-    assert transfer.checksum_algorithm(zlib_version, flags) == "SHA256"
+    assert s3cli.checksum_algorithm(zlib_version, flags) == "SHA256"
     monkeypatch.setenv("AUTOSTOP_CHECKSUM", "md5")  # not one it sends: ignored
-    assert transfer.checksum_algorithm(zlib_version, flags) == expected
+    assert s3cli.checksum_algorithm(zlib_version, flags) == expected
 
 
 def test_cpu_flags_are_read_from_proc() -> None:
-    assert transfer.proc_cpu_flags()  # this Linux machine names some
+    assert s3cli.proc_cpu_flags()  # this Linux machine names some
 
 
 class Sent(Exception):

@@ -38,7 +38,7 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
         require,
         work_dir,
     )
-    from s3cli import CliS3, version_id
+    from s3cli import CliS3, checksum_algorithm, version_id
     from selection import CONTROL_CHARS_RE, describe_rejected, listing, no_checkpoint, saving_now, select, show, summary
     from transfer import (
         HASHES,
@@ -47,7 +47,6 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
         MIN_PART_SIZE,
         Pool,
         b64,
-        checksum_algorithm,
         client,
         composite,
         file_part_size,
@@ -167,7 +166,7 @@ class Upload:
 
     Per file, through ``open_chosen`` (the very file selection saw): up to PART_SIZE bytes one PutObject, above
     that CreateMultipartUpload, UploadPart per part and CompleteMultipartUpload; every call carries the ALGORITHM
-    checksum of its bytes (CRC32 or SHA256, ``checksum_algorithm`` in lib/transfer.py), which S3 verifies. After its last
+    checksum of its bytes (CRC32 or SHA256, ``checksum_algorithm`` in lib/s3cli.py), which S3 verifies. After its last
     call a file must still be the file chosen. ``run`` returns the manifest's file records in plan order.
     Failures: Fail(6) a file changed (or vanished); Fail(4) S3 refused (botocore's or the CLI's message, e.g.
     AccessDenied); every multipart upload that was started and not completed is aborted first. ``s3``: a botocore

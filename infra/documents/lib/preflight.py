@@ -33,9 +33,9 @@ if "select" not in globals():  # run on its own (tests, linters); the document p
         require,
         system_location,
     )
-    from s3cli import CliError, CliS3, version_id
+    from s3cli import CliError, CliS3, checksum_algorithm, version_id
     from selection import describe_rejected, no_checkpoint, saving_now, select, show, summary
-    from transfer import HASHES, b64, checksum_algorithm, client, sdk
+    from transfer import HASHES, b64, client, sdk
 
 
 def denied(exc):

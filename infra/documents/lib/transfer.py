@@ -17,7 +17,7 @@ Why this is fast and still safe:
   count, at most 64, and never more part buffers in flight than a quarter of the available memory).
 - A checksum per part, not per file: a multipart object's checksum is S3's composite (the checksum of the part
   checksums, ``<base64>-<parts>``), computed part by part in parallel; a whole-file pass would be one core's.
-- CRC32 (``zlib.crc32``) where it is the cheaper checksum, which is almost everywhere (``checksum_algorithm``):
+- CRC32 (``zlib.crc32``) where it is the cheaper checksum, which is almost everywhere (``checksum_algorithm`` in lib/s3cli.py):
   0.18 against 0.51 CPU-s/GB for SHA-256 on a CPU with SHA instructions (5.5 against 1.95 GB/s, measured on the
   benchmark machine), and a wider gap on CPUs without them (p4d's); only a zlib older than 1.2.12 (Ubuntu
   22.04's) on a CPU with SHA instructions makes SHA-256 the cheaper one, and then SHA-256 is sent. CRC32 is
@@ -38,7 +38,6 @@ import importlib
 import importlib.util
 import ipaddress
 import os
-import re
 import threading
 import urllib.parse
 import zlib
@@ -150,37 +149,6 @@ class Crc32:
 
 
 HASHES = {"CRC32": Crc32, "SHA256": hashlib.sha256}  # S3's algorithm names; a manifest entry names its own
-
-
-def checksum_algorithm(zlib_version=None, cpu_flags=None):
-    """The S3 checksum the checkpoint sends from this instance: ``"CRC32"`` where Python's zlib computes CRC32
-    several words at a time (zlib 1.2.12 and later, zlib-ng) or the CPU has no SHA instructions, ``"SHA256"`` for
-    an older zlib on a CPU with them. Measured on one CPU (SHA-NI, AVX-512): CRC32 0.18-0.20 CPU-s/GB with zlib
-    1.2.13, 3.8x that with 1.2.11's slicing-by-4 (Ubuntu 22.04's zlib); SHA-256 0.51 with SHA-NI. Verify and the
-    restore read either from the manifest. ``AUTOSTOP_CHECKSUM`` (CRC32 or SHA256) in the instance's environment
-    decides instead. ZLIB_VERSION: default the running zlib's; CPU_FLAGS: default /proc/cpuinfo's."""
-    forced = os.environ.get("AUTOSTOP_CHECKSUM", "")
-    if forced in HASHES:
-        return forced
-    version = zlib_version or zlib.ZLIB_RUNTIME_VERSION
-    numbers = tuple(int(n) for n in re.findall(r"[0-9]+", version)[:3])
-    if numbers >= (1, 2, 12) or "ng" in version:
-        return "CRC32"
-    flags = cpu_flags if cpu_flags is not None else proc_cpu_flags()
-    return "SHA256" if flags & {"sha_ni", "sha2"} else "CRC32"
-
-
-def proc_cpu_flags():
-    """The first CPU's feature flags in /proc/cpuinfo (x86 ``flags``, Arm ``Features``); empty when unreadable."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    return set()
 
 
 def composite(digests, algorithm="SHA256"):
