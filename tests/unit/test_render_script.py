@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.constructs.documents import narrow_indents, render_script, without_comments, without_docstrings, without_standalone_imports
+from infra.constructs.documents import (
+    narrow_indents,
+    render_script,
+    single_quoted,
+    without_comments,
+    without_docstrings,
+    without_standalone_imports,
+)
 
 LIB = Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"
 
@@ -15,11 +22,20 @@ LIB = Path(__file__).resolve().parents[2] / "infra" / "documents" / "lib"
 @pytest.mark.parametrize("name", sorted(p.name for p in LIB.glob("*.py")))
 def test_minified_python_is_the_same_program(name: str) -> None:
     source = (LIB / name).read_text()
-    minified = narrow_indents(without_comments(without_docstrings(source)))
+    minified = single_quoted(narrow_indents(without_comments(without_docstrings(source))))
 
     assert ast.dump(ast.parse(minified)) == ast.dump(ast.parse(without_docstrings(source)))
     assert len(minified) < 0.8 * len(source)
     assert not any(line.lstrip().startswith("#") for line in minified.splitlines())
+
+
+def test_double_quoted_strings_become_single_quoted_where_that_changes_nothing() -> None:
+    source = 'a = "x" + f"{b}" + rb"c" + "it\'s" + "q\\"" + """t""" + ""\nd = {"k": "v"}["k"]\n'
+
+    out = single_quoted(source)
+
+    assert out == "a = 'x' + f'{b}' + rb'c' + \"it's\" + \"q\\\"\" + \"\"\"t\"\"\" + ''\nd = {'k': 'v'}['k']\n"
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(source))
 
 
 def test_multi_line_strings_keep_their_lines() -> None:
