@@ -83,6 +83,7 @@ def test_composite_crc32_is_the_crc32_of_the_part_crc32s() -> None:
         ("1.2.13", {"sha_ni"}, "CRC32"),  # braided CRC32 (Debian 12): cheaper than SHA-256 even with SHA-NI
         ("1.3.1", set(), "CRC32"),
         ("1.3.0.zlib-ng", {"sha_ni"}, "CRC32"),
+        ("1.2.11.zlib-ng", {"sha_ni"}, "CRC32"),  # zlib-ng 2.0's compatible version: its own fast CRC32
         ("1.2.11", {"sha_ni", "avx2"}, "SHA256"),  # Ubuntu 22.04's slicing-by-4 on a CPU with SHA instructions
         ("1.2.11", {"aes", "sha2", "crc32"}, "SHA256"),  # Arm's
         ("1.2.11", {"avx512f"}, "CRC32"),  # no SHA instructions (p4d's Cascade Lake)

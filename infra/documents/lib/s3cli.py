@@ -81,7 +81,7 @@ def checksum_algorithm(zlib_version=None, cpu_flags=None):
         return forced
     version = zlib_version or zlib.ZLIB_RUNTIME_VERSION
     numbers = tuple(int(n) for n in re.findall(r"[0-9]+", version)[:3])
-    if numbers >= (1, 2, 12) or "ng" in version:
+    if numbers >= (1, 2, 12) or "zlib-ng" in version:  # zlib-ng 2.0 calls itself 1.2.11.zlib-ng
         return "CRC32"
     flags = cpu_flags if cpu_flags is not None else proc_cpu_flags()
     return "SHA256" if flags & {"sha_ni", "sha2"} else "CRC32"
